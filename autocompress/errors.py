@@ -1,0 +1,41 @@
+"""One base error for everything a user can get wrong; the CLI turns these into one line + exit 2."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AutocompressError",
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "SpaceError",
+    "ClusterError",
+    "RunError",
+]
+
+
+class AutocompressError(Exception):
+    """A problem the user can fix. The message names the problem and the fix, on one line."""
+
+
+class ConfigError(AutocompressError):
+    """A flag or config value is malformed."""
+
+
+class DataError(AutocompressError):
+    """The dataset is missing, empty or unreadable."""
+
+
+class ModelError(AutocompressError):
+    """The model cannot be built, loaded or traced."""
+
+
+class SpaceError(AutocompressError):
+    """The search-space YAML is malformed or selects nothing."""
+
+
+class ClusterError(AutocompressError):
+    """Ray cannot be reached or started."""
+
+
+class RunError(AutocompressError):
+    """A run directory is missing, incomplete or already in use."""

@@ -1,0 +1,64 @@
+"""The FP32 baseline: trained on first use (or loaded from --weights) and cached for later runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from autocompress.pipeline.finetune import TrainSettings, evaluate, train
+from autocompress.tasks.data import Splits
+from autocompress.tasks.models import build_model
+
+__all__ = ["cache_dir", "get_baseline"]
+
+
+def cache_dir() -> Path:
+    """`$AUTOCOMPRESS_CACHE` or ~/.cache/autocompress."""
+    root = os.environ.get("AUTOCOMPRESS_CACHE") or Path.home() / ".cache" / "autocompress"
+    return Path(root)
+
+
+def get_baseline(
+    *,
+    model_name: str,
+    splits: Splits,
+    settings: TrainSettings,
+    seed: int,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> tuple[nn.Module, dict]:
+    """Return (trained FP32 model in eval mode, info). Trains once per (model, data, settings, seed)."""
+    in_ch = splits.input_shape[0]
+    key = json.dumps(
+        {"model": model_name, "data": splits.name, "shape": splits.input_shape, "classes": splits.num_classes,
+         "sizes": splits.sizes(), "settings": settings.__dict__, "seed": seed, "v": 1},
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = cache_dir() / "baselines" / f"{model_name.replace('/', '_').replace(':', '_')}-{splits.name}-{digest}.pt"
+    model = build_model(model_name, num_classes=splits.num_classes, in_channels=in_ch)
+    if path.is_file():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(blob["state_dict"])
+        model.eval()
+        return model, {**blob["info"], "cached": True, "path": str(path)}
+    torch.manual_seed(seed)
+    model = build_model(model_name, num_classes=splits.num_classes, in_channels=in_ch)
+    t0 = time.perf_counter()
+    train(model, splits.train_x, splits.train_y, settings=settings, seed=seed, on_epoch=on_epoch)
+    info = {
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "val_accuracy_torch": evaluate(model, splits.val_x, splits.val_y),
+        "test_accuracy_torch": evaluate(model, splits.test_x, splits.test_y),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": model.state_dict(), "info": info}, tmp)
+    os.replace(tmp, path)
+    return model, {**info, "cached": False, "path": str(path)}
