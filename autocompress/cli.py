@@ -1,0 +1,135 @@
+"""Command line: flags -> config -> library call. A user error is one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pydantic import ValidationError
+
+from autocompress.errors import AutocompressError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+    help="Search per-layer structured pruning and precision (fp32/int8/int4) for a PyTorch CNN; every "
+         "accuracy, latency and size in the report is measured on the exported ONNX file under ONNX Runtime.",
+)
+
+
+def _fail(e: Exception) -> None:
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def search(
+    budget: str = typer.Option(..., "--budget", "-b", help="Trials (e.g. 40) or wall-clock time (e.g. 10m, 1h, 1h30m); new trials start only within it."),
+    model: str = typer.Option("resnet20", "--model", "-m", help="Built-in name (see `autocompress models`), a torchvision model name, or module:function."),
+    dataset: str = typer.Option("digits", "--dataset", "-d", help="Dataset; `digits` (scikit-learn's handwritten digits, shipped with it) is the built-in demo."),
+    space: Optional[Path] = typer.Option(None, "--space", help="Search-space YAML (default: search_spaces/default.yaml)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: reports/<model>-<dataset>-<time>)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for data splits, sampler and fine-tuning."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join an existing Ray cluster (HOST:PORT from `ray start --head`); default: start a local Ray."),
+    concurrency: int = typer.Option(1, "--concurrency", help="Trials running at once (each gets CPUs/concurrency threads)."),
+    sampler: str = typer.Option("tpe", "--sampler", help="tpe (default), nsga2 or random."),
+    finetune_epochs: Optional[float] = typer.Option(None, "--finetune-epochs", help="Epochs of the KD fine-tune per trial (default 6)."),
+    baseline_epochs: Optional[float] = typer.Option(None, "--baseline-epochs", help="Epochs to train the baseline when it is not cached (default 15)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No live progress bar (for logs)."),
+) -> None:
+    """Run a compression search and write reports/<run>/report.html."""
+    from autocompress.config import SearchConfig, parse_budget, config_error
+    from autocompress.search.runner import prepare, run_search
+
+    try:
+        data = dict(model=model, dataset=dataset, space=space, out=out, seed=seed, ray_address=ray_address,
+                    concurrency=concurrency, sampler=sampler, budget=parse_budget(budget).model_dump())
+        if finetune_epochs is not None:
+            data["finetune"] = {**SearchConfig().finetune.model_dump(), "epochs": finetune_epochs}
+        if baseline_epochs is not None:
+            data["baseline"] = {**SearchConfig().baseline.model_dump(), "epochs": baseline_epochs}
+        try:
+            cfg = SearchConfig.model_validate(data)
+        except ValidationError as e:
+            raise config_error(e, "the command line") from None
+        prep = prepare(cfg)
+    except AutocompressError as e:
+        _fail(e)
+        return
+    result = run_search(prep, progress=not no_progress, log=lambda s: typer.echo(s, err=True))
+    n_done = int((result.table["state"] == "COMPLETE").sum())
+    typer.echo(f"{n_done} trials done, {len(result.table) - n_done} failed, {len(result.pareto)} Pareto models")
+    typer.echo(f"report: {result.report}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory written by `autocompress search`.")) -> None:
+    """Rebuild report.html and report.md from a run's stored results."""
+    from autocompress.report import write_report
+
+    try:
+        path = write_report(run_dir)
+    except AutocompressError as e:
+        _fail(e)
+        return
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+def pick(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `autocompress search`."),
+    max_latency_ms: float = typer.Option(..., "--max-latency-ms", help="Upper bound on the median latency (ms)."),
+    min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="Lower bound on validation accuracy (%)."),
+    max_size_mb: Optional[float] = typer.Option(None, "--max-size-mb", help="Upper bound on the ONNX file size (MB)."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Copy the chosen ONNX file here."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (accuracy = test accuracy %)."),
+) -> None:
+    """Choose the most accurate Pareto model meeting the constraints (exit 1 if none does)."""
+    from autocompress.results.pick import pick as do_pick
+
+    if max_latency_ms <= 0:
+        _fail(ValueError(f"--max-latency-ms must be positive, but got {max_latency_ms}"))
+    try:
+        res = do_pick(run_dir, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_mb=max_size_mb, export=export)
+    except AutocompressError as e:
+        _fail(e)
+        return
+    if res.chosen is None:
+        if as_json:
+            typer.echo(json.dumps({"trial": None, "nearest": res.nearest, "baseline": res.baseline}))
+        else:
+            typer.echo("no Pareto model meets the constraints; nearest:", err=True)
+            for r in res.nearest:
+                typer.echo(f"  trial {r['trial']}: val {r['val_accuracy']:.2f}%  test {r['accuracy']:.2f}%  "
+                           f"{r['latency_ms']:.3f} ms  {r['size_bytes'] / 1e6:.3f} MB", err=True)
+        raise typer.Exit(1)
+    c = res.chosen
+    if as_json:
+        typer.echo(json.dumps(c))
+        return
+    b = res.baseline
+    typer.echo(f"trial {c['trial']}: test {c['accuracy']:.2f}% (val {c['val_accuracy']:.2f}%), {c['latency_ms']:.3f} ms "
+               f"({b['latency_ms'] / c['latency_ms']:.2f}x faster than FP32 {b['latency_ms']:.3f} ms), "
+               f"{c['size_bytes'] / 1e6:.3f} MB")
+    typer.echo(f"onnx: {c.get('exported_to', c['onnx'])}")
+
+
+@app.command()
+def models() -> None:
+    """List the built-in models (torchvision classification names and module:function also work)."""
+    from autocompress.tasks.models import list_models
+
+    for spec in list_models():
+        typer.echo(f"{spec.name:12s} {spec.description}")
+    typer.echo("also: any torchvision classification model name (e.g. resnet18, mobilenet_v2), or path/to/file.py:function")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

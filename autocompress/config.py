@@ -1,0 +1,106 @@
+"""The configuration of a whole run: what flags and config files resolve to, validated in one place."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from autocompress.errors import ConfigError
+
+__all__ = ["Budget", "parse_budget", "TrainConfig", "LatencyConfig", "SearchConfig", "config_error"]
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Budget(_Strict):
+    """Either a number of trials or a wall-clock limit in seconds (new trials start only before it)."""
+
+    trials: int | None = Field(default=None, ge=1)
+    seconds: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one(self) -> "Budget":
+        if (self.trials is None) == (self.seconds is None):
+            raise ValueError("a budget is either trials or seconds")
+        return self
+
+    def __str__(self) -> str:
+        if self.trials is not None:
+            return f"{self.trials} trials"
+        s = int(self.seconds or 0)
+        return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+
+
+def parse_budget(text: str | int) -> Budget:
+    """`40` -> 40 trials; `90s`, `10m`, `1h`, `1h30m` -> a wall-clock limit."""
+    s = str(text).strip().lower()
+    if s.isdigit():
+        n = int(s)
+        if n < 1:
+            raise ConfigError(f"--budget must be at least 1 trial, but got {text!r}; e.g. --budget 40 or --budget 30m")
+        return Budget(trials=n)
+    m = _DURATION.match(s)
+    if not s or not m or not any(m.groups()):
+        raise ConfigError(f"--budget {text!r} is neither a trial count nor a duration; use e.g. --budget 40, --budget 10m or --budget 1h30m")
+    h, mi, se = (float(g) if g else 0.0 for g in m.groups())
+    seconds = h * 3600 + mi * 60 + se
+    if seconds <= 0:
+        raise ConfigError(f"--budget {text!r} is zero; give a positive duration such as 10m")
+    return Budget(seconds=seconds)
+
+
+class TrainConfig(_Strict):
+    epochs: float = Field(ge=0, le=1000)
+    lr: float = Field(gt=0, le=10)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    kd_alpha: float = Field(default=0.7, ge=0, le=1)
+    temperature: float = Field(default=4.0, gt=0, le=100)
+
+
+class LatencyConfig(_Strict):
+    batch: int = Field(default=1, ge=1, le=1024)
+    threads: int = Field(default=1, ge=1, le=256)
+    warmup: int = Field(default=20, ge=0)
+    min_reps: int = Field(default=50, ge=5)
+    max_reps: int = Field(default=1000, ge=5)
+    ci_target: float = Field(default=0.02, gt=0, lt=1)
+    sessions: int = Field(default=3, ge=1, le=20)
+    max_seconds: float = Field(default=20.0, gt=0)
+
+
+class SearchConfig(_Strict):
+    model: str = "resnet20"
+    dataset: str = "digits"
+    input_size: int = Field(default=32, ge=8, le=1024)
+    space: Path | None = None  # None: search_spaces/default.yaml
+    budget: Budget = Budget(trials=12)
+    out: Path | None = None  # the run directory; default reports/<run-name>
+    run_name: str | None = None
+    seed: int = 0
+    ray_address: str | None = None
+    concurrency: int = Field(default=1, ge=1, le=256)
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    warm_start: bool = True  # enqueue uniform configurations first
+    baseline: TrainConfig = TrainConfig(epochs=15, lr=0.1)
+    finetune: TrainConfig = TrainConfig(epochs=6, lr=0.02, kd_alpha=0.9)
+    latency: LatencyConfig = LatencyConfig()
+    trial_timeout_s: float = Field(default=1800, gt=0)
+
+    def dump(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def config_error(e: ValidationError, source: str) -> ConfigError:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return ConfigError(f"{where} in {source}: {msg} (got {err.get('input')!r})")

@@ -1,0 +1,116 @@
+"""One trial: prune -> fine-tune with fake quantization and distillation -> fold BN -> export -> ORT
+static quantization -> verify -> accuracy of the artifact. Latency is measured elsewhere (the device).
+
+Baselines go through the same function (no pruning, no fine-tune), so they are measured the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from autocompress.measure.accuracy import onnx_accuracy
+from autocompress.measure.verify import kernel_report
+from autocompress.pipeline.export import export_onnx, fold_batchnorm, layer_nodes
+from autocompress.pipeline.finetune import TrainSettings, evaluate, train
+from autocompress.pipeline.prune import channel_counts, prune_model
+from autocompress.pipeline.quantize import fake_quantized, quantize_static_onnx
+from autocompress.tasks.data import Splits
+
+__all__ = ["TrialSpec", "TrialOutput", "run_pipeline"]
+
+
+@dataclass
+class TrialSpec:
+    ratios: dict[str, float]  # group name -> fraction of channels to remove
+    precisions: dict[str, str]  # layer name -> fp32 / int8 / int4
+    finetune: TrainSettings | None
+    round_to: int = 8
+    min_channels: int = 8
+    seed: int = 0
+
+
+@dataclass
+class TrialOutput:
+    onnx_bytes: bytes
+    sha256: str
+    size_bytes: int
+    val_accuracy: float  # of the ONNX Runtime artifact
+    test_accuracy: float
+    torch_val_accuracy: float  # of the PyTorch (fake-quant) model the artifact came from
+    torch_test_accuracy: float
+    channels: dict[str, int]
+    kept: dict[str, tuple[int, int]]
+    integer_layers: list[str]
+    float_layers: list[str]
+    requested_int8: list[str]
+    op_counts: dict[str, int]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *, threads: int | None = None) -> TrialOutput:
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(spec.seed)
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        times[stage] = round(now - t, 3)
+        t = now
+
+    example = torch.from_numpy(splits.val_x[:1])
+    model = copy.deepcopy(baseline).eval()
+    kept = prune_model(model, example, {g: r for g, r in spec.ratios.items() if r > 0},
+                       round_to=spec.round_to, min_channels=spec.min_channels)
+    lap("prune")
+
+    with fake_quantized(model, spec.precisions):
+        if spec.finetune is not None and spec.finetune.epochs > 0:
+            train(model, splits.train_x, splits.train_y, settings=spec.finetune, seed=spec.seed, teacher=baseline)
+        lap("finetune")
+        torch_val = evaluate(model, splits.val_x, splits.val_y)
+        torch_test = evaluate(model, splits.test_x, splits.test_y)
+        lap("evaluate_torch")
+
+    # Folding after the fine-tune is exact for the weights: per-output-channel symmetric quantization
+    # commutes with BatchNorm's per-channel scaling.
+    fold_batchnorm(model, example)
+    proto = export_onnx(model, example)
+    layers = list(channel_counts(model))
+    nodes = layer_nodes(proto, layers)
+    lap("export")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        quantize_static_onnx(proto, path, precisions=spec.precisions, nodes=nodes, calib_x=splits.calib_x)
+        lap("quantize")
+        data = open(path, "rb").read()
+        kernels = kernel_report(path)
+        lap("verify")
+    acc = onnx_accuracy(data, {"val": (splits.val_x, splits.val_y), "test": (splits.test_x, splits.test_y)},
+                        threads=threads or 1)
+    lap("evaluate_onnx")
+    return TrialOutput(
+        onnx_bytes=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        val_accuracy=acc["val"],
+        test_accuracy=acc["test"],
+        torch_val_accuracy=torch_val,
+        torch_test_accuracy=torch_test,
+        channels=channel_counts(model),
+        kept=kept,
+        integer_layers=kernels["integer_layers"],
+        float_layers=kernels["float_layers"],
+        requested_int8=sorted(l for l, p in spec.precisions.items() if p == "int8"),
+        op_counts=kernels["op_counts"],
+        stage_seconds=times,
+    )

@@ -1,0 +1,201 @@
+"""Build the report from a run directory's files only, so `autocompress report RUN` can rebuild it."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from autocompress.results.pareto import pareto_front
+from autocompress.results.rundir import RunDir, atomic_write_text
+
+__all__ = ["write_report", "pareto_config"]
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
+h1{margin-bottom:4px} h2{margin-top:36px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.sub{color:#666;margin-top:0} table{border-collapse:collapse;font-size:13px;margin:8px 0}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:right} th{background:#f5f5f5} td.l,th.l{text-align:left}
+.cards{display:flex;gap:12px;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;padding:10px 14px;min-width:170px}
+.card b{font-size:20px;display:block}.warn{color:#b45309}.bad{color:#b91c1c}.ok{color:#15803d}
+td.fp32{background:#e5e7eb}td.int8{background:#bfdbfe}td.int4{background:#c4b5fd}.scroll{overflow-x:auto}
+code{background:#f3f4f6;padding:1px 4px;border-radius:3px}
+"""
+
+
+def _f(x, nd=2, suffix=""):
+    return "" if x is None or (isinstance(x, float) and pd.isna(x)) else f"{x:.{nd}f}{suffix}"
+
+
+def pareto_config(row: pd.Series, space: list[dict]) -> dict[str, dict]:
+    """Per-layer view of one trial: kept channels per group, precision per layer."""
+    groups = {s["name"]: s for s in space if s["kind"] == "group"}
+    layer_prec = {}
+    for s in space:
+        if s["kind"] == "layer":
+            v = row.get(f"quant:{s['name']}")
+            layer_prec[s["name"]] = v if isinstance(v, str) else s["choices"][0]
+    kept = {}
+    for g, s in groups.items():
+        v = row.get(f"channels:{g}")
+        kept[g] = (int(v) if pd.notna(v) else s["channels"], s["channels"])
+    return {"precision": layer_prec, "kept": kept}
+
+
+def _table(df: pd.DataFrame, cols: list[tuple[str, str, callable]], left: set[str] = frozenset()) -> str:
+    head = "".join(f"<th class='{'l' if c in left else ''}'>{html.escape(t)}</th>" for c, t, _ in cols)
+    body = []
+    for _, r in df.iterrows():
+        cells = "".join(f"<td class='{'l' if c in left else ''}'>{fn(r)}</td>" for c, _, fn in cols)
+        body.append(f"<tr>{cells}</tr>")
+    return f"<div class='scroll'><table><tr>{head}</tr>{''.join(body)}</table></div>"
+
+
+def _scatter(table: pd.DataFrame, pareto: pd.DataFrame, baselines: dict) -> go.Figure:
+    fig = go.Figure()
+    done = table[table["state"] == "COMPLETE"]
+    dominated = done[~done["trial"].isin(pareto["trial"])]
+    size_mb = lambda s: s / 1e6
+    smax = max([done["size_bytes"].max() if len(done) else 1] + [b["size_bytes"] for b in baselines.values()])
+
+    def marker_size(s):
+        return 8 + 22 * (s / smax) ** 0.5
+
+    def hover(df):
+        return [f"trial {int(r.trial)}<br>val {r.val_accuracy:.2f}% · test {r.test_accuracy:.2f}%<br>"
+                f"{r.latency_ms:.3f} ms (p90 {r.latency_p90_ms:.3f})<br>{size_mb(r.size_bytes):.3f} MB" for r in df.itertuples()]
+
+    fig.add_trace(go.Scatter(x=dominated["latency_ms"], y=dominated["val_accuracy"], mode="markers", name="dominated",
+                             marker=dict(size=marker_size(dominated["size_bytes"]), color="#9ca3af", opacity=0.6),
+                             text=hover(dominated), hoverinfo="text"))
+    p = pareto.sort_values("latency_ms")
+    fig.add_trace(go.Scatter(x=p["latency_ms"], y=p["val_accuracy"], mode="markers+lines", name="Pareto (acc, latency, size)",
+                             line=dict(shape="hv", color="#2563eb", width=1),
+                             marker=dict(size=marker_size(p["size_bytes"]), color="#2563eb"),
+                             text=hover(p), hoverinfo="text"))
+    for name, b, color in (("FP32 baseline", baselines.get("fp32"), "#111827"), ("uniform int8 (PTQ)", baselines.get("int8"), "#dc2626")):
+        if b:
+            fig.add_trace(go.Scatter(x=[b["latency_ms"]], y=[b["val_accuracy"]], mode="markers+text", name=name,
+                                     text=[name], textposition="top center",
+                                     marker=dict(symbol="star", size=16, color=color),
+                                     hovertext=[f"{name}<br>val {b['val_accuracy']:.2f}% · test {b['test_accuracy']:.2f}%<br>"
+                                                f"{b['latency_ms']:.3f} ms<br>{b['size_bytes'] / 1e6:.3f} MB"], hoverinfo="text"))
+    fig.update_layout(xaxis_title="latency, median ms (batch 1, ONNX Runtime, measured on the device)",
+                      yaxis_title="validation accuracy (%) of the ONNX artifact",
+                      template="plotly_white", height=520, legend=dict(orientation="h", y=-0.18),
+                      margin=dict(l=60, r=20, t=30, b=40))
+    return fig
+
+
+def write_report(rd: RunDir | str | Path) -> Path:
+    rd = rd if isinstance(rd, RunDir) else RunDir.open(rd)
+    meta = rd.read_json(rd.meta)
+    baselines = rd.read_json(rd.baselines_json)
+    table = rd.read_table() if rd.trials_csv.is_file() else pd.DataFrame(columns=["trial", "state"])
+    pareto = pareto_front(table) if len(table) else table
+    rd.write_json(rd.pareto_json, json.loads(pareto.to_json(orient="records")))
+    fp32 = baselines["fp32"]
+    done = table[table["state"] == "COMPLETE"] if len(table) else table
+    failed = table[table["state"] != "COMPLETE"] if len(table) else table
+
+    def speed(r):
+        return f"{fp32['latency_ms'] / r['latency_ms']:.2f}x"
+
+    near = pareto[pareto["val_accuracy"] >= fp32["val_accuracy"] - 1.0] if len(pareto) else pareto
+    best = near.sort_values("latency_ms").iloc[0] if len(near) else None
+    dev = meta.get("device", {})
+    cards = [
+        ("FP32 baseline", f"{fp32['latency_ms']:.3f} ms", f"val {fp32['val_accuracy']:.2f}% · test {fp32['test_accuracy']:.2f}% · {fp32['size_bytes'] / 1e6:.2f} MB"),
+        ("uniform int8 (PTQ)", f"{baselines['int8']['latency_ms']:.3f} ms", f"val {baselines['int8']['val_accuracy']:.2f}% · {speed(baselines['int8'])} vs FP32") if "int8" in baselines else None,
+        ("fastest within 1 pt (val)", f"{best['latency_ms']:.3f} ms" if best is not None else "none",
+         f"trial {int(best['trial'])} · {speed(best)} · test {best['test_accuracy']:.2f}%" if best is not None else ""),
+        ("trials", f"{len(done)} done · {len(failed)} failed", f"{meta.get('budget', '')} budget · {meta.get('wall_seconds', '?')} s wall"),
+    ]
+    cards_html = "".join(f"<div class='card'>{t}<b>{v}</b><span class='sub'>{s}</span></div>" for c in cards if c for t, v, s in [c])
+
+    fig = _scatter(table if len(table) else pd.DataFrame(columns=["state"]), pareto, baselines) if len(done) else None
+    plot_html = fig.to_html(full_html=False, include_plotlyjs=True) if fig is not None else "<p>No completed trials yet.</p>"
+
+    def kernel_cell(r):
+        req, on = int(r.get("int8_requested", 0) or 0), int(r.get("int8_on_integer_kernel", 0) or 0)
+        cls = "ok" if on == req else "bad"
+        return f"<span class='{cls}'>{on}/{req}</span>"
+
+    pcols = [
+        ("trial", "trial", lambda r: str(int(r["trial"]))),
+        ("val_accuracy", "val acc %", lambda r: _f(r["val_accuracy"])),
+        ("test_accuracy", "test acc %", lambda r: _f(r["test_accuracy"])),
+        ("torch_test_accuracy", "PyTorch test %", lambda r: _f(r["torch_test_accuracy"])),
+        ("latency_ms", "latency ms", lambda r: _f(r["latency_ms"], 3)),
+        ("latency_p90_ms", "p90 ms", lambda r: _f(r["latency_p90_ms"], 3)),
+        ("speedup", "speed-up", speed),
+        ("size_bytes", "size MB", lambda r: _f(r["size_bytes"] / 1e6, 3)),
+        ("kern", "int8 layers on integer kernels", kernel_cell),
+        ("onnx", "file", lambda r: f"<code>{html.escape(str(r['onnx']))}</code>"),
+    ]
+    pareto_html = _table(pareto, pcols, left={"onnx"}) if len(pareto) else "<p>No Pareto models.</p>"
+
+    # per-layer configuration of each Pareto model
+    space = meta.get("space", [])
+    cfgs = {int(r["trial"]): pareto_config(r, space) for _, r in pareto.iterrows()}
+    trials = list(cfgs)
+    rows_html = []
+    for s in space:
+        if s["kind"] == "group":
+            cells = "".join(f"<td>{cfgs[t]['kept'][s['name']][0]}/{s['channels']}</td>" for t in trials)
+            rows_html.append(f"<tr><td class='l'>group <code>{html.escape(s['name'])}</code> ({len(s['members'])} layers)</td>{cells}</tr>")
+    for s in space:
+        if s["kind"] == "layer":
+            cells = "".join(f"<td class='{cfgs[t]['precision'][s['name']]}'>{cfgs[t]['precision'][s['name']]}</td>" for t in trials)
+            rows_html.append(f"<tr><td class='l'>layer <code>{html.escape(s['name'])}</code></td>{cells}</tr>")
+    head = "".join(f"<th>trial {t}</th>" for t in trials)
+    layers_html = f"<div class='scroll'><table><tr><th class='l'>kept channels / precision</th>{head}</tr>{''.join(rows_html)}</table></div>"
+
+    fail_html = ""
+    if len(failed):
+        fail_html = "<h2>Failed trials</h2>" + _table(failed, [("trial", "trial", lambda r: str(int(r["trial"]))),
+                                                               ("state", "state", lambda r: r["state"]),
+                                                               ("error", "error", lambda r: html.escape(str(r.get("error", ""))))], left={"error"})
+    int4_used = any(str(v) == "int4" for c in table.columns if c.startswith("quant:") for v in table[c].dropna()) if len(table) else False
+    notes = ["Every figure is measured on the ONNX file listed, under ONNX Runtime "
+             f"{html.escape(str(dev.get('onnxruntime', '?')))} on <b>{html.escape(str(dev.get('cpu', '?')))}</b> "
+             f"({dev.get('cores', '?')} cores, ISA {', '.join(dev.get('isa', [])) or 'n/a'}), {dev.get('threads', '?')} intra-op thread(s)."]
+    ls = meta.get("latency_settings", {})
+    notes.append(f"Latency: batch {ls.get('batch')}, {ls.get('warmup')} warm-up runs, repetitions until the median's 95% CI is within "
+                 f"{100 * ls.get('ci_target', 0):.0f}% (at least {ls.get('min_reps')}, at most {ls.get('max_reps')}), median over "
+                 f"{ls.get('sessions')} fresh sessions; never measured while a trial fine-tunes.")
+    notes.append("The search ranks on the validation split; the test split is reported only. Accuracy is the ONNX Runtime artifact's; "
+                 "'PyTorch test %' is the fake-quantized PyTorch model it was exported from.")
+    notes.append("int8 = int8 per-channel weights with uint8 activations (QDQ, fuses into QLinearConv on x86). "
+                 + ("int4 weights are stored packed (ONNX INT4): on ORT's CPU provider they run as DequantizeLinear + float Conv, "
+                    "so int4 gives a smaller file but no speed-up here." if int4_used else ""))
+    if meta.get("excluded_layers"):
+        notes.append("Excluded from quantization: " + ", ".join(f"<code>{html.escape(k)}</code> ({html.escape(v)})" for k, v in meta["excluded_layers"].items()))
+
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>autocompress · {html.escape(meta['run_name'])}</title>
+<style>{_CSS}</style></head><body>
+<h1>autocompress report</h1><p class="sub">{html.escape(meta['run_name'])} · model <code>{html.escape(meta['model'])}</code> on
+<code>{html.escape(meta['dataset'])}</code> · started {html.escape(str(meta.get('started', '')))} · status {html.escape(str(meta.get('status', '')))}</p>
+<div class="cards">{cards_html}</div>
+<h2>Accuracy vs latency</h2><p class="sub">Marker area is proportional to file size. Blue: Pareto-optimal over (validation accuracy, latency, size).</p>
+{plot_html}
+<h2>Pareto models</h2>{pareto_html}
+<p class="sub">Choose one with <code>autocompress pick {html.escape(str(rd.path))} --max-latency-ms X</code>.</p>
+<h2>Per-layer configuration of the Pareto models</h2>{layers_html}
+{fail_html}
+<h2>How these numbers were measured</h2><ul>{''.join(f'<li>{n}</li>' for n in notes)}</ul>
+</body></html>"""
+    atomic_write_text(rd.report_html, page)
+
+    md = [f"# autocompress report: {meta['run_name']}", "",
+          f"Model `{meta['model']}` on `{meta['dataset']}`; {len(done)} trials done, {len(failed)} failed; device: {dev.get('cpu', '?')}, ORT {dev.get('onnxruntime', '?')}, {dev.get('threads', '?')} thread(s).", "",
+          "| model | val acc % | test acc % | latency ms | p90 ms | speed-up | size MB | file |", "|---|---|---|---|---|---|---|---|"]
+    for name, b in baselines.items():
+        md.append(f"| baseline {name} | {b['val_accuracy']:.2f} | {b['test_accuracy']:.2f} | {b['latency_ms']:.3f} | {b['latency_p90_ms']:.3f} | {speed(b)} | {b['size_bytes'] / 1e6:.3f} | {b['onnx']} |")
+    for _, r in pareto.iterrows():
+        md.append(f"| trial {int(r['trial'])} | {r['val_accuracy']:.2f} | {r['test_accuracy']:.2f} | {r['latency_ms']:.3f} | {r['latency_p90_ms']:.3f} | {speed(r)} | {r['size_bytes'] / 1e6:.3f} | {r['onnx']} |")
+    atomic_write_text(rd.report_md, "\n".join(md) + "\n")
+    return rd.report_html

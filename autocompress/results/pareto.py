@@ -1,0 +1,24 @@
+"""Pareto set over (validation accuracy up, latency down, size down) of completed trials."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+__all__ = ["OBJECTIVES", "pareto_front", "dominates"]
+
+OBJECTIVES = (("val_accuracy", "max"), ("latency_ms", "min"), ("size_bytes", "min"))
+
+
+def dominates(a: pd.Series | dict, b: pd.Series | dict) -> bool:
+    better_or_equal = all((a[k] >= b[k]) if d == "max" else (a[k] <= b[k]) for k, d in OBJECTIVES)
+    strictly = any((a[k] > b[k]) if d == "max" else (a[k] < b[k]) for k, d in OBJECTIVES)
+    return better_or_equal and strictly
+
+
+def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of completed trials that no other completed trial dominates, fastest first."""
+    done = table[table["state"] == "COMPLETE"] if "state" in table else table
+    done = done.dropna(subset=[k for k, _ in OBJECTIVES])
+    rows = [r for _, r in done.iterrows()]
+    keep = [i for i, r in zip(done.index, rows) if not any(dominates(o, r) for o in rows if o is not r)]
+    return done.loc[keep].sort_values("latency_ms")

@@ -1,0 +1,104 @@
+"""Layout of one run directory. Every file is written to a temporary name and renamed into place."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from autocompress.errors import RunError
+
+__all__ = ["RunDir", "atomic_write_bytes", "atomic_write_text"]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    # ---- layout
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def meta(self) -> Path:
+        return self.path / "meta.json"
+
+    @property
+    def journal(self) -> Path:
+        return self.path / "optuna.log"
+
+    @property
+    def trials_csv(self) -> Path:
+        return self.path / "trials.csv"
+
+    @property
+    def baselines_json(self) -> Path:
+        return self.path / "baselines.json"
+
+    @property
+    def pareto_json(self) -> Path:
+        return self.path / "pareto.json"
+
+    @property
+    def report_html(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def report_md(self) -> Path:
+        return self.path / "report.md"
+
+    def model_path(self, name: str) -> Path:
+        return self.path / "models" / f"{name}.onnx"
+
+    # ---- io
+    def write_json(self, path: Path, obj) -> None:
+        atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+    def read_json(self, path: Path):
+        if not path.is_file():
+            raise RunError(f"{self.path} has no {path.name}; is it a run directory written by `autocompress search`?")
+        return json.loads(path.read_text())
+
+    def write_table(self, rows: list[dict]) -> None:
+        atomic_write_text(self.trials_csv, pd.DataFrame(rows).to_csv(index=False))
+
+    def read_table(self) -> pd.DataFrame:
+        if not self.trials_csv.is_file():
+            raise RunError(f"{self.path} has no trials.csv; is it a run directory written by `autocompress search`?")
+        return pd.read_csv(self.trials_csv)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        p = Path(path)
+        if not p.is_dir():
+            raise RunError(f"run directory {str(p)!r} does not exist; pass the directory that `autocompress search` printed")
+        rd = cls(p)
+        for needed in (rd.meta, rd.trials_csv, rd.baselines_json):
+            if not needed.is_file():
+                raise RunError(f"{p} has no {needed.name}; is it a run directory written by `autocompress search`?")
+        return rd

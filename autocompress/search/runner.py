@@ -1,0 +1,342 @@
+"""A whole search: validate -> baseline -> space -> Ray trials driven by Optuna ask/tell -> results.
+
+Why Optuna ask/tell over Ray tasks (rather than Ray Tune): the driver owns one Optuna study whose
+storage is a journal file in the run directory (the single source of truth that optuna-dashboard
+opens and a resume can replay), trials are plain Ray tasks that run anywhere in a cluster, and
+latency is measured by a separate device actor at moments the driver chooses, never beside a
+fine-tune. Tune would own the trial loop and the scheduling that the measurement must control.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from autocompress.config import SearchConfig
+from autocompress.errors import ClusterError, ModelError, RunError
+from autocompress.pipeline.export import export_onnx, fold_batchnorm, layer_nodes
+from autocompress.pipeline.finetune import TrainSettings
+from autocompress.pipeline.prune import channel_counts, find_groups
+from autocompress.pipeline.trial import TrialOutput, TrialSpec, run_pipeline
+from autocompress.results.pareto import pareto_front
+from autocompress.results.rundir import RunDir, atomic_write_bytes
+from autocompress.space import SearchSpace, build_space, load_space_file
+from autocompress.tasks.baseline import get_baseline
+from autocompress.tasks.data import Splits, load_dataset
+from autocompress.tasks.models import build_model
+
+__all__ = ["Prepared", "SearchResult", "prepare", "run_search", "search", "WARM_START"]
+
+# Uniform configurations tried first when warm_start is on: (prune ratio, precision).
+WARM_START = ((0.5, "fp32"), (0.25, "fp32"), (0.5, "int8"), (0.625, "fp32"))
+
+
+@dataclass
+class Prepared:
+    config: SearchConfig
+    splits: Splits
+    space_file: object
+    run_dir: Path
+    run_name: str
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    table: "object"  # pandas.DataFrame of every trial
+    pareto: "object"  # pandas.DataFrame of the Pareto trials
+    baselines: dict[str, dict]
+    report: Path
+
+
+def _check_ray_address(address: str) -> None:
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"--ray-address {address!r} is not HOST:PORT; use the address `ray start --head` printed, e.g. 127.0.0.1:6379")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except OSError as e:
+        raise ClusterError(
+            f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start one with `ray start --head` or drop --ray-address to use a local Ray"
+        ) from None
+
+
+def prepare(config: SearchConfig) -> Prepared:
+    """Everything that can be wrong with the user's input is found here, before anything is written."""
+    space_file = load_space_file(config.space)
+    splits = load_dataset(config.dataset, input_size=config.input_size, seed=config.seed)
+    model = build_model(config.model, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
+    try:
+        with torch.no_grad():
+            model.eval()(torch.from_numpy(splits.val_x[:1]))
+    except Exception as e:  # noqa: BLE001 - any failure here means the model cannot take the data
+        raise ModelError(f"model {config.model!r} cannot take inputs of shape {tuple(splits.input_shape)}: {type(e).__name__}: {str(e).splitlines()[0]}; "
+                         "choose another --input-size or model") from None
+    if config.ray_address:
+        _check_ray_address(config.ray_address)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_name = config.run_name or f"{Path(config.model).name.replace(':', '-')}-{config.dataset}-{stamp}"
+    run_dir = Path(config.out) if config.out else Path("reports") / run_name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"run directory {str(run_dir)!r} already exists and is not empty; pass another --out or remove it")
+    return Prepared(config, splits, space_file, run_dir, run_name)
+
+
+def _quantizable_layers(model: torch.nn.Module, example: torch.Tensor) -> tuple[list[str], dict[str, str]]:
+    """Layers whose weights reach a Conv/Gemm/MatMul node of the exported graph, and the ones excluded (why)."""
+    import copy
+
+    m = copy.deepcopy(model).eval()
+    fold_batchnorm(m, example)
+    proto = export_onnx(m, example)
+    names = list(channel_counts(m))
+    nodes = layer_nodes(proto, names)
+    excluded = {n: "no Conv/Gemm node of the exported graph reads its weight" for n in names if n not in nodes}
+    return [n for n in names if n in nodes], excluded
+
+
+def _describe_error(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    # RayTaskError text starts with the Ray wrapper; keep the user-facing last line
+    last = next((l for l in reversed(text) if l.strip()), type(e).__name__)
+    return last[:500]
+
+
+class _Progress:
+    """A rich live progress bar: elapsed, trials done / failed, best trade-offs so far."""
+
+    def __init__(self, total_trials: int | None, total_seconds: float | None, enabled: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.enabled = enabled
+        self.total_trials, self.total_seconds = total_trials, total_seconds
+        cols = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                MofNCompleteColumn() if total_trials else TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(), TextColumn("{task.fields[status]}")]
+        self.progress = Progress(*cols, transient=False, disable=not enabled)
+        self.task = self.progress.add_task("search", total=total_trials or total_seconds, status="")
+
+    def __enter__(self) -> "_Progress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *a) -> None:
+        self.progress.__exit__(*a)
+
+    def note(self, text: str) -> None:
+        self.progress.update(self.task, status=text)
+
+    def update(self, *, done: int, failed: int, elapsed: float, best: str) -> None:
+        completed = done + failed if self.total_trials else min(elapsed, self.total_seconds or 0)
+        self.progress.update(self.task, completed=completed, status=f"done {done}  failed {failed}  {best}")
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=os.cpu_count(), **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise ClusterError(f"cannot start or join Ray ({_describe_error(e)}); check --ray-address or run `ray stop` and retry") from None
+
+
+def _row(number: int, state: str, params: dict, out: TrialOutput | None, lat: dict | None, onnx_rel: str | None,
+         seconds: float, error: str = "", kind: str = "search") -> dict:
+    row: dict = {"trial": number, "kind": kind, "state": state, "duration_s": round(seconds, 2)}
+    if out is not None and lat is not None:
+        row.update({
+            "val_accuracy": round(out.val_accuracy, 4), "test_accuracy": round(out.test_accuracy, 4),
+            "latency_ms": round(lat["median_ms"], 4), "latency_p90_ms": round(lat["p90_ms"], 4),
+            "latency_p99_ms": round(lat["p99_ms"], 4), "latency_reps": lat["reps"],
+            "size_bytes": out.size_bytes, "torch_val_accuracy": round(out.torch_val_accuracy, 4),
+            "torch_test_accuracy": round(out.torch_test_accuracy, 4), "sha256": out.sha256, "onnx": onnx_rel,
+            "int8_requested": len(out.requested_int8),
+            "int8_on_integer_kernel": len(set(out.requested_int8) & set(out.integer_layers)),
+            "kernels": " ".join(f"{k}={v}" for k, v in sorted(out.op_counts.items())),
+        })
+        row.update({f"t_{k}": v for k, v in out.stage_seconds.items()})
+        row.update({f"channels:{g}": after for g, (_, after) in out.kept.items()})
+    row["error"] = error
+    row.update(params)
+    return row
+
+
+def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], None] = print) -> SearchResult:
+    import optuna
+    import ray
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    cfg = prep.config
+    t_start = time.perf_counter()
+    torch.set_num_threads(os.cpu_count() or 1)
+    splits = prep.splits
+    example = torch.from_numpy(splits.val_x[:1])
+    input_shape = tuple(splits.input_shape)
+
+    log(f"baseline: {cfg.model} on {cfg.dataset} ({splits.sizes()})")
+    base_settings = TrainSettings(**cfg.baseline.model_dump())
+    baseline, binfo = get_baseline(model_name=cfg.model, splits=splits, settings=base_settings, seed=cfg.seed,
+                                   on_epoch=lambda e, l: log(f"  baseline epoch {e + 1}/{base_settings.epochs:g}: loss {l:.3f}") if progress else None)
+    how = "loaded from cache" if binfo["cached"] else f"trained in {binfo['train_seconds']} s"
+    log(f"  baseline {how} ({binfo['path']})")
+
+    groups = find_groups(baseline, example)
+    layers, excluded = _quantizable_layers(baseline, example)
+    space: SearchSpace = build_space(prep.space_file, groups, layers, source=str(cfg.space or "search_spaces/default.yaml"))
+    space.excluded = excluded
+    params_def = space.params()
+
+    rd = RunDir(prep.run_dir)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    rd.write_json(rd.config, cfg.dump())
+    meta = {
+        "run_name": prep.run_name, "started": dt.datetime.now().isoformat(timespec="seconds"), "status": "running",
+        "model": cfg.model, "dataset": cfg.dataset, "input_shape": list(input_shape), "splits": splits.sizes(),
+        "baseline": binfo, "space": space.describe(), "excluded_layers": excluded, "budget": str(cfg.budget),
+        "latency_settings": cfg.latency.model_dump(),
+        "objectives": ["val_accuracy (max)", "latency_ms (min)", "size_bytes (min)"],
+    }
+    rd.write_json(rd.meta, meta)
+
+    _init_ray(cfg.ray_address)
+    total_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+    threads = max(1, total_cpus // cfg.concurrency)
+    device = Device.remote(cfg.latency.model_dump())
+    meta["device"] = ray.get(device.fingerprint.remote())
+    meta["ray"] = {"address": cfg.ray_address or "local", "cpus": total_cpus, "threads_per_trial": threads,
+                   "concurrency": cfg.concurrency}
+    rd.write_json(rd.meta, meta)
+
+    base_ref = ray.put(baseline)
+    splits_ref = ray.put(splits)
+    remote_trial = ray.remote(_trial_task).options(num_cpus=threads, max_retries=0)
+    ft = TrainSettings(**cfg.finetune.model_dump())
+
+    def spec_for(params: dict, finetune: TrainSettings | None) -> TrialSpec:
+        ratios, precisions = space.decode(params)
+        return TrialSpec(ratios, precisions, finetune, space.round_to, space.min_channels, cfg.seed)
+
+    # ---- baselines: FP32 and uniform int8 (post-training, no fine-tune), measured like every trial
+    baselines: dict[str, dict] = {}
+    for name, prec in (("fp32", "fp32"), ("int8", "int8")):
+        log(f"baseline {name}: export, quantize, measure")
+        out = ray.get(remote_trial.remote(base_ref, splits_ref, spec_for(space.uniform(0.0, prec), None), threads))
+        lat = ray.get(device.measure.remote(out.onnx_bytes, input_shape))
+        path = rd.model_path(f"baseline-{name}")
+        atomic_write_bytes(path, out.onnx_bytes)
+        baselines[name] = _row(-1, "COMPLETE", {}, out, lat, str(path.relative_to(rd.path)), 0.0, kind=f"baseline-{name}")
+    rd.write_json(rd.baselines_json, baselines)
+    fp32_ms = baselines["fp32"]["latency_ms"]
+
+    # ---- the study
+    sampler = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=5 if cfg.warm_start else 10),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=cfg.seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=cfg.seed),
+    }[cfg.sampler]()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(rd.journal)))
+    study = optuna.create_study(study_name=prep.run_name, storage=storage, sampler=sampler,
+                                directions=["maximize", "minimize", "minimize"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["val_accuracy", "latency_ms", "size_bytes"])
+    if cfg.warm_start and params_def:
+        n_anchor = len(WARM_START) if cfg.budget.trials is None else min(len(WARM_START), max(1, cfg.budget.trials // 3))
+        for ratio, prec in WARM_START[:n_anchor]:
+            study.enqueue_trial(space.uniform(ratio, prec), skip_if_exists=True)
+    distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in params_def.items()}
+
+    rows: list[dict] = []
+    running: dict = {}  # ObjectRef -> (optuna trial, params, start time)
+    done = failed = 0
+    deadline = t_start + cfg.budget.seconds if cfg.budget.seconds else None
+
+    def can_start() -> bool:
+        if cfg.budget.trials is not None:
+            return done + failed + len(running) < cfg.budget.trials
+        return time.perf_counter() < (deadline or 0)
+
+    def best_text() -> str:
+        ok = [r for r in rows if r["state"] == "COMPLETE"]
+        if not ok:
+            return ""
+        near = [r for r in ok if r["val_accuracy"] >= baselines["fp32"]["val_accuracy"] - 1.0]
+        b = min(near or ok, key=lambda r: r["latency_ms"])
+        return f"best within 1pt: {b['val_accuracy']:.1f}% @ {b['latency_ms']:.3f} ms ({fp32_ms / b['latency_ms']:.2f}x)"
+
+    with _Progress(cfg.budget.trials, cfg.budget.seconds, progress) as bar:
+        while running or can_start():
+            while can_start() and len(running) < cfg.concurrency:
+                trial = study.ask(distributions)
+                params = dict(trial.params)
+                ref = remote_trial.remote(base_ref, splits_ref, spec_for(params, ft), threads)
+                running[ref] = (trial, params, time.perf_counter())
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            now = time.perf_counter()
+            for ref in list(running):
+                trial, params, t0 = running[ref]
+                if ref not in ready and now - t0 <= cfg.trial_timeout_s:
+                    continue
+                del running[ref]
+                try:
+                    if ref not in ready:
+                        ray.cancel(ref, force=True)
+                        raise TimeoutError(f"trial exceeded trial_timeout_s={cfg.trial_timeout_s:g}")
+                    out: TrialOutput = ray.get(ref)
+                    lat = ray.get(device.measure.remote(out.onnx_bytes, input_shape))
+                    path = rd.model_path(f"trial-{trial.number:04d}")
+                    atomic_write_bytes(path, out.onnx_bytes)
+                    row = _row(trial.number, "COMPLETE", params, out, lat, str(path.relative_to(rd.path)), now - t0)
+                    study.tell(trial, [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
+                    done += 1
+                except Exception as e:  # noqa: BLE001 - a failing trial never takes the search down
+                    err = _describe_error(e)
+                    row = _row(trial.number, "FAIL", params, None, None, None, now - t0, error=err)
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    failed += 1
+                rows.append(row)
+                rd.write_table(sorted(rows, key=lambda r: r["trial"]))
+            bar.update(done=done, failed=failed, elapsed=time.perf_counter() - t_start, best=best_text())
+
+    meta.update(status="complete", finished=dt.datetime.now().isoformat(timespec="seconds"),
+                wall_seconds=round(time.perf_counter() - t_start, 1), trials_complete=done, trials_failed=failed)
+    rd.write_json(rd.meta, meta)
+    from autocompress.report import write_report
+
+    report = write_report(rd)
+    table = rd.read_table()
+    return SearchResult(rd.path, table, pareto_front(table), baselines, report)
+
+
+def _trial_task(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, threads: int) -> TrialOutput:
+    """Runs in a Ray worker."""
+    return run_pipeline(baseline, splits, spec, threads=threads)
+
+
+def search(config: SearchConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> SearchResult:
+    """Library entry point: validate, then run. Raises AutocompressError on bad input (nothing written)."""
+    return run_search(prepare(config), progress=progress, log=log)
+
+
+from autocompress.search.device import Device  # noqa: E402  (ray.remote class; import after helpers)

@@ -1,0 +1,187 @@
+"""Search space: the model's real prunable groups and quantizable layers, with choices from YAML rules."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from autocompress.errors import SpaceError
+from autocompress.pipeline.prune import PruneGroup, kept_channels
+
+__all__ = ["SpaceFile", "SearchSpace", "load_space_file", "build_space", "DEFAULT_SPACE"]
+
+DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
+Precision = Literal["fp32", "int8", "int4"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ratios(v: list[float]) -> list[float]:
+    if not v:
+        raise ValueError("must list at least one ratio, e.g. [0.0, 0.5]")
+    bad = [r for r in v if not 0.0 <= r <= 0.95]
+    if bad:
+        raise ValueError(f"every ratio must be in [0, 0.95], but got {bad[0]}")
+    return sorted(set(v))
+
+
+def _check_precisions(v: list[str]) -> list[str]:
+    if not v:
+        raise ValueError("must list at least one precision of fp32, int8, int4")
+    return list(dict.fromkeys(v))
+
+
+class PruneSection(_Strict):
+    ratios: list[float] = Field(default=[0.0, 0.25, 0.375, 0.5, 0.625, 0.75])
+    round_to: int = Field(default=8, ge=1, le=256)
+    min_channels: int = Field(default=8, ge=1)
+
+    _ratios = field_validator("ratios")(classmethod(lambda cls, v: _check_ratios(v)))
+
+
+class QuantizeSection(_Strict):
+    precisions: list[Precision] = Field(default=["fp32", "int8", "int4"])
+
+    _prec = field_validator("precisions")(classmethod(lambda cls, v: _check_precisions(v)))
+
+
+class Rule(_Strict):
+    match: str = Field(min_length=1)
+    ratios: list[float] | None = None
+    precisions: list[Precision] | None = None
+
+    @field_validator("ratios")
+    @classmethod
+    def _r(cls, v: list[float] | None) -> list[float] | None:
+        return None if v is None else _check_ratios(v)
+
+    @field_validator("precisions")
+    @classmethod
+    def _p(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else _check_precisions(v)
+
+
+class SpaceFile(_Strict):
+    prune: PruneSection = PruneSection()
+    quantize: QuantizeSection = QuantizeSection()
+    rules: list[Rule] = Field(default_factory=list)
+
+
+def _where(err: dict) -> str:
+    return ".".join(str(p) for p in err["loc"]) or "(top level)"
+
+
+def load_space_file(path: str | Path | None) -> SpaceFile:
+    """Parse and validate a search-space YAML; every problem is one SpaceError line naming the key and file."""
+    path = Path(path) if path is not None else DEFAULT_SPACE
+    if not path.is_file():
+        raise SpaceError(f"search space file {str(path)!r} does not exist; pass --space with a YAML file such as search_spaces/default.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpaceError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{path} must be a mapping with keys prune, quantize, rules, but it holds a {type(raw).__name__}")
+    try:
+        return SpaceFile.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; allowed keys are prune (ratios, round_to, min_channels), quantize (precisions), rules (match, ratios, precisions)"
+        raise SpaceError(f"{_where(err)} in {path}: {msg} (got {err.get('input')!r})") from None
+
+
+@dataclass
+class GroupChoice:
+    name: str
+    channels: int
+    members: tuple[str, ...]
+    ratios: list[float]  # one ratio per distinct kept-channel count
+    kept: list[int]
+
+
+@dataclass
+class LayerChoice:
+    name: str
+    precisions: list[str]
+
+
+@dataclass
+class SearchSpace:
+    groups: list[GroupChoice]
+    layers: list[LayerChoice]
+    round_to: int
+    min_channels: int
+    excluded: dict[str, str] = field(default_factory=dict)  # layer -> why it is not searched
+
+    def params(self) -> dict[str, list]:
+        """Optuna parameter name -> choices, for every choice with more than one option."""
+        out: dict[str, list] = {}
+        for g in self.groups:
+            if len(g.ratios) > 1:
+                out[f"prune:{g.name}"] = g.ratios
+        for l in self.layers:
+            if len(l.precisions) > 1:
+                out[f"quant:{l.name}"] = l.precisions
+        return out
+
+    def decode(self, params: dict) -> tuple[dict[str, float], dict[str, str]]:
+        """Optuna params -> (ratio per group, precision per layer), filling fixed choices."""
+        ratios = {g.name: float(params.get(f"prune:{g.name}", g.ratios[0])) for g in self.groups}
+        precisions = {l.name: str(params.get(f"quant:{l.name}", l.precisions[0])) for l in self.layers}
+        return ratios, precisions
+
+    def uniform(self, ratio: float, precision: str) -> dict:
+        """Params of the uniform configuration closest to (ratio, precision) that the space allows."""
+        params = {}
+        for g in self.groups:
+            if len(g.ratios) > 1:
+                params[f"prune:{g.name}"] = min(g.ratios, key=lambda r: (abs(r - ratio), r))
+        for l in self.layers:
+            if len(l.precisions) > 1:
+                params[f"quant:{l.name}"] = precision if precision in l.precisions else l.precisions[0]
+        return params
+
+    def describe(self) -> list[dict]:
+        rows = [{"kind": "group", "name": g.name, "channels": g.channels, "members": list(g.members),
+                 "choices": [f"{r:g}->{k}ch" for r, k in zip(g.ratios, g.kept)]} for g in self.groups]
+        rows += [{"kind": "layer", "name": l.name, "choices": l.precisions} for l in self.layers]
+        return rows
+
+
+def build_space(spec: SpaceFile, groups: list[PruneGroup], layers: list[str], *, source: str = "") -> SearchSpace:
+    """Apply the YAML rules to the model's groups and layers."""
+    def rule_for(name: str, attr: str, default: list):
+        value = default
+        for rule in spec.rules:
+            if fnmatch.fnmatchcase(name, rule.match) and getattr(rule, attr) is not None:
+                value = getattr(rule, attr)
+        return value
+
+    for rule in spec.rules:
+        names = [g.name for g in groups] + layers
+        if not any(fnmatch.fnmatchcase(n, rule.match) for n in names):
+            raise SpaceError(
+                f"rule match {rule.match!r} in {source or 'the search space'} selects no group or layer; "
+                f"names look like {', '.join(names[:3])} (see `autocompress search --dry-run`)"
+            )
+    out_groups = []
+    for g in groups:
+        seen: dict[int, float] = {}
+        for r in rule_for(g.name, "ratios", spec.prune.ratios):
+            k = kept_channels(g.channels, r, round_to=spec.prune.round_to, min_channels=spec.prune.min_channels)
+            seen.setdefault(k, r)
+        kept = sorted(seen, reverse=True)
+        out_groups.append(GroupChoice(g.name, g.channels, g.members, [seen[k] for k in kept], kept))
+    out_layers = [LayerChoice(l, list(rule_for(l, "precisions", spec.quantize.precisions))) for l in layers]
+    return SearchSpace(out_groups, out_layers, spec.prune.round_to, spec.prune.min_channels)
