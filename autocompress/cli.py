@@ -39,6 +39,7 @@ def search(
     finetune_epochs: Optional[float] = typer.Option(None, "--finetune-epochs", help="Epochs of the KD fine-tune per trial (default 6)."),
     baseline_epochs: Optional[float] = typer.Option(None, "--baseline-epochs", help="Epochs to train the baseline when it is not cached (default 15)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress bar (for logs)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and the search space (groups, layers, choices) as JSON, and exit."),
 ) -> None:
     """Run a compression search and write reports/<run>/report.html."""
     from autocompress.config import SearchConfig, parse_budget, config_error
@@ -59,7 +60,14 @@ def search(
     except AutocompressError as e:
         _fail(e)
         return
-    result = run_search(prep, progress=not no_progress, log=lambda s: typer.echo(s, err=True))
+    if dry_run:
+        typer.echo(json.dumps(prep.describe(), indent=2))
+        return
+    try:
+        result = run_search(prep, progress=not no_progress, log=lambda s: typer.echo(s, err=True))
+    except AutocompressError as e:
+        _fail(e)
+        return
     n_done = int((result.table["state"] == "COMPLETE").sum())
     typer.echo(f"{n_done} trials done, {len(result.table) - n_done} failed, {len(result.pareto)} Pareto models")
     typer.echo(f"report: {result.report}")

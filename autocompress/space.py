@@ -173,7 +173,7 @@ def build_space(spec: SpaceFile, groups: list[PruneGroup], layers: list[str], *,
         if not any(fnmatch.fnmatchcase(n, rule.match) for n in names):
             raise SpaceError(
                 f"rule match {rule.match!r} in {source or 'the search space'} selects no group or layer; "
-                f"names look like {', '.join(names[:3])} (see `autocompress search --dry-run`)"
+                f"names look like {', '.join(names[:3])} (`autocompress search --dry-run` lists them)"
             )
     out_groups = []
     for g in groups:

@@ -78,7 +78,8 @@ def kept_channels(channels: int, ratio: float, *, round_to: int, min_channels: i
         return channels
     target = channels * (1.0 - ratio)
     keep = int(math.floor(target / round_to + 0.5)) * round_to if round_to > 1 else int(round(target))
-    return int(min(channels, max(min_channels, round_to if round_to > 1 else 1, keep)))
+    floor = max(round_to, math.ceil(min_channels / round_to) * round_to)  # the minimum, on the grid too
+    return int(min(channels, max(floor, keep)))
 
 
 def prune_model(

@@ -72,8 +72,7 @@ def _scatter(table: pd.DataFrame, pareto: pd.DataFrame, baselines: dict) -> go.F
                              marker=dict(size=marker_size(dominated["size_bytes"]), color="#9ca3af", opacity=0.6),
                              text=hover(dominated), hoverinfo="text"))
     p = pareto.sort_values("latency_ms")
-    fig.add_trace(go.Scatter(x=p["latency_ms"], y=p["val_accuracy"], mode="markers+lines", name="Pareto (acc, latency, size)",
-                             line=dict(shape="hv", color="#2563eb", width=1),
+    fig.add_trace(go.Scatter(x=p["latency_ms"], y=p["val_accuracy"], mode="markers", name="Pareto (acc, latency, size)",
                              marker=dict(size=marker_size(p["size_bytes"]), color="#2563eb"),
                              text=hover(p), hoverinfo="text"))
     for name, b, color in (("FP32 baseline", baselines.get("fp32"), "#111827"), ("uniform int8 (PTQ)", baselines.get("int8"), "#dc2626")):
@@ -146,7 +145,7 @@ def write_report(rd: RunDir | str | Path) -> Path:
     for s in space:
         if s["kind"] == "group":
             cells = "".join(f"<td>{cfgs[t]['kept'][s['name']][0]}/{s['channels']}</td>" for t in trials)
-            rows_html.append(f"<tr><td class='l'>group <code>{html.escape(s['name'])}</code> ({len(s['members'])} layers)</td>{cells}</tr>")
+            rows_html.append(f"<tr><td class='l'>group <code>{html.escape(s['name'])}</code> ({len(s['members'])} layer{'s' if len(s['members']) > 1 else ''})</td>{cells}</tr>")
     for s in space:
         if s["kind"] == "layer":
             cells = "".join(f"<td class='{cfgs[t]['precision'][s['name']]}'>{cfgs[t]['precision'][s['name']]}</td>" for t in trials)

@@ -44,9 +44,17 @@ WARM_START = ((0.5, "fp32"), (0.25, "fp32"), (0.5, "int8"), (0.625, "fp32"))
 class Prepared:
     config: SearchConfig
     splits: Splits
-    space_file: object
+    space: SearchSpace
     run_dir: Path
     run_name: str
+
+    def describe(self) -> dict:
+        """What --dry-run prints: the resolved config and the search space."""
+        return {
+            "config": self.config.dump(), "run_dir": str(self.run_dir), "splits": self.splits.sizes(),
+            "input_shape": list(self.splits.input_shape), "search_space": self.space.describe(),
+            "optuna_params": len(self.space.params()), "excluded_layers": self.space.excluded,
+        }
 
 
 @dataclass
@@ -84,6 +92,17 @@ def prepare(config: SearchConfig) -> Prepared:
     except Exception as e:  # noqa: BLE001 - any failure here means the model cannot take the data
         raise ModelError(f"model {config.model!r} cannot take inputs of shape {tuple(splits.input_shape)}: {type(e).__name__}: {str(e).splitlines()[0]}; "
                          "choose another --input-size or model") from None
+    # The structure (groups, layers) of the untrained model is the trained one's: build the space now,
+    # so that a bad rule fails before any training.
+    example = torch.from_numpy(splits.val_x[:1])
+    try:
+        groups = find_groups(model, example)
+        layers, excluded = _quantizable_layers(model, example)
+    except Exception as e:  # noqa: BLE001 - tracing or export failures are properties of the user's model
+        raise ModelError(f"cannot trace or export model {config.model!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
+                         "autocompress needs a model torch-pruning can trace and torch.onnx can export") from None
+    space = build_space(space_file, groups, layers, source=str(config.space or "search_spaces/default.yaml"))
+    space.excluded = excluded
     if config.ray_address:
         _check_ray_address(config.ray_address)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -91,7 +110,7 @@ def prepare(config: SearchConfig) -> Prepared:
     run_dir = Path(config.out) if config.out else Path("reports") / run_name
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"run directory {str(run_dir)!r} already exists and is not empty; pass another --out or remove it")
-    return Prepared(config, splits, space_file, run_dir, run_name)
+    return Prepared(config, splits, space, run_dir, run_name)
 
 
 def _quantizable_layers(model: torch.nn.Module, example: torch.Tensor) -> tuple[list[str], dict[str, str]]:
@@ -149,6 +168,19 @@ def _init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    if address and "RAY_AUTH_MODE" not in os.environ and (
+        os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or (Path.home() / ".ray" / "auth_token").is_file()
+    ):
+        # Ray >= 2.5x heads enable token auth when a token exists; a joining driver sends it only in token
+        # mode (the documented client set-up). Sending it to a head without auth is harmless.
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray caches its config at import; refresh it the way Ray's own token set-up does
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except Exception:  # noqa: BLE001 - older Ray without token auth: nothing to refresh
+            pass
     kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
     try:
         if address:
@@ -156,7 +188,9 @@ def _init_ray(address: str | None) -> None:
         else:
             ray.init(num_cpus=os.cpu_count(), **kwargs)
     except Exception as e:  # noqa: BLE001
-        raise ClusterError(f"cannot start or join Ray ({_describe_error(e)}); check --ray-address or run `ray stop` and retry") from None
+        hint = ("check --ray-address, and that this machine has the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
+                if address else "run `ray stop` and retry")
+        raise ClusterError(f"cannot {'join' if address else 'start'} Ray ({_describe_error(e)}); {hint}") from None
 
 
 def _row(number: int, state: str, params: dict, out: TrialOutput | None, lat: dict | None, onnx_rel: str | None,
@@ -200,12 +234,11 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
     how = "loaded from cache" if binfo["cached"] else f"trained in {binfo['train_seconds']} s"
     log(f"  baseline {how} ({binfo['path']})")
 
-    groups = find_groups(baseline, example)
-    layers, excluded = _quantizable_layers(baseline, example)
-    space: SearchSpace = build_space(prep.space_file, groups, layers, source=str(cfg.space or "search_spaces/default.yaml"))
-    space.excluded = excluded
+    space = prep.space
+    excluded = space.excluded
     params_def = space.params()
 
+    _init_ray(cfg.ray_address)  # before anything is written: a cluster that cannot be joined leaves no run directory
     rd = RunDir(prep.run_dir)
     rd.path.mkdir(parents=True, exist_ok=True)
     rd.write_json(rd.config, cfg.dump())
@@ -218,7 +251,6 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
     }
     rd.write_json(rd.meta, meta)
 
-    _init_ray(cfg.ray_address)
     total_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
     threads = max(1, total_cpus // cfg.concurrency)
     device = Device.remote(cfg.latency.model_dump())

@@ -1,0 +1,653 @@
+"""Unit tests per stage of the trial pipeline: prune, export, quantize + verify, fake quantization,
+the whole trial, latency, the search space, the Pareto set and budget parsing.
+
+Every assertion is on a real value computed by the code under test (no mocks).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.utils.parametrize as P
+from onnx import numpy_helper
+
+from autocompress.config import Budget, parse_budget
+from autocompress.errors import ConfigError, SpaceError
+from autocompress.measure.accuracy import onnx_accuracy
+from autocompress.measure.latency import LatencySettings, measure_latency
+from autocompress.measure.verify import kernel_report
+from autocompress.pipeline.export import export_onnx, fold_batchnorm, layer_nodes
+from autocompress.pipeline.finetune import TrainSettings
+from autocompress.pipeline.prune import PruneGroup, channel_counts, find_groups, kept_channels, prune_model
+from autocompress.pipeline.quantize import fake_quantized, quantize_static_onnx
+from autocompress.pipeline.trial import TrialSpec, run_pipeline
+from autocompress.results.pareto import pareto_front
+from autocompress.space import DEFAULT_SPACE, SpaceFile, build_space, load_space_file
+from autocompress.tasks.models import build_model
+
+X1 = (1, 1, 32, 32)  # one digits image, as the pipeline sees it
+RESNET20_LAYERS = 22  # 21 convs (19 3x3 + 2 shortcuts) + fc
+
+
+def _resnet20() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("resnet20", num_classes=10, in_channels=1).eval()
+
+
+def _randomize_bn(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters, so folding really changes the conv."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+
+
+def _ort_run(path_or_bytes, x: np.ndarray) -> np.ndarray:
+    src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
+    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+# ============================================================================ prune
+def test_find_groups_resnet20_couples_residual_layers():
+    model = _resnet20()
+    groups = find_groups(model, torch.randn(*X1))
+    assert len(groups) == 12
+    by_name = {g.name: g for g in groups}
+    # each residual stage is one group: every conv that feeds the stage's sums loses channels together
+    assert by_name["conv1"].members == ("conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2")
+    assert by_name["layer2.0.conv2"].members == (
+        "layer2.0.conv2", "layer2.0.shortcut.0", "layer2.1.conv2", "layer2.2.conv2")
+    assert by_name["layer3.0.conv2"].members == (
+        "layer3.0.conv2", "layer3.0.shortcut.0", "layer3.1.conv2", "layer3.2.conv2")
+    assert (by_name["conv1"].channels, by_name["layer2.0.conv2"].channels, by_name["layer3.0.conv2"].channels) == (16, 32, 64)
+    # the first conv of each block is a group of its own
+    for name in ("layer1.0.conv1", "layer2.1.conv1", "layer3.2.conv1"):
+        assert by_name[name].members == (name,)
+    # the classifier is never a group, and every conv is in exactly one group
+    members = [m for g in groups for m in g.members]
+    assert "fc" not in members
+    assert sorted(members) == sorted(n for n in channel_counts(model) if n != "fc")
+
+
+def test_prune_resnet20_half_of_every_group():
+    model = _resnet20()
+    example = torch.randn(*X1)
+    before = channel_counts(model)
+    groups = find_groups(model, example)
+    kept = prune_model(model, example, {g.name: 0.5 for g in groups})
+    after = channel_counts(model)
+
+    assert kept["layer3.0.conv1"] == (64, 32) and kept["conv1"] == (16, 8) and kept["layer2.0.conv2"] == (32, 16)
+    assert before["layer3.0.conv1"] == 64 and after["layer3.0.conv1"] == 32
+    for name, n in before.items():
+        if name == "fc":
+            assert after[name] == 10
+        else:
+            assert after[name] == n // 2, name
+    # weights really shrink, inputs of consumers too, BN follows its conv
+    assert tuple(model.conv1.weight.shape) == (8, 1, 3, 3)
+    assert tuple(model.layer3[0].conv1.weight.shape) == (32, 16, 3, 3)
+    assert tuple(model.layer3[0].shortcut[0].weight.shape) == (32, 16, 1, 1)
+    assert model.layer3[0].bn1.num_features == 32 and model.layer3[0].bn1.running_mean.shape == (32,)
+    assert tuple(model.fc.weight.shape) == (10, 32)
+    assert model.fc.in_features == 32 and model.fc.out_features == 10
+    assert sum(p.numel() for p in model.parameters()) < 0.3 * sum(p.numel() for p in _resnet20().parameters())
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_prune_one_residual_group_changes_only_its_members_and_consumers():
+    model = _resnet20()
+    example = torch.randn(*X1)
+    before = channel_counts(model)
+    kept = prune_model(model, example, {"layer3.0.conv2": 0.5})
+    after = channel_counts(model)
+    assert kept == {"layer3.0.conv2": (64, 32)}
+    changed = {n for n in before if before[n] != after[n]}
+    assert changed == {"layer3.0.conv2", "layer3.0.shortcut.0", "layer3.1.conv2", "layer3.2.conv2"}
+    assert model.layer3[1].conv1.in_channels == 32 and model.layer3[1].conv1.out_channels == 64
+    assert model.fc.in_features == 32
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_prune_drops_the_lowest_norm_channels_and_keeps_the_function():
+    """Channels whose weights are zero contribute nothing: pruning them must not change the output."""
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+            self.conv2 = nn.Conv2d(16, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    with torch.no_grad():
+        model.conv1.weight[8:] = 0.0
+    w1, w2 = model.conv1.weight.detach().clone(), model.conv2.weight.detach().clone()
+    x = torch.randn(4, 1, 12, 12)
+    with torch.no_grad():
+        ref = model(x)
+    assert prune_model(model, x[:1], {"conv1": 0.5}) == {"conv1": (16, 8)}
+    assert torch.equal(model.conv1.weight, w1[:8])
+    assert torch.equal(model.conv2.weight, w2[:, :8])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, atol=1e-6, rtol=0)
+
+
+def test_prune_refuses_unknown_and_output_layers():
+    model = _resnet20()
+    with pytest.raises(KeyError, match="no layer named 'nosuch'"):
+        prune_model(model, torch.randn(*X1), {"nosuch": 0.5})
+    with pytest.raises(KeyError, match="produces the model's output"):
+        prune_model(model, torch.randn(*X1), {"fc": 0.5})
+
+
+def test_prune_ratio_zero_is_a_no_op():
+    model = _resnet20()
+    before = channel_counts(model)
+    kept = prune_model(model, torch.randn(*X1), {"layer3.0.conv1": 0.0, "conv1": 0.0})
+    assert kept == {"layer3.0.conv1": (64, 64), "conv1": (16, 16)}
+    assert channel_counts(model) == before
+
+
+@pytest.mark.parametrize(
+    "channels, ratio, round_to, min_channels, expected",
+    [
+        (64, 0.0, 8, 8, 64),  # ratio 0 keeps all
+        (64, 0.5, 8, 8, 32),
+        (64, 0.3, 8, 8, 48),  # 44.8 -> nearest multiple of 8
+        (64, 0.25, 8, 8, 48),
+        (64, 0.375, 8, 8, 40),
+        (16, 0.25, 8, 8, 16),  # 12 rounds up to 16 (ties go up)
+        (16, 0.375, 8, 8, 8),
+        (16, 0.75, 8, 8, 8),  # 4 -> never below min_channels
+        (64, 0.95, 8, 8, 8),
+        (64, 0.95, 8, 16, 16),
+        (24, 0.5, 8, 8, 16),  # 12 -> 16
+        (4, 0.5, 8, 8, 4),  # never more than the layer has
+        (10, 0.5, 1, 1, 5),  # round_to 1: plain rounding
+        (10, 0.94, 1, 1, 1),
+        (10, 0.0, 1, 1, 10),
+    ],
+)
+def test_kept_channels(channels, ratio, round_to, min_channels, expected):
+    assert kept_channels(channels, ratio, round_to=round_to, min_channels=min_channels) == expected
+
+
+def test_kept_channels_properties():
+    """Exhaustive over a grid: multiples of round_to, within [min_channels, channels], nearest, monotone."""
+    ratios = [i / 40 for i in range(39)] + [0.95]
+    for round_to in (1, 2, 4, 8, 16):
+        for blocks in range(1, 65):
+            channels = blocks * round_to
+            for min_blocks in (1, 2, 4):
+                min_channels = min(min_blocks * round_to, channels)
+                kept = [kept_channels(channels, r, round_to=round_to, min_channels=min_channels) for r in ratios]
+                assert kept[0] == channels
+                for r, k in zip(ratios, kept):
+                    assert k % round_to == 0, (channels, r, round_to, k)
+                    assert min_channels <= k <= channels, (channels, r, round_to, min_channels, k)
+                    if k > min_channels:  # not clamped: the multiple of round_to nearest to the target
+                        assert abs(k - channels * (1 - r)) <= round_to / 2 + 1e-9, (channels, r, round_to, k)
+                assert all(a >= b for a, b in zip(kept, kept[1:]))  # more pruning never keeps more
+
+
+def test_prune_mobilenet_v2():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    example = torch.randn(1, 3, 64, 64)
+    before = channel_counts(model)
+    groups = find_groups(model, example)
+    assert len(groups) >= 20
+    assert all("classifier.1" not in g.members for g in groups)
+    kept = prune_model(model, example, {g.name: 0.5 for g in groups})
+    after = channel_counts(model)
+    assert all(k < c for c, k in kept.values())
+    assert kept["features.18.0"] == (1280, 640)
+    assert sum(after.values()) < 0.6 * sum(before.values())
+    assert after["classifier.1"] == 10 and model.classifier[1].in_features == 640
+    # depthwise convs stay depthwise after their channels went
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.groups > 1:
+            assert m.groups == m.in_channels == m.out_channels
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+
+
+# ============================================================================ export
+def test_fold_batchnorm_keeps_outputs_and_removes_bn():
+    model = _resnet20()
+    _randomize_bn(model)
+    x = torch.randn(4, *X1[1:])
+    with torch.no_grad():
+        ref = model(x)
+    pairs = fold_batchnorm(model, x[:1])
+    assert len(pairs) == 21
+    assert ("layer2.0.shortcut.0", "layer2.0.shortcut.1") in pairs and ("conv1", "bn1") in pairs
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert isinstance(model.layer1[0].bn1, nn.Identity)
+    assert model.layer1[0].conv1.bias is not None
+    with torch.no_grad():
+        out = model(x)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+    assert not torch.allclose(out, torch.zeros_like(out))
+
+
+def test_fold_batchnorm_leaves_a_bn_that_follows_no_conv():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm2d(1), nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    _randomize_bn(model)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+    assert fold_batchnorm(model, x[:1]) == [("1", "2")]
+    assert isinstance(model[0], nn.BatchNorm2d) and isinstance(model[2], nn.Identity)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=0)
+
+
+def test_export_onnx_layer_nodes_and_same_logits(tmp_path):
+    model = _resnet20()
+    _randomize_bn(model)
+    example = torch.randn(*X1)
+    fold_batchnorm(model, example)
+    path = tmp_path / "m.onnx"
+    proto = export_onnx(model, example, path)
+    assert path.is_file()
+    layers = list(channel_counts(model))
+    assert len(layers) == RESNET20_LAYERS
+    nodes = layer_nodes(proto, layers)
+    assert set(nodes) == set(layers)
+    op_of = {n.name: n.op_type for n in proto.graph.node}
+    assert op_of[nodes["fc"]] == "Gemm"
+    assert all(op_of[nodes[l]] == "Conv" for l in layers if l != "fc")
+    # every node really reads that layer's weight, which keeps its PyTorch name
+    by_name = {n.name: n for n in proto.graph.node}
+    inits = {i.name: i for i in proto.graph.initializer}
+    for layer, node in nodes.items():
+        assert by_name[node].input[1] == f"{layer}.weight"
+        assert tuple(inits[f"{layer}.weight"].dims) == tuple(dict(model.named_modules())[layer].weight.shape)
+    # same logits as PyTorch, with a batch size other than the export's (dynamic batch axis)
+    x = torch.randn(5, *X1[1:])
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = _ort_run(path, x.numpy())
+    assert out.shape == (5, 10)
+    np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+
+
+# ============================================================================ quantize + verify
+FP32_LAYERS = ("layer1.1.conv1", "layer2.1.conv1", "fc")
+INT4_LAYER = "layer3.2.conv1"
+
+
+@pytest.fixture(scope="module")
+def artifacts(trained_resnet20, digits, tmp_path_factory):
+    """fp32, mixed (int8 / fp32 / int4) and all-int8 artifacts of the trained ResNet-20."""
+    tmp = tmp_path_factory.mktemp("artifacts")
+    model = copy.deepcopy(trained_resnet20).eval()
+    example = torch.from_numpy(digits.val_x[:1])
+    fold_batchnorm(model, example)
+    proto = export_onnx(model, example, tmp / "fp32.onnx")
+    layers = list(channel_counts(model))
+    nodes = layer_nodes(proto, layers)
+    mix = {l: "int8" for l in layers}
+    mix.update({l: "fp32" for l in FP32_LAYERS})
+    mix[INT4_LAYER] = "int4"
+    got_mix = quantize_static_onnx(proto, tmp / "mix.onnx", precisions=mix, nodes=nodes, calib_x=digits.calib_x)
+    all8 = {l: "int8" for l in layers}
+    got_all8 = quantize_static_onnx(proto, tmp / "int8.onnx", precisions=all8, nodes=nodes, calib_x=digits.calib_x)
+    got_fp32 = quantize_static_onnx(proto, tmp / "fp32_passthrough.onnx", precisions={l: "fp32" for l in layers},
+                                    nodes=nodes, calib_x=digits.calib_x)
+    return dict(dir=tmp, model=model, layers=layers, mix=mix, got_mix=got_mix, got_all8=got_all8, got_fp32=got_fp32)
+
+
+def test_quantize_returns_what_was_requested(artifacts):
+    mix = artifacts["mix"]
+    assert artifacts["got_mix"] == {l: p for l, p in mix.items() if p != "fp32"}
+    assert artifacts["got_all8"] == {l: "int8" for l in artifacts["layers"]}
+    # all-fp32: saved unchanged
+    assert artifacts["got_fp32"] == {}
+    a = onnx.load(str(artifacts["dir"] / "fp32_passthrough.onnx"))
+    b = onnx.load(str(artifacts["dir"] / "fp32.onnx"))
+    assert a.SerializeToString() == b.SerializeToString()
+
+
+def test_mixed_precision_layers_land_on_the_right_kernels(artifacts):
+    mix = artifacts["mix"]
+    report = kernel_report(artifacts["dir"] / "mix.onnx")
+    integer, floating = set(report["integer_layers"]), set(report["float_layers"])
+    int8 = {l for l, p in mix.items() if p == "int8"}
+    assert len(int8) == RESNET20_LAYERS - len(FP32_LAYERS) - 1
+    assert int8 <= integer, int8 - integer
+    assert set(FP32_LAYERS) <= floating, set(FP32_LAYERS) - floating
+    assert not integer & set(FP32_LAYERS)
+    assert not floating & int8
+    assert INT4_LAYER in integer | floating  # found (int4 runs as DequantizeLinear + float Conv on ORT CPU)
+    assert report["op_counts"].get("QLinearConv", 0) >= len(int8)
+
+
+def test_int4_weight_is_stored_as_onnx_int4(artifacts):
+    q = onnx.load(str(artifacts["dir"] / "mix.onnx"))
+    inits = {i.name: i for i in q.graph.initializer}
+    w4 = inits[f"{INT4_LAYER}.weight_quantized"]
+    assert w4.data_type == onnx.TensorProto.INT4
+    # an int8 layer is INT8, an fp32 layer keeps its float weight
+    assert inits["layer3.1.conv1.weight_quantized"].data_type == onnx.TensorProto.INT8
+    assert inits["layer1.1.conv1.weight"].data_type == onnx.TensorProto.FLOAT
+    assert "layer1.1.conv1.weight_quantized" not in inits
+    # the int4 values dequantize to the (BN-folded) float weights within half a step, per output channel
+    q4 = numpy_helper.to_array(w4).astype(np.float32)
+    scale = numpy_helper.to_array(inits[f"{INT4_LAYER}.weight_scale"]).astype(np.float32)
+    assert q4.min() >= -8 and q4.max() <= 7
+    assert scale.shape == (q4.shape[0],)  # per channel
+    w = dict(artifacts["model"].named_modules())[INT4_LAYER].weight.detach().numpy()
+    assert q4.shape == w.shape
+    err = np.abs(q4 * scale[:, None, None, None] - w)
+    assert (err <= scale[:, None, None, None] * 0.5 + 1e-6).all()
+    for c in range(q4.shape[0]):
+        assert len(np.unique(q4[c])) <= 16
+
+
+def test_all_int8_is_smaller_and_about_as_accurate(artifacts, digits):
+    d = artifacts["dir"]
+    report = kernel_report(d / "int8.onnx")
+    assert set(artifacts["layers"]) <= set(report["integer_layers"])
+    assert report["op_counts"].get("Conv", 0) == 0
+    fp32_size, int8_size = (d / "fp32.onnx").stat().st_size, (d / "int8.onnx").stat().st_size
+    assert int8_size < 0.5 * fp32_size
+    val = {"val": (digits.val_x, digits.val_y)}
+    acc32 = onnx_accuracy(d / "fp32.onnx", val)["val"]
+    acc8 = onnx_accuracy((d / "int8.onnx").read_bytes(), val, threads=2)["val"]
+    assert acc32 > 30.0  # the fixture is trained: far above chance (10%)
+    assert abs(acc8 - acc32) <= 3.0, (acc32, acc8)
+    # the mixed artifact also runs and stays close
+    acc_mix = onnx_accuracy(d / "mix.onnx", val)["val"]
+    assert abs(acc_mix - acc32) <= 5.0, (acc32, acc_mix)
+
+
+def test_int8_linear_on_qgemm_is_reported_as_integer(artifacts):
+    report = kernel_report(artifacts["dir"] / "int8.onnx")
+    assert report["op_counts"].get("QGemm") == 1
+    assert "fc" in report["integer_layers"]
+
+
+# ============================================================================ fake quantization
+def _small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)).eval()
+
+
+def test_fake_quantized_inside_and_after():
+    model = _small_net()
+    float_w = {n: m.weight.detach().clone() for n, m in model.named_modules() if hasattr(m, "weight")}
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+    precisions = {"0": "int4", "2": "fp32", "4": "int8"}
+    with fake_quantized(model, precisions) as m:
+        assert m is model
+        assert P.is_parametrized(model[0], "weight") and P.is_parametrized(model[4], "weight")
+        assert not P.is_parametrized(model[2], "weight")
+        w4, w8 = model[0].weight.detach(), model[4].weight.detach()
+        assert not torch.equal(w4, float_w["0"]) and not torch.equal(w8, float_w["4"])
+        assert torch.equal(model[2].weight, float_w["2"])
+        # int4: a symmetric grid of at most 16 values per output channel, multiples of amax/7
+        for c in range(w4.shape[0]):
+            assert len(torch.unique(w4[c])) <= 16
+            step = float_w["0"][c].abs().max() / 7
+            torch.testing.assert_close(w4[c] / step, torch.round(w4[c] / step), atol=1e-4, rtol=0)
+            assert (w4[c] - float_w["0"][c]).abs().max() <= step / 2 + 1e-6
+        for c in range(w8.shape[0]):
+            assert len(torch.unique(w8[c])) <= 256
+            assert (w8[c] - float_w["4"][c]).abs().max() <= float_w["4"][c].abs().max() / 127 / 2 + 1e-6
+        # forward sees the quantized weights (and quantized inputs): different outputs
+        with torch.no_grad():
+            fq = model(x)
+        assert not torch.allclose(fq, ref, atol=1e-5)
+        assert (fq - ref).abs().max() < 0.5 * ref.abs().max()  # but close: it is the same network
+        # straight-through gradient reaches the float weights
+        model.zero_grad()
+        model(x).sum().backward()
+        g = model[0].parametrizations.weight.original.grad
+        assert g is not None and g.abs().sum() > 0
+    for n, mod in model.named_modules():
+        if hasattr(mod, "weight"):
+            assert not P.is_parametrized(mod, "weight"), n
+            assert torch.equal(mod.weight.detach(), float_w[n]), n
+            assert not mod._forward_pre_hooks, n
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, atol=0, rtol=0)
+
+
+def test_fake_quantized_cleans_up_after_an_error():
+    model = _small_net()
+    with pytest.raises(RuntimeError, match="boom"):
+        with fake_quantized(model, {"0": "int8"}):
+            assert P.is_parametrized(model[0], "weight")
+            raise RuntimeError("boom")
+    assert not P.is_parametrized(model[0], "weight") and not model[0]._forward_pre_hooks
+
+
+# ============================================================================ trial
+def test_run_pipeline_prunes_quantizes_and_measures(trained_resnet20, digits):
+    example = torch.from_numpy(digits.val_x[:1])
+    baseline_counts = channel_counts(trained_resnet20)
+    baseline_state = {k: v.clone() for k, v in trained_resnet20.state_dict().items()}
+    groups = find_groups(trained_resnet20, example)
+    layers = list(baseline_counts)
+    spec = TrialSpec(ratios={g.name: 0.5 for g in groups}, precisions={l: "int8" for l in layers},
+                     finetune=TrainSettings(epochs=0.3, lr=0.02))
+    out = run_pipeline(trained_resnet20, digits, spec, threads=2)
+
+    # fewer channels, exactly as requested
+    assert out.kept["layer3.0.conv1"] == (64, 32) and out.kept["conv1"] == (16, 8)
+    assert out.channels["layer3.0.conv1"] == 32 and out.channels["fc"] == 10
+    assert all(out.channels[l] == baseline_counts[l] // 2 for l in layers if l != "fc")
+    # the artifact is the bytes reported
+    assert out.sha256 == hashlib.sha256(out.onnx_bytes).hexdigest()
+    assert out.size_bytes == len(out.onnx_bytes)
+    proto = onnx.load_from_string(out.onnx_bytes)
+    inits = {i.name: i for i in proto.graph.initializer}
+    assert tuple(inits["layer3.0.conv1.weight_quantized"].dims) == (32, 16, 3, 3)
+    assert inits["layer3.0.conv1.weight_quantized"].data_type == onnx.TensorProto.INT8
+    # int8 layers run on integer kernels (convs on QLinearConv, fc on QGemm)
+    assert out.requested_int8 == sorted(layers)
+    assert set(out.requested_int8) <= set(out.integer_layers)
+    assert out.float_layers == []
+    assert out.op_counts.get("QLinearConv") == 21
+    for acc in (out.val_accuracy, out.test_accuracy, out.torch_val_accuracy, out.torch_test_accuracy):
+        assert 0.0 <= acc <= 100.0
+    # the reported accuracy is the artifact's own, under ONNX Runtime
+    again = onnx_accuracy(out.onnx_bytes, {"val": (digits.val_x, digits.val_y)})
+    assert again["val"] == pytest.approx(out.val_accuracy)
+    assert _ort_run(out.onnx_bytes, digits.val_x[:3]).shape == (3, 10)
+    assert set(out.stage_seconds) >= {"prune", "finetune", "export", "quantize", "verify", "evaluate_onnx"}
+    # the shared baseline is untouched
+    assert channel_counts(trained_resnet20) == baseline_counts
+    for k, v in trained_resnet20.state_dict().items():
+        assert torch.equal(v, baseline_state[k]), k
+    assert not any(P.is_parametrized(m) for m in trained_resnet20.modules())
+
+
+# ============================================================================ latency
+def test_measure_latency(tmp_path):
+    model = _small_net()
+    path = tmp_path / "small.onnx"
+    export_onnx(model, torch.randn(1, 3, 8, 8), path)
+    s = LatencySettings(warmup=3, min_reps=20, max_reps=200, sessions=2, max_seconds=5)
+    r = measure_latency(path, (3, 8, 8), s)
+    assert r.median_ms > 0
+    assert r.p90_ms >= r.median_ms
+    assert r.p99_ms >= r.p90_ms
+    assert r.reps >= s.min_reps * s.sessions and r.reps <= s.max_reps * s.sessions
+    assert len(r.session_medians_ms) == 2
+    # bytes work too; an unreachable CI target runs exactly max_reps per session
+    r2 = measure_latency(path.read_bytes(), (3, 8, 8),
+                         LatencySettings(warmup=0, min_reps=10, max_reps=20, sessions=3, ci_target=1e-12, max_seconds=60))
+    assert r2.reps == 60 and len(r2.session_medians_ms) == 3
+    assert set(r2.as_dict()) == {"median_ms", "p90_ms", "p99_ms", "reps", "session_medians_ms"}
+
+
+# ============================================================================ space
+GROUPS = [PruneGroup("a", 16, ("a",)), PruneGroup("b", 64, ("b", "c"))]
+LAYERS = ["a", "b", "c", "fc"]
+
+
+def test_load_default_space_file():
+    spec = load_space_file(DEFAULT_SPACE)
+    assert spec.prune.ratios == [0.0, 0.25, 0.375, 0.5, 0.625, 0.75]
+    assert (spec.prune.round_to, spec.prune.min_channels) == (8, 8)
+    assert spec.quantize.precisions == ["fp32", "int8", "int4"]
+    assert spec.rules == []
+    assert load_space_file(None) == spec
+
+
+def test_build_space_dedupes_ratios_by_kept_count():
+    space = build_space(load_space_file(DEFAULT_SPACE), GROUPS, LAYERS)
+    a, b = space.groups
+    # 16 channels, round_to 8: every ratio keeps 16 or 8 channels -> one ratio for each
+    assert a.kept == [16, 8] and a.ratios == [0.0, 0.375]
+    assert b.kept == [64, 48, 40, 32, 24, 16] and b.ratios == [0.0, 0.25, 0.375, 0.5, 0.625, 0.75]
+    assert [l.name for l in space.layers] == LAYERS
+    assert all(l.precisions == ["fp32", "int8", "int4"] for l in space.layers)
+    params = space.params()
+    assert params["prune:a"] == [0.0, 0.375] and params["quant:fc"] == ["fp32", "int8", "int4"]
+    ratios, precisions = space.decode({"prune:a": 0.375, "quant:c": "int4"})
+    assert ratios == {"a": 0.375, "b": 0.0}
+    assert precisions == {"a": "fp32", "b": "fp32", "c": "int4", "fc": "fp32"}
+    # the uniform 0.5 configuration is the closest each group allows
+    assert space.uniform(0.5, "int8")["prune:a"] == 0.375
+    assert space.uniform(0.5, "int8")["prune:b"] == 0.5
+
+
+def test_build_space_rules_override_in_order():
+    spec = SpaceFile.model_validate({
+        "rules": [
+            {"match": "*", "ratios": [0.0, 0.5]},
+            {"match": "a", "ratios": [0.0]},  # later rules win
+            {"match": "f*", "precisions": ["fp32", "int8"]},
+        ]
+    })
+    space = build_space(spec, GROUPS, LAYERS)
+    a, b = space.groups
+    assert a.ratios == [0.0] and a.kept == [16]
+    assert b.ratios == [0.0, 0.5] and b.kept == [64, 32]
+    prec = {l.name: l.precisions for l in space.layers}
+    assert prec["fc"] == ["fp32", "int8"] and prec["a"] == ["fp32", "int8", "int4"]
+    params = space.params()
+    assert "prune:a" not in params and params["prune:b"] == [0.0, 0.5]
+
+
+def test_build_space_rule_matching_nothing_raises():
+    spec = SpaceFile.model_validate({"rules": [{"match": "layer9.*", "ratios": [0.0]}]})
+    with pytest.raises(SpaceError, match=r"rule match 'layer9\.\*' in my\.yaml selects no group or layer"):
+        build_space(spec, GROUPS, LAYERS, source="my.yaml")
+
+
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        ("prune:\n  ratios: [0.0, 1.2]\n", r"prune\.ratios in .*s\.yaml: every ratio must be in \[0, 0\.95\], but got 1\.2"),
+        ("rules:\n  - match: conv1\n    ratios: [-0.1]\n", r"rules\.0\.ratios in .*s\.yaml: every ratio must be in \[0, 0\.95\]"),
+        ("prune:\n  ratios: []\n", r"must list at least one ratio"),
+        ("quantize:\n  precisions: [int2]\n", r"quantize\.precisions\.0 in .*s\.yaml"),
+        ("prune:\n  rato: [0.5]\n", r"prune\.rato in .*s\.yaml: unknown key"),
+        ("- 1\n- 2\n", r"must be a mapping .* list"),
+        ("prune: [1, 2\n", r"s\.yaml is not valid YAML at line 2"),
+    ],
+)
+def test_load_space_file_errors(tmp_path, text, pattern):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceError, match=pattern):
+        load_space_file(path)
+
+
+def test_load_space_file_missing(tmp_path):
+    with pytest.raises(SpaceError, match="does not exist"):
+        load_space_file(tmp_path / "nope.yaml")
+
+
+# ============================================================================ results
+def test_pareto_front_is_exactly_the_non_dominated_complete_rows():
+    nan = float("nan")
+    table = pd.DataFrame(
+        [
+            # trial, state, val_accuracy, latency_ms, size_bytes
+            (0, "COMPLETE", 90.0, 2.0, 100),  # front: most accurate
+            (1, "COMPLETE", 85.0, 1.0, 100),  # front: fastest
+            (2, "COMPLETE", 80.0, 1.5, 100),  # dominated by 1
+            (3, "COMPLETE", 80.0, 3.0, 50),  # front: smallest
+            (4, "FAIL", nan, nan, nan),  # never
+            (5, "RUNNING", 99.0, 0.1, 10),  # would dominate all, but is not complete
+            (6, "COMPLETE", 90.0, 2.0, 100),  # equal to 0: neither dominates
+            (7, "COMPLETE", 90.0, 2.0, 120),  # dominated by 0 (bigger only)
+            (8, "COMPLETE", 70.0, 3.0, 60),  # dominated by 3
+        ],
+        columns=["trial", "state", "val_accuracy", "latency_ms", "size_bytes"],
+    )
+    front = pareto_front(table)
+    assert set(front["trial"]) == {0, 1, 3, 6}
+    assert list(front["latency_ms"]) == sorted(front["latency_ms"])  # fastest first
+    assert front.iloc[0]["trial"] == 1 and front.iloc[-1]["trial"] == 3
+    assert (front["state"] == "COMPLETE").all()
+
+
+# ============================================================================ config
+@pytest.mark.parametrize(
+    "text, trials, seconds",
+    [("40", 40, None), (40, 40, None), (" 7 ", 7, None), ("10m", None, 600), ("1h30m", None, 5400),
+     ("90s", None, 90), ("1.5h", None, 5400), ("1H", None, 3600), ("2m30s", None, 150)],
+)
+def test_parse_budget(text, trials, seconds):
+    b = parse_budget(text)
+    assert b.trials == trials
+    assert b.seconds == seconds
+
+
+def test_budget_str():
+    assert str(parse_budget("40")) == "40 trials"
+    assert str(parse_budget("1h30m")) == "1h30m"
+    assert str(parse_budget("10m")) == "10m00s"
+    assert str(Budget(seconds=45)) == "45s"
+
+
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        ("abc", r"--budget 'abc' is neither a trial count nor a duration"),
+        ("5x", r"--budget '5x' is neither a trial count nor a duration"),
+        ("", r"is neither a trial count nor a duration"),
+        ("-3", r"is neither a trial count nor a duration"),
+        ("1h30", r"is neither a trial count nor a duration"),
+        ("0", r"--budget must be at least 1 trial, but got '0'"),
+        ("0m", r"--budget '0m' is zero"),
+    ],
+)
+def test_parse_budget_rejects(text, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        parse_budget(text)

@@ -1,0 +1,108 @@
+"""End-to-end searches through the CLI: a local Ray, and an existing Ray head joined by --ray-address."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+
+from tests.conftest import FAST_FLAGS, run_cli
+
+
+def _check_run(run, n_trials: int) -> None:
+    table = pd.read_csv(run / "trials.csv")
+    assert len(table) == n_trials
+    assert sorted(table["trial"]) == list(range(n_trials))  # one row per trial, each once
+    assert (table["state"] == "COMPLETE").all(), table["error"].tolist()
+    for col in ("val_accuracy", "test_accuracy", "latency_ms", "size_bytes", "sha256"):
+        assert table[col].notna().all()
+    assert (table["latency_ms"] > 0).all()
+    # every row's ONNX file is there, and its hash is the one in the table
+    import hashlib
+    for _, r in table.iterrows():
+        data = (run / r["onnx"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == r["sha256"]
+        assert len(data) == r["size_bytes"]
+    # optuna storage holds the same trials
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    storage = JournalStorage(JournalFileBackend(str(run / "optuna.log")))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    assert len(study.trials) == n_trials
+    html = (run / "report.html").read_text()
+    assert "Pareto models" in html and "plotly" in html.lower() and "FP32 baseline" in html
+    assert not re.search(r"<script[^>]+src=", html)  # the page works offline: plotly.js is inlined
+    pareto = json.loads((run / "pareto.json").read_text())
+    assert 1 <= len(pareto) <= n_trials
+    assert (run / "models" / "baseline-fp32.onnx").is_file() and (run / "models" / "baseline-int8.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_search_local_ray_then_report_and_pick(tmp_path):
+    run = tmp_path / "run"
+    res = run_cli("search", "--budget", "3", "--out", str(run), *FAST_FLAGS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"report: {run / 'report.html'}" in res.stdout
+    _check_run(run, 3)
+
+    # report rebuilds from stored files alone
+    (run / "report.html").unlink()
+    res = run_cli("report", str(run))
+    assert res.returncode == 0, res.stderr
+    assert (run / "report.html").is_file()
+
+    # pick with a loose limit returns a Pareto model whose ONNX file runs in a plain session
+    res = run_cli("pick", str(run), "--max-latency-ms", "1000", "--json", "--export", str(tmp_path / "chosen.onnx"))
+    assert res.returncode == 0, res.stderr
+    chosen = json.loads(res.stdout)
+    assert set(chosen) >= {"trial", "accuracy", "latency_ms", "size_bytes", "onnx", "baseline"}
+    assert set(chosen["baseline"]) >= {"accuracy", "latency_ms", "size_bytes", "onnx"}
+    pareto_trials = {r["trial"] for r in json.loads((run / "pareto.json").read_text())}
+    assert chosen["trial"] in pareto_trials
+    sess = ort.InferenceSession(str(tmp_path / "chosen.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"input": np.zeros((1, 1, 32, 32), np.float32)})[0]
+    assert out.shape == (1, 10)
+
+    # an impossible constraint: says so, shows the nearest, exits 1
+    res = run_cli("pick", str(run), "--max-latency-ms", "0.000001")
+    assert res.returncode == 1
+    assert "no Pareto model meets the constraints" in res.stderr and "trial" in res.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_search_through_existing_ray_head(tmp_path):
+    port = _free_port()
+    ray_bin = [sys.executable, "-m", "ray.scripts.scripts"]
+    # Ray's Unix socket paths must stay under 107 bytes: pytest's tmp_path is too deep
+    env_tmp = tempfile.mkdtemp(prefix="acray", dir="/tmp")
+    start = subprocess.run([*ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                            "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={env_tmp}", "--disable-usage-stats"],
+                           capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        run = tmp_path / "run"
+        res = run_cli("search", "--budget", "2", "--out", str(run), "--ray-address", f"127.0.0.1:{port}", *FAST_FLAGS)
+        assert res.returncode == 0, res.stderr[-3000:]
+        _check_run(run, 2)
+        meta = json.loads((run / "meta.json").read_text())
+        assert meta["ray"]["address"] == f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([*ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(env_tmp, ignore_errors=True)
