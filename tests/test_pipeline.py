@@ -28,7 +28,7 @@ from autocompress.measure.verify import kernel_report
 from autocompress.pipeline.export import export_onnx, fold_batchnorm, layer_nodes
 from autocompress.pipeline.finetune import TrainSettings
 from autocompress.pipeline.prune import PruneGroup, channel_counts, find_groups, kept_channels, prune_model
-from autocompress.pipeline.quantize import fake_quantized, quantize_static_onnx
+from autocompress.pipeline.quantize import calibrate_activations, fake_quantized, quantize_static_onnx
 from autocompress.pipeline.trial import TrialSpec, run_pipeline
 from autocompress.results.pareto import pareto_front
 from autocompress.space import DEFAULT_SPACE, SpaceFile, build_space, load_space_file
@@ -325,6 +325,35 @@ def artifacts(trained_resnet20, digits, tmp_path_factory):
     return dict(dir=tmp, model=model, layers=layers, mix=mix, got_mix=got_mix, got_all8=got_all8, got_fp32=got_fp32)
 
 
+def test_fake_quant_weights_equal_the_artifacts_dequantized_weights(artifacts):
+    """What the fine-tune trains against is exactly what ONNX Runtime will compute with (int8 and int4 grids)."""
+    q = onnx.load(str(artifacts["dir"] / "mix.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    model = copy.deepcopy(artifacts["model"])
+    int8_layer = next(l for l, p in artifacts["mix"].items() if p == "int8" and l != "fc")
+    with fake_quantized(model, {int8_layer: "int8", INT4_LAYER: "int4"}):
+        mods = dict(model.named_modules())
+        for layer in (int8_layer, INT4_LAYER):
+            fq = mods[layer].weight.detach().numpy()
+            w = inits[f"{layer}.weight_quantized"].astype(np.float32)
+            scale = inits[f"{layer}.weight_scale"].astype(np.float32)
+            deq = w * scale.reshape(-1, *([1] * (w.ndim - 1)))
+            np.testing.assert_allclose(fq, deq, rtol=1e-5, atol=1e-6, err_msg=layer)
+
+
+def test_calibrated_activation_ranges_are_minmax_of_the_calibration_split(digits):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).eval()
+    with fake_quantized(net, {"0": "int8", "2": "int8"}):
+        calibrate_activations(net, digits.calib_x)
+        obs = net._autocompress_act_observers
+        assert obs[0].lo == pytest.approx(float(digits.calib_x.min())) and obs[0].hi == pytest.approx(float(digits.calib_x.max()))
+        with torch.no_grad():
+            hidden = torch.relu(net[0].weight.new_tensor(0) + nn.functional.conv2d(torch.from_numpy(digits.calib_x), net[0].weight, net[0].bias))
+        assert obs[1].hi == pytest.approx(float(hidden.max()), rel=1e-5)
+        assert obs[1].lo == pytest.approx(float(hidden.min()), abs=1e-6)
+
+
 def test_quantize_returns_what_was_requested(artifacts):
     mix = artifacts["mix"]
     assert artifacts["got_mix"] == {l: p for l, p in mix.items() if p != "fp32"}
@@ -415,10 +444,11 @@ def test_fake_quantized_inside_and_after():
         w4, w8 = model[0].weight.detach(), model[4].weight.detach()
         assert not torch.equal(w4, float_w["0"]) and not torch.equal(w8, float_w["4"])
         assert torch.equal(model[2].weight, float_w["2"])
-        # int4: a symmetric grid of at most 16 values per output channel, multiples of amax/7
+        # int4: ORT's grid, at most 16 values per output channel, multiples of 2*amax/15 in [-8, 7] steps
         for c in range(w4.shape[0]):
             assert len(torch.unique(w4[c])) <= 16
-            step = float_w["0"][c].abs().max() / 7
+            step = 2 * float_w["0"][c].abs().max() / 15
+            assert (w4[c] / step).min() >= -8 - 1e-4 and (w4[c] / step).max() <= 7 + 1e-4
             torch.testing.assert_close(w4[c] / step, torch.round(w4[c] / step), atol=1e-4, rtol=0)
             assert (w4[c] - float_w["0"][c]).abs().max() <= step / 2 + 1e-6
         for c in range(w8.shape[0]):

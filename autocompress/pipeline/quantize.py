@@ -21,36 +21,50 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as P
 
-__all__ = ["PRECISIONS", "fake_quantized", "quantize_static_onnx"]
+__all__ = ["PRECISIONS", "fake_quantized", "calibrate_activations", "quantize_static_onnx"]
 
 PRECISIONS = ("fp32", "int8", "int4")
-_WEIGHT_QMAX = {"int8": 127, "int4": 7}
+# ORT's symmetric weight ranges: int8 uses the restricted [-127, 127], int4 the full [-8, 7];
+# scale = 2 * absmax / (qmax - qmin), zero point 0 (onnxruntime.quantization.quant_utils).
+_WEIGHT_RANGE = {"int8": (-127, 127), "int4": (-8, 7)}
 
 
 class _WeightFakeQuant(nn.Module):
-    """Symmetric per-output-channel fake quantization with a straight-through gradient."""
+    """Symmetric per-output-channel fake quantization on ORT's grid, with a straight-through gradient."""
 
-    def __init__(self, qmax: int) -> None:
+    def __init__(self, qmin: int, qmax: int) -> None:
         super().__init__()
-        self.qmax = qmax
+        self.qmin, self.qmax = qmin, qmax
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        # ORT's arithmetic, so ties round the same way: scale computed in float64 and stored as float32,
+        # q = round_half_even(w / scale) in float32 (torch.fake_quantize multiplies by 1/scale instead).
         amax = w.detach().abs().flatten(1).amax(1).clamp_min(1e-8)
-        scale = (amax / self.qmax).float()
-        zero = torch.zeros_like(scale, dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -self.qmax - 1, self.qmax)
+        scale = (2 * amax.double() / (self.qmax - self.qmin)).float().reshape(-1, *([1] * (w.dim() - 1)))
+        q = torch.clamp(torch.round(w.detach() / scale), self.qmin, self.qmax)
+        return w + (q * scale - w).detach()  # straight-through gradient
 
 
 class _ActFakeQuant:
-    """uint8 asymmetric per-tensor fake quantization of a layer's input; range tracked by EMA while training."""
+    """uint8 asymmetric per-tensor fake quantization of a layer's input.
+
+    While training the range follows an EMA of batch ranges; `calibrate_activations` then replaces it
+    with the min/max over the calibration split, as ORT's MinMax calibration does for the artifact.
+    """
 
     def __init__(self, momentum: float = 0.1) -> None:
         self.lo: float | None = None
         self.hi: float | None = None
         self.momentum = momentum
+        self.calibrating = False
 
     def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         x = inputs[0]
+        if self.calibrating:
+            lo, hi = float(x.detach().min()), float(x.detach().max())
+            self.lo = lo if self.lo is None else min(self.lo, lo)
+            self.hi = hi if self.hi is None else max(self.hi, hi)
+            return inputs  # observe only, like ORT's calibration pass on the float model
         if module.training or self.lo is None:
             lo, hi = min(float(x.detach().min()), 0.0), max(float(x.detach().max()), 0.0)
             if self.lo is None:
@@ -71,17 +85,22 @@ def fake_quantized(model: nn.Module, precisions: dict[str, str]) -> Iterator[nn.
     """
     modules = dict(model.named_modules())
     hooks = []
+    observers: list[_ActFakeQuant] = []
     try:
         for name, prec in precisions.items():
             if prec == "fp32":
                 continue
             layer = modules[name]
-            P.register_parametrization(layer, "weight", _WeightFakeQuant(_WEIGHT_QMAX[prec]))
-            hooks.append(layer.register_forward_pre_hook(_ActFakeQuant()))
+            P.register_parametrization(layer, "weight", _WeightFakeQuant(*_WEIGHT_RANGE[prec]))
+            observers.append(_ActFakeQuant())
+            hooks.append(layer.register_forward_pre_hook(observers[-1]))
+        model._autocompress_act_observers = observers  # type: ignore[attr-defined]
         yield model
     finally:
         for h in hooks:
             h.remove()
+        if hasattr(model, "_autocompress_act_observers"):
+            del model._autocompress_act_observers
         for name, prec in precisions.items():
             layer = modules.get(name)
             if layer is not None and P.is_parametrized(layer, "weight"):
@@ -126,6 +145,28 @@ def _nodes_to_exclude(proto: onnx.ModelProto, *, quantized_nodes: set[str], laye
     excluded = [n.name for n in others if not region_ok[find(n.name)]]
     excluded += [n.name for n in graph.node if n.name in layer_nodes and n.name not in quantized_nodes]
     return excluded
+
+
+@torch.no_grad()
+def calibrate_activations(model: nn.Module, x: np.ndarray, batch_size: int = 16) -> None:
+    """Inside `fake_quantized`: set every activation range to the min/max over `x` (ORT's MinMax).
+
+    The observers see the float activations (no quantization while calibrating), exactly like
+    ORT's calibration pass on the float model, so the PyTorch model then predicts what the artifact will.
+    """
+    observers: list[_ActFakeQuant] = getattr(model, "_autocompress_act_observers", [])
+    if not observers:
+        return
+    for o in observers:
+        o.lo = o.hi = None
+        o.calibrating = True
+    try:
+        model.eval()
+        for i in range(0, len(x), batch_size):
+            model(torch.from_numpy(x[i : i + batch_size]))
+    finally:
+        for o in observers:
+            o.calibrating = False
 
 
 class _Reader:

@@ -20,7 +20,7 @@ from autocompress.measure.verify import kernel_report
 from autocompress.pipeline.export import export_onnx, fold_batchnorm, layer_nodes
 from autocompress.pipeline.finetune import TrainSettings, evaluate, train
 from autocompress.pipeline.prune import channel_counts, prune_model
-from autocompress.pipeline.quantize import fake_quantized, quantize_static_onnx
+from autocompress.pipeline.quantize import calibrate_activations, fake_quantized, quantize_static_onnx
 from autocompress.tasks.data import Splits
 
 __all__ = ["TrialSpec", "TrialOutput", "run_pipeline"]
@@ -77,6 +77,7 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *, 
         if spec.finetune is not None and spec.finetune.epochs > 0:
             train(model, splits.train_x, splits.train_y, settings=spec.finetune, seed=spec.seed, teacher=baseline)
         lap("finetune")
+        calibrate_activations(model, splits.calib_x)
         torch_val = evaluate(model, splits.val_x, splits.val_y)
         torch_test = evaluate(model, splits.test_x, splits.test_y)
         lap("evaluate_torch")

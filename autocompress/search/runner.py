@@ -136,15 +136,24 @@ def _describe_error(e: BaseException) -> str:
 class _Progress:
     """A rich live progress bar: elapsed, trials done / failed, best trade-offs so far."""
 
-    def __init__(self, total_trials: int | None, total_seconds: float | None, enabled: bool) -> None:
+    def __init__(self, total_trials: int | None, total_seconds: float | None, enabled: bool,
+                 log: Callable[[str], None] = print) -> None:
+        import sys
+
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+        # Not a terminal (CI, a log file): no live bar, one line per finished trial instead.
+        self.lines = enabled and not sys.stderr.isatty()
+        enabled = enabled and not self.lines
+        self.log = log
         self.enabled = enabled
         self.total_trials, self.total_seconds = total_trials, total_seconds
         cols = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
                 MofNCompleteColumn() if total_trials else TextColumn("{task.percentage:>3.0f}%"),
                 TimeElapsedColumn(), TextColumn("{task.fields[status]}")]
-        self.progress = Progress(*cols, transient=False, disable=not enabled)
+        from rich.console import Console
+
+        self.progress = Progress(*cols, transient=False, disable=not enabled, console=Console(stderr=True))
         self.task = self.progress.add_task("search", total=total_trials or total_seconds, status="")
 
     def __enter__(self) -> "_Progress":
@@ -156,6 +165,10 @@ class _Progress:
 
     def note(self, text: str) -> None:
         self.progress.update(self.task, status=text)
+
+    def trial_line(self, text: str) -> None:
+        if self.lines:
+            self.log(text)
 
     def update(self, *, done: int, failed: int, elapsed: float, best: str) -> None:
         completed = done + failed if self.total_trials else min(elapsed, self.total_seconds or 0)
@@ -317,7 +330,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         b = min(near or ok, key=lambda r: r["latency_ms"])
         return f"best within 1pt: {b['val_accuracy']:.1f}% @ {b['latency_ms']:.3f} ms ({fp32_ms / b['latency_ms']:.2f}x)"
 
-    with _Progress(cfg.budget.trials, cfg.budget.seconds, progress) as bar:
+    with _Progress(cfg.budget.trials, cfg.budget.seconds, progress, log) as bar:
         while running or can_start():
             while can_start() and len(running) < cfg.concurrency:
                 trial = study.ask(distributions)
@@ -349,6 +362,13 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                     failed += 1
                 rows.append(row)
                 rd.write_table(sorted(rows, key=lambda r: r["trial"]))
+                elapsed = time.perf_counter() - t_start
+                if row["state"] == "COMPLETE":
+                    bar.trial_line(f"trial {trial.number}: val {row['val_accuracy']:.2f}%  {row['latency_ms']:.3f} ms "
+                                   f"({fp32_ms / row['latency_ms']:.2f}x)  {row['size_bytes'] / 1e6:.3f} MB  "
+                                   f"[{done} done, {failed} failed, {elapsed:.0f} s]")
+                else:
+                    bar.trial_line(f"trial {trial.number}: FAILED: {row['error']}  [{done} done, {failed} failed, {elapsed:.0f} s]")
             bar.update(done=done, failed=failed, elapsed=time.perf_counter() - t_start, best=best_text())
 
     meta.update(status="complete", finished=dt.datetime.now().isoformat(timespec="seconds"),
