@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from pydantic import ValidationError
 
-from autocompress.errors import AutocompressError
+from autocompress.errors import AutocompressError, ConfigError, Interrupted
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
@@ -27,9 +27,13 @@ def _fail(e: Exception) -> None:
 
 @app.command()
 def search(
-    budget: str = typer.Option(..., "--budget", "-b", help="Trials (e.g. 40) or wall-clock time (e.g. 10m, 1h, 1h30m); new trials start only within it."),
+    budget: Optional[str] = typer.Option(None, "--budget", "-b", help="Trials (e.g. 40) or wall-clock time (e.g. 10m, 1h, 1h30m); new trials start only within it. Required unless --resume."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the search in this run directory (after a kill, Ctrl-C or crash); the budget counts what was already spent. --budget raises it."),
     model: str = typer.Option("resnet20", "--model", "-m", help="Built-in name (see `autocompress models`), a torchvision model name, or module:function."),
-    dataset: str = typer.Option("digits", "--dataset", "-d", help="Dataset; `digits` (scikit-learn's handwritten digits, shipped with it) is the built-in demo."),
+    dataset: str = typer.Option("digits", "--dataset", "-d", help="digits (scikit-learn's handwritten digits, shipped with it: the demo), cifar10, cifar100, mnist, fashionmnist, svhn or imagefolder."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder of a file-based dataset (cifar10, cifar100, mnist, fashionmnist, svhn, imagefolder)."),
+    download: bool = typer.Option(False, "--download", help="Let torchvision download a named dataset into --data-dir (off: read local files only)."),
+    input_size: int = typer.Option(32, "--input-size", help="Images are resized to this many pixels square."),
     space: Optional[Path] = typer.Option(None, "--space", help="Search-space YAML (default: search_spaces/default.yaml)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: reports/<model>-<dataset>-<time>)."),
     seed: int = typer.Option(0, "--seed", help="Seed for data splits, sampler and fine-tuning."),
@@ -39,24 +43,35 @@ def search(
     finetune_epochs: Optional[float] = typer.Option(None, "--finetune-epochs", help="Epochs of the KD fine-tune per trial (default 6)."),
     baseline_epochs: Optional[float] = typer.Option(None, "--baseline-epochs", help="Epochs to train the baseline when it is not cached (default 15)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress bar (for logs)."),
+    trial_timeout: Optional[float] = typer.Option(None, "--trial-timeout", help="Seconds after which a running trial is stopped and recorded as failed (default 1800)."),
+    no_latency_cache: bool = typer.Option(False, "--no-latency-cache", help="Measure every artifact, even one whose graph this device has measured before."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and the search space (groups, layers, choices) as JSON, and exit."),
 ) -> None:
     """Run a compression search and write reports/<run>/report.html."""
     from autocompress.config import SearchConfig, parse_budget, config_error
-    from autocompress.search.runner import prepare, run_search
+    from autocompress.search.runner import load_resume_config, prepare, run_search
 
     try:
-        data = dict(model=model, dataset=dataset, space=space, out=out, seed=seed, ray_address=ray_address,
-                    concurrency=concurrency, sampler=sampler, budget=parse_budget(budget).model_dump())
-        if finetune_epochs is not None:
-            data["finetune"] = {**SearchConfig().finetune.model_dump(), "epochs": finetune_epochs}
-        if baseline_epochs is not None:
-            data["baseline"] = {**SearchConfig().baseline.model_dump(), "epochs": baseline_epochs}
-        try:
-            cfg = SearchConfig.model_validate(data)
-        except ValidationError as e:
-            raise config_error(e, "the command line") from None
-        prep = prepare(cfg)
+        if resume is not None:
+            cfg = load_resume_config(resume, budget=parse_budget(budget) if budget is not None else None)
+            prep = prepare(cfg, resume=True)
+        else:
+            if budget is None:
+                raise ConfigError("--budget is required: a trial count (e.g. --budget 40) or a duration (e.g. --budget 30m)")
+            data = dict(model=model, dataset=dataset, data_dir=data_dir, download=download, input_size=input_size, space=space, out=out, seed=seed, ray_address=ray_address,
+                        concurrency=concurrency, sampler=sampler, budget=parse_budget(budget).model_dump(),
+                        latency_cache=not no_latency_cache)
+            if trial_timeout is not None:
+                data["trial_timeout_s"] = trial_timeout
+            if finetune_epochs is not None:
+                data["finetune"] = {**SearchConfig().finetune.model_dump(), "epochs": finetune_epochs}
+            if baseline_epochs is not None:
+                data["baseline"] = {**SearchConfig().baseline.model_dump(), "epochs": baseline_epochs}
+            try:
+                cfg = SearchConfig.model_validate(data)
+            except ValidationError as e:
+                raise config_error(e, "the command line") from None
+            prep = prepare(cfg)
     except AutocompressError as e:
         _fail(e)
         return
@@ -65,6 +80,9 @@ def search(
         return
     try:
         result = run_search(prep, progress=not no_progress, log=lambda s: typer.echo(s, err=True))
+    except Interrupted as e:
+        typer.echo(f"stopped: {e}", err=True)
+        raise typer.Exit(130)
     except AutocompressError as e:
         _fail(e)
         return

@@ -41,18 +41,22 @@ class Budget(_Strict):
 def parse_budget(text: str | int) -> Budget:
     """`40` -> 40 trials; `90s`, `10m`, `1h`, `1h30m` -> a wall-clock limit."""
     s = str(text).strip().lower()
-    if s.isdigit():
+    if s.isascii() and s.isdigit():
+        if len(s) > 9:
+            raise ConfigError(f"--budget {s[:20]}{'...' if len(s) > 20 else ''} trials is more than a search can run; give at most 999999999 trials or a duration")
         n = int(s)
         if n < 1:
             raise ConfigError(f"--budget must be at least 1 trial, but got {text!r}; e.g. --budget 40 or --budget 30m")
         return Budget(trials=n)
-    m = _DURATION.match(s)
+    m = _DURATION.match(s) if s.isascii() else None
     if not s or not m or not any(m.groups()):
         raise ConfigError(f"--budget {text!r} is neither a trial count nor a duration; use e.g. --budget 40, --budget 10m or --budget 1h30m")
     h, mi, se = (float(g) if g else 0.0 for g in m.groups())
     seconds = h * 3600 + mi * 60 + se
     if seconds <= 0:
         raise ConfigError(f"--budget {text!r} is zero; give a positive duration such as 10m")
+    if not seconds < 366 * 24 * 3600:
+        raise ConfigError(f"--budget {s[:20]}{'...' if len(s) > 20 else ''} is longer than a year; give a duration such as 10m, 8h or 48h")
     return Budget(seconds=seconds)
 
 
@@ -78,6 +82,8 @@ class LatencyConfig(_Strict):
 class SearchConfig(_Strict):
     model: str = "resnet20"
     dataset: str = "digits"
+    data_dir: Path | None = None  # where a file-based dataset (cifar10, mnist, imagefolder, ...) lives
+    download: bool = False  # let torchvision download a named dataset into data_dir
     input_size: int = Field(default=32, ge=8, le=1024)
     space: Path | None = None  # None: search_spaces/default.yaml
     budget: Budget = Budget(trials=12)
@@ -91,7 +97,8 @@ class SearchConfig(_Strict):
     baseline: TrainConfig = TrainConfig(epochs=15, lr=0.1)
     finetune: TrainConfig = TrainConfig(epochs=6, lr=0.02, kd_alpha=0.9)
     latency: LatencyConfig = LatencyConfig()
-    trial_timeout_s: float = Field(default=1800, gt=0)
+    trial_timeout_s: float = Field(default=1800, gt=0)  # a trial still running after this is stopped and recorded as failed
+    latency_cache: bool = True  # reuse a measurement for an artifact whose graph this device has measured
 
     def dump(self) -> dict:
         return self.model_dump(mode="json")
@@ -99,7 +106,7 @@ class SearchConfig(_Strict):
 
 def config_error(e: ValidationError, source: str) -> ConfigError:
     err = e.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    where = ".".join(str(p) if isinstance(p, int) or str(p).isidentifier() else repr(p) for p in err["loc"]) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"

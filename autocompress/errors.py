@@ -10,11 +10,16 @@ __all__ = [
     "SpaceError",
     "ClusterError",
     "RunError",
+    "Interrupted",
 ]
 
 
 class AutocompressError(Exception):
     """A problem the user can fix. The message names the problem and the fix, on one line."""
+
+    def __init__(self, message: object = "") -> None:
+        # one line whatever went into it (a YAML key or a library message may hold newlines)
+        super().__init__(" ".join(str(message).split()))
 
 
 class ConfigError(AutocompressError):
@@ -39,3 +44,7 @@ class ClusterError(AutocompressError):
 
 class RunError(AutocompressError):
     """A run directory is missing, incomplete or already in use."""
+
+
+class Interrupted(RunError):
+    """The user stopped the search at once (a second Ctrl-C); the run is resumable."""

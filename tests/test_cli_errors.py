@@ -52,7 +52,7 @@ def _search(tmp_path: Path, *args: str):
         (["--budget", "2", "--model", "nosuchpkg.mod:build"],
          r"^error: cannot import 'nosuchpkg\.mod' for --model 'nosuchpkg\.mod:build': ModuleNotFoundError"),
         (["--budget", "2", "--dataset", "nosuchdata"],
-         r"^error: unknown dataset 'nosuchdata'; use one of: digits$"),
+         r"^error: unknown dataset 'nosuchdata'; use one of: digits, cifar10, cifar100, mnist, fashionmnist, svhn, imagefolder$"),
         (["--budget", "abc"], r"^error: --budget 'abc' is neither a trial count nor a duration"),
         (["--budget", "0"], r"^error: --budget must be at least 1 trial, but got '0'"),
         (["--budget", "5x"], r"^error: --budget '5x' is neither a trial count nor a duration"),

@@ -18,6 +18,8 @@ def dominates(a: pd.Series | dict, b: pd.Series | dict) -> bool:
 def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
     """Rows of completed trials that no other completed trial dominates, fastest first."""
     done = table[table["state"] == "COMPLETE"] if "state" in table else table
+    if any(k not in done.columns for k, _ in OBJECTIVES):  # no trial has completed yet
+        return done.iloc[0:0]
     done = done.dropna(subset=[k for k, _ in OBJECTIVES])
     rows = [r for _, r in done.iterrows()]
     keep = [i for i, r in zip(done.index, rows) if not any(dominates(o, r) for o in rows if o is not r)]

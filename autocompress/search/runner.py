@@ -10,6 +10,7 @@ fine-tune. Tune would own the trial loop and the scheduling that the measurement
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 import time
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from autocompress.config import SearchConfig
-from autocompress.errors import ClusterError, ModelError, RunError
+from autocompress.errors import ClusterError, Interrupted, ModelError, RunError
 from autocompress.pipeline.export import export_onnx, fold_batchnorm, layer_nodes
 from autocompress.pipeline.finetune import TrainSettings
 from autocompress.pipeline.prune import channel_counts, find_groups
@@ -34,7 +35,7 @@ from autocompress.tasks.baseline import get_baseline
 from autocompress.tasks.data import Splits, load_dataset
 from autocompress.tasks.models import build_model
 
-__all__ = ["Prepared", "SearchResult", "prepare", "run_search", "search", "WARM_START"]
+__all__ = ["Prepared", "SearchResult", "prepare", "load_resume_config", "run_search", "search", "WARM_START"]
 
 # Uniform configurations tried first when warm_start is on: (prune ratio, precision).
 WARM_START = ((0.5, "fp32"), (0.25, "fp32"), (0.5, "int8"), (0.625, "fp32"))
@@ -47,6 +48,7 @@ class Prepared:
     space: SearchSpace
     run_dir: Path
     run_name: str
+    resume: bool = False
 
     def describe(self) -> dict:
         """What --dry-run prints: the resolved config and the search space."""
@@ -81,10 +83,26 @@ def _check_ray_address(address: str) -> None:
         ) from None
 
 
-def prepare(config: SearchConfig) -> Prepared:
+def load_resume_config(run_dir: str | Path, *, budget=None) -> SearchConfig:
+    """The stored config of a run to resume; `budget` (a Budget) replaces the stored one when given."""
+    rd = RunDir(Path(run_dir))
+    if not rd.path.is_dir():
+        raise RunError(f"--resume {str(run_dir)!r}: no such run directory; pass the directory of an earlier search")
+    for needed in (rd.config, rd.meta):
+        if not needed.is_file():
+            raise RunError(f"--resume {str(run_dir)!r} has no {needed.name}; it was not written by `autocompress search`, start a new search instead")
+    data = rd.read_json(rd.config)
+    data["out"] = str(rd.path)
+    if budget is not None:
+        data["budget"] = budget.model_dump()
+    return SearchConfig.model_validate(data)
+
+
+def prepare(config: SearchConfig, *, resume: bool = False) -> Prepared:
     """Everything that can be wrong with the user's input is found here, before anything is written."""
     space_file = load_space_file(config.space)
-    splits = load_dataset(config.dataset, input_size=config.input_size, seed=config.seed)
+    splits = load_dataset(config.dataset, input_size=config.input_size, seed=config.seed,
+                          data_dir=config.data_dir, download=config.download)
     model = build_model(config.model, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
     try:
         with torch.no_grad():
@@ -105,11 +123,16 @@ def prepare(config: SearchConfig) -> Prepared:
     space.excluded = excluded
     if config.ray_address:
         _check_ray_address(config.ray_address)
+    if resume:
+        run_dir = Path(config.out)  # type: ignore[arg-type]
+        run_name = RunDir(run_dir).read_json(RunDir(run_dir).meta)["run_name"]
+        return Prepared(config, splits, space, run_dir, run_name, resume=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_name = config.run_name or f"{Path(config.model).name.replace(':', '-')}-{config.dataset}-{stamp}"
     run_dir = Path(config.out) if config.out else Path("reports") / run_name
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise RunError(f"run directory {str(run_dir)!r} already exists and is not empty; pass another --out or remove it")
+        raise RunError(f"run directory {str(run_dir)!r} already exists and is not empty; pass another --out, remove it, "
+                       f"or continue it with --resume {run_dir}")
     return Prepared(config, splits, space, run_dir, run_name)
 
 
@@ -214,6 +237,7 @@ def _row(number: int, state: str, params: dict, out: TrialOutput | None, lat: di
             "val_accuracy": round(out.val_accuracy, 4), "test_accuracy": round(out.test_accuracy, 4),
             "latency_ms": round(lat["median_ms"], 4), "latency_p90_ms": round(lat["p90_ms"], 4),
             "latency_p99_ms": round(lat["p99_ms"], 4), "latency_reps": lat["reps"],
+            "latency_source": lat.get("source", "measured"),
             "size_bytes": out.size_bytes, "torch_val_accuracy": round(out.torch_val_accuracy, 4),
             "torch_test_accuracy": round(out.torch_test_accuracy, 4), "sha256": out.sha256, "onnx": onnx_rel,
             "int8_requested": len(out.requested_int8),
@@ -227,158 +251,282 @@ def _row(number: int, state: str, params: dict, out: TrialOutput | None, lat: di
     return row
 
 
+class _Interrupt:
+    """First Ctrl-C: stop scheduling, let running trials finish, write the report. Second: stop now."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.count = 0
+        self.log = log
+        self._old = None
+
+    def __enter__(self) -> "_Interrupt":
+        import signal
+
+        def handler(signum, frame):
+            self.count += 1
+            if self.count >= 2:
+                raise KeyboardInterrupt
+            self.log("Ctrl-C: no new trials; waiting for the running ones (Ctrl-C again to stop now, resumable)")
+
+        try:
+            self._old = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            self._old = None
+        return self
+
+    def __exit__(self, *a) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+    @property
+    def stopping(self) -> bool:
+        return self.count >= 1
+
+
+def _lock(rd: RunDir):
+    """Hold an exclusive lock on the run directory for the life of the returned file object."""
+    import fcntl
+
+    f = open(rd.path / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunError(f"run directory {str(rd.path)!r} is in use by another search ({holder}); wait for it to finish or choose another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def _load_rows(rd: RunDir) -> dict[int, dict]:
+    rows = {}
+    for path in sorted((rd.path / "trials").glob("*.json")):
+        row = json.loads(path.read_text())
+        rows[int(row["trial"])] = row
+    return rows
+
+
 def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], None] = print) -> SearchResult:
     import optuna
     import ray
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    from autocompress.measure.cache import LatencyCache, graph_hash
+    from autocompress.tasks.baseline import cache_dir
 
     cfg = prep.config
     t_start = time.perf_counter()
     torch.set_num_threads(os.cpu_count() or 1)
     splits = prep.splits
-    example = torch.from_numpy(splits.val_x[:1])
     input_shape = tuple(splits.input_shape)
-
-    log(f"baseline: {cfg.model} on {cfg.dataset} ({splits.sizes()})")
-    base_settings = TrainSettings(**cfg.baseline.model_dump())
-    baseline, binfo = get_baseline(model_name=cfg.model, splits=splits, settings=base_settings, seed=cfg.seed,
-                                   on_epoch=lambda e, l: log(f"  baseline epoch {e + 1}/{base_settings.epochs:g}: loss {l:.3f}") if progress else None)
-    how = "loaded from cache" if binfo["cached"] else f"trained in {binfo['train_seconds']} s"
-    log(f"  baseline {how} ({binfo['path']})")
-
     space = prep.space
-    excluded = space.excluded
     params_def = space.params()
 
     _init_ray(cfg.ray_address)  # before anything is written: a cluster that cannot be joined leaves no run directory
     rd = RunDir(prep.run_dir)
     rd.path.mkdir(parents=True, exist_ok=True)
-    rd.write_json(rd.config, cfg.dump())
-    meta = {
-        "run_name": prep.run_name, "started": dt.datetime.now().isoformat(timespec="seconds"), "status": "running",
-        "model": cfg.model, "dataset": cfg.dataset, "input_shape": list(input_shape), "splits": splits.sizes(),
-        "baseline": binfo, "space": space.describe(), "excluded_layers": excluded, "budget": str(cfg.budget),
-        "latency_settings": cfg.latency.model_dump(),
-        "objectives": ["val_accuracy (max)", "latency_ms (min)", "size_bytes (min)"],
-    }
-    rd.write_json(rd.meta, meta)
+    lock = _lock(rd)
+    try:
+        log(f"baseline: {cfg.model} on {cfg.dataset} ({splits.sizes()})")
+        base_settings = TrainSettings(**cfg.baseline.model_dump())
+        baseline, binfo = get_baseline(model_name=cfg.model, splits=splits, settings=base_settings, seed=cfg.seed,
+                                       on_epoch=lambda e, l: log(f"  baseline epoch {e + 1}/{base_settings.epochs:g}: loss {l:.3f}") if progress else None)
+        how = "loaded from cache" if binfo["cached"] else f"trained in {binfo['train_seconds']} s"
+        log(f"  baseline {how} ({binfo['path']})")
 
-    total_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
-    threads = max(1, total_cpus // cfg.concurrency)
-    device = Device.remote(cfg.latency.model_dump())
-    meta["device"] = ray.get(device.fingerprint.remote())
-    meta["ray"] = {"address": cfg.ray_address or "local", "cpus": total_cpus, "threads_per_trial": threads,
-                   "concurrency": cfg.concurrency}
-    rd.write_json(rd.meta, meta)
+        if prep.resume:
+            meta = rd.read_json(rd.meta)
+            meta.update(status="running", resumed=meta.get("resumed", 0) + 1, budget=str(cfg.budget))
+        else:
+            rd.write_json(rd.config, cfg.dump())
+            meta = {
+                "run_name": prep.run_name, "started": dt.datetime.now().isoformat(timespec="seconds"), "status": "running",
+                "model": cfg.model, "dataset": cfg.dataset, "input_shape": list(input_shape), "splits": splits.sizes(),
+                "space": space.describe(), "excluded_layers": space.excluded, "budget": str(cfg.budget),
+                "latency_settings": cfg.latency.model_dump(), "spent_seconds": 0.0,
+                "objectives": ["val_accuracy (max)", "latency_ms (min)", "size_bytes (min)"],
+            }
+        meta["baseline"] = binfo
+        total_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+        threads = max(1, total_cpus // cfg.concurrency)
+        device = Device.remote(cfg.latency.model_dump())
+        meta["device"] = ray.get(device.fingerprint.remote())
+        meta["ray"] = {"address": cfg.ray_address or "local", "cpus": total_cpus, "threads_per_trial": threads,
+                       "concurrency": cfg.concurrency}
+        rd.write_json(rd.meta, meta)
+        lat_cache = LatencyCache(cache_dir(), meta["device"], cfg.latency.model_dump()) if cfg.latency_cache else None
 
-    base_ref = ray.put(baseline)
-    splits_ref = ray.put(splits)
-    remote_trial = ray.remote(_trial_task).options(num_cpus=threads, max_retries=0)
-    ft = TrainSettings(**cfg.finetune.model_dump())
+        base_ref = ray.put(baseline)
+        splits_ref = ray.put(splits)
+        remote_trial = ray.remote(_trial_task).options(num_cpus=threads, max_retries=0)
+        ft = TrainSettings(**cfg.finetune.model_dump())
 
-    def spec_for(params: dict, finetune: TrainSettings | None) -> TrialSpec:
-        ratios, precisions = space.decode(params)
-        return TrialSpec(ratios, precisions, finetune, space.round_to, space.min_channels, cfg.seed)
+        def spec_for(params: dict, finetune: TrainSettings | None) -> TrialSpec:
+            ratios, precisions = space.decode(params)
+            return TrialSpec(ratios, precisions, finetune, space.round_to, space.min_channels, cfg.seed)
 
-    # ---- baselines: FP32 and uniform int8 (post-training, no fine-tune), measured like every trial
-    baselines: dict[str, dict] = {}
-    for name, prec in (("fp32", "fp32"), ("int8", "int8")):
-        log(f"baseline {name}: export, quantize, measure")
-        out = ray.get(remote_trial.remote(base_ref, splits_ref, spec_for(space.uniform(0.0, prec), None), threads))
-        lat = ray.get(device.measure.remote(out.onnx_bytes, input_shape))
-        path = rd.model_path(f"baseline-{name}")
-        atomic_write_bytes(path, out.onnx_bytes)
-        baselines[name] = _row(-1, "COMPLETE", {}, out, lat, str(path.relative_to(rd.path)), 0.0, kind=f"baseline-{name}")
-    rd.write_json(rd.baselines_json, baselines)
-    fp32_ms = baselines["fp32"]["latency_ms"]
+        def latency_of(out: TrialOutput) -> dict:
+            """Measured by the device, or taken from the cache for an identical graph on this device."""
+            ghash = graph_hash(out.onnx_bytes)
+            hit = lat_cache.get(ghash) if lat_cache else None
+            if hit is not None:
+                return {**hit, "source": f"cache:{ghash[:12]}"}
+            lat = ray.get(device.measure.remote(out.onnx_bytes, input_shape))
+            if lat_cache:
+                lat_cache.put(ghash, lat)
+            return {**lat, "source": "measured"}
 
-    # ---- the study
-    sampler = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=5 if cfg.warm_start else 10),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=cfg.seed),
-        "random": lambda: optuna.samplers.RandomSampler(seed=cfg.seed),
-    }[cfg.sampler]()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(rd.journal)))
-    study = optuna.create_study(study_name=prep.run_name, storage=storage, sampler=sampler,
-                                directions=["maximize", "minimize", "minimize"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["val_accuracy", "latency_ms", "size_bytes"])
-    if cfg.warm_start and params_def:
-        n_anchor = len(WARM_START) if cfg.budget.trials is None else min(len(WARM_START), max(1, cfg.budget.trials // 3))
-        for ratio, prec in WARM_START[:n_anchor]:
-            study.enqueue_trial(space.uniform(ratio, prec), skip_if_exists=True)
-    distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in params_def.items()}
+        # ---- baselines: FP32 and uniform int8 (post-training, no fine-tune), measured like every trial
+        baselines: dict[str, dict] = rd.read_json(rd.baselines_json) if (prep.resume and rd.baselines_json.is_file()) else {}
+        for name, prec in (("fp32", "fp32"), ("int8", "int8")):
+            if name in baselines:
+                continue
+            log(f"baseline {name}: export, quantize, measure")
+            out = ray.get(remote_trial.remote(base_ref, splits_ref, spec_for(space.uniform(0.0, prec), None), threads))
+            lat = latency_of(out)
+            path = rd.model_path(f"baseline-{name}")
+            atomic_write_bytes(path, out.onnx_bytes)
+            baselines[name] = _row(-1, "COMPLETE", {}, out, lat, str(path.relative_to(rd.path)), 0.0, kind=f"baseline-{name}")
+        rd.write_json(rd.baselines_json, baselines)
+        fp32_ms = baselines["fp32"]["latency_ms"]
 
-    rows: list[dict] = []
-    running: dict = {}  # ObjectRef -> (optuna trial, params, start time)
-    done = failed = 0
-    deadline = t_start + cfg.budget.seconds if cfg.budget.seconds else None
+        # ---- the study: created, or replayed from its journal on --resume
+        sampler = {
+            "tpe": lambda: optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=5 if cfg.warm_start else 10),
+            "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=cfg.seed),
+            "random": lambda: optuna.samplers.RandomSampler(seed=cfg.seed),
+        }[cfg.sampler]()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = JournalStorage(JournalFileBackend(str(rd.journal)))
+        rows = _load_rows(rd) if prep.resume else {}
+        if prep.resume:
+            study = optuna.load_study(study_name=meta["run_name"], storage=storage, sampler=sampler)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                row = rows.get(t.number)
+                if row is not None and row["state"] == "COMPLETE":  # killed between writing its row and telling
+                    study.tell(t.number, [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
+                elif row is not None:
+                    study.tell(t.number, state=TrialState.FAIL)
+                else:  # interrupted mid-trial: recorded as such (not counted in the budget), and run again
+                    storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+                    study.tell(t.number, state=TrialState.FAIL)
+                    rows[t.number] = {"trial": t.number, "kind": "search", "state": "INTERRUPTED",
+                                      "error": "interrupted (the search was killed); its configuration runs again", **t.params}
+                    rd.write_json(rd.path / "trials" / f"{t.number:04d}.json", rows[t.number])
+                    study.enqueue_trial(dict(t.params), skip_if_exists=False)
+                    log(f"trial {t.number} was interrupted: recorded as failed (interrupted) and queued to run again")
+        else:
+            study = optuna.create_study(study_name=prep.run_name, storage=storage, sampler=sampler,
+                                        directions=["maximize", "minimize", "minimize"])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(["val_accuracy", "latency_ms", "size_bytes"])
+            if cfg.warm_start and params_def:
+                n_anchor = len(WARM_START) if cfg.budget.trials is None else min(len(WARM_START), max(1, cfg.budget.trials // 3))
+                for ratio, prec in WARM_START[:n_anchor]:
+                    study.enqueue_trial(space.uniform(ratio, prec), skip_if_exists=True)
+        distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in params_def.items()}
 
-    def can_start() -> bool:
-        if cfg.budget.trials is not None:
-            return done + failed + len(running) < cfg.budget.trials
-        return time.perf_counter() < (deadline or 0)
+        running: dict = {}  # ObjectRef -> (optuna trial, params, start time)
+        done = sum(r["state"] == "COMPLETE" for r in rows.values())
+        failed = sum(r["state"] == "FAIL" for r in rows.values())  # interrupted trials do not count
+        spent_before = float(meta.get("spent_seconds", 0.0)) if prep.resume else 0.0
+        t_search = time.perf_counter()
+        deadline = t_search + max(0.0, cfg.budget.seconds - spent_before) if cfg.budget.seconds else None
 
-    def best_text() -> str:
-        ok = [r for r in rows if r["state"] == "COMPLETE"]
-        if not ok:
-            return ""
-        near = [r for r in ok if r["val_accuracy"] >= baselines["fp32"]["val_accuracy"] - 1.0]
-        b = min(near or ok, key=lambda r: r["latency_ms"])
-        return f"best within 1pt: {b['val_accuracy']:.1f}% @ {b['latency_ms']:.3f} ms ({fp32_ms / b['latency_ms']:.2f}x)"
+        def save_table() -> None:
+            rd.write_table([rows[k] for k in sorted(rows)])
+            meta["spent_seconds"] = round(spent_before + time.perf_counter() - t_search, 1)
+            rd.write_json(rd.meta, meta)
 
-    with _Progress(cfg.budget.trials, cfg.budget.seconds, progress, log) as bar:
-        while running or can_start():
-            while can_start() and len(running) < cfg.concurrency:
-                trial = study.ask(distributions)
-                params = dict(trial.params)
-                ref = remote_trial.remote(base_ref, splits_ref, spec_for(params, ft), threads)
-                running[ref] = (trial, params, time.perf_counter())
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-            now = time.perf_counter()
-            for ref in list(running):
-                trial, params, t0 = running[ref]
-                if ref not in ready and now - t0 <= cfg.trial_timeout_s:
-                    continue
-                del running[ref]
-                try:
-                    if ref not in ready:
-                        ray.cancel(ref, force=True)
-                        raise TimeoutError(f"trial exceeded trial_timeout_s={cfg.trial_timeout_s:g}")
-                    out: TrialOutput = ray.get(ref)
-                    lat = ray.get(device.measure.remote(out.onnx_bytes, input_shape))
-                    path = rd.model_path(f"trial-{trial.number:04d}")
-                    atomic_write_bytes(path, out.onnx_bytes)
-                    row = _row(trial.number, "COMPLETE", params, out, lat, str(path.relative_to(rd.path)), now - t0)
-                    study.tell(trial, [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
-                    done += 1
-                except Exception as e:  # noqa: BLE001 - a failing trial never takes the search down
-                    err = _describe_error(e)
-                    row = _row(trial.number, "FAIL", params, None, None, None, now - t0, error=err)
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                    failed += 1
-                rows.append(row)
-                rd.write_table(sorted(rows, key=lambda r: r["trial"]))
-                elapsed = time.perf_counter() - t_start
-                if row["state"] == "COMPLETE":
-                    bar.trial_line(f"trial {trial.number}: val {row['val_accuracy']:.2f}%  {row['latency_ms']:.3f} ms "
-                                   f"({fp32_ms / row['latency_ms']:.2f}x)  {row['size_bytes'] / 1e6:.3f} MB  "
-                                   f"[{done} done, {failed} failed, {elapsed:.0f} s]")
-                else:
-                    bar.trial_line(f"trial {trial.number}: FAILED: {row['error']}  [{done} done, {failed} failed, {elapsed:.0f} s]")
-            bar.update(done=done, failed=failed, elapsed=time.perf_counter() - t_start, best=best_text())
+        def best_text() -> str:
+            ok = [r for r in rows.values() if r["state"] == "COMPLETE"]
+            if not ok:
+                return ""
+            near = [r for r in ok if r["val_accuracy"] >= baselines["fp32"]["val_accuracy"] - 1.0]
+            b = min(near or ok, key=lambda r: r["latency_ms"])
+            return f"best within 1pt: {b['val_accuracy']:.1f}% @ {b['latency_ms']:.3f} ms ({fp32_ms / b['latency_ms']:.2f}x)"
 
-    meta.update(status="complete", finished=dt.datetime.now().isoformat(timespec="seconds"),
-                wall_seconds=round(time.perf_counter() - t_start, 1), trials_complete=done, trials_failed=failed)
-    rd.write_json(rd.meta, meta)
-    from autocompress.report import write_report
+        if rows:
+            save_table()
+        with _Interrupt(log) as interrupt, _Progress(cfg.budget.trials, cfg.budget.seconds, progress, log) as bar:
+            def can_start() -> bool:
+                if interrupt.stopping:
+                    return False
+                if cfg.budget.trials is not None:
+                    return done + failed + len(running) < cfg.budget.trials
+                return time.perf_counter() < (deadline or 0)
 
-    report = write_report(rd)
-    table = rd.read_table()
-    return SearchResult(rd.path, table, pareto_front(table), baselines, report)
+            try:
+                while running or can_start():
+                    while can_start() and len(running) < cfg.concurrency:
+                        trial = study.ask(distributions)
+                        params = dict(trial.params)
+                        ref = remote_trial.remote(base_ref, splits_ref, spec_for(params, ft), threads)
+                        running[ref] = (trial, params, time.perf_counter())
+                    ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                    now = time.perf_counter()
+                    for ref in list(running):
+                        trial, params, t0 = running[ref]
+                        if ref not in ready and now - t0 <= cfg.trial_timeout_s:
+                            continue
+                        del running[ref]
+                        try:
+                            if ref not in ready:
+                                ray.cancel(ref, force=True)
+                                raise TimeoutError(f"trial exceeded the per-trial timeout of {cfg.trial_timeout_s:g} s")
+                            out: TrialOutput = ray.get(ref)
+                            lat = latency_of(out)
+                            path = rd.model_path(f"trial-{trial.number:04d}")
+                            atomic_write_bytes(path, out.onnx_bytes)
+                            row = _row(trial.number, "COMPLETE", params, out, lat, str(path.relative_to(rd.path)), now - t0)
+                        except Exception as e:  # noqa: BLE001 - a failing trial never takes the search down
+                            row = _row(trial.number, "FAIL", params, None, None, None, now - t0, error=_describe_error(e))
+                        # the row is on disk before the study hears of it: a kill in between is repaired on resume
+                        rd.write_json(rd.path / "trials" / f"{trial.number:04d}.json", row)
+                        if row["state"] == "COMPLETE":
+                            study.tell(trial, [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
+                            done += 1
+                        else:
+                            study.tell(trial, state=TrialState.FAIL)
+                            failed += 1
+                        rows[trial.number] = row
+                        save_table()
+                        elapsed = spent_before + time.perf_counter() - t_search
+                        if row["state"] == "COMPLETE":
+                            bar.trial_line(f"trial {trial.number}: val {row['val_accuracy']:.2f}%  {row['latency_ms']:.3f} ms "
+                                           f"({fp32_ms / row['latency_ms']:.2f}x)  {row['size_bytes'] / 1e6:.3f} MB  "
+                                           f"[{done} done, {failed} failed, {elapsed:.0f} s]")
+                        else:
+                            bar.trial_line(f"trial {trial.number}: FAILED: {row['error']}  [{done} done, {failed} failed, {elapsed:.0f} s]")
+                    bar.update(done=done, failed=failed, elapsed=spent_before + time.perf_counter() - t_search, best=best_text())
+            except KeyboardInterrupt:
+                for ref in running:
+                    ray.cancel(ref, force=True)
+                meta.update(status="interrupted")
+                save_table()
+                raise Interrupted(f"interrupted with {len(running)} trial(s) running; continue with: autocompress search --resume {rd.path}") from None
+
+        finished = cfg.budget.trials is None or done + failed >= cfg.budget.trials
+        meta.update(status="complete" if finished and not interrupt.stopping else "stopped",
+                    finished=dt.datetime.now().isoformat(timespec="seconds"),
+                    wall_seconds=round(time.perf_counter() - t_start, 1), trials_complete=done, trials_failed=failed)
+        save_table()
+        from autocompress.report import write_report
+
+        report = write_report(rd)
+        table = rd.read_table()
+        return SearchResult(rd.path, table, pareto_front(table), baselines, report)
+    finally:
+        lock.close()
 
 
 def _trial_task(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, threads: int) -> TrialOutput:

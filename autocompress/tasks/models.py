@@ -129,6 +129,14 @@ def _load_callable(ref: str) -> Callable[..., nn.Module]:
         raise ModelError(
             f"cannot import {target!r} for --model {ref!r}: {type(e).__name__}: {e}; check the path and that it imports"
         ) from None
+    # Ray workers cannot import a module loaded from a file path (or one off their sys.path):
+    # have cloudpickle ship the model's classes by value.
+    try:
+        import ray.cloudpickle as cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
+    except Exception:  # noqa: BLE001 - without Ray's cloudpickle, by-reference pickling still works locally
+        pass
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise ModelError(f"{target!r} has no callable {fn_name!r} for --model {ref!r}; name a function that returns an nn.Module")

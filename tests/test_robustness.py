@@ -1,0 +1,161 @@
+"""A search survives kills, Ctrl-C and failing trials; it is locked, resumable and deterministic."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from tests.conftest import FAST_FLAGS, run_cli
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "autocompress.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env={**os.environ})
+
+
+def _rows(run: Path) -> dict[int, dict]:
+    return {int(p.stem): json.loads(p.read_text()) for p in (run / "trials").glob("*.json")} if (run / "trials").is_dir() else {}
+
+
+def _wait_for(pred, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    t0 = time.time()
+    while not pred():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"search exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+        if time.time() - t0 > timeout:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.2)
+
+
+def _study(run: Path) -> optuna.Study:
+    storage = JournalStorage(JournalFileBackend(str(run / "optuna.log")))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_trial_then_resume_loses_and_repeats_nothing(tmp_path):
+    run = tmp_path / "run"
+    budget = 5
+    proc = _start("search", "--budget", str(budget), "--out", str(run), *FAST_FLAGS)
+    try:
+        _wait_for(lambda: sum(r["state"] == "COMPLETE" for r in _rows(run).values()) >= 2, 600, proc)
+        time.sleep(1.0)  # into the next trial
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: driver and its local Ray, as in a crash
+        proc.wait(timeout=60)
+    before = {n: r for n, r in _rows(run).items() if r["state"] == "COMPLETE"}
+    assert len(before) >= 2
+    interrupted = [t.number for t in _study(run).trials if t.state == optuna.trial.TrialState.RUNNING]
+
+    res = run_cli("search", "--resume", str(run), "--no-progress")
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    table = pd.read_csv(run / "trials.csv")
+    assert table["trial"].is_unique
+    complete = table[table["state"] == "COMPLETE"]
+    assert len(complete) == budget  # the budget counts what was spent before the kill
+    for n, r in before.items():  # every trial finished before the kill: exactly once, same artifact
+        row = table[table["trial"] == n]
+        assert len(row) == 1 and row.iloc[0]["sha256"] == r["sha256"]
+        assert (run / r["onnx"]).is_file()
+    study = _study(run)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == budget
+    for n in interrupted:  # an interrupted trial is recorded as such and its configuration ran again
+        t = study.trials[n]
+        assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("interrupted") is True
+        again = [u for u in study.trials if u.number > n and u.params == t.params and u.state == optuna.trial.TrialState.COMPLETE]
+        assert again, f"interrupted trial {n} was not run again"
+    assert (run / "report.html").is_file()
+    assert json.loads((run / "meta.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.slow
+def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path):
+    run = tmp_path / "run"
+    res = run_cli("search", "--budget", "8", "--out", str(run), "--model", f"{FIXTURES}/fault_models.py:build",
+                  "--space", str(FIXTURES / "fault_space.yaml"), "--sampler", "random", "--seed", "26",
+                  "--trial-timeout", "25", *FAST_FLAGS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = pd.read_csv(run / "trials.csv")
+    assert len(table) == 8 and table["trial"].is_unique
+    outcome = {16: "ok", 12: "raises", 8: "nan", 4: "hangs"}
+    seen = set()
+    for _, r in table.iterrows():
+        width = {0.0: 16, 0.25: 12, 0.5: 8, 0.75: 4}[float(r["prune:conv1"])]
+        kind = outcome[width]
+        seen.add(kind)
+        if kind == "ok":
+            assert r["state"] == "COMPLETE", r["error"]
+        else:
+            assert r["state"] == "FAIL"
+            assert {"raises": "injected failure", "nan": "loss became nan", "hangs": "per-trial timeout"}[kind] in str(r["error"])
+    assert seen == {"ok", "raises", "nan", "hangs"}, seen  # the seed covers every kind of failure
+    pareto = json.loads((run / "pareto.json").read_text())
+    assert pareto and all(p["state"] == "COMPLETE" for p in pareto)
+    html = (run / "report.html").read_text()
+    assert "Failed trials" in html and "injected failure" in html
+
+
+@pytest.mark.slow
+def test_second_search_on_the_same_directory_is_refused(tmp_path):
+    run = tmp_path / "run"
+    proc = _start("search", "--budget", "3", "--out", str(run), *FAST_FLAGS)
+    try:
+        _wait_for(lambda: (run / ".lock").is_file() and (run / "meta.json").is_file(), 300, proc)
+        res = run_cli("search", "--resume", str(run), "--no-progress", timeout=300)
+        assert res.returncode == 2
+        assert res.stderr.startswith("error: run directory") and "in use by another search (pid" in res.stderr
+        assert "Traceback" not in res.stderr
+        other = tmp_path / "other"  # a different directory can run at the same time
+        res = run_cli("search", "--budget", "1", "--out", str(other), *FAST_FLAGS)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert len(pd.read_csv(other / "trials.csv")) == 1
+    finally:
+        proc.wait(timeout=900)
+    assert proc.returncode == 0
+    assert len(pd.read_csv(run / "trials.csv")) == 3
+
+
+@pytest.mark.slow
+def test_first_ctrl_c_finishes_running_trials_and_writes_the_report(tmp_path):
+    run = tmp_path / "run"
+    proc = _start("search", "--budget", "6", "--out", str(run), *FAST_FLAGS)
+    _wait_for(lambda: len(_rows(run)) >= 1, 600, proc)
+    os.kill(proc.pid, signal.SIGINT)
+    proc.wait(timeout=600)
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    rows = _rows(run)
+    assert 1 <= len(rows) < 6
+    assert all(r["state"] == "COMPLETE" for r in rows.values())  # the running trial was allowed to finish
+    assert json.loads((run / "meta.json").read_text())["status"] == "stopped"
+    assert (run / "report.html").is_file()
+    res = run_cli("search", "--resume", str(run), "--no-progress")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (pd.read_csv(run / "trials.csv")["state"] == "COMPLETE").sum() == 6
+
+
+@pytest.mark.slow
+def test_same_seed_and_budget_propose_the_same_configurations(tmp_path):
+    params = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        res = run_cli("search", "--budget", "7", "--out", str(run), "--seed", "5", *FAST_FLAGS)
+        assert res.returncode == 0, res.stderr[-2000:]
+        table = pd.read_csv(run / "trials.csv").sort_values("trial")
+        cols = sorted(c for c in table.columns if c.startswith(("prune:", "quant:")))
+        params.append(table[cols].astype(str).values.tolist())
+    assert params[0] == params[1]
