@@ -27,9 +27,13 @@ def _fail(e: Exception) -> None:
 
 @app.command()
 def search(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A run config YAML holding any of these options (keys as in config.json of a run); flags given here override it."),
     budget: Optional[str] = typer.Option(None, "--budget", "-b", help="Trials (e.g. 40) or wall-clock time (e.g. 10m, 1h, 1h30m); new trials start only within it. Required unless --resume."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the search in this run directory (after a kill, Ctrl-C or crash); the budget counts what was already spent. --budget raises it."),
     model: str = typer.Option("resnet20", "--model", "-m", help="Built-in name (see `autocompress models`), a torchvision model name, or module:function."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Trained weights of the model (a state_dict or a whole saved model): the baseline. Default: train it on the data."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes the model should have; checked against the data."),
     dataset: str = typer.Option("digits", "--dataset", "-d", help="digits (scikit-learn's handwritten digits, shipped with it: the demo), cifar10, cifar100, mnist, fashionmnist, svhn or imagefolder."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder of a file-based dataset (cifar10, cifar100, mnist, fashionmnist, svhn, imagefolder)."),
     download: bool = typer.Option(False, "--download", help="Let torchvision download a named dataset into --data-dir (off: read local files only)."),
@@ -48,7 +52,7 @@ def search(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and the search space (groups, layers, choices) as JSON, and exit."),
 ) -> None:
     """Run a compression search and write reports/<run>/report.html."""
-    from autocompress.config import SearchConfig, parse_budget, config_error
+    from autocompress.config import SearchConfig, config_error, load_config_file, parse_budget
     from autocompress.search.runner import load_resume_config, prepare, run_search
 
     try:
@@ -56,21 +60,41 @@ def search(
             cfg = load_resume_config(resume, budget=parse_budget(budget) if budget is not None else None)
             prep = prepare(cfg, resume=True)
         else:
-            if budget is None:
+            def given(name: str) -> bool:  # typer vendors click: compare the enum by name
+                src = ctx.get_parameter_source(name)
+                return src is not None and src.name == "COMMANDLINE"
+
+            data = load_config_file(config) if config is not None else {}
+            defaults = SearchConfig().model_dump()
+            unknown = [k for k in data if k not in defaults]
+            if unknown:
+                raise ConfigError(f"{unknown[0]!r} in {config}: unknown key; allowed keys are {', '.join(defaults)}")
+            for section in ("baseline", "finetune", "latency"):  # a partial section keeps the other defaults
+                if isinstance(data.get(section), dict):
+                    data[section] = {**defaults[section], **data[section]}
+            source = str(config) if config is not None else "the command line"
+            flags = dict(model=model, weights=weights, num_classes=num_classes, dataset=dataset, data_dir=data_dir,
+                         download=download, input_size=input_size, space=space, out=out, seed=seed,
+                         ray_address=ray_address, concurrency=concurrency, sampler=sampler)
+            for key, value in flags.items():  # flags on the command line win; defaults only fill gaps
+                if given(key) or key not in data:
+                    data[key] = value
+            if budget is not None:
+                data["budget"] = parse_budget(budget).model_dump()
+            elif "budget" not in data:
                 raise ConfigError("--budget is required: a trial count (e.g. --budget 40) or a duration (e.g. --budget 30m)")
-            data = dict(model=model, dataset=dataset, data_dir=data_dir, download=download, input_size=input_size, space=space, out=out, seed=seed, ray_address=ray_address,
-                        concurrency=concurrency, sampler=sampler, budget=parse_budget(budget).model_dump(),
-                        latency_cache=not no_latency_cache)
+            if given("no_latency_cache"):
+                data["latency_cache"] = False
             if trial_timeout is not None:
                 data["trial_timeout_s"] = trial_timeout
-            if finetune_epochs is not None:
-                data["finetune"] = {**SearchConfig().finetune.model_dump(), "epochs": finetune_epochs}
-            if baseline_epochs is not None:
-                data["baseline"] = {**SearchConfig().baseline.model_dump(), "epochs": baseline_epochs}
+            for section, value in (("finetune", finetune_epochs), ("baseline", baseline_epochs)):
+                if value is not None:
+                    base = data.get(section) if isinstance(data.get(section), dict) else defaults[section]
+                    data[section] = {**base, "epochs": value}
             try:
                 cfg = SearchConfig.model_validate(data)
             except ValidationError as e:
-                raise config_error(e, "the command line") from None
+                raise config_error(e, source) from None
             prep = prepare(cfg)
     except AutocompressError as e:
         _fail(e)

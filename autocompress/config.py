@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from autocompress.errors import ConfigError
 
-__all__ = ["Budget", "parse_budget", "TrainConfig", "LatencyConfig", "SearchConfig", "config_error"]
+__all__ = ["Budget", "parse_budget", "TrainConfig", "LatencyConfig", "SearchConfig", "config_error", "load_config_file"]
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
@@ -81,6 +81,8 @@ class LatencyConfig(_Strict):
 
 class SearchConfig(_Strict):
     model: str = "resnet20"
+    weights: Path | None = None  # the trained baseline (state_dict or whole model); None: train it on the data
+    num_classes: int | None = Field(default=None, ge=2)  # checked against the data when given
     dataset: str = "digits"
     data_dir: Path | None = None  # where a file-based dataset (cifar10, mnist, imagefolder, ...) lives
     download: bool = False  # let torchvision download a named dataset into data_dir
@@ -111,3 +113,31 @@ def config_error(e: ValidationError, source: str) -> ConfigError:
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
     return ConfigError(f"{where} in {source}: {msg} (got {err.get('input')!r})")
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a run config YAML (the keys of SearchConfig); `budget` may be `40`, `"10m"` or a mapping."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass --config with a YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; save the config as a UTF-8 YAML file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError(f"{path} is not valid YAML{f' at line {mark.line + 1}' if mark else ''}: "
+                          f"{getattr(e, 'problem', None) or e}; fix the syntax") from None
+    except Exception as e:  # noqa: BLE001 - PyYAML constructors raise assorted errors on bad tagged values
+        raise ConfigError(f"{path} is not valid YAML: {type(e).__name__}: {e}; fix the value") from None
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping of config keys (model, dataset, budget, ...), but it holds a {type(raw).__name__}")
+    if "budget" in raw and isinstance(raw["budget"], (str, int)) and not isinstance(raw["budget"], bool):
+        try:
+            raw["budget"] = parse_budget(raw["budget"]).model_dump()
+        except ConfigError as e:
+            raise ConfigError(f"budget in {path}: {e}") from None
+    return raw

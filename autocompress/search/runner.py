@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from autocompress.config import SearchConfig
-from autocompress.errors import ClusterError, Interrupted, ModelError, RunError
+from autocompress.errors import ClusterError, DataError, Interrupted, ModelError, RunError
 from autocompress.pipeline.export import export_onnx, fold_batchnorm, layer_nodes
 from autocompress.pipeline.finetune import TrainSettings
 from autocompress.pipeline.prune import channel_counts, find_groups
@@ -103,7 +103,14 @@ def prepare(config: SearchConfig, *, resume: bool = False) -> Prepared:
     space_file = load_space_file(config.space)
     splits = load_dataset(config.dataset, input_size=config.input_size, seed=config.seed,
                           data_dir=config.data_dir, download=config.download)
+    if config.num_classes is not None and config.num_classes != splits.num_classes:
+        raise DataError(f"--num-classes {config.num_classes} does not match the data: {config.dataset} has {splits.num_classes} classes; "
+                        "drop --num-classes or point --data-dir at the right data")
     model = build_model(config.model, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
+    if config.weights is not None:
+        from autocompress.tasks.weights import load_weights
+
+        load_weights(model, config.weights)  # fails now, before anything is written, if they do not fit
     try:
         with torch.no_grad():
             model.eval()(torch.from_numpy(splits.val_x[:1]))
@@ -114,11 +121,16 @@ def prepare(config: SearchConfig, *, resume: bool = False) -> Prepared:
     # so that a bad rule fails before any training.
     example = torch.from_numpy(splits.val_x[:1])
     try:
-        groups = find_groups(model, example)
         layers, excluded = _quantizable_layers(model, example)
-    except Exception as e:  # noqa: BLE001 - tracing or export failures are properties of the user's model
-        raise ModelError(f"cannot trace or export model {config.model!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
-                         "autocompress needs a model torch-pruning can trace and torch.onnx can export") from None
+    except Exception as e:  # noqa: BLE001 - an export failure is a property of the user's model
+        raise ModelError(f"cannot export model {config.model!r} to ONNX: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
+                         "autocompress needs a model torch.onnx can export") from None
+    try:
+        groups = find_groups(model, example)
+    except Exception as e:  # noqa: BLE001 - partial support: search precisions only, and say why
+        groups = []
+        excluded["(pruning)"] = (f"torch-pruning cannot trace the model ({type(e).__name__}: "
+                                 f"{' '.join(str(e).split())[:200]}); no layer is pruned, precisions are still searched")
     space = build_space(space_file, groups, layers, source=str(config.space or "search_spaces/default.yaml"))
     space.excluded = excluded
     if config.ray_address:
@@ -338,8 +350,10 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         log(f"baseline: {cfg.model} on {cfg.dataset} ({splits.sizes()})")
         base_settings = TrainSettings(**cfg.baseline.model_dump())
         baseline, binfo = get_baseline(model_name=cfg.model, splits=splits, settings=base_settings, seed=cfg.seed,
+                                       weights=cfg.weights,
                                        on_epoch=lambda e, l: log(f"  baseline epoch {e + 1}/{base_settings.epochs:g}: loss {l:.3f}") if progress else None)
-        how = "loaded from cache" if binfo["cached"] else f"trained in {binfo['train_seconds']} s"
+        how = ("loaded from --weights" if binfo.get("from_weights") else "loaded from cache" if binfo["cached"]
+               else f"trained in {binfo['train_seconds']} s")
         log(f"  baseline {how} ({binfo['path']})")
 
         if prep.resume:

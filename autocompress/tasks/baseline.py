@@ -32,9 +32,20 @@ def get_baseline(
     settings: TrainSettings,
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
+    weights: str | Path | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Return (trained FP32 model in eval mode, info). Trains once per (model, data, settings, seed)."""
+    """Return (trained FP32 model in eval mode, info). Trains once per (model, data, settings, seed),
+    unless `weights` are given: then those are the baseline, and nothing is trained."""
     in_ch = splits.input_shape[0]
+    if weights is not None:
+        from autocompress.tasks.weights import load_weights
+
+        model = build_model(model_name, num_classes=splits.num_classes, in_channels=in_ch)
+        load_weights(model, weights)
+        model.eval()
+        return model, {"cached": True, "path": str(weights), "from_weights": True,
+                       "val_accuracy_torch": evaluate(model, splits.val_x, splits.val_y),
+                       "test_accuracy_torch": evaluate(model, splits.test_x, splits.test_y)}
     key = json.dumps(
         {"model": model_name, "data": splits.name, "shape": splits.input_shape, "classes": splits.num_classes,
          "sizes": splits.sizes(), "settings": settings.__dict__, "seed": seed, "v": 1},
