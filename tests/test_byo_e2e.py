@@ -104,8 +104,9 @@ def _pruned_rows(table: pd.DataFrame) -> pd.DataFrame:
     return table[(table[prune_cols].fillna(0) > 0).any(axis=1)]
 
 
-def _check_pruned_onnx(run: Path, pruned: pd.DataFrame, num_classes: int) -> None:
-    baseline_path = run / "models" / "baseline-fp32.onnx"
+def _check_pruned_onnx(baseline_path: Path, run: Path, pruned: pd.DataFrame, num_classes: int) -> None:
+    """Every pruned trial's ONNX file has a Conv with fewer output channels than the unpruned baseline's
+    same-named Conv, and runs in a plain ONNX Runtime session giving (1, num_classes)."""
     base = onnx.load(str(baseline_path))
     base_convs = {n.input[1] for n in base.graph.node if n.op_type == "Conv"}
     base_out = {k: v for k, v in _conv_weights(baseline_path).items() if k in base_convs}
@@ -153,6 +154,7 @@ def test_torchvision_model_is_really_pruned(tmp_path, model, dataset, make):
     run = tmp_path / "run"
     table = _search(run, *common)
     _check_trials(table, run, 3)
+    baseline_fp32 = run / "models" / "baseline-fp32.onnx"  # unpruned: the default space offers ratio 0
     meta = json.loads((run / "meta.json").read_text())
     assert meta["model"] == model and meta["input_shape"] == [3, 64, 64]
 
@@ -165,8 +167,10 @@ def test_torchvision_model_is_really_pruned(tmp_path, model, dataset, make):
         table = _search(run, *common, "--space", str(space))
         _check_trials(table, run, 3)
         # A choice with one option is not an Optuna parameter, so trials.csv has no prune:* columns here;
-        # meta.json shows every group's only choice is ratio 0.5, hence every trial is pruned.
+        # meta.json shows every group's only choice is ratio 0.5, hence every trial is pruned. Compare with
+        # the first run's baseline (same model, data and seed): this run's baseline-fp32.onnx is built from
+        # the space's first ratio (0.5), so it is pruned too.
         groups = [r for r in json.loads((run / "meta.json").read_text())["space"] if r["kind"] == "group"]
         assert groups and all(len(g["choices"]) == 1 and g["choices"][0].startswith("0.5->") for g in groups)
         pruned = table
-    _check_pruned_onnx(run, pruned, num_classes)
+    _check_pruned_onnx(baseline_fp32, run, pruned, num_classes)

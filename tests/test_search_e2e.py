@@ -106,3 +106,31 @@ def test_search_through_existing_ray_head(tmp_path):
     finally:
         subprocess.run([*ray_bin, "stop", "--force"], capture_output=True, timeout=120)
         shutil.rmtree(env_tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_baselines_are_unpruned_fp32_and_int8_whatever_the_space_allows(tmp_path):
+    import onnx
+
+    space = tmp_path / "half.yaml"
+    space.write_text("prune:\n  ratios: [0.5]\nquantize:\n  precisions: [int8]\n")
+    run = tmp_path / "run"
+    res = run_cli("search", "--budget", "1", "--space", str(space), "--out", str(run), *FAST_FLAGS)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    def dims(path, name):
+        inits = {i.name: list(i.dims) for i in onnx.load(str(path)).graph.initializer}
+        return inits.get(name) or inits.get(f"{name}_quantized")
+
+    assert dims(run / "models" / "baseline-fp32.onnx", "conv1.weight") == [16, 1, 3, 3]
+    assert dims(run / "models" / "baseline-int8.onnx", "conv1.weight") == [16, 1, 3, 3]
+    assert dims(run / "models" / "trial-0000.onnx", "conv1.weight") == [8, 1, 3, 3]
+    baselines = json.loads((run / "baselines.json").read_text())
+    assert baselines["fp32"]["int8_requested"] == 0 and baselines["int8"]["int8_requested"] == 22
+    # the table records fixed choices too, and the kept channels of every group
+    table = pd.read_csv(run / "trials.csv")
+    prune_cols = [c for c in table.columns if c.startswith("prune:")]
+    assert len(prune_cols) == 12 and (table[prune_cols] == 0.5).all().all()
+    assert (table[[c for c in table.columns if c.startswith("quant:")]] == "int8").all().all()
+    channels = table[[c for c in table.columns if c.startswith("channels:")]]
+    assert channels.shape[1] == 12 and channels.notna().all().all()

@@ -69,7 +69,7 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *, 
 
     example = torch.from_numpy(splits.val_x[:1])
     model = copy.deepcopy(baseline).eval()
-    kept = prune_model(model, example, {g: r for g, r in spec.ratios.items() if r > 0},
+    kept = prune_model(model, example, dict(spec.ratios),  # ratio 0 groups are recorded, not pruned
                        round_to=spec.round_to, min_channels=spec.min_channels)
     lap("prune")
 

@@ -243,6 +243,7 @@ def _init_ray(address: str | None) -> None:
 
 def _row(number: int, state: str, params: dict, out: TrialOutput | None, lat: dict | None, onnx_rel: str | None,
          seconds: float, error: str = "", kind: str = "search") -> dict:
+    """One trial-table row; `params` are the trial's full choices (`prune:<group>`, `quant:<layer>`)."""
     row: dict = {"trial": number, "kind": kind, "state": state, "duration_s": round(seconds, 2)}
     if out is not None and lat is not None:
         row.update({
@@ -387,6 +388,11 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             ratios, precisions = space.decode(params)
             return TrialSpec(ratios, precisions, finetune, space.round_to, space.min_channels, cfg.seed)
 
+        def choices(params: dict) -> dict:
+            """Every group's ratio and layer's precision, the fixed ones included (for the table)."""
+            ratios, precisions = space.decode(params)
+            return {**{f"prune:{g}": r for g, r in ratios.items()}, **{f"quant:{l}": p for l, p in precisions.items()}}
+
         def latency_of(out: TrialOutput) -> dict:
             """Measured by the device, or taken from the cache for an identical graph on this device."""
             ghash = graph_hash(out.onnx_bytes)
@@ -404,7 +410,9 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             if name in baselines:
                 continue
             log(f"baseline {name}: export, quantize, measure")
-            out = ray.get(remote_trial.remote(base_ref, splits_ref, spec_for(space.uniform(0.0, prec), None), threads))
+            # the true references, whatever the space allows: nothing pruned, every layer at one precision
+            spec = TrialSpec({}, {l.name: prec for l in space.layers}, None, space.round_to, space.min_channels, cfg.seed)
+            out = ray.get(remote_trial.remote(base_ref, splits_ref, spec, threads))
             lat = latency_of(out)
             path = rd.model_path(f"baseline-{name}")
             atomic_write_bytes(path, out.onnx_bytes)
@@ -433,7 +441,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                     storage.set_trial_user_attr(t._trial_id, "interrupted", True)
                     study.tell(t.number, state=TrialState.FAIL)
                     rows[t.number] = {"trial": t.number, "kind": "search", "state": "INTERRUPTED",
-                                      "error": "interrupted (the search was killed); its configuration runs again", **t.params}
+                                      "error": "interrupted (the search was killed); its configuration runs again", **choices(t.params)}
                     rd.write_json(rd.path / "trials" / f"{t.number:04d}.json", rows[t.number])
                     study.enqueue_trial(dict(t.params), skip_if_exists=False)
                     log(f"trial {t.number} was interrupted: recorded as failed (interrupted) and queued to run again")
@@ -501,9 +509,9 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                             lat = latency_of(out)
                             path = rd.model_path(f"trial-{trial.number:04d}")
                             atomic_write_bytes(path, out.onnx_bytes)
-                            row = _row(trial.number, "COMPLETE", params, out, lat, str(path.relative_to(rd.path)), now - t0)
+                            row = _row(trial.number, "COMPLETE", choices(params), out, lat, str(path.relative_to(rd.path)), now - t0)
                         except Exception as e:  # noqa: BLE001 - a failing trial never takes the search down
-                            row = _row(trial.number, "FAIL", params, None, None, None, now - t0, error=_describe_error(e))
+                            row = _row(trial.number, "FAIL", choices(params), None, None, None, now - t0, error=_describe_error(e))
                         # the row is on disk before the study hears of it: a kill in between is repaired on resume
                         rd.write_json(rd.path / "trials" / f"{trial.number:04d}.json", row)
                         if row["state"] == "COMPLETE":
