@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from autocompress.errors import ConfigError
+from autocompress.errors import ConfigError, location
 
 __all__ = ["Budget", "parse_budget", "TrainConfig", "LatencyConfig", "SearchConfig", "config_error", "load_config_file"]
 
@@ -108,7 +108,7 @@ class SearchConfig(_Strict):
 
 def config_error(e: ValidationError, source: str) -> ConfigError:
     err = e.errors()[0]
-    where = ".".join(str(p) if isinstance(p, int) or str(p).isidentifier() else repr(p) for p in err["loc"]) or "(top level)"
+    where = location(err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -117,21 +117,12 @@ def config_error(e: ValidationError, source: str) -> ConfigError:
 
 def load_config_file(path: str | Path) -> dict:
     """Read a run config YAML (the keys of SearchConfig); `budget` may be `40`, `"10m"` or a mapping."""
-    import yaml
+    from autocompress.yamlio import read_yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass --config with a YAML file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text; save the config as a UTF-8 YAML file") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"{path} is not valid YAML{f' at line {mark.line + 1}' if mark else ''}: "
-                          f"{getattr(e, 'problem', None) or e}; fix the syntax") from None
-    except Exception as e:  # noqa: BLE001 - PyYAML constructors raise assorted errors on bad tagged values
-        raise ConfigError(f"{path} is not valid YAML: {type(e).__name__}: {e}; fix the value") from None
+    raw = read_yaml(path, ConfigError, "config")
     raw = raw or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a mapping of config keys (model, dataset, budget, ...), but it holds a {type(raw).__name__}")

@@ -11,7 +11,18 @@ __all__ = [
     "ClusterError",
     "RunError",
     "Interrupted",
+    "location",
 ]
+
+
+def location(loc: tuple) -> str:
+    """A pydantic error location as `a.b.0`; a key that is not a plain name or number is quoted."""
+    def part(p) -> str:
+        text = str(p)
+        plain_number = text.isascii() and text.removeprefix("-").isdigit()
+        return text if isinstance(p, int) or text.isidentifier() or plain_number else repr(p)
+
+    return ".".join(part(p) for p in loc) or "(top level)"
 
 
 class AutocompressError(Exception):

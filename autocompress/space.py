@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from autocompress.errors import SpaceError
+from autocompress.errors import SpaceError, location
+from autocompress.yamlio import read_yaml
 from autocompress.pipeline.prune import PruneGroup, kept_channels
 
 __all__ = ["SpaceFile", "SearchSpace", "load_space_file", "build_space", "DEFAULT_SPACE"]
@@ -75,10 +75,7 @@ class SpaceFile(_Strict):
 
 
 def _where(err: dict) -> str:
-    def part(p) -> str:
-        return str(p) if isinstance(p, int) or str(p).isidentifier() else repr(p)
-
-    return ".".join(part(p) for p in err["loc"]) or "(top level)"
+    return location(err["loc"])
 
 
 def load_space_file(path: str | Path | None) -> SpaceFile:
@@ -86,20 +83,7 @@ def load_space_file(path: str | Path | None) -> SpaceFile:
     path = Path(path) if path is not None else DEFAULT_SPACE
     if not path.is_file():
         raise SpaceError(f"search space file {str(path)!r} does not exist; pass --space with a YAML file such as search_spaces/default.yaml")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SpaceError(f"{path} is not UTF-8 text; save the search space as a UTF-8 YAML file") from None
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SpaceError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}; fix the syntax") from None
-    except RecursionError:
-        raise SpaceError(f"{path} nests too deeply to be a search space; fix the syntax") from None
-    except Exception as e:  # noqa: BLE001 - PyYAML's constructors raise ValueError/KeyError/... on bad tagged values
-        raise SpaceError(f"{path} is not valid YAML: {type(e).__name__}: {e}; fix the value") from None
+    raw = read_yaml(path, SpaceError, "search space") or {}
     if not isinstance(raw, dict):
         raise SpaceError(f"{path} must be a mapping with keys prune, quantize, rules, but it holds a {type(raw).__name__}")
     try:
