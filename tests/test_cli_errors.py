@@ -143,3 +143,17 @@ def test_pick_max_latency_must_be_positive(tmp_path, cache, value):
     res = run_cli("pick", str(d), "--max-latency-ms", value, timeout=TIMEOUT)
     _assert_user_error(res, rf"^error: --max-latency-ms must be positive, but got {value}(\.0)?$", cache)
     assert list(d.iterdir()) == []
+
+
+def test_layers_that_cannot_be_quantized_are_left_out_and_listed(tmp_path):
+    import json
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "partial_models.py"
+    res = run_cli("search", "--budget", "2", "--model", f"{fixture}:build", "--dry-run", timeout=TIMEOUT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    plan = json.loads(res.stdout)
+    layers = {r["name"] for r in plan["search_space"] if r["kind"] == "layer"}
+    assert layers == {"conv1", "fc"}  # the opaque conv gets no precision choice...
+    assert "opaque" in plan["excluded_layers"]  # ...and the plan says why
+    assert "no Conv/Gemm node" in plan["excluded_layers"]["opaque"]
