@@ -12,7 +12,9 @@ import plotly.graph_objects as go
 from autocompress.results.pareto import pareto_front
 from autocompress.results.rundir import RunDir, atomic_write_text
 
-__all__ = ["write_report", "pareto_config"]
+__all__ = ["write_report", "pareto_config", "PARITY_LIMIT"]
+
+PARITY_LIMIT = 0.5  # points of accuracy between the artifact and its PyTorch model that the report flags
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
@@ -153,6 +155,22 @@ def write_report(rd: RunDir | str | Path) -> Path:
     head = "".join(f"<th>trial {t}</th>" for t in trials)
     layers_html = f"<div class='scroll'><table><tr><th class='l'>kept channels / precision</th>{head}</tr>{''.join(rows_html)}</table></div>"
 
+    # parity: the artifact's accuracy against the PyTorch (fake-quant) model it was exported from
+    parity_html = ""
+    if len(done) and "torch_test_accuracy" in done.columns:
+        gap = ((done["val_accuracy"] + done["test_accuracy"]) - (done["torch_val_accuracy"] + done["torch_test_accuracy"])) / 2
+        flagged = done.assign(gap=gap)[gap.abs() > PARITY_LIMIT]
+        if len(flagged):
+            parity_html = (f"<h2 class='warn'>Parity: {len(flagged)} trial(s) where ONNX Runtime and PyTorch disagree by more than "
+                           f"{PARITY_LIMIT:g} point</h2><p class='sub'>Accuracy over validation + test of the ONNX Runtime artifact minus that of the "
+                           "fake-quantized PyTorch model it was exported from. The search ranks on the ONNX Runtime figure, so it is not misled; "
+                           "a gap means the fine-tune trained against a different quantization than the one shipped.</p>" + _table(
+                flagged, [("trial", "trial", lambda r: str(int(r["trial"]))),
+                          ("ort", "ONNX Runtime val/test %", lambda r: f"{_f(r['val_accuracy'])} / {_f(r['test_accuracy'])}"),
+                          ("pt", "PyTorch val/test %", lambda r: f"{_f(r['torch_val_accuracy'])} / {_f(r['torch_test_accuracy'])}"),
+                          ("gap", "gap (points)", lambda r: f"<span class='bad'>{r['gap']:+.2f}</span>"),
+                          ("pareto", "Pareto", lambda r: "yes" if int(r["trial"]) in set(pareto["trial"].astype(int)) else "")]))
+
     fail_html = ""
     if len(failed):
         fail_html = "<h2>Failed trials</h2>" + _table(failed, [("trial", "trial", lambda r: str(int(r["trial"]))),
@@ -184,6 +202,7 @@ def write_report(rd: RunDir | str | Path) -> Path:
 <h2>Pareto models</h2>{pareto_html}
 <p class="sub">Choose one with <code>autocompress pick {html.escape(str(rd.path))} --max-latency-ms X</code>.</p>
 <h2>Per-layer configuration of the Pareto models</h2>{layers_html}
+{parity_html}
 {fail_html}
 <h2>How these numbers were measured</h2><ul>{''.join(f'<li>{n}</li>' for n in notes)}</ul>
 </body></html>"""

@@ -1,0 +1,40 @@
+"""The report is built from a run directory's files alone, and flags what users must see."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from autocompress.report import write_report
+from autocompress.results.rundir import RunDir
+
+
+def _row(trial, val, test, tval, ttest, ms, size, state="COMPLETE", error=""):
+    return {"trial": trial, "kind": "search", "state": state, "val_accuracy": val, "test_accuracy": test,
+            "torch_val_accuracy": tval, "torch_test_accuracy": ttest, "latency_ms": ms, "latency_p90_ms": ms * 1.1,
+            "size_bytes": size, "onnx": f"models/trial-{trial:04d}.onnx", "int8_requested": 2, "int8_on_integer_kernel": 2,
+            "error": error, "prune:g": 0.5, "quant:l": "int8", "channels:g": 8}
+
+
+def test_report_flags_parity_gaps_and_failures(tmp_path):
+    rd = RunDir(tmp_path)
+    base = _row(-1, 99.0, 98.5, 99.0, 98.5, 1.0, 1_000_000)
+    rd.write_json(rd.meta, {"run_name": "r", "model": "m", "dataset": "d", "status": "complete", "budget": "3 trials",
+                            "space": [{"kind": "group", "name": "g", "channels": 16, "members": ["g"], "choices": []},
+                                      {"kind": "layer", "name": "l", "choices": ["fp32", "int8"]}],
+                            "device": {"cpu": "cpu", "onnxruntime": "1", "threads": 1}, "latency_settings": {}})
+    rd.write_json(rd.baselines_json, {"fp32": base, "int8": {**base, "latency_ms": 0.7}})
+    rd.write_table([
+        _row(0, 98.0, 98.0, 98.1, 98.2, 0.4, 300_000),   # gap -0.15: fine
+        _row(1, 92.0, 91.0, 99.0, 98.0, 0.3, 200_000),   # gap -7.0: flagged
+        {"trial": 2, "kind": "search", "state": "FAIL", "error": "RuntimeError: boom", "prune:g": 0.75, "quant:l": "fp32"},
+    ])
+    html = write_report(rd).read_text()
+    assert "Parity: 1 trial(s) where ONNX Runtime and PyTorch disagree by more than 0.5 point" in html
+    section = html.split("Parity:")[1].split("</table>")[0]
+    assert "<td class=''>1</td>" in section and "-7.00" in section and "<td class=''>0</td>" not in section
+    assert "Failed trials" in html and "RuntimeError: boom" in html
+    pareto = json.loads(rd.pareto_json.read_text())
+    assert sorted(p["trial"] for p in pareto) == [0, 1]  # both non-dominated; the failed trial is not a candidate
+    assert "| trial 1 |" in rd.report_md.read_text()
