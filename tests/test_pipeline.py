@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import onnx

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 
 from autocompress.report import write_report
 from autocompress.results.rundir import RunDir

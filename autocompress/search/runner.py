@@ -15,11 +15,10 @@ import os
 import socket
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from autocompress.config import SearchConfig
@@ -181,7 +180,6 @@ class _Progress:
         self.lines = enabled and not sys.stderr.isatty()
         enabled = enabled and not self.lines
         self.log = log
-        self.enabled = enabled
         self.total_trials, self.total_seconds = total_trials, total_seconds
         cols = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
                 MofNCompleteColumn() if total_trials else TextColumn("{task.percentage:>3.0f}%"),
