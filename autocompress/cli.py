@@ -41,6 +41,9 @@ def search(
     seed: int = typer.Option(0, "--seed", help="Seed for data splits, sampler and fine-tuning."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join an existing Ray cluster (HOST:PORT from `ray start --head`); default: start a local Ray."),
     concurrency: int = typer.Option(1, "--concurrency", help="Trials running at once (each gets CPUs/concurrency threads)."),
+    device: str = typer.Option("local", "--device", help="Where latency is measured: local (this machine), or the name of a Ray custom resource carried by the target device's node."),
+    latency_threads: Optional[int] = typer.Option(None, "--latency-threads", help="ONNX Runtime intra-op threads when measuring latency (default 1)."),
+    latency_batch: Optional[int] = typer.Option(None, "--latency-batch", help="Batch size when measuring latency (default 1)."),
     sampler: str = typer.Option("tpe", "--sampler", help="tpe (default), nsga2 or random."),
     finetune_epochs: Optional[float] = typer.Option(None, "--finetune-epochs", help="Epochs of the KD fine-tune per trial (default 6)."),
     baseline_epochs: Optional[float] = typer.Option(None, "--baseline-epochs", help="Epochs to train the baseline when it is not cached (default 15)."),
@@ -73,7 +76,7 @@ def search(
             source = str(config) if config is not None else "the command line"
             flags = dict(model=model, weights=weights, num_classes=num_classes, dataset=dataset, data_dir=data_dir,
                          download=download, input_size=input_size, space=space, out=out, seed=seed,
-                         ray_address=ray_address, concurrency=concurrency, sampler=sampler)
+                         ray_address=ray_address, concurrency=concurrency, sampler=sampler, device=device)
             for key, value in flags.items():  # flags on the command line win; defaults only fill gaps
                 if given(key) or key not in data:
                     data[key] = value
@@ -85,6 +88,10 @@ def search(
                 data["latency_cache"] = False
             if trial_timeout is not None:
                 data["trial_timeout_s"] = trial_timeout
+            for key, value in (("threads", latency_threads), ("batch", latency_batch)):
+                if value is not None:
+                    base = data.get("latency") if isinstance(data.get("latency"), dict) else defaults["latency"]
+                    data["latency"] = {**base, key: value}
             for section, value in (("finetune", finetune_epochs), ("baseline", baseline_epochs)):
                 if value is not None:
                     base = data.get(section) if isinstance(data.get(section), dict) else defaults[section]

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autocompress.errors import ConfigError, location
 
@@ -94,6 +94,14 @@ class SearchConfig(_Strict):
     seed: int = 0
     ray_address: str | None = None
     concurrency: int = Field(default=1, ge=1, le=256)
+    device: str = "local"  # `local` or a Ray custom resource naming the device
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,64}", v):
+            raise ValueError(f"{v!r} is not a Ray resource name; use up to 64 letters, digits, '_', '.', ':' or '-', e.g. rpi4 (or local)")
+        return v
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     warm_start: bool = True  # enqueue uniform configurations first
     baseline: TrainConfig = TrainConfig(epochs=15, lr=0.1)

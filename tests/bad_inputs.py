@@ -52,6 +52,8 @@ CASES = [
     ("class-count", "a class count that does not match the data", lambda d: ["--budget", "2", "--num-classes", "5"]),
     ("input-the-model-cannot-take", "an input the model cannot take", lambda d: ["--budget", "2", "--model", "resnet18"]),
     ("ray-unreachable", "an unreachable --ray-address", lambda d: ["--budget", "2", "--ray-address", "127.0.0.1:1"]),
+    ("device-unknown", "a --device no Ray node carries", lambda d: ["--budget", "2", "--device", "jetson"]),
+    ("device-name", "a --device name that is not a resource name", lambda d: ["--budget", "2", "--device", "my board"]),
     ("budget-malformed", "a malformed budget", lambda d: ["--budget", "5x"]),
     ("budget-zero", "a zero budget", lambda d: ["--budget", "0"]),
     ("space-bad-yaml", "a search space that is not YAML", lambda d: ["--budget", "2", "--space", _file(d, "s.yaml", "prune: [1, 2\n")]),

@@ -37,3 +37,22 @@ def test_report_flags_parity_gaps_and_failures(tmp_path):
     pareto = json.loads(rd.pareto_json.read_text())
     assert sorted(p["trial"] for p in pareto) == [0, 1]  # both non-dominated; the failed trial is not a candidate
     assert "| trial 1 |" in rd.report_md.read_text()
+
+
+def test_report_draws_every_baseline_and_names_pareto_models_a_baseline_dominates(tmp_path):
+    rd = RunDir(tmp_path)
+    base = _row(-1, 99.0, 98.5, 99.0, 98.5, 1.0, 1_000_000)
+    rd.write_json(rd.meta, {"run_name": "r", "model": "m", "dataset": "d", "status": "complete", "budget": "2 trials",
+                            "space": [{"kind": "group", "name": "g", "channels": 16, "members": ["g"], "choices": []},
+                                      {"kind": "layer", "name": "l", "choices": ["fp32", "int8"]}],
+                            "device": {"cpu": "cpu", "onnxruntime": "1", "threads": 1}, "latency_settings": {}})
+    rd.write_json(rd.baselines_json, {
+        "fp32": base, "int8": {**base, "latency_ms": 0.7},
+        "prune25-int8": {"trial": -1, "state": "FAIL", "error": "RuntimeError: cannot prune"},
+        "prune50-int8": {**base, "val_accuracy": 98.5, "latency_ms": 0.35, "size_bytes": 250_000}})
+    rd.write_table([_row(0, 98.0, 98.0, 98.1, 98.2, 0.4, 300_000), _row(1, 92.0, 91.0, 92.0, 91.0, 0.3, 200_000)])
+    html = write_report(rd).read_text()
+    assert html.count("uniform 50% pruned + int8") >= 2  # drawn in the plot and listed in the table
+    assert "Pareto models dominated by a baseline: trial 0 by uniform 50% pruned + int8</p>" in html
+    assert "baseline prune25-int8 failed: RuntimeError: cannot prune" in html
+    assert "| baseline prune25-int8 | failed: RuntimeError: cannot prune" in rd.report_md.read_text()

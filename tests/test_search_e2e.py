@@ -93,23 +93,26 @@ def test_search_through_existing_ray_head(tmp_path):
     # Ray's Unix socket paths must stay under 107 bytes: pytest's tmp_path is too deep
     env_tmp = tempfile.mkdtemp(prefix="acray", dir="/tmp")
     start = subprocess.run([*ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                            "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={env_tmp}", "--disable-usage-stats"],
+                            "--num-cpus=2", '--resources={"edgebox": 1}', "--include-dashboard=false", f"--temp-dir={env_tmp}", "--disable-usage-stats"],
                            capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-2000:]
     try:
         run = tmp_path / "run"
-        res = run_cli("search", "--budget", "2", "--out", str(run), "--ray-address", f"127.0.0.1:{port}", *FAST_FLAGS)
+        # latency measured on the node that carries the device's custom resource
+        res = run_cli("search", "--budget", "2", "--out", str(run), "--ray-address", f"127.0.0.1:{port}",
+                      "--device", "edgebox", *FAST_FLAGS)
         assert res.returncode == 0, res.stderr[-3000:]
         _check_run(run, 2)
         meta = json.loads((run / "meta.json").read_text())
         assert meta["ray"]["address"] == f"127.0.0.1:{port}"
+        assert meta["device"]["name"] == "edgebox" and meta["device"]["onnxruntime"] == ort.__version__
     finally:
         subprocess.run([*ray_bin, "stop", "--force"], capture_output=True, timeout=120)
         shutil.rmtree(env_tmp, ignore_errors=True)
 
 
 @pytest.mark.slow
-def test_baselines_are_unpruned_fp32_and_int8_whatever_the_space_allows(tmp_path):
+def test_baselines_are_fp32_int8_and_uniformly_pruned_int8_whatever_the_space_allows(tmp_path):
     import onnx
 
     space = tmp_path / "half.yaml"
@@ -124,9 +127,15 @@ def test_baselines_are_unpruned_fp32_and_int8_whatever_the_space_allows(tmp_path
 
     assert dims(run / "models" / "baseline-fp32.onnx", "conv1.weight") == [16, 1, 3, 3]
     assert dims(run / "models" / "baseline-int8.onnx", "conv1.weight") == [16, 1, 3, 3]
+    assert dims(run / "models" / "baseline-prune50-int8.onnx", "conv1.weight") == [8, 1, 3, 3]
+    assert dims(run / "models" / "baseline-prune25-int8.onnx", "layer3.0.conv1.weight")[0] < 64
     assert dims(run / "models" / "trial-0000.onnx", "conv1.weight") == [8, 1, 3, 3]
     baselines = json.loads((run / "baselines.json").read_text())
     assert baselines["fp32"]["int8_requested"] == 0 and baselines["int8"]["int8_requested"] == 22
+    for name in ("prune25-int8", "prune50-int8"):  # fine-tuned like a trial, and every int8 layer on an integer kernel
+        b = baselines[name]
+        assert b["state"] == "COMPLETE" and b["int8_on_integer_kernel"] == b["int8_requested"] == 22
+        assert b["t_finetune"] > 0 and b["latency_ms"] < baselines["fp32"]["latency_ms"]
     # the table records fixed choices too, and the kept channels of every group
     table = pd.read_csv(run / "trials.csv")
     prune_cols = [c for c in table.columns if c.startswith("prune:")]

@@ -12,8 +12,12 @@ import plotly.graph_objects as go
 from autocompress.results.pareto import pareto_front
 from autocompress.results.rundir import RunDir, atomic_write_text
 
-__all__ = ["write_report", "pareto_config", "PARITY_LIMIT"]
+__all__ = ["write_report", "pareto_config", "PARITY_LIMIT", "BASELINE_LABELS"]
 
+BASELINE_LABELS = {"fp32": "FP32 baseline", "int8": "uniform int8 (PTQ)", "prune25-int8": "uniform 25% pruned + int8",
+                   "prune50-int8": "uniform 50% pruned + int8"}
+_BASELINE_STYLE = {"fp32": ("star", "#111827"), "int8": ("star", "#dc2626"), "prune25-int8": ("diamond", "#ea580c"),
+                   "prune50-int8": ("diamond", "#a16207")}
 PARITY_LIMIT = 0.5  # points of accuracy between the artifact and its PyTorch model that the report flags
 
 _CSS = """
@@ -61,7 +65,7 @@ def _scatter(table: pd.DataFrame, pareto: pd.DataFrame, baselines: dict) -> go.F
     done = table[table["state"] == "COMPLETE"]
     dominated = done[~done["trial"].isin(pareto["trial"])]
     size_mb = lambda s: s / 1e6
-    smax = max([done["size_bytes"].max() if len(done) else 1] + [b["size_bytes"] for b in baselines.values()])
+    smax = max([done["size_bytes"].max() if len(done) else 1] + [b["size_bytes"] for b in baselines.values() if "size_bytes" in b])
 
     def marker_size(s):
         return 8 + 22 * (s / smax) ** 0.5
@@ -77,18 +81,36 @@ def _scatter(table: pd.DataFrame, pareto: pd.DataFrame, baselines: dict) -> go.F
     fig.add_trace(go.Scatter(x=p["latency_ms"], y=p["val_accuracy"], mode="markers", name="Pareto (acc, latency, size)",
                              marker=dict(size=marker_size(p["size_bytes"]), color="#2563eb"),
                              text=hover(p), hoverinfo="text"))
-    for name, b, color in (("FP32 baseline", baselines.get("fp32"), "#111827"), ("uniform int8 (PTQ)", baselines.get("int8"), "#dc2626")):
-        if b:
-            fig.add_trace(go.Scatter(x=[b["latency_ms"]], y=[b["val_accuracy"]], mode="markers+text", name=name,
-                                     text=[name], textposition="top center",
-                                     marker=dict(symbol="star", size=16, color=color),
-                                     hovertext=[f"{name}<br>val {b['val_accuracy']:.2f}% · test {b['test_accuracy']:.2f}%<br>"
-                                                f"{b['latency_ms']:.3f} ms<br>{b['size_bytes'] / 1e6:.3f} MB"], hoverinfo="text"))
+    for key, b in baselines.items():
+        if b.get("state", "COMPLETE") != "COMPLETE":
+            continue
+        name = BASELINE_LABELS.get(key, key)
+        symbol, color = _BASELINE_STYLE.get(key, ("diamond", "#6b7280"))
+        fig.add_trace(go.Scatter(x=[b["latency_ms"]], y=[b["val_accuracy"]], mode="markers+text", name=name,
+                                 text=[name], textposition="top center", textfont=dict(size=10),
+                                 marker=dict(symbol=symbol, size=15, color=color, line=dict(width=1, color="white")),
+                                 hovertext=[f"{name}<br>val {b['val_accuracy']:.2f}% · test {b['test_accuracy']:.2f}%<br>"
+                                            f"{b['latency_ms']:.3f} ms<br>{b['size_bytes'] / 1e6:.3f} MB"], hoverinfo="text"))
     fig.update_layout(xaxis_title="latency, median ms (batch 1, ONNX Runtime, measured on the device)",
                       yaxis_title="validation accuracy (%) of the ONNX artifact",
                       template="plotly_white", height=520, legend=dict(orientation="h", y=-0.18),
                       margin=dict(l=60, r=20, t=30, b=40))
     return fig
+
+
+def _dominated_by_baselines(pareto: pd.DataFrame, baselines: dict) -> list[tuple[int, str]]:
+    """(trial, baseline) pairs where the baseline is at least as good on validation accuracy, latency and
+    size and better on one: the search then failed to beat a configuration a user could make by hand."""
+    out = []
+    for _, r in pareto.iterrows():
+        for k, b in baselines.items():
+            if b.get("state", "COMPLETE") != "COMPLETE":
+                continue
+            ge = b["val_accuracy"] >= r["val_accuracy"] and b["latency_ms"] <= r["latency_ms"] and b["size_bytes"] <= r["size_bytes"]
+            gt = b["val_accuracy"] > r["val_accuracy"] or b["latency_ms"] < r["latency_ms"] or b["size_bytes"] < r["size_bytes"]
+            if ge and gt:
+                out.append((int(r["trial"]), k))
+    return out
 
 
 def write_report(rd: RunDir | str | Path) -> Path:
@@ -138,6 +160,16 @@ def write_report(rd: RunDir | str | Path) -> Path:
         ("onnx", "file", lambda r: f"<code>{html.escape(str(r['onnx']))}</code>"),
     ]
     pareto_html = _table(pareto, pcols, left={"onnx"}) if len(pareto) else "<p>No Pareto models.</p>"
+    base_df = pd.DataFrame([{**b, "name": k} for k, b in baselines.items() if b.get("state", "COMPLETE") == "COMPLETE"])
+    bcols = [("name", "baseline", lambda r: html.escape(BASELINE_LABELS.get(r["name"], r["name"])))] + pcols[1:]
+    base_html = _table(base_df, bcols, left={"onnx", "name"}) if len(base_df) else ""
+    base_html += "".join(f"<p class='bad'>baseline {html.escape(k)} failed: {html.escape(str(b.get('error', '')))}</p>"
+                         for k, b in baselines.items() if b.get("state", "COMPLETE") != "COMPLETE")
+    dominated_by = _dominated_by_baselines(pareto, baselines)
+    if len(pareto):
+        base_html += ("<p class='ok'>No baseline dominates any Pareto model (validation accuracy, latency, size).</p>" if not dominated_by else
+                      "<p class='bad'>Pareto models dominated by a baseline: " + ", ".join(
+                          f"trial {t} by {html.escape(BASELINE_LABELS.get(b, b))}" for t, b in dominated_by) + "</p>")
 
     # per-layer configuration of each Pareto model
     space = meta.get("space", [])
@@ -200,6 +232,7 @@ def write_report(rd: RunDir | str | Path) -> Path:
 <h2>Accuracy vs latency</h2><p class="sub">Marker area is proportional to file size. Blue: Pareto-optimal over (validation accuracy, latency, size).</p>
 {plot_html}
 <h2>Pareto models</h2>{pareto_html}
+<h2>Baselines</h2><p class="sub">Measured exactly like the trials. The uniformly pruned ones get the trials' own fine-tune.</p>{base_html}
 <p class="sub">Choose one with <code>autocompress pick {html.escape(str(rd.path))} --max-latency-ms X</code>.</p>
 <h2>Per-layer configuration of the Pareto models</h2>{layers_html}
 {parity_html}
@@ -212,6 +245,9 @@ def write_report(rd: RunDir | str | Path) -> Path:
           f"Model `{meta['model']}` on `{meta['dataset']}`; {len(done)} trials done, {len(failed)} failed; device: {dev.get('cpu', '?')}, ORT {dev.get('onnxruntime', '?')}, {dev.get('threads', '?')} thread(s).", "",
           "| model | val acc % | test acc % | latency ms | p90 ms | speed-up | size MB | file |", "|---|---|---|---|---|---|---|---|"]
     for name, b in baselines.items():
+        if b.get("state", "COMPLETE") != "COMPLETE":
+            md.append(f"| baseline {name} | failed: {b.get('error', '')} |||||||")
+            continue
         md.append(f"| baseline {name} | {b['val_accuracy']:.2f} | {b['test_accuracy']:.2f} | {b['latency_ms']:.3f} | {b['latency_p90_ms']:.3f} | {speed(b)} | {b['size_bytes'] / 1e6:.3f} | {b['onnx']} |")
     for _, r in pareto.iterrows():
         md.append(f"| trial {int(r['trial'])} | {r['val_accuracy']:.2f} | {r['test_accuracy']:.2f} | {r['latency_ms']:.3f} | {r['latency_p90_ms']:.3f} | {speed(r)} | {r['size_bytes'] / 1e6:.3f} | {r['onnx']} |")

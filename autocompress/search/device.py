@@ -1,19 +1,30 @@
-"""The device: a Ray actor that measures latency, one measurement at a time.
+"""The device: a Ray actor that measures latency, one measurement at a time, on the node that runs it.
 
-The search never submits a measurement while a trial of its own is fine-tuning on the same cores
-(see runner.py), so a latency figure is never taken beside a training process.
+Isolation: while it measures, every trial worker on its node is paused (SIGSTOP, then SIGCONT), so a
+latency figure is never taken beside a fine-tune, whatever the concurrency. Ray titles a worker
+process `ray::<task name>` while it runs a task, which is how trial workers are found; several searches
+on one machine therefore also pause each other's trials while they measure.
+
+Placement: `--device local` pins the actor to the driver's node. `--device NAME` places it on the node
+that carries the Ray custom resource NAME (e.g. an ARM board joined with
+`ray start --address=HEAD --num-cpus=0 --resources='{"NAME": 1}'`), one search per device at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import signal
+from typing import Iterator
 
 import ray
 
 from autocompress.measure.latency import LatencySettings, measure_latency
 
-__all__ = ["Device", "fingerprint"]
+__all__ = ["Device", "fingerprint", "TRIAL_TASK_NAME", "paused_trials", "trial_pids"]
+
+TRIAL_TASK_NAME = "autocompress_trial"  # the name of the Ray task that runs a trial (see runner.py)
 
 
 def fingerprint(threads: int) -> dict:
@@ -36,13 +47,50 @@ def fingerprint(threads: int) -> dict:
     }
 
 
+def trial_pids() -> list[int]:
+    """Processes on this node that are running a trial right now."""
+    title = f"ray::{TRIAL_TASK_NAME}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read(len(title) + 1)
+        except OSError:
+            continue
+        if cmd.rstrip(b"\0") == title or cmd.startswith(title + b"\0"):
+            pids.append(int(entry))
+    return pids
+
+
+@contextlib.contextmanager
+def paused_trials(enabled: bool = True) -> Iterator[list[int]]:
+    """Within the block, the trials running on this node are stopped; they continue on exit."""
+    stopped: list[int] = []
+    try:
+        if enabled:
+            for pid in trial_pids():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+        yield stopped
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGCONT)
+
+
 @ray.remote(num_cpus=0, max_concurrency=1)
 class Device:
-    def __init__(self, settings: dict) -> None:
+    def __init__(self, settings: dict, pause_trials: bool = True) -> None:
         self.settings = LatencySettings(**settings)
+        self.pause_trials = pause_trials
 
     def fingerprint(self) -> dict:
         return fingerprint(self.settings.threads)
 
     def measure(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> dict:
-        return measure_latency(onnx_bytes, input_shape, self.settings).as_dict()
+        with paused_trials(self.pause_trials) as stopped:
+            result = measure_latency(onnx_bytes, input_shape, self.settings).as_dict()
+        return {**result, "paused_trials": len(stopped)}

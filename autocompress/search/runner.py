@@ -34,10 +34,20 @@ from autocompress.tasks.baseline import get_baseline
 from autocompress.tasks.data import Splits, load_dataset
 from autocompress.tasks.models import build_model
 
-__all__ = ["Prepared", "SearchResult", "prepare", "load_resume_config", "run_search", "search", "WARM_START"]
+__all__ = ["Prepared", "SearchResult", "prepare", "load_resume_config", "run_search", "search", "WARM_START", "BASELINES"]
 
-# Uniform configurations tried first when warm_start is on: (prune ratio, precision).
-WARM_START = ((0.5, "fp32"), (0.25, "fp32"), (0.5, "int8"), (0.625, "fp32"))
+# Uniform configurations tried first when warm_start is on: (prune ratio, precision). The uniform
+# int8 configurations a user would try by hand are the BASELINES below, not trials.
+WARM_START = ((0.5, "fp32"), (0.25, "fp32"), (0.625, "fp32"), (0.375, "int8"))
+
+# The references every run measures exactly like a trial: (name, prune ratio of every group, precision
+# of every layer, fine-tuned?). They ignore the search space: what a user would do by hand.
+BASELINES = (
+    ("fp32", 0.0, "fp32", False),  # the model as trained
+    ("int8", 0.0, "int8", False),  # post-training int8, no fine-tune
+    ("prune25-int8", 0.25, "int8", True),  # uniform pruning + int8, with the trials' own fine-tune
+    ("prune50-int8", 0.5, "int8", True),
+)
 
 
 @dataclass
@@ -160,6 +170,33 @@ def _quantizable_layers(model: torch.nn.Module, example: torch.Tensor) -> tuple[
     return [n for n in names if n in nodes], excluded
 
 
+def _check_device(name: str) -> None:
+    import ray
+
+    if name != "local" and ray.cluster_resources().get(name, 0) < 1:
+        have = sorted(k for k in ray.cluster_resources() if k not in ("CPU", "GPU", "memory", "object_store_memory") and not k.startswith("node:"))
+        raise ClusterError(f"--device {name!r}: no node of the Ray cluster carries the resource {name!r} (custom resources: {', '.join(have) or 'none'}); "
+                           f"join the device with `ray start --address=HEAD --num-cpus=0 --resources='{{\"{name}\": 1}}'` or use --device local")
+
+
+def _place_device(name: str, settings: dict):
+    """The measuring actor: on the driver's node (`local`) or on the node carrying the resource `name`."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if name == "local":
+        opts = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)}
+    else:
+        opts = {"resources": {name: 1}}  # the whole device: one search measures on it at a time
+    device = Device.options(**opts).remote(settings)
+    try:
+        ray.get(device.fingerprint.remote(), timeout=120)
+    except ray.exceptions.GetTimeoutError:
+        ray.kill(device)
+        raise ClusterError(f"--device {name!r} did not start within 120 s: another search is measuring on it; wait for that search or use another device") from None
+    return device
+
+
 def _describe_error(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     # RayTaskError text starts with the Ray wrapper; keep the user-facing last line
@@ -248,7 +285,7 @@ def _row(number: int, state: str, params: dict, out: TrialOutput | None, lat: di
             "val_accuracy": round(out.val_accuracy, 4), "test_accuracy": round(out.test_accuracy, 4),
             "latency_ms": round(lat["median_ms"], 4), "latency_p90_ms": round(lat["p90_ms"], 4),
             "latency_p99_ms": round(lat["p99_ms"], 4), "latency_reps": lat["reps"],
-            "latency_source": lat.get("source", "measured"),
+            "latency_source": lat.get("source", "measured"), "latency_paused_trials": lat.get("paused_trials", 0),
             "size_bytes": out.size_bytes, "torch_val_accuracy": round(out.torch_val_accuracy, 4),
             "torch_test_accuracy": round(out.torch_test_accuracy, 4), "sha256": out.sha256, "onnx": onnx_rel,
             "int8_requested": len(out.requested_int8),
@@ -342,6 +379,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
     params_def = space.params()
 
     _init_ray(cfg.ray_address)  # before anything is written: a cluster that cannot be joined leaves no run directory
+    _check_device(cfg.device)
     rd = RunDir(prep.run_dir)
     rd.path.mkdir(parents=True, exist_ok=True)
     lock = _lock(rd)
@@ -370,8 +408,8 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         meta["baseline"] = binfo
         total_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         threads = max(1, total_cpus // cfg.concurrency)
-        device = Device.remote(cfg.latency.model_dump())
-        meta["device"] = ray.get(device.fingerprint.remote())
+        device = _place_device(cfg.device, cfg.latency.model_dump())
+        meta["device"] = {**ray.get(device.fingerprint.remote()), "name": cfg.device}
         meta["ray"] = {"address": cfg.ray_address or "local", "cpus": total_cpus, "threads_per_trial": threads,
                        "concurrency": cfg.concurrency}
         rd.write_json(rd.meta, meta)
@@ -379,7 +417,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
 
         base_ref = ray.put(baseline)
         splits_ref = ray.put(splits)
-        remote_trial = ray.remote(_trial_task).options(num_cpus=threads, max_retries=0)
+        remote_trial = ray.remote(autocompress_trial).options(num_cpus=threads, max_retries=0)
         ft = TrainSettings(**cfg.finetune.model_dump())
 
         def spec_for(params: dict, finetune: TrainSettings | None) -> TrialSpec:
@@ -402,19 +440,30 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                 lat_cache.put(ghash, lat)
             return {**lat, "source": "measured"}
 
-        # ---- baselines: FP32 and uniform int8 (post-training, no fine-tune), measured like every trial
+        # ---- baselines (BASELINES), measured like every trial
         baselines: dict[str, dict] = rd.read_json(rd.baselines_json) if (prep.resume and rd.baselines_json.is_file()) else {}
-        for name, prec in (("fp32", "fp32"), ("int8", "int8")):
+        all_groups = [g.name for g in space.groups]
+        for name, ratio, prec, tuned in BASELINES:
             if name in baselines:
                 continue
-            log(f"baseline {name}: export, quantize, measure")
-            # the true references, whatever the space allows: nothing pruned, every layer at one precision
-            spec = TrialSpec({}, {l.name: prec for l in space.layers}, None, space.round_to, space.min_channels, cfg.seed)
-            out = ray.get(remote_trial.remote(base_ref, splits_ref, spec, threads))
-            lat = latency_of(out)
+            log(f"baseline {name}: {'prune, fine-tune, ' if ratio else ''}export, quantize, measure")
+            spec = TrialSpec({g: ratio for g in all_groups} if ratio else {}, {l.name: prec for l in space.layers},
+                             ft if tuned else None, space.round_to, space.min_channels, cfg.seed)
+            t0 = time.perf_counter()
+            try:
+                out = ray.get(remote_trial.remote(base_ref, splits_ref, spec, threads))
+                lat = latency_of(out)
+            except Exception as e:  # noqa: BLE001 - a reference that cannot be built is reported, not fatal
+                if name == "fp32":
+                    raise
+                log(f"  baseline {name} failed: {_describe_error(e)}")
+                baselines[name] = _row(-1, "FAIL", {}, None, None, None, time.perf_counter() - t0,
+                                       error=_describe_error(e), kind=f"baseline-{name}")
+                continue
             path = rd.model_path(f"baseline-{name}")
             atomic_write_bytes(path, out.onnx_bytes)
-            baselines[name] = _row(-1, "COMPLETE", {}, out, lat, str(path.relative_to(rd.path)), 0.0, kind=f"baseline-{name}")
+            baselines[name] = _row(-1, "COMPLETE", {f"prune:{g}": r for g, r in spec.ratios.items()}, out, lat,
+                                   str(path.relative_to(rd.path)), time.perf_counter() - t0, kind=f"baseline-{name}")
         rd.write_json(rd.baselines_json, baselines)
         fp32_ms = baselines["fp32"]["latency_ms"]
 
@@ -549,8 +598,8 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         lock.close()
 
 
-def _trial_task(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, threads: int) -> TrialOutput:
-    """Runs in a Ray worker."""
+def autocompress_trial(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, threads: int) -> TrialOutput:
+    """Runs in a Ray worker; the device finds (and pauses) running trials by this function's name."""
     return run_pipeline(baseline, splits, spec, threads=threads)
 
 
