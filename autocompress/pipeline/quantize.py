@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import os
 import tempfile
 from pathlib import Path
@@ -19,14 +20,41 @@ import numpy as np
 import onnx
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.nn.utils.parametrize as P
 
-__all__ = ["PRECISIONS", "fake_quantized", "calibrate_activations", "quantize_static_onnx"]
+__all__ = ["PRECISIONS", "fake_quantized", "calibrate_activations", "quantize_static_onnx", "quant_format_for", "weight_range"]
 
 PRECISIONS = ("fp32", "int8", "int4")
 # ORT's symmetric weight ranges: int8 uses the restricted [-127, 127], int4 the full [-8, 7];
 # scale = 2 * absmax / (qmax - qmin), zero point 0 (onnxruntime.quantization.quant_utils).
 _WEIGHT_RANGE = {"int8": (-127, 127), "int4": (-8, 7)}
+_WEIGHT_RANGE_REDUCED = {"int8": (-64, 64), "int4": (-8, 7)}  # reduce_range: 7-bit int8 weights (int4 keeps 4 bits)
+
+
+def weight_range(precision: str, reduce_range: bool) -> tuple[int, int]:
+    return (_WEIGHT_RANGE_REDUCED if reduce_range else _WEIGHT_RANGE)[precision]
+
+
+def quant_format_for(device: dict) -> dict:
+    """The integer format for the target device (recorded in every run's meta.json and report).
+
+    ONNX Runtime's CPU provider runs U8S8 QDQ (uint8 activations, int8 weights) on integer kernels
+    (QLinearConv/QGemm) on x86. Without VNNI those kernels multiply-add pairs of u8*s8 products into
+    int16 (VPMADDUBSW), which saturates: with full 8-bit weights, a trial on this 2-core AVX2 machine
+    lost 3-7 points of accuracy against the very same arithmetic unfused. ORT's documented remedy is
+    7-bit weights (reduce_range) on CPUs without VNNI; VNNI and ARM kernels accumulate in int32.
+    S8S8 QDQ is not used: on AVX2 it leaves convolutions partly in float and is slower than fp32.
+    """
+    isa = set(device.get("isa", []))
+    machine = str(device.get("machine", "")).lower()
+    x86 = machine in ("x86_64", "amd64", "i686", "x86")
+    vnni = bool(isa & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    reduce_range = x86 and not vnni
+    why = ("x86 without VNNI: 7-bit weights avoid int16 saturation in U8S8 kernels" if reduce_range
+           else "x86 with VNNI: 8-bit weights" if x86 else "non-x86: 8-bit weights")
+    return {"format": "QDQ", "activations": "uint8 asymmetric per-tensor (MinMax)", "weights": "int8 symmetric per-channel",
+            "int8_weight_range": list(weight_range("int8", reduce_range)), "reduce_range": reduce_range, "why": why}
 
 
 class _WeightFakeQuant(nn.Module):
@@ -35,8 +63,11 @@ class _WeightFakeQuant(nn.Module):
     def __init__(self, qmin: int, qmax: int) -> None:
         super().__init__()
         self.qmin, self.qmax = qmin, qmax
+        self.enabled = True
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return w
         # ORT's arithmetic, so ties round the same way: scale computed in float64 and stored as float32,
         # q = round_half_even(w / scale) in float32 (torch.fake_quantize multiplies by 1/scale instead).
         amax = w.detach().abs().flatten(1).amax(1).clamp_min(1e-8)
@@ -45,63 +76,215 @@ class _WeightFakeQuant(nn.Module):
         return w + (q * scale - w).detach()  # straight-through gradient
 
 
-class _ActFakeQuant:
-    """uint8 asymmetric per-tensor fake quantization of a layer's input.
+class _ActFakeQuant(nn.Module):
+    """uint8 asymmetric per-tensor fake quantization of one activation tensor (ORT's QuantizeLinear).
 
     While training the range follows an EMA of batch ranges; `calibrate_activations` then replaces it
     with the min/max over the calibration split, as ORT's MinMax calibration does for the artifact.
+    Used as a module inserted in the traced graph, or as a forward pre-hook on a layer.
     """
 
     def __init__(self, momentum: float = 0.1) -> None:
+        super().__init__()
         self.lo: float | None = None
         self.hi: float | None = None
         self.momentum = momentum
         self.calibrating = False
 
-    def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        x = inputs[0]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.calibrating:
             lo, hi = float(x.detach().min()), float(x.detach().max())
             self.lo = lo if self.lo is None else min(self.lo, lo)
             self.hi = hi if self.hi is None else max(self.hi, hi)
-            return inputs  # observe only, like ORT's calibration pass on the float model
-        if module.training or self.lo is None:
+            return x  # observe only, like ORT's calibration pass on the float model
+        if self.training or self.lo is None:
             lo, hi = min(float(x.detach().min()), 0.0), max(float(x.detach().max()), 0.0)
             if self.lo is None:
                 self.lo, self.hi = lo, hi
             else:
                 self.lo += self.momentum * (lo - self.lo)
                 self.hi += self.momentum * (hi - self.hi)
-        scale = max((self.hi - self.lo) / 255.0, 1e-8)
-        zero = int(min(255, max(0, round(-self.lo / scale))))
-        return (torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255),) + tuple(inputs[1:])
+        lo, hi = min(self.lo, 0.0), max(self.hi, 0.0)  # ORT's range always contains 0
+        scale = max((hi - lo) / 255.0, 1e-8)
+        zero = int(min(255, max(0, round(-lo / scale))))
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
+
+    def pre_hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        self.train(module.training)
+        return (self(inputs[0]),) + tuple(inputs[1:])
+
+
+# ---- which tensors ONNX Runtime quantizes, mirrored on the torch.fx graph of the model
+# Ops that vanish from the exported graph: BatchNorm after a conv is folded into it, Dropout and Identity go.
+_TRANSPARENT_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.Identity)
+# Relu/Clip: ORT removes them and quantizes their output in place of their input's (when they are
+# their input's only consumer).
+_RELU_MODULES = (nn.ReLU, nn.ReLU6)
+_RELU_FUNCS = {F.relu, torch.relu, F.relu6, F.hardtanh}
+_RELU_METHODS = {"relu", "relu_"}
+# Ops that ORT's QDQ quantizer quantizes (inputs and outputs) when they sit between quantized layers.
+_REGION_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten, *_RELU_MODULES)
+_REGION_FUNCS = {operator.add, operator.iadd, torch.add, torch.cat, torch.flatten, F.adaptive_avg_pool2d, F.avg_pool2d,
+                 F.max_pool2d} | _RELU_FUNCS
+_REGION_METHODS = {"add", "add_", "flatten", "view", "reshape"} | _RELU_METHODS
+_LAYER_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def _is_relu(n, mods) -> bool:
+    return ((n.op == "call_module" and isinstance(mods[n.target], _RELU_MODULES)) or (n.op == "call_function" and n.target in _RELU_FUNCS)
+            or (n.op == "call_method" and n.target in _RELU_METHODS))
+
+
+def _tensor_args(n) -> list:
+    """The activation inputs of a node (not shapes or sizes)."""
+    import torch.fx as fx
+
+    if n.target in (operator.add, operator.iadd, torch.add, "add", "add_"):
+        return [a for a in n.args[:2] if isinstance(a, fx.Node)]
+    if n.target is torch.cat:
+        return [a for a in n.args[0] if isinstance(a, fx.Node)]
+    return [n.args[0]] if n.args and isinstance(n.args[0], fx.Node) else []
+
+
+def _insert_ort_fake_quant(model: nn.Module, precisions: dict[str, str]) -> tuple[nn.Module, list[_ActFakeQuant]]:
+    """A traced copy of `model` (sharing its modules) with fake quantization on every activation that
+    ONNX Runtime's QDQ quantization of the exported model quantizes: inputs and outputs of quantized
+    layers (Gemm outputs excepted, see _quantize), and of the ops between quantized layers (the
+    regions `_nodes_to_exclude` leaves quantized). Raises if the model cannot be traced."""
+    import torch.fx as fx
+
+    gm = fx.symbolic_trace(model)
+    mods = dict(gm.named_modules())
+    nodes = [n for n in gm.graph.nodes if n.op not in ("get_attr", "output")]
+
+    def is_layer(n) -> bool:
+        return n.op == "call_module" and isinstance(mods[n.target], _LAYER_MODULES)
+
+    alias: dict = {}  # transparent node -> the node whose tensor it passes on
+
+    def rep(n):
+        while n in alias:
+            n = alias[n]
+        return n
+
+    for n in nodes:
+        if n.op == "call_module" and isinstance(mods[n.target], _TRANSPARENT_MODULES) and n.args and isinstance(n.args[0], fx.Node):
+            if not isinstance(mods[n.target], (nn.BatchNorm1d, nn.BatchNorm2d)) or is_layer(rep(n.args[0])):
+                alias[n] = n.args[0]
+    tail: dict = {}  # node -> the end of the chain of transparent nodes that are its only consumers (conv -> BN)
+    for n in nodes:
+        if n in alias and len(alias[n].users) == 1 and tail.get(rep(n), rep(n)) is alias[n]:
+            tail[rep(n)] = n
+    users: dict = {}  # real consumers (through transparent nodes)
+    for n in nodes:
+        if n in alias or n.op == "placeholder":
+            continue
+        for a in n.all_input_nodes:
+            users.setdefault(rep(a), []).append(n)
+    others = [n for n in nodes if n not in alias and n.op != "placeholder" and not is_layer(n)]
+    quant_layer = {n: is_layer(n) and precisions.get(n.target, "fp32") != "fp32" for n in nodes}
+
+    parent: dict = {}
+
+    def find(a):
+        while parent.setdefault(a, a) != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    other_set = set(others)
+    for n in others:
+        find(n)
+        for a in n.all_input_nodes:
+            if rep(a) in other_set:
+                parent[find(n)] = find(rep(a))
+    region_ok: dict = {}
+    for n in others:
+        neighbours = [rep(a) for a in n.all_input_nodes] + users.get(n, [])
+        ok = all(quant_layer.get(m, False) for m in neighbours if is_layer(m))
+        region_ok[find(n)] = region_ok.get(find(n), True) and ok
+
+    def supported(n) -> bool:
+        return ((n.op == "call_module" and isinstance(mods[n.target], _REGION_MODULES)) or (n.op == "call_function" and n.target in _REGION_FUNCS)
+                or (n.op == "call_method" and n.target in _REGION_METHODS))
+
+    quantized = [n for n in nodes if quant_layer.get(n) or (n in other_set and region_ok[find(n)] and supported(n))]
+    qset = set(quantized)
+    out_points, in_points = [], {}  # tensors quantized for every consumer; tensors quantized for some consumers
+    for q in quantized:
+        if not (is_layer(q) and isinstance(mods[q.target], nn.Linear)):  # Gemm outputs stay float (_quantize)
+            us = users.get(q, [])
+            if not (len(us) == 1 and us[0] in qset and _is_relu(us[0], mods)):  # fused into the Relu's output
+                out_points.append(q)
+        for a in _tensor_args(q):
+            if _is_relu(q, mods) and rep(a) in qset:
+                continue  # fused: the producer's output is quantized at the Relu's output
+            in_points.setdefault(rep(a), []).append(q)
+    out_set = set(out_points)
+    observers: list[_ActFakeQuant] = []
+
+    def add_fq(after):
+        name = f"_ac_fq{len(observers)}"
+        observers.append(_ActFakeQuant())
+        gm.add_submodule(name, observers[-1])
+        with gm.graph.inserting_after(after):
+            return gm.graph.call_module(name, (after,))
+
+    for q in out_points:
+        t = tail.get(q, q)
+        old_users = list(t.users)
+        fq = add_fq(t)
+        for u in old_users:
+            u.replace_input_with(t, fq)
+    for src, consumers in in_points.items():
+        if src in out_set:
+            continue
+        t = tail.get(src, src)
+        fq = add_fq(t)
+        for c in consumers:
+            for a in list(c.all_input_nodes):
+                if a is not fq and rep(a) is src:
+                    c.replace_input_with(a, fq)
+    gm.graph.lint()
+    gm.recompile()
+    return gm, observers
 
 
 @contextlib.contextmanager
-def fake_quantized(model: nn.Module, precisions: dict[str, str]) -> Iterator[nn.Module]:
-    """Within the block, layers marked int8/int4 see fake-quantized weights and inputs.
+def fake_quantized(model: nn.Module, precisions: dict[str, str], *, reduce_range: bool = False) -> Iterator[nn.Module]:
+    """Within the block, train and evaluate the yielded module: it computes what the ONNX Runtime
+    artifact will. Layers marked int8/int4 see weights on ORT's grid, and every activation ORT will
+    quantize is fake-quantized (uint8) where it will be, so the fine-tune learns to live with it.
 
-    On exit the fake quantization is removed and the (fine-tuned) float weights stay in place.
+    The yielded module shares `model`'s layers (a torch.fx trace of it); if the model cannot be traced,
+    it is `model` itself with only the quantized layers' inputs fake-quantized, and the report's parity
+    check shows what that misses. On exit the fine-tuned float weights stay in `model`.
     """
     modules = dict(model.named_modules())
     hooks = []
     observers: list[_ActFakeQuant] = []
+    quantized = {n: p for n, p in precisions.items() if p != "fp32"}
+    target: nn.Module = model
     try:
-        for name, prec in precisions.items():
-            if prec == "fp32":
-                continue
-            layer = modules[name]
-            P.register_parametrization(layer, "weight", _WeightFakeQuant(*_WEIGHT_RANGE[prec]))
-            observers.append(_ActFakeQuant())
-            hooks.append(layer.register_forward_pre_hook(observers[-1]))
-        model._autocompress_act_observers = observers  # type: ignore[attr-defined]
-        yield model
+        if quantized:
+            try:
+                target, observers = _insert_ort_fake_quant(model, precisions)
+            except Exception:  # noqa: BLE001 - untraceable model: fake-quantize the layers' inputs only
+                target, observers = model, []
+                for name in quantized:
+                    observers.append(_ActFakeQuant())
+                    hooks.append(modules[name].register_forward_pre_hook(observers[-1].pre_hook))
+        for name, prec in quantized.items():
+            P.register_parametrization(modules[name], "weight", _WeightFakeQuant(*weight_range(prec, reduce_range)))
+        target._autocompress_act_observers = observers  # type: ignore[attr-defined]
+        target.train(model.training)
+        yield target
     finally:
         for h in hooks:
             h.remove()
-        if hasattr(model, "_autocompress_act_observers"):
-            del model._autocompress_act_observers
-        for name, prec in precisions.items():
+        if hasattr(target, "_autocompress_act_observers"):
+            del target._autocompress_act_observers
+        for name in precisions:
             layer = modules.get(name)
             if layer is not None and P.is_parametrized(layer, "weight"):
                 P.remove_parametrizations(layer, "weight", leave_parametrized=False)
@@ -157,9 +340,12 @@ def calibrate_activations(model: nn.Module, x: np.ndarray, batch_size: int = 16)
     observers: list[_ActFakeQuant] = getattr(model, "_autocompress_act_observers", [])
     if not observers:
         return
+    weight_fq = [m for m in model.modules() if isinstance(m, _WeightFakeQuant)]
     for o in observers:
         o.lo = o.hi = None
         o.calibrating = True
+    for w in weight_fq:  # ORT calibrates the float model: float weights too
+        w.enabled = False
     try:
         model.eval()
         for i in range(0, len(x), batch_size):
@@ -167,6 +353,8 @@ def calibrate_activations(model: nn.Module, x: np.ndarray, batch_size: int = 16)
     finally:
         for o in observers:
             o.calibrating = False
+        for w in weight_fq:
+            w.enabled = True
 
 
 class _Reader:
@@ -193,6 +381,7 @@ def quantize_static_onnx(
     precisions: dict[str, str],
     nodes: dict[str, str],
     calib_x: np.ndarray,
+    reduce_range: bool = False,
 ) -> dict[str, str]:
     """Write the deployable artifact to `out_path` and return {layer: precision actually requested}.
 
@@ -206,17 +395,17 @@ def quantize_static_onnx(
     if not quantized:
         onnx.save(float_model, str(out_path))
         return {}
-    overrides = {f"{l}.weight": [{"quant_type": QuantType.QInt4, "axis": 0, "symmetric": True}]
+    overrides = {f"{l}.weight": [{"quant_type": QuantType.QInt4, "axis": 0, "symmetric": True, "reduce_range": False}]
                  for l, p in quantized.items() if p == "int4"}
     exclude = _nodes_to_exclude(float_model, quantized_nodes={nodes[l] for l in quantized}, layer_nodes=set(nodes.values()))
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "float.onnx")
         onnx.save(float_model, src)
-        _quantize(src, str(out_path), calib_x, exclude, overrides)
+        _quantize(src, str(out_path), calib_x, exclude, overrides, reduce_range)
     return quantized
 
 
-def _quantize(src: str, dst: str, calib_x: np.ndarray, exclude: list[str], overrides: dict) -> None:
+def _quantize(src: str, dst: str, calib_x: np.ndarray, exclude: list[str], overrides: dict, reduce_range: bool) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     logging.getLogger().setLevel(logging.ERROR)  # ORT logs a pre-processing hint on the root logger
@@ -226,7 +415,9 @@ def _quantize(src: str, dst: str, calib_x: np.ndarray, exclude: list[str], overr
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         per_channel=True,
+        reduce_range=reduce_range,
         nodes_to_exclude=exclude,
         calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False, "TensorQuantOverrides": overrides},
+        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False, "TensorQuantOverrides": overrides,
+                       "OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"]},
     )

@@ -34,6 +34,7 @@ class TrialSpec:
     round_to: int = 8
     min_channels: int = 8
     seed: int = 0
+    reduce_range: bool = False  # 7-bit int8 weights (quant_format_for the device)
 
 
 @dataclass
@@ -73,13 +74,13 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *, 
                        round_to=spec.round_to, min_channels=spec.min_channels)
     lap("prune")
 
-    with fake_quantized(model, spec.precisions):
+    with fake_quantized(model, spec.precisions, reduce_range=spec.reduce_range) as qmodel:  # computes what the ORT artifact will
         if spec.finetune is not None and spec.finetune.epochs > 0:
-            train(model, splits.train_x, splits.train_y, settings=spec.finetune, seed=spec.seed, teacher=baseline)
+            train(qmodel, splits.train_x, splits.train_y, settings=spec.finetune, seed=spec.seed, teacher=baseline)
         lap("finetune")
-        calibrate_activations(model, splits.calib_x)
-        torch_val = evaluate(model, splits.val_x, splits.val_y)
-        torch_test = evaluate(model, splits.test_x, splits.test_y)
+        calibrate_activations(qmodel, splits.calib_x)
+        torch_val = evaluate(qmodel, splits.val_x, splits.val_y)
+        torch_test = evaluate(qmodel, splits.test_x, splits.test_y)
         lap("evaluate_torch")
 
     # Folding after the fine-tune is exact for the weights: per-output-channel symmetric quantization
@@ -91,7 +92,8 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *, 
     lap("export")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
-        quantize_static_onnx(proto, path, precisions=spec.precisions, nodes=nodes, calib_x=splits.calib_x)
+        quantize_static_onnx(proto, path, precisions=spec.precisions, nodes=nodes, calib_x=splits.calib_x,
+                             reduce_range=spec.reduce_range)
         lap("quantize")
         data = open(path, "rb").read()
         kernels = kernel_report(path)

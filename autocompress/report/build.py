@@ -218,7 +218,10 @@ def write_report(rd: RunDir | str | Path) -> Path:
                  f"{ls.get('sessions')} fresh sessions; never measured while a trial fine-tunes.")
     notes.append("The search ranks on the validation split; the test split is reported only. Accuracy is the ONNX Runtime artifact's; "
                  "'PyTorch test %' is the fake-quantized PyTorch model it was exported from.")
-    notes.append("int8 = int8 per-channel weights with uint8 activations (QDQ, fuses into QLinearConv on x86). "
+    qf = meta.get("quant_format") or {}
+    notes.append("int8 = int8 per-channel weights with uint8 activations (QDQ, fuses into QLinearConv on x86)"
+                 + (f"; weights on [{qf['int8_weight_range'][0]}, {qf['int8_weight_range'][1]}] ({html.escape(qf['why'])})" if qf else "")
+                 + ". "
                  + ("int4 weights are stored packed (ONNX INT4): on ORT's CPU provider they run as DequantizeLinear + float Conv, "
                     "so int4 gives a smaller file but no speed-up here." if int4_used else ""))
     if meta.get("excluded_layers"):

@@ -26,6 +26,7 @@ from autocompress.errors import ClusterError, DataError, Interrupted, ModelError
 from autocompress.pipeline.export import export_onnx, fold_batchnorm, layer_nodes
 from autocompress.pipeline.finetune import TrainSettings
 from autocompress.pipeline.prune import channel_counts, find_groups
+from autocompress.pipeline.quantize import quant_format_for
 from autocompress.pipeline.trial import TrialOutput, TrialSpec, run_pipeline
 from autocompress.results.pareto import pareto_front
 from autocompress.results.rundir import RunDir, atomic_write_bytes
@@ -410,6 +411,8 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         threads = max(1, total_cpus // cfg.concurrency)
         device = _place_device(cfg.device, cfg.latency.model_dump())
         meta["device"] = {**ray.get(device.fingerprint.remote()), "name": cfg.device}
+        meta["quant_format"] = quant_format_for(meta["device"])  # chosen for the device that runs the model
+        reduce_range = bool(meta["quant_format"]["reduce_range"])
         meta["ray"] = {"address": cfg.ray_address or "local", "cpus": total_cpus, "threads_per_trial": threads,
                        "concurrency": cfg.concurrency}
         rd.write_json(rd.meta, meta)
@@ -422,7 +425,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
 
         def spec_for(params: dict, finetune: TrainSettings | None) -> TrialSpec:
             ratios, precisions = space.decode(params)
-            return TrialSpec(ratios, precisions, finetune, space.round_to, space.min_channels, cfg.seed)
+            return TrialSpec(ratios, precisions, finetune, space.round_to, space.min_channels, cfg.seed, reduce_range)
 
         def choices(params: dict) -> dict:
             """Every group's ratio and layer's precision, the fixed ones included (for the table)."""
@@ -448,7 +451,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                 continue
             log(f"baseline {name}: {'prune, fine-tune, ' if ratio else ''}export, quantize, measure")
             spec = TrialSpec({g: ratio for g in all_groups} if ratio else {}, {l.name: prec for l in space.layers},
-                             ft if tuned else None, space.round_to, space.min_channels, cfg.seed)
+                             ft if tuned else None, space.round_to, space.min_channels, cfg.seed, reduce_range)
             t0 = time.perf_counter()
             try:
                 out = ray.get(remote_trial.remote(base_ref, splits_ref, spec, threads))
