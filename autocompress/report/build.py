@@ -98,6 +98,41 @@ def _scatter(table: pd.DataFrame, pareto: pd.DataFrame, baselines: dict) -> go.F
     return fig
 
 
+def _hv_figure(table: pd.DataFrame, baselines: dict) -> tuple[go.Figure, str]:
+    from autocompress.results.hypervolume import FLOOR_POINTS, baseline_hypervolumes, hypervolume_curve
+
+    curve = hypervolume_curve(table, baselines["fp32"])
+    base_hv = baseline_hypervolumes(baselines)
+    fig = go.Figure(go.Scatter(x=curve["trials"], y=curve["hypervolume"], mode="lines+markers", name="search",
+                               line=dict(color="#2563eb", shape="hv")))
+    for (k, v), dash in zip(base_hv.items(), ("dot", "dash", "dashdot", "longdash", "solid")):
+        fig.add_hline(y=v, line=dict(dash=dash, color="#6b7280", width=1),
+                      annotation_text=f"{BASELINE_LABELS.get(k, k)}: {v:.3f}", annotation_position="right")
+    fig.update_layout(xaxis_title="trials", yaxis_title="hypervolume (accuracy x latency, FP32 = reference)",
+                      template="plotly_white", height=360, margin=dict(l=60, r=220, t=20, b=40), showlegend=False)
+    final = float(curve["hypervolume"].iloc[-1]) if len(curve) else 0.0
+    text = (f"Hypervolume of the search's front after {len(curve)} trials: <b>{final:.3f}</b>; of all uniform baselines together: "
+            f"<b>{base_hv['all uniform']:.3f}</b>. Each model is a point (fraction of FP32 latency removed, accuracy scaled so that "
+            f"FP32 = 1 and FP32 - {FLOOR_POINTS:g} points = 0); the hypervolume is the area the points dominate. Higher is better.")
+    return fig, text
+
+
+def _stage_figure(done: pd.DataFrame) -> tuple[go.Figure, str] | None:
+    """Where the time went: mean seconds per stage of the completed trials."""
+    cols = [c for c in done.columns if c.startswith("t_")]
+    if not cols:
+        return None
+    means = done[cols].mean().fillna(0)
+    fig = go.Figure(go.Bar(x=means.values, y=[c[2:].replace("_", " ") for c in cols], orientation="h", marker_color="#2563eb",
+                           text=[f"{v:.2f} s" for v in means.values], textposition="auto"))
+    fig.update_layout(xaxis_title="seconds per trial (mean)", template="plotly_white", height=60 + 28 * len(cols),
+                      margin=dict(l=120, r=20, t=10, b=40))
+    outside = float(means.drop(labels=["t_finetune"], errors="ignore").sum())
+    return fig, (f"Mean per completed trial: {float(means.sum()):.1f} s, of which fine-tuning {float(means.get('t_finetune', 0)):.1f} s "
+                 f"and everything else {outside:.1f} s (prune, PyTorch evaluation, export, quantization, kernel check, ONNX Runtime "
+                 "evaluation, latency measurement).")
+
+
 def _dominated_by_baselines(pareto: pd.DataFrame, baselines: dict) -> list[tuple[int, str]]:
     """(trial, baseline) pairs where the baseline is at least as good on validation accuracy, latency and
     size and better on one: the search then failed to beat a configuration a user could make by hand."""
@@ -141,6 +176,13 @@ def write_report(rd: RunDir | str | Path) -> Path:
 
     fig = _scatter(table if len(table) else pd.DataFrame(columns=["state"]), pareto, baselines) if len(done) else None
     plot_html = fig.to_html(full_html=False, include_plotlyjs=True) if fig is not None else "<p>No completed trials yet.</p>"
+    hv_html = ""
+    if len(done):
+        hv_fig, hv_text = _hv_figure(table, baselines)
+        hv_html = f"<h2>Search quality</h2><p class='sub'>{hv_text}</p>" + hv_fig.to_html(full_html=False, include_plotlyjs=False)
+        stage = _stage_figure(done)
+        if stage is not None:
+            hv_html += f"<h2>Where the time went</h2><p class='sub'>{stage[1]}</p>" + stage[0].to_html(full_html=False, include_plotlyjs=False)
 
     def kernel_cell(r):
         req, on = int(r.get("int8_requested", 0) or 0), int(r.get("int8_on_integer_kernel", 0) or 0)
@@ -234,6 +276,7 @@ def write_report(rd: RunDir | str | Path) -> Path:
 <div class="cards">{cards_html}</div>
 <h2>Accuracy vs latency</h2><p class="sub">Marker area is proportional to file size. Blue: Pareto-optimal over (validation accuracy, latency, size).</p>
 {plot_html}
+{hv_html}
 <h2>Pareto models</h2>{pareto_html}
 <h2>Baselines</h2><p class="sub">Measured exactly like the trials. The uniformly pruned ones get the trials' own fine-tune.</p>{base_html}
 <p class="sub">Choose one with <code>autocompress pick {html.escape(str(rd.path))} --max-latency-ms X</code>.</p>
