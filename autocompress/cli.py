@@ -115,8 +115,11 @@ def search(
     except AutocompressError as e:
         _fail(e)
         return
-    n_done = int((result.table["state"] == "COMPLETE").sum())
-    typer.echo(f"{n_done} trials done, {len(result.table) - n_done} failed, {len(result.pareto)} Pareto models")
+    n_total = len(result.table)
+    n_done = int((result.table["state"] == "COMPLETE").sum()) if n_total else 0
+    n_repeat = int((result.table["state"] == "DUPLICATE").sum()) if n_total else 0
+    repeats = f" ({n_repeat} repeated configurations reused earlier results)" if n_repeat else ""
+    typer.echo(f"{n_done} trials done, {n_total - n_done - n_repeat} failed, {len(result.pareto)} Pareto models{repeats}")
     typer.echo(f"report: {result.report}")
 
 

@@ -95,7 +95,11 @@ def synthetic_imagefolder(root: Path, classes: int = 4, per_class: int = 30) -> 
 
 def other_formats(fp32_path: Path, shape: tuple[int, ...], tmp: Path) -> list[tuple[str, Path]]:
     """Uniform int8 of the FP32 artifact in the formats autocompress does not use on this CPU."""
+    import logging
+
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's pre-processing hint
 
     class Reader:
         def __init__(self):

@@ -129,7 +129,11 @@ def test_baselines_are_fp32_int8_and_uniformly_pruned_int8_whatever_the_space_al
     assert dims(run / "models" / "baseline-int8.onnx", "conv1.weight") == [16, 1, 3, 3]
     assert dims(run / "models" / "baseline-prune50-int8.onnx", "conv1.weight") == [8, 1, 3, 3]
     assert dims(run / "models" / "baseline-prune25-int8.onnx", "layer3.0.conv1.weight")[0] < 64
-    assert dims(run / "models" / "trial-0000.onnx", "conv1.weight") == [8, 1, 3, 3]
+    # the only configuration this space has is the uniform 50% + int8 baseline's model: the trial reuses it
+    table = pd.read_csv(run / "trials.csv")
+    (row,) = table.to_dict("records")
+    assert row["state"] == "COMPLETE" and row["reused"] == "baseline-prune50-int8" and row["duration_s"] == 0
+    assert row["onnx"] == "models/baseline-prune50-int8.onnx" and not (run / "models" / "trial-0000.onnx").exists()
     baselines = json.loads((run / "baselines.json").read_text())
     assert baselines["fp32"]["int8_requested"] == 0 and baselines["int8"]["int8_requested"] == 22
     for name in ("prune25-int8", "prune50-int8"):  # fine-tuned like a trial, and every int8 layer on an integer kernel
@@ -143,3 +147,28 @@ def test_baselines_are_fp32_int8_and_uniformly_pruned_int8_whatever_the_space_al
     assert (table[[c for c in table.columns if c.startswith("quant:")]] == "int8").all().all()
     channels = table[[c for c in table.columns if c.startswith("channels:")]]
     assert channels.shape[1] == 12 and channels.notna().all().all()
+
+
+@pytest.mark.slow
+def test_identical_configurations_are_not_run_twice(tmp_path):
+    """A space with two configurations and a budget of three: two trials run, repeats reuse their results."""
+    space = tmp_path / "two.yaml"
+    space.write_text("prune:\n  ratios: [0.5]\nrules:\n  - match: '*'\n    precisions: [fp32]\n"
+                     "  - match: fc\n    precisions: [fp32, int8]\n")
+    run = tmp_path / "run"
+    res = run_cli("search", "--budget", "3", "--space", str(space), "--out", str(run), *FAST_FLAGS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "space looks exhausted" in res.stdout + res.stderr
+    assert re.search(r"2 trials done, 0 failed, \d+ Pareto models \(\d+ repeated configurations reused earlier results\)", res.stdout)
+    table = pd.read_csv(run / "trials.csv")
+    ran = table[table["state"] == "COMPLETE"]
+    assert len(ran) == 2 and set(ran["quant:fc"]) == {"fp32", "int8"}
+    repeats = table[table["state"] == "DUPLICATE"]
+    assert len(repeats) >= 1
+    for _, r in repeats.iterrows():
+        src = table[table["trial"] == r["duplicate_of"]].iloc[0]
+        assert src["state"] == "COMPLETE" and src["quant:fc"] == r["quant:fc"] and src["sha256"] == r["sha256"]
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["space_exhausted"] and meta["status"] == "complete" and meta["trials_complete"] == 2
+    pareto = {p["trial"] for p in json.loads((run / "pareto.json").read_text())}
+    assert pareto and pareto <= set(ran["trial"])  # repeats are never Pareto candidates of their own

@@ -157,7 +157,7 @@ def write_report(rd: RunDir | str | Path) -> Path:
     rd.write_json(rd.pareto_json, json.loads(pareto.to_json(orient="records")))
     fp32 = baselines["fp32"]
     done = table[table["state"] == "COMPLETE"] if len(table) else table
-    failed = table[table["state"] != "COMPLETE"] if len(table) else table
+    failed = table[~table["state"].isin(["COMPLETE", "DUPLICATE"])] if len(table) else table
 
     def speed(r):
         return f"{fp32['latency_ms'] / r['latency_ms']:.2f}x"

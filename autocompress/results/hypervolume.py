@@ -38,10 +38,10 @@ def _points(df: pd.DataFrame, fp32: dict) -> list[tuple[float, float]]:
 
 
 def hypervolume_curve(table: pd.DataFrame, fp32: dict) -> pd.DataFrame:
-    """Hypervolume of the completed trials among the first n, for every n (trial-number order)."""
+    """Hypervolume of the completed trials among the first n trials run, for every n (trial-number order)."""
     if not len(table):
         return pd.DataFrame(columns=["trials", "hypervolume"])
-    t = table.sort_values("trial")
+    t = table[table["state"] != "DUPLICATE"].sort_values("trial")  # a repeat reused a result: not a trial run
     done = t["state"] == "COMPLETE"
     out, pts = [], []
     for n, (ok, row) in enumerate(zip(done, t.itertuples()), start=1):

@@ -37,9 +37,10 @@ from autocompress.tasks.models import build_model
 
 __all__ = ["Prepared", "SearchResult", "prepare", "load_resume_config", "run_search", "search", "WARM_START", "BASELINES"]
 
-# Uniform configurations tried first when warm_start is on: (prune ratio, precision). The uniform
-# int8 configurations a user would try by hand are the BASELINES below, not trials.
-WARM_START = ((0.5, "fp32"), (0.25, "fp32"), (0.625, "fp32"), (0.375, "int8"))
+# Uniform configurations tried first when warm_start is on: (prune ratio, precision). The first two are
+# the fine-tuned BASELINES below: when the space allows them exactly, those trials reuse the baselines'
+# results and cost nothing, and the sampler starts from the hand-made configurations.
+WARM_START = ((0.5, "int8"), (0.25, "int8"), (0.5, "fp32"), (0.625, "fp32"), (0.375, "int8"))
 
 # The references every run measures exactly like a trial: (name, prune ratio of every group, precision
 # of every layer, fine-tuned?). They ignore the search space: what a user would do by hand.
@@ -169,6 +170,19 @@ def _quantizable_layers(model: torch.nn.Module, example: torch.Tensor) -> tuple[
     nodes = layer_nodes(proto, names)
     excluded = {n: "no Conv/Gemm node of the exported graph reads its weight" for n in names if n not in nodes}
     return [n for n in names if n in nodes], excluded
+
+
+MAX_REPEATS = 50  # proposals of already-measured configurations in a row after which the space counts as exhausted
+
+
+def _model_key(space: SearchSpace, ratios: dict[str, float], precisions: dict[str, str]) -> str:
+    """Identity of the model a configuration builds: kept channels of every group, precision of every layer
+    (two ratios that round to the same channel count build the same model)."""
+    from autocompress.pipeline.prune import kept_channels
+
+    kept = {g.name: kept_channels(g.channels, float(ratios.get(g.name, 0.0)), round_to=space.round_to,
+                                  min_channels=space.min_channels) for g in space.groups}
+    return json.dumps({"kept": kept, "precision": {l.name: precisions.get(l.name, "fp32") for l in space.layers}}, sort_keys=True)
 
 
 def _check_device(name: str) -> None:
@@ -467,14 +481,18 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             atomic_write_bytes(path, out.onnx_bytes)
             baselines[name] = _row(-1, "COMPLETE", {f"prune:{g}": r for g, r in spec.ratios.items()}, out, lat,
                                    str(path.relative_to(rd.path)), time.perf_counter() - t0, kind=f"baseline-{name}")
+            baselines[name]["model_key"] = _model_key(space, spec.ratios, spec.precisions)
         rd.write_json(rd.baselines_json, baselines)
         fp32_ms = baselines["fp32"]["latency_ms"]
 
         # ---- the study: created, or replayed from its journal on --resume
+        # A resumed sampler gets a new (still deterministic) seed: with the first one it would propose the
+        # configurations of the first session's opening trials all over again.
+        seed = cfg.seed + 7919 * int(meta.get("resumed", 0))
         sampler = {
-            "tpe": lambda: optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=5 if cfg.warm_start else 10),
-            "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=cfg.seed),
-            "random": lambda: optuna.samplers.RandomSampler(seed=cfg.seed),
+            "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5 if cfg.warm_start else 10),
+            "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
+            "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         }[cfg.sampler]()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = JournalStorage(JournalFileBackend(str(rd.journal)))
@@ -483,7 +501,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             study = optuna.load_study(study_name=meta["run_name"], storage=storage, sampler=sampler)
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 row = rows.get(t.number)
-                if row is not None and row["state"] == "COMPLETE":  # killed between writing its row and telling
+                if row is not None and row["state"] in ("COMPLETE", "DUPLICATE"):  # killed between writing its row and telling
                     study.tell(t.number, [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
                 elif row is not None:
                     study.tell(t.number, state=TrialState.FAIL)
@@ -508,6 +526,15 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in params_def.items()}
 
         running: dict = {}  # ObjectRef -> (optuna trial, params, start time)
+        # identical configurations are not run twice: a repeat gets the earlier result (not counted in the budget)
+        seen: dict[str, int | str] = {}  # model key -> trial number, or the name of a baseline
+        for name, _, _, _ in BASELINES:
+            if baselines.get(name, {}).get("state") == "COMPLETE" and "model_key" in baselines[name]:
+                seen[baselines[name]["model_key"]] = name
+        for n, r in sorted(rows.items()):
+            if r["state"] == "COMPLETE" and not r.get("reused"):
+                seen.setdefault(_model_key(space, *space.decode({k: v for k, v in r.items() if k.startswith(("prune:", "quant:"))})), n)
+        repeats_in_a_row = 0
         done = sum(r["state"] == "COMPLETE" for r in rows.values())
         failed = sum(r["state"] == "FAIL" for r in rows.values())  # interrupted trials do not count
         spent_before = float(meta.get("spent_seconds", 0.0)) if prep.resume else 0.0
@@ -533,6 +560,8 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             def can_start() -> bool:
                 if interrupt.stopping:
                     return False
+                if repeats_in_a_row >= MAX_REPEATS:
+                    return False
                 if cfg.budget.trials is not None:
                     return done + failed + len(running) < cfg.budget.trials
                 return time.perf_counter() < (deadline or 0)
@@ -542,6 +571,32 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                     while can_start() and len(running) < cfg.concurrency:
                         trial = study.ask(distributions)
                         params = dict(trial.params)
+                        key = _model_key(space, *space.decode(params))
+                        if key in seen and isinstance(seen[key], str):  # a baseline built this model: a free trial
+                            src = baselines[seen[key]]
+                            row = {**{k: v for k, v in src.items() if not k.startswith(("prune:", "quant:", "model_key"))},
+                                   **choices(params), "trial": trial.number, "kind": "search", "state": "COMPLETE",
+                                   "duration_s": 0.0, "reused": f"baseline-{seen[key]}", "error": ""}
+                            row.update({k: 0.0 for k in row if k.startswith("t_")})
+                            rd.write_json(rd.path / "trials" / f"{trial.number:04d}.json", row)
+                            study.tell(trial, [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
+                            rows[trial.number] = row
+                            done += 1
+                            continue
+                        if key in seen:
+                            prev = rows[seen[key]]
+                            row = {**prev, "trial": trial.number, "state": "DUPLICATE", "duration_s": 0.0,
+                                   "duplicate_of": seen[key], "error": ""}
+                            row.update({k: 0.0 for k in row if k.startswith("t_")})
+                            rd.write_json(rd.path / "trials" / f"{trial.number:04d}.json", row)
+                            study.tell(trial, [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
+                            rows[trial.number] = row
+                            repeats_in_a_row += 1
+                            if repeats_in_a_row >= MAX_REPEATS:
+                                log(f"the sampler proposed {MAX_REPEATS} already-measured configurations in a row: the space looks "
+                                    "exhausted; stopping (widen it in the search-space YAML)")
+                            continue
+                        repeats_in_a_row = 0
                         ref = remote_trial.remote(base_ref, splits_ref, spec_for(params, ft), threads)
                         running[ref] = (trial, params, time.perf_counter())
                     ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
@@ -568,6 +623,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                         rd.write_json(rd.path / "trials" / f"{trial.number:04d}.json", row)
                         if row["state"] == "COMPLETE":
                             study.tell(trial, [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
+                            seen.setdefault(_model_key(space, *space.decode(params)), trial.number)
                             done += 1
                         else:
                             study.tell(trial, state=TrialState.FAIL)
@@ -589,10 +645,12 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                 save_table()
                 raise Interrupted(f"interrupted with {len(running)} trial(s) running; continue with: autocompress search --resume {rd.path}") from None
 
-        finished = cfg.budget.trials is None or done + failed >= cfg.budget.trials
+        exhausted = repeats_in_a_row >= MAX_REPEATS
+        finished = cfg.budget.trials is None or done + failed >= cfg.budget.trials or exhausted
         meta.update(status="complete" if finished and not interrupt.stopping else "stopped",
                     finished=dt.datetime.now().isoformat(timespec="seconds"),
-                    wall_seconds=round(time.perf_counter() - t_start, 1), trials_complete=done, trials_failed=failed)
+                    wall_seconds=round(time.perf_counter() - t_start, 1), trials_complete=done, trials_failed=failed,
+                    trials_repeated=sum(r["state"] == "DUPLICATE" for r in rows.values()), space_exhausted=exhausted)
         save_table()
         from autocompress.report import write_report
 
