@@ -44,11 +44,13 @@ def search(
     device: str = typer.Option("local", "--device", help="Where latency is measured: local (this machine), or the name of a Ray custom resource carried by the target device's node."),
     latency_threads: Optional[int] = typer.Option(None, "--latency-threads", help="ONNX Runtime intra-op threads when measuring latency (default 1)."),
     latency_batch: Optional[int] = typer.Option(None, "--latency-batch", help="Batch size when measuring latency (default 1)."),
-    sampler: str = typer.Option("tpe", "--sampler", help="tpe (default), nsga2 or random."),
+    sampler: str = typer.Option("tpe", "--sampler", help="tpe (default), nsga2, random, or grid (only the uniform settings: every ratio of the space for all groups x fp32/int8 for all layers, each distinct model once)."),
     finetune_epochs: Optional[float] = typer.Option(None, "--finetune-epochs", help="Epochs of the KD fine-tune per trial (default 6)."),
     baseline_epochs: Optional[float] = typer.Option(None, "--baseline-epochs", help="Epochs to train the baseline when it is not cached (default 15)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress bar (for logs)."),
     trial_timeout: Optional[float] = typer.Option(None, "--trial-timeout", help="Seconds after which a running trial is stopped and recorded as failed (default 1800)."),
+    early_stop: Optional[float] = typer.Option(None, "--early-stop", help="Stop a trial's fine-tune when its validation accuracy after the first epoch is more than this many points below FP32's (default 10; 0 never stops)."),
+    no_sensitivity: bool = typer.Option(False, "--no-sensitivity", help="Skip the per-layer sensitivity scan (each group pruned alone, each layer quantized alone, no fine-tune; cached per model) that narrows the space and warm-starts the sampler."),
     no_latency_cache: bool = typer.Option(False, "--no-latency-cache", help="Measure every artifact, even one whose graph this device has measured before."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and the search space (groups, layers, choices) as JSON, and exit."),
 ) -> None:
@@ -86,6 +88,10 @@ def search(
                 raise ConfigError("--budget is required: a trial count (e.g. --budget 40) or a duration (e.g. --budget 30m)")
             if given("no_latency_cache"):
                 data["latency_cache"] = False
+            if early_stop is not None:
+                data["early_stop_points"] = early_stop
+            if given("no_sensitivity"):
+                data["sensitivity"] = False
             if trial_timeout is not None:
                 data["trial_timeout_s"] = trial_timeout
             for key, value in (("threads", latency_threads), ("batch", latency_batch)):
@@ -118,8 +124,10 @@ def search(
     n_total = len(result.table)
     n_done = int((result.table["state"] == "COMPLETE").sum()) if n_total else 0
     n_repeat = int((result.table["state"] == "DUPLICATE").sum()) if n_total else 0
+    n_stopped = int((result.table["state"] == "STOPPED").sum()) if n_total else 0
     repeats = f" ({n_repeat} repeated configurations reused earlier results)" if n_repeat else ""
-    typer.echo(f"{n_done} trials done, {n_total - n_done - n_repeat} failed, {len(result.pareto)} Pareto models{repeats}")
+    early = f", {n_stopped} stopped early" if n_stopped else ""
+    typer.echo(f"{n_done} trials done, {n_total - n_done - n_repeat - n_stopped} failed{early}, {len(result.pareto)} Pareto models{repeats}")
     typer.echo(f"report: {result.report}")
 
 

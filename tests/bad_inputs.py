@@ -62,5 +62,5 @@ CASES = [
     ("space-rule-selects-nothing", "a rule that selects no layer", lambda d: ["--budget", "2", "--space", _file(d, "s.yaml", "rules:\n  - match: 'layer9.*'\n    ratios: [0.0]\n")]),
     ("config-unknown-key", "an unknown key in a config file", lambda d: ["--config", _file(d, "run.yaml", "budget: 2\nmodle: resnet20\n")]),
     ("config-bad-value", "a config value out of range", lambda d: ["--config", _file(d, "run.yaml", "budget: 2\nfinetune: {epochs: -1}\n")]),
-    ("sampler", "an unknown sampler", lambda d: ["--budget", "2", "--sampler", "grid"]),
+    ("sampler", "an unknown sampler", lambda d: ["--budget", "2", "--sampler", "bayes"]),
 ]

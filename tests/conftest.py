@@ -11,7 +11,7 @@ import pytest
 import torch
 
 # Small, fast settings for end-to-end runs (the defaults train longer).
-FAST_FLAGS = ["--baseline-epochs", "3", "--finetune-epochs", "0.5", "--no-progress"]
+FAST_FLAGS = ["--baseline-epochs", "3", "--finetune-epochs", "0.5", "--no-progress", "--no-sensitivity"]
 
 
 @pytest.fixture(scope="session", autouse=True)

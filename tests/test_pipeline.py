@@ -744,3 +744,15 @@ def test_budget_str():
 def test_parse_budget_rejects(text, pattern):
     with pytest.raises(ConfigError, match=pattern):
         parse_budget(text)
+
+
+def test_run_pipeline_stops_a_hopeless_fine_tune_after_its_first_epoch(trained_resnet20, digits):
+    from autocompress.pipeline.trial import StoppedEarly
+
+    groups = find_groups(trained_resnet20, torch.from_numpy(digits.val_x[:1]))
+    spec = dict(ratios={g.name: 0.5 for g in groups}, precisions={}, finetune=TrainSettings(epochs=3, lr=0.02))
+    stopped = run_pipeline(trained_resnet20, digits, TrialSpec(**spec, stop_below=101.0), threads=2)
+    assert isinstance(stopped, StoppedEarly) and stopped.epochs_done == 1 and 0 <= stopped.val_accuracy <= 100
+    assert stopped.threshold == 101.0 and "finetune" in stopped.stage_seconds
+    full = run_pipeline(trained_resnet20, digits, TrialSpec(**spec, stop_below=0.0), threads=2)
+    assert not isinstance(full, StoppedEarly) and full.val_accuracy > 0

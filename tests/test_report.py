@@ -33,7 +33,7 @@ def test_report_flags_parity_gaps_and_failures(tmp_path):
     assert "Parity: 1 trial(s) where ONNX Runtime and PyTorch disagree by more than 0.5 point" in html
     section = html.split("Parity:")[1].split("</table>")[0]
     assert "<td class=''>1</td>" in section and "-7.00" in section and "<td class=''>0</td>" not in section
-    assert "Failed trials" in html and "RuntimeError: boom" in html
+    assert "Failed and early-stopped trials" in html and "RuntimeError: boom" in html
     pareto = json.loads(rd.pareto_json.read_text())
     assert sorted(p["trial"] for p in pareto) == [0, 1]  # both non-dominated; the failed trial is not a candidate
     assert "| trial 1 |" in rd.report_md.read_text()

@@ -172,3 +172,25 @@ def test_identical_configurations_are_not_run_twice(tmp_path):
     assert meta["space_exhausted"] and meta["status"] == "complete" and meta["trials_complete"] == 2
     pareto = {p["trial"] for p in json.loads((run / "pareto.json").read_text())}
     assert pareto and pareto <= set(ran["trial"])  # repeats are never Pareto candidates of their own
+
+
+@pytest.mark.slow
+def test_a_trial_far_below_fp32_after_one_epoch_is_stopped_early(tmp_path):
+    run = tmp_path / "run"
+    # --early-stop 0.001: any trial not at FP32's accuracy after its first epoch stops
+    res = run_cli("search", "--budget", "3", "--out", str(run), "--early-stop", "0.001", "--no-sensitivity",
+                  "--baseline-epochs", "3", "--finetune-epochs", "2", "--no-progress")
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = pd.read_csv(run / "trials.csv")
+    stopped = table[table["state"] == "STOPPED"]
+    assert len(stopped) >= 1 and stopped["error"].str.contains("after the first fine-tune epoch").all()
+    assert len(table) == 3  # stopped trials count in the budget
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    storage = JournalStorage(JournalFileBackend(str(run / "optuna.log")))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    assert sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials) == len(stopped)
+    assert json.loads((run / "meta.json").read_text())["trials_stopped_early"] == len(stopped)
+    assert "stopped early" in (run / "report.html").read_text()

@@ -93,12 +93,13 @@ class _ActFakeQuant(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.calibrating:
-            lo, hi = float(x.detach().min()), float(x.detach().max())
+            lo, hi = (float(v) for v in torch.aminmax(x.detach()))
             self.lo = lo if self.lo is None else min(self.lo, lo)
             self.hi = hi if self.hi is None else max(self.hi, hi)
             return x  # observe only, like ORT's calibration pass on the float model
         if self.training or self.lo is None:
-            lo, hi = min(float(x.detach().min()), 0.0), max(float(x.detach().max()), 0.0)
+            mn, mx = torch.aminmax(x.detach())
+            lo, hi = min(float(mn), 0.0), max(float(mx), 0.0)
             if self.lo is None:
                 self.lo, self.hi = lo, hi
             else:

@@ -23,7 +23,7 @@ from autocompress.pipeline.prune import channel_counts, prune_model
 from autocompress.pipeline.quantize import calibrate_activations, fake_quantized, quantize_static_onnx
 from autocompress.tasks.data import Splits
 
-__all__ = ["TrialSpec", "TrialOutput", "run_pipeline"]
+__all__ = ["TrialSpec", "TrialOutput", "StoppedEarly", "run_pipeline"]
 
 
 @dataclass
@@ -35,6 +35,17 @@ class TrialSpec:
     min_channels: int = 8
     seed: int = 0
     reduce_range: bool = False  # 7-bit int8 weights (quant_format_for the device)
+    stop_below: float | None = None  # early stop: validation accuracy (%) after the first fine-tune epoch below this
+
+
+@dataclass
+class StoppedEarly:
+    """A trial whose fine-tune was stopped after its first epoch: clearly worse than worth finishing."""
+
+    val_accuracy: float  # of the PyTorch (fake-quant) model after the first epoch
+    epochs_done: int
+    threshold: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -55,7 +66,12 @@ class TrialOutput:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *, threads: int | None = None) -> TrialOutput:
+class _Stop(Exception):
+    pass
+
+
+def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *,
+                 threads: int | None = None) -> TrialOutput | StoppedEarly:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(spec.seed)
@@ -76,7 +92,22 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *, 
 
     with fake_quantized(model, spec.precisions, reduce_range=spec.reduce_range) as qmodel:  # computes what the ORT artifact will
         if spec.finetune is not None and spec.finetune.epochs > 0:
-            train(qmodel, splits.train_x, splits.train_y, settings=spec.finetune, seed=spec.seed, teacher=baseline)
+            first: list[float] = []
+
+            def check(epoch: int, loss: float) -> None:
+                # the cheap check: one epoch in, a model this far below the baseline is not worth five more
+                if epoch == 0 and spec.stop_below is not None and spec.finetune.epochs > 1:
+                    first.append(evaluate(qmodel, splits.val_x, splits.val_y))
+                    qmodel.train()
+                    if first[0] < spec.stop_below:
+                        raise _Stop
+
+            try:
+                train(qmodel, splits.train_x, splits.train_y, settings=spec.finetune, seed=spec.seed, teacher=baseline,
+                      on_epoch=check)
+            except _Stop:
+                lap("finetune")
+                return StoppedEarly(first[0], 1, float(spec.stop_below), times)
         lap("finetune")
         calibrate_activations(qmodel, splits.calib_x)
         torch_val = evaluate(qmodel, splits.val_x, splits.val_y)

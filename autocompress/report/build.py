@@ -170,7 +170,8 @@ def write_report(rd: RunDir | str | Path) -> Path:
         ("uniform int8 (PTQ)", f"{baselines['int8']['latency_ms']:.3f} ms", f"val {baselines['int8']['val_accuracy']:.2f}% · {speed(baselines['int8'])} vs FP32") if "int8" in baselines else None,
         ("fastest within 1 pt (val)", f"{best['latency_ms']:.3f} ms" if best is not None else "none",
          f"trial {int(best['trial'])} · {speed(best)} · test {best['test_accuracy']:.2f}%" if best is not None else ""),
-        ("trials", f"{len(done)} done · {len(failed)} failed", f"{meta.get('budget', '')} budget · {meta.get('wall_seconds', '?')} s wall"),
+        ("trials", f"{len(done)} done · {int((failed['state'] == 'STOPPED').sum()) if len(failed) else 0} stopped early · "
+                   f"{int((failed['state'] != 'STOPPED').sum()) if len(failed) else 0} failed", f"{meta.get('budget', '')} budget · {meta.get('wall_seconds', '?')} s wall"),
     ]
     cards_html = "".join(f"<div class='card'>{t}<b>{v}</b><span class='sub'>{s}</span></div>" for c in cards if c for t, v, s in [c])
 
@@ -247,7 +248,7 @@ def write_report(rd: RunDir | str | Path) -> Path:
 
     fail_html = ""
     if len(failed):
-        fail_html = "<h2>Failed trials</h2>" + _table(failed, [("trial", "trial", lambda r: str(int(r["trial"]))),
+        fail_html = "<h2>Failed and early-stopped trials</h2>" + _table(failed, [("trial", "trial", lambda r: str(int(r["trial"]))),
                                                                ("state", "state", lambda r: r["state"]),
                                                                ("error", "error", lambda r: html.escape(str(r.get("error", ""))))], left={"error"})
     int4_used = any(str(v) == "int4" for c in table.columns if c.startswith("quant:") for v in table[c].dropna()) if len(table) else False

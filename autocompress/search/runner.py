@@ -27,7 +27,7 @@ from autocompress.pipeline.export import export_onnx, fold_batchnorm, layer_node
 from autocompress.pipeline.finetune import TrainSettings
 from autocompress.pipeline.prune import channel_counts, find_groups
 from autocompress.pipeline.quantize import quant_format_for
-from autocompress.pipeline.trial import TrialOutput, TrialSpec, run_pipeline
+from autocompress.pipeline.trial import StoppedEarly, TrialOutput, TrialSpec, run_pipeline
 from autocompress.results.pareto import pareto_front
 from autocompress.results.rundir import RunDir, atomic_write_bytes
 from autocompress.space import SearchSpace, build_space, load_space_file
@@ -314,6 +314,12 @@ def _row(number: int, state: str, params: dict, out: TrialOutput | None, lat: di
     return row
 
 
+class _EarlyStop(Exception):
+    def __init__(self, out: StoppedEarly) -> None:
+        super().__init__("stopped early")
+        self.out = out
+
+
 class _Interrupt:
     """First Ctrl-C: stop scheduling, let running trials finish, write the report. Second: stop now."""
 
@@ -439,7 +445,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
 
         def spec_for(params: dict, finetune: TrainSettings | None) -> TrialSpec:
             ratios, precisions = space.decode(params)
-            return TrialSpec(ratios, precisions, finetune, space.round_to, space.min_channels, cfg.seed, reduce_range)
+            return TrialSpec(ratios, precisions, finetune, space.round_to, space.min_channels, cfg.seed, reduce_range, stop_below)
 
         def choices(params: dict) -> dict:
             """Every group's ratio and layer's precision, the fixed ones included (for the table)."""
@@ -484,6 +490,48 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             baselines[name]["model_key"] = _model_key(space, spec.ratios, spec.precisions)
         rd.write_json(rd.baselines_json, baselines)
         fp32_ms = baselines["fp32"]["latency_ms"]
+        stop_below = baselines["fp32"]["val_accuracy"] - cfg.early_stop_points if cfg.early_stop_points > 0 else None
+
+        # ---- sensitivity scan (cached per baseline, space, data and format): narrows the space, warm-starts the sampler
+        warm: list[dict] = []
+        if cfg.sensitivity and params_def and cfg.sampler != "grid":
+            from autocompress.search.sensitivity import cache_key, cached_scan, narrow, warm_configs
+
+            key = cache_key(baseline, space, splits.val_x, reduce_range)
+            t0 = time.perf_counter()
+
+            def compute() -> dict:
+                log("sensitivity scan: each group pruned alone, each layer quantized alone (no fine-tune, validation split)")
+                return ray.get(ray.remote(_scan_task).options(num_cpus=threads, max_retries=0).remote(
+                    base_ref, splits_ref, space, reduce_range, threads))
+
+            sens, cached = cached_scan(cache_dir(), key, compute)
+            removed = narrow(space, sens)  # deterministic: a resumed run narrows the same way
+            warm = warm_configs(space, sens)
+            params_def = space.params()
+            meta["sensitivity"] = {"cache_key": key, "cached": cached, "seconds": round(time.perf_counter() - t0, 1),
+                                   "base_val_accuracy": sens["base"], "narrowed": removed, "warm_configs": len(warm)}
+            if not prep.resume:
+                meta["space"] = space.describe()
+            rd.write_json(rd.meta, meta)
+            how = "from cache" if cached else f"scanned in {meta['sensitivity']['seconds']} s"
+            log(f"  sensitivity {how}: {sum(len(v) for v in removed.values())} hopeless choices removed, "
+                f"{len(warm)} warm-start configurations")
+
+        # ---- `--sampler grid`: the uniform settings (every ratio of the space for all groups x fp32 / int8 for all
+        # layers), each distinct model once, and nothing else
+        grid: list[dict] = []
+        if cfg.sampler == "grid":
+            keys: set[str] = set()
+            ratios = sorted({r for g in space.groups for r in g.ratios} or {0.0})
+            for prec in ("fp32", "int8"):
+                for r in ratios:
+                    params = space.uniform(r, prec)
+                    key = _model_key(space, *space.decode(params))
+                    if key not in keys:
+                        keys.add(key)
+                        grid.append(params)
+            meta["grid_size"] = len(grid)
 
         # ---- the study: created, or replayed from its journal on --resume
         # A resumed sampler gets a new (still deterministic) seed: with the first one it would propose the
@@ -493,6 +541,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5 if cfg.warm_start else 10),
             "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
             "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+            "grid": lambda: optuna.samplers.RandomSampler(seed=seed),  # never consulted: every trial is enqueued
         }[cfg.sampler]()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = JournalStorage(JournalFileBackend(str(rd.journal)))
@@ -504,7 +553,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                 if row is not None and row["state"] in ("COMPLETE", "DUPLICATE"):  # killed between writing its row and telling
                     study.tell(t.number, [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
                 elif row is not None:
-                    study.tell(t.number, state=TrialState.FAIL)
+                    study.tell(t.number, state=TrialState.PRUNED if row["state"] == "STOPPED" else TrialState.FAIL)
                 else:  # interrupted mid-trial: recorded as such (not counted in the budget), and run again
                     storage.set_trial_user_attr(t._trial_id, "interrupted", True)
                     study.tell(t.number, state=TrialState.FAIL)
@@ -519,10 +568,15 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(["val_accuracy", "latency_ms", "size_bytes"])
-            if cfg.warm_start and params_def:
-                n_anchor = len(WARM_START) if cfg.budget.trials is None else min(len(WARM_START), max(1, cfg.budget.trials // 3))
-                for ratio, prec in WARM_START[:n_anchor]:
-                    study.enqueue_trial(space.uniform(ratio, prec), skip_if_exists=True)
+            if cfg.sampler == "grid":
+                for params in grid:
+                    study.enqueue_trial(params, skip_if_exists=True)
+            elif cfg.warm_start and params_def:
+                uniform = [space.uniform(ratio, prec) for ratio, prec in WARM_START]
+                anchors = uniform[:2] + warm + uniform[2:]  # the free baseline models, the scan's picks, then the rest
+                n_anchor = len(anchors) if cfg.budget.trials is None else min(len(anchors), max(1, cfg.budget.trials // 3))
+                for params in anchors[:n_anchor]:
+                    study.enqueue_trial(params, skip_if_exists=True)
         distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in params_def.items()}
 
         running: dict = {}  # ObjectRef -> (optuna trial, params, start time)
@@ -537,6 +591,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         repeats_in_a_row = 0
         done = sum(r["state"] == "COMPLETE" for r in rows.values())
         failed = sum(r["state"] == "FAIL" for r in rows.values())  # interrupted trials do not count
+        stopped = sum(r["state"] == "STOPPED" for r in rows.values())
         spent_before = float(meta.get("spent_seconds", 0.0)) if prep.resume else 0.0
         t_search = time.perf_counter()
         deadline = t_search + max(0.0, cfg.budget.seconds - spent_before) if cfg.budget.seconds else None
@@ -562,8 +617,10 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                     return False
                 if repeats_in_a_row >= MAX_REPEATS:
                     return False
+                if cfg.sampler == "grid" and done + failed + stopped + len(running) >= len(grid):
+                    return False
                 if cfg.budget.trials is not None:
-                    return done + failed + len(running) < cfg.budget.trials
+                    return done + failed + stopped + len(running) < cfg.budget.trials
                 return time.perf_counter() < (deadline or 0)
 
             try:
@@ -610,13 +667,20 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                             if ref not in ready:
                                 ray.cancel(ref, force=True)
                                 raise TimeoutError(f"trial exceeded the per-trial timeout of {cfg.trial_timeout_s:g} s")
-                            out: TrialOutput = ray.get(ref)
+                            out: TrialOutput | StoppedEarly = ray.get(ref)
+                            if isinstance(out, StoppedEarly):
+                                raise _EarlyStop(out)
                             t_measure = time.perf_counter()
                             lat = latency_of(out)
                             out.stage_seconds["measure"] = round(time.perf_counter() - t_measure, 3)
                             path = rd.model_path(f"trial-{trial.number:04d}")
                             atomic_write_bytes(path, out.onnx_bytes)
                             row = _row(trial.number, "COMPLETE", choices(params), out, lat, str(path.relative_to(rd.path)), now - t0)
+                        except _EarlyStop as e:
+                            row = _row(trial.number, "STOPPED", choices(params), None, None, None, now - t0,
+                                       error=f"stopped early: {e.out.val_accuracy:.2f}% validation accuracy (PyTorch) after the first "
+                                             f"fine-tune epoch, below {e.out.threshold:.2f}% (FP32 - {cfg.early_stop_points:g} points)")
+                            row.update({f"t_{k}": v for k, v in e.out.stage_seconds.items()})
                         except Exception as e:  # noqa: BLE001 - a failing trial never takes the search down
                             row = _row(trial.number, "FAIL", choices(params), None, None, None, now - t0, error=_describe_error(e))
                         # the row is on disk before the study hears of it: a kill in between is repaired on resume
@@ -625,6 +689,9 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                             study.tell(trial, [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
                             seen.setdefault(_model_key(space, *space.decode(params)), trial.number)
                             done += 1
+                        elif row["state"] == "STOPPED":
+                            study.tell(trial, state=TrialState.PRUNED)
+                            stopped += 1
                         else:
                             study.tell(trial, state=TrialState.FAIL)
                             failed += 1
@@ -636,7 +703,8 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                                            f"({fp32_ms / row['latency_ms']:.2f}x)  {row['size_bytes'] / 1e6:.3f} MB  "
                                            f"[{done} done, {failed} failed, {elapsed:.0f} s]")
                         else:
-                            bar.trial_line(f"trial {trial.number}: FAILED: {row['error']}  [{done} done, {failed} failed, {elapsed:.0f} s]")
+                            bar.trial_line(f"trial {trial.number}: {'FAILED' if row['state'] == 'FAIL' else 'STOPPED'}: {row['error']}  "
+                                           f"[{done} done, {failed} failed, {elapsed:.0f} s]")
                     bar.update(done=done, failed=failed, elapsed=spent_before + time.perf_counter() - t_search, best=best_text())
             except KeyboardInterrupt:
                 for ref in running:
@@ -646,11 +714,13 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                 raise Interrupted(f"interrupted with {len(running)} trial(s) running; continue with: autocompress search --resume {rd.path}") from None
 
         exhausted = repeats_in_a_row >= MAX_REPEATS
-        finished = cfg.budget.trials is None or done + failed >= cfg.budget.trials or exhausted
+        finished = (cfg.budget.trials is None or done + failed + stopped >= cfg.budget.trials or exhausted
+                    or (cfg.sampler == "grid" and done + failed + stopped >= len(grid)))
         meta.update(status="complete" if finished and not interrupt.stopping else "stopped",
                     finished=dt.datetime.now().isoformat(timespec="seconds"),
                     wall_seconds=round(time.perf_counter() - t_start, 1), trials_complete=done, trials_failed=failed,
-                    trials_repeated=sum(r["state"] == "DUPLICATE" for r in rows.values()), space_exhausted=exhausted)
+                    trials_repeated=sum(r["state"] == "DUPLICATE" for r in rows.values()), trials_stopped_early=stopped,
+                    space_exhausted=exhausted)
         save_table()
         from autocompress.report import write_report
 
@@ -664,6 +734,13 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
 def autocompress_trial(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, threads: int) -> TrialOutput:
     """Runs in a Ray worker; the device finds (and pauses) running trials by this function's name."""
     return run_pipeline(baseline, splits, spec, threads=threads)
+
+
+def _scan_task(baseline: torch.nn.Module, splits: Splits, space: SearchSpace, reduce_range: bool, threads: int) -> dict:
+    """Runs in a Ray worker."""
+    from autocompress.search.sensitivity import scan
+
+    return scan(baseline, splits, space, reduce_range=reduce_range, threads=threads)
 
 
 def search(config: SearchConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> SearchResult:

@@ -1,0 +1,156 @@
+"""Search quality at equal trial budgets on the demo task: the default search vs random search vs the
+grid of uniform settings, as hypervolume of the (validation accuracy, latency) front vs trials.
+
+    python benchmarks/search_quality.py [--budgets 20 40 80] [--seeds 0 1 2] [--runs benchmarks/runs]
+
+- default: `autocompress search` as shipped (TPE, warm start from the uniform baselines and the
+  sensitivity scan);
+- random: `--sampler random` with no warm start and no scan (pure random search over the same space);
+- grid: `--sampler grid` over a space of ratios {0, 0.1, ..., 0.8} x {fp32, int8}: every group pruned by
+  the same ratio and every layer at the same precision, each distinct model once (ratios that round to the
+  same channel counts build one model), through the same pipeline and measurement.
+
+Each run is a normal run directory under --runs, so an interrupted benchmark continues where it stopped
+(`--resume` of every incomplete run). The hypervolume after n trials comes from the run's own trials
+(in trial order) and its own FP32 baseline (autocompress.results.hypervolume). Writes
+benchmarks/search_quality.md, benchmarks/search_quality.json and benchmarks/search_quality.html (the plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from autocompress.results.hypervolume import hypervolume, hypervolume_curve, normalise
+
+HERE = Path(__file__).resolve().parent
+GRID = [round(0.1 * i, 1) for i in range(9)]
+
+
+def _cli(*args: str) -> None:
+    res = subprocess.run([sys.executable, "-m", "autocompress.cli", *args, "--no-progress"], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"autocompress {' '.join(args)} failed:\n{res.stderr[-3000:]}")
+
+
+def _complete(run: Path) -> bool:
+    meta = run / "meta.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("status") == "complete"
+
+
+def search_run(run: Path, budget: int, seed: int, method: str) -> Path:
+    if _complete(run):
+        return run
+    if (run / "meta.json").is_file():
+        _cli("search", "--resume", str(run))
+        return run
+    args = ["search", "--budget", str(budget), "--seed", str(seed), "--out", str(run)]
+    if method == "random":
+        cfg = run.parent / f"{run.name}.yaml"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text("sampler: random\nwarm_start: false\nsensitivity: false\n")
+        args += ["--config", str(cfg)]
+    print(f"  autocompress {' '.join(args)}", flush=True)
+    _cli(*args)
+    return run
+
+
+def grid_points(runs: Path, seed: int) -> list[tuple[float, float]]:
+    """The uniform grid (`--sampler grid` over a space of ratios 0, 0.1, ..., 0.8 and fp32/int8): its points."""
+    space = runs / "grid-space.yaml"
+    space.parent.mkdir(parents=True, exist_ok=True)
+    space.write_text(f"prune:\n  ratios: {GRID}\nquantize:\n  precisions: [fp32, int8]\n")
+    run = runs / f"grid-s{seed}"
+    if not _complete(run):
+        if (run / "meta.json").is_file():
+            _cli("search", "--resume", str(run))
+        else:
+            print(f"  autocompress search --sampler grid --space {space} --seed {seed}", flush=True)
+            _cli("search", "--sampler", "grid", "--budget", "1000", "--seed", str(seed), "--space", str(space), "--out", str(run))
+    base = json.loads((run / "baselines.json").read_text())["fp32"]
+    t = pd.read_csv(run / "trials.csv")
+    t = t[t["state"] == "COMPLETE"]
+    return [normalise(x.latency_ms, x.val_accuracy, base["latency_ms"], base["val_accuracy"]) for x in t.itertuples()]
+
+
+def curve(run: Path) -> pd.DataFrame:
+    base = json.loads((run / "baselines.json").read_text())["fp32"]
+    return hypervolume_curve(pd.read_csv(run / "trials.csv"), base)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budgets", type=int, nargs="+", default=[20, 40, 80])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--runs", type=Path, default=HERE / "runs")
+    ap.add_argument("--methods", nargs="+", default=["default", "random", "grid"])
+    ap.add_argument("--default-budget", type=int, default=None,
+                    help="trials of the default search (default: the largest budget; half of it is enough for the N vs 2N check)")
+    args = ap.parse_args()
+    top = max(args.budgets)
+    results: dict = {"budgets": args.budgets, "seeds": args.seeds, "hv": {}, "curves": {}}
+    for method in args.methods:
+        for seed in args.seeds:
+            print(f"{method}, seed {seed}", flush=True)
+            if method == "grid":
+                pts = grid_points(args.runs, seed)
+                results["hv"].setdefault("grid", {})[seed] = {n: hypervolume(pts) for n in args.budgets}
+                continue
+            budget = top if method == "random" else (args.default_budget or top)
+            run = search_run(args.runs / f"{method}-s{seed}-b{budget}", budget, seed, method)
+            c = curve(run)
+            results["curves"].setdefault(method, {})[seed] = c["hypervolume"].tolist()
+            results["hv"].setdefault(method, {})[seed] = {n: float(c["hypervolume"].iloc[n - 1]) if n <= len(c) else float("nan")
+                                                          for n in args.budgets}
+    rows = []
+    for method, by_seed in results["hv"].items():
+        row = {"method": method}
+        for n in args.budgets:
+            vals = [by_seed[s][n] for s in by_seed]
+            row[f"N={n}"] = "not run" if any(np.isnan(vals)) else f"{np.median(vals):.3f} ({', '.join(f'{v:.3f}' for v in vals)})"
+        rows.append(row)
+    lines = [f"# Search quality on the demo task ({dt.date.today()})", "",
+             f"`python benchmarks/search_quality.py --budgets {' '.join(map(str, args.budgets))} --seeds {' '.join(map(str, args.seeds))}`: "
+             "hypervolume (median over seeds, then each seed) of the validation-accuracy / latency front after N trials, normalised "
+             "to each run's FP32 baseline (see autocompress/results/hypervolume.py). Grid: all its uniform configurations, whatever N.", "",
+             "| method | " + " | ".join(f"N={n}" for n in args.budgets) + " |", "|---|" + "---|" * len(args.budgets)]
+    lines += ["| " + " | ".join(r[k] for k in r) + " |" for r in rows]
+    if "default" in results["hv"] and "random" in results["hv"]:
+        for n in args.budgets:
+            if 2 * n in args.budgets:
+                d = np.median([results["hv"]["default"][s][n] for s in args.seeds])
+                r = np.median([results["hv"]["random"][s][2 * n] for s in args.seeds])
+                lines += ["", f"Default with {n} trials: {d:.3f}; random with {2 * n}: {r:.3f} -> "
+                              f"{'default reaches it' if d >= r else 'default does NOT reach it'}."]
+    (HERE / "search_quality.md").write_text("\n".join(lines) + "\n")
+    (HERE / "search_quality.json").write_text(json.dumps(results, indent=1) + "\n")
+    _plot(results, HERE / "search_quality.html")
+    print("\n".join(lines))
+
+
+def _plot(results: dict, path: Path) -> None:
+    """Hypervolume vs trials, one line per run, the grid as horizontal lines (a self-contained HTML page)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    colors = {"default": "#2563eb", "random": "#dc2626"}
+    for method, by_seed in results["curves"].items():
+        for i, (seed, c) in enumerate(by_seed.items()):
+            fig.add_trace(go.Scatter(x=list(range(1, len(c) + 1)), y=c, mode="lines", line=dict(color=colors.get(method, "gray"), shape="hv"),
+                                     name=f"{method} (seed {seed})", legendgroup=method))
+    for seed, hv in results["hv"].get("grid", {}).items():
+        fig.add_hline(y=next(iter(hv.values())), line=dict(color="black", dash="dash", width=1),
+                      annotation_text=f"uniform grid (seed {seed})")
+    fig.update_layout(xaxis_title="trials", yaxis_title="hypervolume (FP32-normalised)", template="plotly_white", height=480)
+    fig.write_html(str(path), include_plotlyjs=True)
+
+
+if __name__ == "__main__":
+    main()
