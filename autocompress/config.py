@@ -104,7 +104,7 @@ class SearchConfig(_Strict):
         return v
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     warm_start: bool = True  # enqueue uniform configurations first
-    early_stop_points: float = Field(default=10.0, ge=0, le=100)  # stop a fine-tune whose first epoch ends this far below FP32 (0: never)
+    early_stop_points: float = Field(default=0.0, ge=0, le=100)  # stop a fine-tune this far below FP32 halfway through (0: never)
     sensitivity: bool = True  # scan each group / layer alone first (cached): narrows the space and warm-starts the sampler
     baseline: TrainConfig = TrainConfig(epochs=15, lr=0.1)
     finetune: TrainConfig = TrainConfig(epochs=6, lr=0.02, kd_alpha=0.9)

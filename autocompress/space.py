@@ -140,8 +140,10 @@ class SearchSpace:
         """Params of the uniform configuration closest to (ratio, precision) that the space allows."""
         params = {}
         for g in self.groups:
-            if len(g.ratios) > 1:
-                params[f"prune:{g.name}"] = min(g.ratios, key=lambda r: (abs(r - ratio), r))
+            if len(g.ratios) > 1:  # the allowed choice that keeps the closest channel count to `ratio`'s own
+                target = kept_channels(g.channels, ratio, round_to=self.round_to, min_channels=self.min_channels)
+                k, r = min(zip(g.kept, g.ratios), key=lambda kr: (abs(kr[0] - target), -kr[0]))
+                params[f"prune:{g.name}"] = r
         for l in self.layers:
             if len(l.precisions) > 1:
                 params[f"quant:{l.name}"] = precision if precision in l.precisions else l.precisions[0]

@@ -752,7 +752,18 @@ def test_run_pipeline_stops_a_hopeless_fine_tune_after_its_first_epoch(trained_r
     groups = find_groups(trained_resnet20, torch.from_numpy(digits.val_x[:1]))
     spec = dict(ratios={g.name: 0.5 for g in groups}, precisions={}, finetune=TrainSettings(epochs=3, lr=0.02))
     stopped = run_pipeline(trained_resnet20, digits, TrialSpec(**spec, stop_below=101.0), threads=2)
-    assert isinstance(stopped, StoppedEarly) and stopped.epochs_done == 1 and 0 <= stopped.val_accuracy <= 100
+    assert isinstance(stopped, StoppedEarly) and stopped.epochs_done == 1 and 0 <= stopped.val_accuracy <= 100  # halfway of 3
     assert stopped.threshold == 101.0 and "finetune" in stopped.stage_seconds
     full = run_pipeline(trained_resnet20, digits, TrialSpec(**spec, stop_below=0.0), threads=2)
     assert not isinstance(full, StoppedEarly) and full.val_accuracy > 0
+
+
+def test_uniform_configuration_keeps_the_channels_the_ratio_itself_would():
+    from autocompress.space import GroupChoice, LayerChoice, SearchSpace
+
+    space = SearchSpace([GroupChoice("small", 16, ("small",), [0.0, 0.375], [16, 8]),
+                         GroupChoice("big", 64, ("big",), [0.0, 0.25, 0.375, 0.5], [64, 48, 40, 32])],
+                        [LayerChoice("small", ["fp32", "int8"])], round_to=8, min_channels=8)
+    # 25% of 16 channels rounds to 16 kept (nothing pruned), as the uniform 25% baseline builds it
+    assert space.uniform(0.25, "int8") == {"prune:small": 0.0, "prune:big": 0.25, "quant:small": "int8"}
+    assert space.uniform(0.5, "fp32") == {"prune:small": 0.375, "prune:big": 0.5, "quant:small": "fp32"}

@@ -94,9 +94,11 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *,
         if spec.finetune is not None and spec.finetune.epochs > 0:
             first: list[float] = []
 
+            check_after = max(1, int(spec.finetune.epochs // 2))  # halfway: the one-cycle schedule's peak is past
+
             def check(epoch: int, loss: float) -> None:
-                # the cheap check: one epoch in, a model this far below the baseline is not worth five more
-                if epoch == 0 and spec.stop_below is not None and spec.finetune.epochs > 1:
+                # the cheap check: halfway through, a model this far below the baseline is not worth the rest
+                if epoch + 1 == check_after and spec.stop_below is not None and spec.finetune.epochs > check_after:
                     first.append(evaluate(qmodel, splits.val_x, splits.val_y))
                     qmodel.train()
                     if first[0] < spec.stop_below:
@@ -107,7 +109,7 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *,
                       on_epoch=check)
             except _Stop:
                 lap("finetune")
-                return StoppedEarly(first[0], 1, float(spec.stop_below), times)
+                return StoppedEarly(first[0], check_after, float(spec.stop_below), times)
         lap("finetune")
         calibrate_activations(qmodel, splits.calib_x)
         torch_val = evaluate(qmodel, splits.val_x, splits.val_y)

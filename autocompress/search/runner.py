@@ -639,6 +639,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                             study.tell(trial, [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
                             rows[trial.number] = row
                             done += 1
+                            bar.trial_line(f"trial {trial.number}: the model of baseline {seen[key]}: its result reused")
                             continue
                         if key in seen:
                             prev = rows[seen[key]]
@@ -678,8 +679,8 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                             row = _row(trial.number, "COMPLETE", choices(params), out, lat, str(path.relative_to(rd.path)), now - t0)
                         except _EarlyStop as e:
                             row = _row(trial.number, "STOPPED", choices(params), None, None, None, now - t0,
-                                       error=f"stopped early: {e.out.val_accuracy:.2f}% validation accuracy (PyTorch) after the first "
-                                             f"fine-tune epoch, below {e.out.threshold:.2f}% (FP32 - {cfg.early_stop_points:g} points)")
+                                       error=f"stopped early: {e.out.val_accuracy:.2f}% validation accuracy (PyTorch) after "
+                                             f"{e.out.epochs_done} fine-tune epoch(s), below {e.out.threshold:.2f}% (FP32 - {cfg.early_stop_points:g} points)")
                             row.update({f"t_{k}": v for k, v in e.out.stage_seconds.items()})
                         except Exception as e:  # noqa: BLE001 - a failing trial never takes the search down
                             row = _row(trial.number, "FAIL", choices(params), None, None, None, now - t0, error=_describe_error(e))
