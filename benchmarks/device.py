@@ -173,6 +173,10 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     fp = fingerprint(1)
     print(f"device: {fp['cpu']} ({fp['cores']} cores, {', '.join(fp['isa'])}), onnxruntime {fp['onnxruntime']}, 1 thread, batch 1")
+    # the demo's re-measurements first, on a quiet machine: the torchvision searches start (and tear down) a
+    # local Ray whose processes keep a core busy for a while after each search
+    print(f"3. Pareto models of {args.run} re-measured in new processes")
+    remeasured = remeasure_in_new_processes(args.run, args.repeats)
     print("1. demo ResNet-20")
     rows = run_rows(args.run, "resnet20 demo", "within1")
     if not args.skip_torchvision:
@@ -180,8 +184,6 @@ def main() -> None:
             for model in ("resnet18", "mobilenet_v2"):
                 print(f"2. {model} 224x224")
                 rows += torchvision_rows(model, Path(tmp) / model)
-    print(f"3. Pareto models of {args.run} re-measured in new processes")
-    remeasured = remeasure_in_new_processes(args.run, args.repeats)
     parity = parity_rows(args.run)
     cols = ["model", "config", "latency_ms", "speedup", "size_mb", "integer_kernels", "float_kernels", "val_acc", "test_acc", "reported_ms"]
     run_rel = os.path.relpath(args.run, ROOT)
