@@ -18,7 +18,9 @@ import torch
 
 from autocompress.pipeline.finetune import TrainSettings
 from autocompress.pipeline.prune import channel_counts, find_groups
+from autocompress.pipeline.quantize import quant_format_for
 from autocompress.pipeline.trial import TrialSpec, run_pipeline
+from autocompress.search.device import fingerprint
 from autocompress.tasks import load_dataset
 from autocompress.tasks.baseline import get_baseline
 
@@ -34,12 +36,14 @@ def main() -> None:
     base, _ = get_baseline(model_name="resnet20", splits=splits, settings=TrainSettings(epochs=15, lr=0.1), seed=0)
     example = torch.from_numpy(splits.val_x[:1])
     groups, layers = find_groups(base, example), list(channel_counts(base))
+    reduce_range = bool(quant_format_for(fingerprint(1))["reduce_range"])  # the format a search here uses
     rng = random.Random(args.seed)
     rows = []
     for i in range(args.configs):
         ratios = {g.name: rng.choice([0.0, 0.25, 0.5, 0.625]) for g in groups}
         prec = {l: rng.choice(["fp32", "int8", "int4"]) for l in layers}
-        out = run_pipeline(base, splits, TrialSpec(ratios, prec, TrainSettings(epochs=args.finetune_epochs, lr=0.02, kd_alpha=0.9)), threads=2)
+        out = run_pipeline(base, splits, TrialSpec(ratios, prec, TrainSettings(epochs=args.finetune_epochs, lr=0.02, kd_alpha=0.9),
+                                                   reduce_range=reduce_range), threads=2)
         ort_acc = (out.val_accuracy + out.test_accuracy) / 2
         pt_acc = (out.torch_val_accuracy + out.torch_test_accuracy) / 2
         n8, n4 = sum(p == "int8" for p in prec.values()), sum(p == "int4" for p in prec.values())
@@ -48,7 +52,8 @@ def main() -> None:
     gaps = np.array([r[5] for r in rows])
     lines = [f"# Parity: ONNX Runtime artifact vs PyTorch fake-quant model ({dt.date.today()})", "",
              f"`python benchmarks/parity.py --configs {args.configs} --seed {args.seed} --finetune-epochs {args.finetune_epochs:g}`;"
-             " accuracy over val + test (720 digits images), demo ResNet-20.", "",
+             " accuracy over val + test (720 digits images), demo ResNet-20, "
+             f"int8 weights {'7-bit (reduce_range, this CPU has no VNNI)' if reduce_range else '8-bit'}.", "",
              "| config | int8 layers | int4 layers | ORT % | PyTorch % | gap (points) |", "|---|---|---|---|---|---|"]
     lines += [f"| {i} | {n8} | {n4} | {o:.2f} | {p:.2f} | {g:+.2f} |" for i, n8, n4, o, p, g in rows]
     lines += ["", f"max |gap| {np.abs(gaps).max():.2f} points, mean {gaps.mean():+.2f}"]

@@ -59,7 +59,7 @@ def _search(tmp_path: Path, *args: str):
         (["--budget", "2", "--ray-address", "127.0.0.1:1"],
          r"^error: cannot reach a Ray cluster at 127\.0\.0\.1:1 .*--ray-address"),
         (["--budget", "2", "--ray-address", "nonsense"], r"^error: --ray-address 'nonsense' is not HOST:PORT"),
-        (["--budget", "2", "--sampler", "grid"], r"^error: sampler in the command line: .*'tpe'.*\(got 'grid'\)"),
+        (["--budget", "2", "--sampler", "bayes"], r"^error: sampler in the command line: .*'tpe'.*\(got 'bayes'\)"),
     ],
     ids=["unknown-model", "module-not-importable", "unknown-dataset", "budget-abc", "budget-0", "budget-5x",
          "ray-unreachable", "ray-not-host-port", "bad-sampler"],

@@ -63,7 +63,8 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
     try:
         device = _place_device("local", settings)
         unpaused = Device.options(**{}).remote(settings, pause_trials=False)
-        alone = [ray.get(device.measure.remote(onnx_bytes, shape))["median_ms"] for _ in range(3)]
+        # 5 repeats each, compared by their medians: robust to a burst of unrelated load on a shared machine
+        alone = [ray.get(device.measure.remote(onnx_bytes, shape))["median_ms"] for _ in range(5)]
         base = ray.put(trained_resnet20)
         spec = TrialSpec({}, {}, TrainSettings(epochs=100, lr=0.01), seed=0)
         ref = ray.remote(autocompress_trial).options(num_cpus=os.cpu_count(), max_retries=0).remote(
@@ -73,14 +74,14 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
             time.sleep(0.2)
         assert trial_pids(), "the fine-tune did not start"
         time.sleep(3)  # well into the fine-tune
-        during = [ray.get(device.measure.remote(onnx_bytes, shape)) for _ in range(3)]
+        during = [ray.get(device.measure.remote(onnx_bytes, shape)) for _ in range(5)]
         control = ray.get(unpaused.measure.remote(onnx_bytes, shape))  # same moment, no pausing
         assert ref not in ray.wait([ref], timeout=0)[0], "the fine-tune ended before the measurements"
         ray.cancel(ref, force=True)
     finally:
         ray.shutdown()
-    med_alone = sorted(alone)[1]
-    med_during = sorted(d["median_ms"] for d in during)[1]
+    med_alone = sorted(alone)[2]
+    med_during = sorted(d["median_ms"] for d in during)[2]
     print(f"alone {alone} during {[d['median_ms'] for d in during]} unpaused {control['median_ms']}")
     assert all(d["paused_trials"] >= 1 for d in during)
     assert abs(med_during - med_alone) <= 0.05 * med_alone, (alone, during)

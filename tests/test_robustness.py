@@ -109,7 +109,7 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path):
     pareto = json.loads((run / "pareto.json").read_text())
     assert pareto and all(p["state"] == "COMPLETE" for p in pareto)
     html = (run / "report.html").read_text()
-    assert "Failed trials" in html and "injected failure" in html
+    assert "Failed and early-stopped trials" in html and "injected failure" in html
 
 
 @pytest.mark.slow

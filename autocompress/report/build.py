@@ -120,7 +120,9 @@ def _hv_figure(table: pd.DataFrame, baselines: dict) -> tuple[go.Figure, str]:
 def _stage_figure(done: pd.DataFrame) -> tuple[go.Figure, str] | None:
     """Where the time went: mean seconds per stage of the completed trials."""
     cols = [c for c in done.columns if c.startswith("t_")]
-    if not cols:
+    if "reused" in done.columns:
+        done = done[done["reused"].isna()]  # a reused result took no time of its own
+    if not cols or not len(done):
         return None
     means = done[cols].mean().fillna(0)
     fig = go.Figure(go.Bar(x=means.values, y=[c[2:].replace("_", " ") for c in cols], orientation="h", marker_color="#2563eb",
@@ -128,7 +130,7 @@ def _stage_figure(done: pd.DataFrame) -> tuple[go.Figure, str] | None:
     fig.update_layout(xaxis_title="seconds per trial (mean)", template="plotly_white", height=60 + 28 * len(cols),
                       margin=dict(l=120, r=20, t=10, b=40))
     outside = float(means.drop(labels=["t_finetune"], errors="ignore").sum())
-    return fig, (f"Mean per completed trial: {float(means.sum()):.1f} s, of which fine-tuning {float(means.get('t_finetune', 0)):.1f} s "
+    return fig, (f"Mean per completed trial that ran ({len(done)}): {float(means.sum()):.1f} s, of which fine-tuning {float(means.get('t_finetune', 0)):.1f} s "
                  f"and everything else {outside:.1f} s (prune, PyTorch evaluation, export, quantization, kernel check, ONNX Runtime "
                  "evaluation, latency measurement).")
 
