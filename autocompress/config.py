@@ -76,6 +76,7 @@ class LatencyConfig(_Strict):
     max_reps: int = Field(default=1000, ge=5)
     ci_target: float = Field(default=0.02, gt=0, lt=1)
     sessions: int = Field(default=3, ge=1, le=20)
+    max_sessions: int = Field(default=9, ge=1, le=50)  # extra sessions while the session medians disagree
     max_seconds: float = Field(default=20.0, gt=0)
 
 

@@ -167,7 +167,7 @@ def md_table(rows: list[dict], cols: list[str]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=ROOT / "reports" / "example", help="a demo run directory")
-    ap.add_argument("--skip-torchvision", action="store_true")
+    ap.add_argument("--skip-torchvision", action="store_true", help="re-measure the demo only; keep the torchvision rows of the last full run")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -184,6 +184,10 @@ def main() -> None:
             for model in ("resnet18", "mobilenet_v2"):
                 print(f"2. {model} 224x224")
                 rows += torchvision_rows(model, Path(tmp) / model)
+    elif (HERE / "device.json").is_file():  # keep the torchvision rows of the last full run, marked as such
+        old = json.loads((HERE / "device.json").read_text())
+        rows += [{**r, "config": r["config"] + f" (run of {old['date']})" if "(run of" not in r["config"] else r["config"]}
+                 for r in old["rows"] if not r["model"].startswith("resnet20")]
     parity = parity_rows(args.run)
     cols = ["model", "config", "latency_ms", "speedup", "size_mb", "integer_kernels", "float_kernels", "val_acc", "test_acc", "reported_ms"]
     run_rel = os.path.relpath(args.run, ROOT)

@@ -591,7 +591,7 @@ def test_measure_latency(tmp_path):
     model = _small_net()
     path = tmp_path / "small.onnx"
     export_onnx(model, torch.randn(1, 3, 8, 8), path)
-    s = LatencySettings(warmup=3, min_reps=20, max_reps=200, sessions=2, max_seconds=5)
+    s = LatencySettings(warmup=3, min_reps=20, max_reps=200, sessions=2, max_sessions=2, max_seconds=5)
     r = measure_latency(path, (3, 8, 8), s)
     assert r.median_ms > 0
     assert r.p90_ms >= r.median_ms
@@ -600,8 +600,12 @@ def test_measure_latency(tmp_path):
     assert len(r.session_medians_ms) == 2
     # bytes work too; an unreachable CI target runs exactly max_reps per session
     r2 = measure_latency(path.read_bytes(), (3, 8, 8),
-                         LatencySettings(warmup=0, min_reps=10, max_reps=20, sessions=3, ci_target=1e-12, max_seconds=60))
+                         LatencySettings(warmup=0, min_reps=10, max_reps=20, sessions=3, max_sessions=3, ci_target=1e-12, max_seconds=60))
     assert r2.reps == 60 and len(r2.session_medians_ms) == 3
+    # session medians that disagree (a 1e-12 tolerance: always) bring more fresh sessions, up to max_sessions
+    r3 = measure_latency(path, (3, 8, 8), LatencySettings(warmup=0, min_reps=10, max_reps=20, sessions=3, max_sessions=5,
+                                                          ci_target=1e-12, max_seconds=60))
+    assert len(r3.session_medians_ms) == 5 and r3.median_ms == pytest.approx(sorted(r3.session_medians_ms)[2], abs=1e-4)
     assert set(r2.as_dict()) == {"median_ms", "p90_ms", "p99_ms", "reps", "session_medians_ms"}
 
 
