@@ -193,7 +193,8 @@ def main() -> None:
     run_rel = os.path.relpath(args.run, ROOT)
     lines = [f"# Device benchmark ({dt.date.today()})", "",
              f"`python benchmarks/device.py --run {run_rel}` on {fp['cpu']} ({fp['cores']} cores, ISA {', '.join(fp['isa'])}), "
-             f"ONNX Runtime {fp['onnxruntime']}, batch 1, 1 intra-op thread, median over 3 fresh sessions (the search's own settings).", "",
+             f"ONNX Runtime {fp['onnxruntime']}, batch 1, 1 intra-op thread, median over 3 fresh sessions, up to 9 while they disagree "
+             "(the search's own settings).", "",
              "Speed-up is against the FP32 row of the same model, measured in the same process minutes apart. "
              "`reported_ms` is what the run's report says. The torchvision models have random weights and synthetic data: "
              "their accuracies mean nothing, their latencies do.", ""]
