@@ -16,13 +16,18 @@ def _row(trial, val, test, tval, ttest, ms, size, state="COMPLETE", error=""):
             "error": error, "prune:g": 0.5, "quant:l": "int8", "channels:g": 8}
 
 
-def test_report_flags_parity_gaps_and_failures(tmp_path):
-    rd = RunDir(tmp_path)
-    base = _row(-1, 99.0, 98.5, 99.0, 98.5, 1.0, 1_000_000)
-    rd.write_json(rd.meta, {"run_name": "r", "model": "m", "dataset": "d", "status": "complete", "budget": "3 trials",
+def _run_dir(path, trials: int) -> tuple[RunDir, dict]:
+    """A run directory with the meta a search writes (one group, one layer) and the FP32 baseline's row."""
+    rd = RunDir(path)
+    rd.write_json(rd.meta, {"run_name": "r", "model": "m", "dataset": "d", "status": "complete", "budget": f"{trials} trials",
                             "space": [{"kind": "group", "name": "g", "channels": 16, "members": ["g"], "choices": []},
                                       {"kind": "layer", "name": "l", "choices": ["fp32", "int8"]}],
                             "device": {"cpu": "cpu", "onnxruntime": "1", "threads": 1}, "latency_settings": {}})
+    return rd, _row(-1, 99.0, 98.5, 99.0, 98.5, 1.0, 1_000_000)
+
+
+def test_report_flags_parity_gaps_and_failures(tmp_path):
+    rd, base = _run_dir(tmp_path, 3)
     rd.write_json(rd.baselines_json, {"fp32": base, "int8": {**base, "latency_ms": 0.7}})
     rd.write_table([
         _row(0, 98.0, 98.0, 98.1, 98.2, 0.4, 300_000),   # gap -0.15: fine
@@ -40,12 +45,7 @@ def test_report_flags_parity_gaps_and_failures(tmp_path):
 
 
 def test_report_draws_every_baseline_and_names_pareto_models_a_baseline_dominates(tmp_path):
-    rd = RunDir(tmp_path)
-    base = _row(-1, 99.0, 98.5, 99.0, 98.5, 1.0, 1_000_000)
-    rd.write_json(rd.meta, {"run_name": "r", "model": "m", "dataset": "d", "status": "complete", "budget": "2 trials",
-                            "space": [{"kind": "group", "name": "g", "channels": 16, "members": ["g"], "choices": []},
-                                      {"kind": "layer", "name": "l", "choices": ["fp32", "int8"]}],
-                            "device": {"cpu": "cpu", "onnxruntime": "1", "threads": 1}, "latency_settings": {}})
+    rd, base = _run_dir(tmp_path, 2)
     rd.write_json(rd.baselines_json, {
         "fp32": base, "int8": {**base, "latency_ms": 0.7},
         "prune25-int8": {"trial": -1, "state": "FAIL", "error": "RuntimeError: cannot prune"},
