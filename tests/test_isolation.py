@@ -61,7 +61,7 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
                 "sessions": 3, "max_seconds": 20.0}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
-        device = _place_device("local", settings)
+        device, _ = _place_device("local", settings)
         unpaused = Device.options(**{}).remote(settings, pause_trials=False)
         # 5 repeats each, compared by their medians: robust to a burst of unrelated load on a shared machine
         alone = [ray.get(device.measure.remote(onnx_bytes, shape))["median_ms"] for _ in range(5)]

@@ -195,7 +195,8 @@ def _check_device(name: str) -> None:
 
 
 def _place_device(name: str, settings: dict):
-    """The measuring actor: on the driver's node (`local`) or on the node carrying the resource `name`."""
+    """The measuring actor, on the driver's node (`local`) or on the node carrying the resource `name`, and
+    the fingerprint of the machine it runs on."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -205,11 +206,11 @@ def _place_device(name: str, settings: dict):
         opts = {"resources": {name: 1}}  # the whole device: one search measures on it at a time
     device = Device.options(**opts).remote(settings)
     try:
-        ray.get(device.fingerprint.remote(), timeout=120)
+        fp = ray.get(device.fingerprint.remote(), timeout=120)
     except ray.exceptions.GetTimeoutError:
         ray.kill(device)
         raise ClusterError(f"--device {name!r} did not start within 120 s: another search is measuring on it; wait for that search or use another device") from None
-    return device
+    return device, fp
 
 
 def _describe_error(e: BaseException) -> str:
@@ -429,8 +430,8 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         meta["baseline"] = binfo
         total_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         threads = max(1, total_cpus // cfg.concurrency)
-        device = _place_device(cfg.device, cfg.latency.model_dump())
-        meta["device"] = {**ray.get(device.fingerprint.remote()), "name": cfg.device}
+        device, fp = _place_device(cfg.device, cfg.latency.model_dump())
+        meta["device"] = {**fp, "name": cfg.device}
         meta["quant_format"] = quant_format_for(meta["device"])  # chosen for the device that runs the model
         reduce_range = bool(meta["quant_format"]["reduce_range"])
         meta["ray"] = {"address": cfg.ray_address or "local", "cpus": total_cpus, "threads_per_trial": threads,
