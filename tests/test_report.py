@@ -56,3 +56,16 @@ def test_report_draws_every_baseline_and_names_pareto_models_a_baseline_dominate
     assert "Pareto models dominated by a baseline: trial 0 by uniform 50% pruned + int8</p>" in html
     assert "baseline prune25-int8 failed: RuntimeError: cannot prune" in html
     assert "| baseline prune25-int8 | failed: RuntimeError: cannot prune" in rd.report_md.read_text()
+
+
+def test_report_shows_where_the_time_went_and_says_which_latencies_came_from_the_cache(tmp_path):
+    rd, base = _run_dir(tmp_path, 2)
+    rd.write_json(rd.baselines_json, {"fp32": base})
+    stages = {"t_prune": 0.1, "t_finetune": 15.0, "t_export": 0.2, "t_measure": 0.5}
+    rd.write_table([{**_row(0, 98.0, 98.0, 98.1, 98.2, 0.4, 300_000), **stages, "latency_source": "measured"},
+                    {**_row(1, 97.0, 97.0, 97.1, 97.2, 0.3, 200_000), **stages, "t_measure": 0.0,
+                     "latency_source": "cache:0123456789ab"}])
+    html = write_report(rd).read_text()
+    assert "Where the time went" in html
+    assert "fine-tuning 15.0 s and everything else 0.6 s" in html  # 0.1 + 0.2 + mean(0.5, 0.0)
+    assert "1 of these 2 latencies came from this device's cache" in html

@@ -130,9 +130,15 @@ def _stage_figure(done: pd.DataFrame) -> tuple[go.Figure, str] | None:
     fig.update_layout(xaxis_title="seconds per trial (mean)", template="plotly_white", height=60 + 28 * len(cols),
                       margin=dict(l=120, r=20, t=10, b=40))
     outside = float(means.drop(labels=["t_finetune"], errors="ignore").sum())
-    return fig, (f"Mean per completed trial that ran ({len(done)}): {float(means.sum()):.1f} s, of which fine-tuning {float(means.get('t_finetune', 0)):.1f} s "
-                 f"and everything else {outside:.1f} s (prune, PyTorch evaluation, export, quantization, kernel check, ONNX Runtime "
-                 "evaluation, latency measurement).")
+    text = (f"Mean per completed trial that ran ({len(done)}): {float(means.sum()):.1f} s, of which fine-tuning {float(means.get('t_finetune', 0)):.1f} s "
+            f"and everything else {outside:.1f} s (prune, PyTorch evaluation, export, quantization, kernel check, ONNX Runtime "
+            "evaluation, latency measurement).")
+    src = done["latency_source"].astype(str) if "latency_source" in done.columns else pd.Series(dtype=str)
+    cached = int(src.str.startswith("cache").sum())
+    if cached:
+        text += (f" {cached} of these {len(done)} latencies came from this device's cache (an identical graph measured earlier "
+                 "with the same settings), so their measurement took no time here; see the latency_source column.")
+    return fig, text
 
 
 def _dominated_by_baselines(pareto: pd.DataFrame, baselines: dict) -> list[tuple[int, str]]:
