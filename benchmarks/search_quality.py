@@ -80,6 +80,23 @@ def grid_points(runs: Path, seed: int) -> list[tuple[float, float]]:
     return [normalise(x.latency_ms, x.val_accuracy, base["latency_ms"], base["val_accuracy"]) for x in t.itertuples()]
 
 
+def baseline_dominance(run: Path) -> list[str]:
+    """Uniform baselines that dominate a point of the run's accuracy-latency front (validation accuracy up,
+    latency down, as the hypervolume counts them): each as 'baseline > trial N'. Empty when none does."""
+    base = json.loads((run / "baselines.json").read_text())
+    t = pd.read_csv(run / "trials.csv")
+    t = t[t["state"] == "COMPLETE"].dropna(subset=["val_accuracy", "latency_ms"])
+
+    def dom(a, b) -> bool:
+        return (a["val_accuracy"] >= b["val_accuracy"] and a["latency_ms"] <= b["latency_ms"]
+                and (a["val_accuracy"] > b["val_accuracy"] or a["latency_ms"] < b["latency_ms"]))
+
+    rows = [r for _, r in t.iterrows()]
+    front = [r for r in rows if not any(dom(o, r) for o in rows if o is not r)]
+    return [f"{k} > trial {int(r['trial'])}" for r in front for k, b in base.items()
+            if b.get("state", "COMPLETE") == "COMPLETE" and dom(b, r)]
+
+
 def curve(run: Path) -> pd.DataFrame:
     base = json.loads((run / "baselines.json").read_text())["fp32"]
     return hypervolume_curve(pd.read_csv(run / "trials.csv"), base)
@@ -106,6 +123,7 @@ def main() -> None:
             budget = top if method == "random" else (args.default_budget or top)
             run = search_run(args.runs / f"{method}-s{seed}-b{budget}", budget, seed, method)
             c = curve(run)
+            results.setdefault("dominated", {}).setdefault(method, {})[seed] = baseline_dominance(run)
             results["curves"].setdefault(method, {})[seed] = c["hypervolume"].tolist()
             results["hv"].setdefault(method, {})[seed] = {n: float(c["hypervolume"].iloc[n - 1]) if n <= len(c) else float("nan")
                                                           for n in args.budgets}
@@ -129,6 +147,10 @@ def main() -> None:
                 r = np.median([results["hv"]["random"][s][2 * n] for s in args.seeds])
                 lines += ["", f"Default with {n} trials: {d:.3f}; random with {2 * n}: {r:.3f} -> "
                               f"{'default reaches it' if d >= r else 'default does NOT reach it'}."]
+    for method, by_seed in results.get("dominated", {}).items():
+        found = [f"seed {seed}: {', '.join(d)}" for seed, d in by_seed.items() if d]
+        lines += ["", f"Uniform baselines dominating a point of the {method} search's accuracy-latency front: "
+                      + ("; ".join(found) if found else f"none (seeds {', '.join(map(str, by_seed))}).")]
     (HERE / "search_quality.md").write_text("\n".join(lines) + "\n")
     (HERE / "search_quality.json").write_text(json.dumps(results, indent=1) + "\n")
     _plot(results, HERE / "search_quality.html")
