@@ -7,6 +7,10 @@ Every assertion is on a real value computed by the code under test (no mocks).
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+import time
 import hashlib
 
 import numpy as np
@@ -606,7 +610,36 @@ def test_measure_latency(tmp_path):
     r3 = measure_latency(path, (3, 8, 8), LatencySettings(warmup=0, min_reps=10, max_reps=20, sessions=3, max_sessions=5,
                                                           ci_target=1e-12, max_seconds=60))
     assert len(r3.session_medians_ms) == 5 and r3.median_ms == pytest.approx(sorted(r3.session_medians_ms)[2], abs=1e-4)
-    assert set(r2.as_dict()) == {"median_ms", "p90_ms", "p99_ms", "reps", "session_medians_ms"}
+    assert set(r2.as_dict()) == {"median_ms", "p90_ms", "p99_ms", "reps", "session_medians_ms", "other_load_cores",
+                                 "contended_sessions", "contended"}
+
+
+def test_other_load_is_the_machine_busy_time_minus_this_process():
+    from autocompress.measure.latency import other_load
+
+    cores = os.cpu_count()
+    # over 1 s of wall time the machine was busy for half its capacity; this process used 0.25 s of CPU
+    assert other_load((1000, 10_000), (1000 + 50 * cores, 10_000 + 100 * cores), own_cpu_s=0.25, wall_s=1.0) == pytest.approx(cores / 2 - 0.25)
+    assert other_load((0, 100), (10, 200), own_cpu_s=5.0, wall_s=1.0) == 0.0  # never negative
+    assert other_load(None, (10, 200), own_cpu_s=0.0, wall_s=1.0) is None  # no /proc/stat: unknown, never guessed
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat")
+def test_a_session_beside_outside_load_is_taken_again_then_reported_as_contended(tmp_path):
+    model = _small_net()
+    path = tmp_path / "small.onnx"
+    export_onnx(model, torch.randn(1, 3, 8, 8), path)
+    settings = LatencySettings(warmup=3, min_reps=50, max_reps=100_000, sessions=2, max_sessions=2, max_seconds=5,
+                               max_contended=2, contention_cores=0.5, min_session_seconds=0.2)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # a whole core of load from another process
+    try:
+        time.sleep(0.5)
+        r = measure_latency(path, (3, 8, 8), settings)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert r.contended_sessions == 2 and r.contended  # discarded twice, then kept and flagged
+    assert r.other_load_cores > 0.5 and len(r.session_medians_ms) == 2
 
 
 # ============================================================================ space

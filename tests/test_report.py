@@ -69,3 +69,12 @@ def test_report_shows_where_the_time_went_and_says_which_latencies_came_from_the
     assert "Where the time went" in html
     assert "fine-tuning 15.0 s and everything else 0.6 s" in html  # 0.1 + 0.2 + mean(0.5, 0.0)
     assert "1 of these 2 latencies came from this device's cache" in html
+
+
+def test_report_names_trials_whose_latency_was_measured_beside_other_load(tmp_path):
+    rd, base = _run_dir(tmp_path, 2)
+    rd.write_json(rd.baselines_json, {"fp32": base})
+    rd.write_table([{**_row(0, 98.0, 98.0, 98.1, 98.2, 0.4, 300_000), "latency_contended": False, "latency_other_load_cores": 0.1},
+                    {**_row(1, 97.0, 97.0, 97.1, 97.2, 0.3, 200_000), "latency_contended": True, "latency_other_load_cores": 1.4}])
+    html = write_report(rd).read_text()
+    assert "Latency of trial(s) 1 was measured beside other load that did not go away" in html

@@ -302,6 +302,7 @@ def _row(number: int, state: str, params: dict, out: TrialOutput | None, lat: di
             "latency_ms": round(lat["median_ms"], 4), "latency_p90_ms": round(lat["p90_ms"], 4),
             "latency_p99_ms": round(lat["p99_ms"], 4), "latency_reps": lat["reps"],
             "latency_source": lat.get("source", "measured"), "latency_paused_trials": lat.get("paused_trials", 0),
+            "latency_other_load_cores": lat.get("other_load_cores"), "latency_contended": bool(lat.get("contended", False)),
             "size_bytes": out.size_bytes, "torch_val_accuracy": round(out.torch_val_accuracy, 4),
             "torch_test_accuracy": round(out.torch_test_accuracy, 4), "sha256": out.sha256, "onnx": onnx_rel,
             "int8_requested": len(out.requested_int8),
@@ -460,7 +461,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             if hit is not None:
                 return {**hit, "source": f"cache:{ghash[:12]}"}
             lat = ray.get(device.measure.remote(out.onnx_bytes, input_shape))
-            if lat_cache:
+            if lat_cache and not lat.get("contended"):  # a figure spoilt by outside load is not made permanent
                 lat_cache.put(ghash, lat)
             return {**lat, "source": "measured"}
 
