@@ -73,8 +73,8 @@ def test_report_shows_where_the_time_went_and_says_which_latencies_came_from_the
 
 def test_report_names_trials_whose_latency_was_measured_beside_other_load(tmp_path):
     rd, base = _run_dir(tmp_path, 2)
-    rd.write_json(rd.baselines_json, {"fp32": base})
+    rd.write_json(rd.baselines_json, {"fp32": base, "int8": {**base, "latency_ms": 0.7, "latency_contended": True}})
     rd.write_table([{**_row(0, 98.0, 98.0, 98.1, 98.2, 0.4, 300_000), "latency_contended": False, "latency_other_load_cores": 0.1},
                     {**_row(1, 97.0, 97.0, 97.1, 97.2, 0.3, 200_000), "latency_contended": True, "latency_other_load_cores": 1.4}])
     html = write_report(rd).read_text()
-    assert "Latency of trial(s) 1 was measured beside other load that did not go away" in html
+    assert "Latency of baseline int8, trial 1 was measured beside other load that did not go away" in html

@@ -81,22 +81,30 @@ def _median_ci_halfwidth(samples: list[float]) -> float:
     return (hi - lo) / 2
 
 
-def _machine_busy() -> tuple[int, int] | None:
-    """(busy, total) jiffies of the whole machine so far, or None where /proc/stat does not exist."""
+def _machine_busy() -> tuple[int, int, int] | None:
+    """(busy, total) jiffies of the whole machine so far and its CPU count as /proc/stat sees it (a container
+    may see fewer CPUs there than os.cpu_count()), or None where /proc/stat does not exist."""
     try:
         with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
+            lines = f.read().splitlines()
+        v = [int(x) for x in lines[0].split()[1:9]]  # user nice system idle iowait irq softirq steal (guest is in user)
+    except (OSError, ValueError, IndexError):
         return None
-    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait; steal counts as busy
-    return sum(v) - idle, sum(v)
+    ncpu = sum(1 for line in lines[1:] if line.startswith("cpu") and line[3:4].isdigit()) or 1
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait; steal and niced work count as busy
+    return sum(v) - idle, sum(v), ncpu
 
 
-def other_load(before: tuple[int, int] | None, after: tuple[int, int] | None, own_cpu_s: float, wall_s: float) -> float | None:
-    """Cores kept busy by everything but this process between two `_machine_busy` samples."""
-    if before is None or after is None or after[1] <= before[1] or wall_s <= 0:
+def other_load(before: tuple[int, int, int] | None, after: tuple[int, int, int] | None, own_cpu_s: float,
+               wall_s: float) -> float | None:
+    """Cores kept busy by everything but this process between two `_machine_busy` samples; None when unknown
+    (no /proc/stat, or a window under 5 ticks per CPU, too short to tell one busy tick from a busy core)."""
+    if before is None or after is None or wall_s <= 0:
         return None
-    busy_cores = (os.cpu_count() or 1) * (after[0] - before[0]) / (after[1] - before[1])
+    ncpu = after[2]
+    if after[1] - before[1] < 5 * ncpu:
+        return None
+    busy_cores = ncpu * (after[0] - before[0]) / (after[1] - before[1])
     return max(0.0, busy_cores - own_cpu_s / wall_s)
 
 
@@ -113,7 +121,8 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
 
     limit = settings.contention_cores
     if limit is None:
-        limit = max(0.5, ((os.cpu_count() or 1) - settings.threads) / 4)
+        seen = _machine_busy()
+        limit = max(0.5, ((seen[2] if seen else os.cpu_count() or 1) - settings.threads) / 4)
     discarded, loads, contended = 0, [], False
 
     while disagree():

@@ -267,13 +267,14 @@ def write_report(rd: RunDir | str | Path) -> Path:
     notes.append(f"Latency: batch {ls.get('batch')}, {ls.get('warmup')} warm-up runs, repetitions until the median's 95% CI is within "
                  f"{100 * ls.get('ci_target', 0):.0f}% (at least {ls.get('min_reps')}, at most {ls.get('max_reps')}), median over "
                  f"{ls.get('sessions')} fresh sessions (up to {ls.get('max_sessions', ls.get('sessions'))} while their medians disagree by more "
-                 f"than {200 * ls.get('ci_target', 0):.0f}%); trials on the device's node are paused while it measures, and a session "
-                 "taken beside other load on the machine is discarded and taken again.")
+                 f"than {200 * ls.get('ci_target', 0):.0f}%); trials on the device's node are paused while it measures"
+                 + (", and a session taken beside other load on the machine is discarded and taken again." if "max_contended" in ls else "."))
+    spoilt = [f"baseline {k}" for k, b in baselines.items() if b.get("latency_contended")]
     if len(done) and "latency_contended" in done.columns:
-        spoilt = done[done["latency_contended"].fillna(False).astype(bool)]
-        if len(spoilt):
-            notes.append(f"<span class='bad'>Latency of trial(s) {', '.join(str(int(t)) for t in spoilt['trial'])} was measured beside "
-                         "other load that did not go away (column latency_other_load_cores): re-measure before relying on it.</span>")
+        spoilt += [f"trial {int(t)}" for t in done[done["latency_contended"].fillna(False).astype(bool)]["trial"]]
+    if spoilt:
+        notes.append(f"<span class='bad'>Latency of {', '.join(spoilt)} was measured beside other load that did not go away "
+                     "(column latency_other_load_cores): re-measure before relying on it.</span>")
     notes.append("The search ranks on the validation split; the test split is reported only. Accuracy is the ONNX Runtime artifact's; "
                  "'PyTorch test %' is the fake-quantized PyTorch model it was exported from.")
     qf = meta.get("quant_format") or {}
