@@ -108,13 +108,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--runs", type=Path, default=HERE / "runs")
     ap.add_argument("--methods", nargs="+", default=["default", "random", "grid"])
+    ap.add_argument("--grid-seeds", type=int, nargs="+", default=None,
+                    help="seeds of the grid (default: --seeds); the grid's configurations do not depend on the seed, only its fine-tunes do")
     ap.add_argument("--default-budget", type=int, default=None,
                     help="trials of the default search (default: the largest budget; half of it is enough for the N vs 2N check)")
     args = ap.parse_args()
     top = max(args.budgets)
     results: dict = {"budgets": args.budgets, "seeds": args.seeds, "hv": {}, "curves": {}}
     for method in args.methods:
-        for seed in args.seeds:
+        for seed in (args.grid_seeds or args.seeds) if method == "grid" else args.seeds:
             print(f"{method}, seed {seed}", flush=True)
             if method == "grid":
                 pts = grid_points(args.runs, seed)
@@ -135,7 +137,9 @@ def main() -> None:
             row[f"N={n}"] = "not run" if any(np.isnan(vals)) else f"{np.median(vals):.3f} ({', '.join(f'{v:.3f}' for v in vals)})"
         rows.append(row)
     lines = [f"# Search quality on the demo task ({dt.date.today()})", "",
-             f"`python benchmarks/search_quality.py --budgets {' '.join(map(str, args.budgets))} --seeds {' '.join(map(str, args.seeds))}`: "
+             f"`python benchmarks/search_quality.py --budgets {' '.join(map(str, args.budgets))} --seeds {' '.join(map(str, args.seeds))}"
+             + (f" --grid-seeds {' '.join(map(str, args.grid_seeds))}" if args.grid_seeds else "")
+             + (f" --default-budget {args.default_budget}" if args.default_budget else "") + "`: "
              "hypervolume (median over seeds, then each seed) of the validation-accuracy / latency front after N trials, normalised "
              "to each run's FP32 baseline (see autocompress/results/hypervolume.py). Grid: all its uniform configurations, whatever N.", "",
              "| method | " + " | ".join(f"N={n}" for n in args.budgets) + " |", "|---|" + "---|" * len(args.budgets)]
