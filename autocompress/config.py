@@ -81,6 +81,9 @@ class LatencyConfig(_Strict):
     max_contended: int = Field(default=6, ge=0, le=50)  # sessions taken again because other load shared the machine
     contention_cores: float | None = Field(default=None, gt=0)  # other load that spoils a session (None: automatic)
     min_session_seconds: float = Field(default=0.1, ge=0, le=60)
+    session_gap_s: float = Field(default=0.3, ge=0, le=60)  # mean pause between sessions, trials running meanwhile
+    probe: bool = True  # a reference workload timed beside each session: a session in a burst is taken again
+    probe_factor: float = Field(default=1.25, gt=1, le=10)
 
 
 class SearchConfig(_Strict):

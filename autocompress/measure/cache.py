@@ -38,8 +38,8 @@ def graph_hash(onnx_bytes: bytes) -> str:
 
 class LatencyCache:
     def __init__(self, root: Path, device: dict, settings: dict) -> None:
-        # v2: measurements since sessions beside other load are taken again; v1 entries had no such check
-        key = json.dumps({"device": device, "settings": settings, "v": 2}, sort_keys=True)
+        # v3: sessions spread out, figures from the quiet ones, sessions beside other load taken again
+        key = json.dumps({"device": device, "settings": settings, "v": 3}, sort_keys=True)
         self.dir = root / "latency" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def get(self, ghash: str) -> dict | None:

@@ -268,7 +268,9 @@ def write_report(rd: RunDir | str | Path) -> Path:
                  f"{100 * ls.get('ci_target', 0):.0f}% (at least {ls.get('min_reps')}, at most {ls.get('max_reps')}), median over "
                  f"{ls.get('sessions')} fresh sessions (up to {ls.get('max_sessions', ls.get('sessions'))} while their medians disagree by more "
                  f"than {200 * ls.get('ci_target', 0):.0f}%); trials on the device's node are paused while it measures"
-                 + (", and a session taken beside other load on the machine is discarded and taken again." if "max_contended" in ls else "."))
+                 + (", and a session taken beside other load on the machine is discarded and taken again" if "max_contended" in ls else "")
+                 + (", as is one beside a slow reference probe (a burst of interference from outside the VM)" if ls.get("probe") else "")
+                 + ".")
     spoilt = [f"baseline {k}" for k, b in baselines.items() if b.get("latency_contended")]
     if len(done) and "latency_contended" in done.columns:
         spoilt += [f"trial {int(t)}" for t in done[done["latency_contended"].fillna(False).astype(bool)]["trial"]]
