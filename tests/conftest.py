@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-# Small, fast settings for end-to-end runs (the defaults train longer).
-FAST_FLAGS = ["--baseline-epochs", "3", "--finetune-epochs", "0.5", "--no-progress", "--no-sensitivity"]
+# Small, fast settings for end-to-end runs (the defaults train longer and measure latency more carefully).
+FAST_CONFIG = Path(__file__).with_name("fast_run.yaml")
+FAST_FLAGS = ["--config", str(FAST_CONFIG), "--baseline-epochs", "3", "--finetune-epochs", "0.5", "--no-progress",
+              "--no-sensitivity"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -19,11 +19,11 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import FAST_CONFIG, run_cli
 from tests.test_data import write_cifar10, write_class_tree, write_mnist
 
 # Shorter than conftest.FAST_FLAGS: these runs only have to complete, not to learn anything.
-QUICK_FLAGS = ["--baseline-epochs", "1", "--finetune-epochs", "0.3", "--no-progress"]
+QUICK_FLAGS = ["--config", str(FAST_CONFIG), "--baseline-epochs", "1", "--finetune-epochs", "0.3", "--no-progress"]
 
 
 def _search(run: Path, *args: str) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
-from tests.conftest import FAST_FLAGS, run_cli
+from tests.conftest import FAST_CONFIG, FAST_FLAGS, run_cli
 
 
 def _check_run(run, n_trials: int) -> None:
@@ -179,7 +179,7 @@ def test_a_trial_far_below_fp32_after_one_epoch_is_stopped_early(tmp_path):
     run = tmp_path / "run"
     # --early-stop 0.001: any trial not at FP32's accuracy after its first epoch stops
     res = run_cli("search", "--budget", "3", "--out", str(run), "--early-stop", "0.001", "--no-sensitivity",
-                  "--baseline-epochs", "3", "--finetune-epochs", "2", "--no-progress")
+                  "--config", str(FAST_CONFIG), "--baseline-epochs", "3", "--finetune-epochs", "2", "--no-progress")
     assert res.returncode == 0, res.stderr[-3000:]
     table = pd.read_csv(run / "trials.csv")
     stopped = table[table["state"] == "STOPPED"]

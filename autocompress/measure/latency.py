@@ -259,7 +259,7 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
         if (loaded or slow) and discarded + slowed < settings.max_contended:
             discarded += loaded
             slowed += not loaded
-            time.sleep(0.5 * (discarded + slowed))  # let the burst pass
+            time.sleep(0.25 * (discarded + slowed))  # let the burst pass (bursts here lasted about a second)
             continue
         disturbed.append(loaded or slow)  # kept all the same: the retries ran out
         if load is not None:
