@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from autocompress.results.hypervolume import hypervolume, hypervolume_curve, normalise
+from autocompress.results.pareto import OBJECTIVES, dominates
 
 HERE = Path(__file__).resolve().parent
 GRID = [round(0.1 * i, 1) for i in range(9)]
@@ -88,8 +89,7 @@ def baseline_dominance(run: Path) -> list[str]:
     t = t[t["state"] == "COMPLETE"].dropna(subset=["val_accuracy", "latency_ms"])
 
     def dom(a, b) -> bool:
-        return (a["val_accuracy"] >= b["val_accuracy"] and a["latency_ms"] <= b["latency_ms"]
-                and (a["val_accuracy"] > b["val_accuracy"] or a["latency_ms"] < b["latency_ms"]))
+        return dominates(a, b, objectives=OBJECTIVES[:2])  # accuracy and latency, without size
 
     rows = [r for _, r in t.iterrows()]
     front = [r for r in rows if not any(dom(o, r) for o in rows if o is not r)]

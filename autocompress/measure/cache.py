@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import onnx
 
 from autocompress.results.rundir import atomic_write_text
 
-__all__ = ["graph_hash", "LatencyCache"]
+__all__ = ["cache_dir", "graph_hash", "LatencyCache"]
+
+
+def cache_dir() -> Path:
+    """`$AUTOCOMPRESS_CACHE` or ~/.cache/autocompress: baselines, sensitivity scans, latencies, the probe."""
+    root = os.environ.get("AUTOCOMPRESS_CACHE") or Path.home() / ".cache" / "autocompress"
+    return Path(root)
 
 
 def graph_hash(onnx_bytes: bytes) -> str:

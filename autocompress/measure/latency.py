@@ -30,6 +30,8 @@ from typing import Callable, ContextManager
 
 import numpy as np
 
+from autocompress.results.rundir import atomic_write_text
+
 __all__ = ["LatencySettings", "LatencyResult", "measure_latency", "make_session"]
 
 
@@ -156,9 +158,10 @@ class _Probe:
         self.feed = {"x": np.random.default_rng(0).standard_normal((1, 8, 24, 24)).astype(np.float32)}
         for _ in range(10):
             self.sess.run(None, self.feed)
-        root = Path(os.environ.get("AUTOCOMPRESS_CACHE") or Path.home() / ".cache" / "autocompress")
+        from autocompress.measure.cache import cache_dir
+
         key = f"{platform.node()}-{platform.machine()}-ort{ort.__version__}-t{threads}".replace("/", "_")
-        self.path = root / "probe" / f"{key}.json"
+        self.path = cache_dir() / "probe" / f"{key}.json"
         try:
             self.best = float(json.loads(self.path.read_text())["best_ms"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -183,10 +186,7 @@ class _Probe:
         if ms < 0.99 * self.best:
             self.best = ms
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps({"best_ms": ms}))
-                tmp.replace(self.path)
+                atomic_write_text(self.path, json.dumps({"best_ms": ms}))
             except OSError:
                 pass  # remembering is an optimisation; this process still knows
         return ms

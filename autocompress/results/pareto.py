@@ -9,9 +9,9 @@ __all__ = ["OBJECTIVES", "pareto_front", "dominates"]
 OBJECTIVES = (("val_accuracy", "max"), ("latency_ms", "min"), ("size_bytes", "min"))
 
 
-def dominates(a: pd.Series | dict, b: pd.Series | dict) -> bool:
-    better_or_equal = all((a[k] >= b[k]) if d == "max" else (a[k] <= b[k]) for k, d in OBJECTIVES)
-    strictly = any((a[k] > b[k]) if d == "max" else (a[k] < b[k]) for k, d in OBJECTIVES)
+def dominates(a: pd.Series | dict, b: pd.Series | dict, objectives=OBJECTIVES) -> bool:
+    better_or_equal = all((a[k] >= b[k]) if d == "max" else (a[k] <= b[k]) for k, d in objectives)
+    strictly = any((a[k] > b[k]) if d == "max" else (a[k] < b[k]) for k, d in objectives)
     return better_or_equal and strictly
 
 

@@ -12,17 +12,12 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from autocompress.measure.cache import cache_dir
 from autocompress.pipeline.finetune import TrainSettings, evaluate, train
 from autocompress.tasks.data import Splits
 from autocompress.tasks.models import build_model
 
 __all__ = ["cache_dir", "get_baseline"]
-
-
-def cache_dir() -> Path:
-    """`$AUTOCOMPRESS_CACHE` or ~/.cache/autocompress."""
-    root = os.environ.get("AUTOCOMPRESS_CACHE") or Path.home() / ".cache" / "autocompress"
-    return Path(root)
 
 
 def get_baseline(
