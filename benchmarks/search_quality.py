@@ -97,6 +97,20 @@ def baseline_dominance(run: Path) -> list[str]:
             if b.get("state", "COMPLETE") == "COMPLETE" and dom(b, r)]
 
 
+def outside_finetune(run: Path) -> list[float]:
+    """Seconds per trial outside the fine-tune: the trial's own stages (prune, evaluation, export, quantize, kernel
+    check, ONNX Runtime evaluation) plus the time the device held running trials still for its latency sessions.
+    The measurement's wall time (t_measure) overlaps the next trial's fine-tune and is not counted; trials run
+    before latency_held_s was recorded (the measurement then blocked the search) are left out."""
+    t = pd.read_csv(run / "trials.csv")
+    if "latency_held_s" not in t.columns:
+        return []
+    t = t[(t["state"] == "COMPLETE") & t["reused"].isna() & t["latency_held_s"].notna()] if "reused" in t.columns else \
+        t[(t["state"] == "COMPLETE") & t["latency_held_s"].notna()]
+    own = [c for c in t.columns if c.startswith("t_") and c not in ("t_finetune", "t_measure")]
+    return (t[own].sum(axis=1) + t["latency_held_s"]).round(3).tolist()
+
+
 def curve(run: Path) -> pd.DataFrame:
     base = json.loads((run / "baselines.json").read_text())["fp32"]
     return hypervolume_curve(pd.read_csv(run / "trials.csv"), base)
@@ -126,6 +140,7 @@ def main() -> None:
             run = search_run(args.runs / f"{method}-s{seed}-b{budget}", budget, seed, method)
             c = curve(run)
             results.setdefault("dominated", {}).setdefault(method, {})[seed] = baseline_dominance(run)
+            results.setdefault("outside_finetune_s", {}).setdefault(method, {})[seed] = outside_finetune(run)
             results["curves"].setdefault(method, {})[seed] = c["hypervolume"].tolist()
             results["hv"].setdefault(method, {})[seed] = {n: float(c["hypervolume"].iloc[n - 1]) if n <= len(c) else float("nan")
                                                           for n in args.budgets}
@@ -155,6 +170,11 @@ def main() -> None:
         found = [f"seed {seed}: {', '.join(d)}" for seed, d in by_seed.items() if d]
         lines += ["", f"Uniform baselines dominating a point of the {method} search's accuracy-latency front: "
                       + ("; ".join(found) if found else f"none (seeds {', '.join(map(str, by_seed))}).")]
+    outside = [v for by_seed in results.get("outside_finetune_s", {}).values() for vals in by_seed.values() for v in vals]
+    if outside:
+        lines += ["", f"Time per trial outside the fine-tune (the trial's own stages plus the time the device held the running "
+                      f"trials still for its latency sessions), over the {len(outside)} trials that recorded it: median "
+                      f"{np.median(outside):.2f} s, 90th percentile {np.percentile(outside, 90):.2f} s, max {max(outside):.2f} s."]
     (HERE / "search_quality.md").write_text("\n".join(lines) + "\n")
     (HERE / "search_quality.json").write_text(json.dumps(results, indent=1) + "\n")
     _plot(results, HERE / "search_quality.html")

@@ -617,7 +617,8 @@ def test_measure_latency(tmp_path):
     assert len(r3.session_medians_ms) == 5 and r3.median_ms == pytest.approx(min(r3.session_medians_ms), abs=1e-4)
     assert 1 <= r3.slow_sessions <= 4  # all but the fastest (and any exact tie with it) are left out
     assert set(r2.as_dict()) == {"median_ms", "p90_ms", "p99_ms", "reps", "session_medians_ms", "other_load_cores",
-                                 "contended_sessions", "contended", "slow_sessions", "slowed_sessions", "paused_trials"}
+                                 "contended_sessions", "contended", "slow_sessions", "slowed_sessions", "paused_trials", "held_s"}
+    assert r2.held_s == 0.0  # no hook: no trial was held
 
 
 def test_the_reference_probe_remembers_the_quiet_speed_of_this_device(tmp_path, monkeypatch):
@@ -663,6 +664,9 @@ def test_sessions_are_spread_out_and_the_device_hook_holds_each_one(tmp_path):
     r = measure_latency(path, (3, 8, 8), s, quiet=quiet)
     assert len(entered) == len(left) == 3 and r.paused_trials == 2
     assert all(entered[i + 1] - left[i] >= 0.5 * 0.2 for i in range(2))  # a jittered gap between sessions
+    # what the trials paid: the time within the sessions, not the gaps between them
+    within = sum(b - a for a, b in zip(entered, left))
+    assert within <= r.held_s <= within + 0.05 and r.held_s < left[-1] - entered[0] - 0.5 * 0.2 * 2
 
 
 def test_other_load_is_the_machine_busy_time_minus_this_process():

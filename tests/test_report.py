@@ -62,12 +62,15 @@ def test_report_shows_where_the_time_went_and_says_which_latencies_came_from_the
     rd, base = _run_dir(tmp_path, 2)
     rd.write_json(rd.baselines_json, {"fp32": base})
     stages = {"t_prune": 0.1, "t_finetune": 15.0, "t_export": 0.2, "t_measure": 0.5}
-    rd.write_table([{**_row(0, 98.0, 98.0, 98.1, 98.2, 0.4, 300_000), **stages, "latency_source": "measured"},
+    rd.write_table([{**_row(0, 98.0, 98.0, 98.1, 98.2, 0.4, 300_000), **stages, "latency_source": "measured", "latency_held_s": 0.3},
                     {**_row(1, 97.0, 97.0, 97.1, 97.2, 0.3, 200_000), **stages, "t_measure": 0.0,
-                     "latency_source": "cache:0123456789ab"}])
+                     "latency_source": "cache:0123456789ab", "latency_held_s": 0.0}])
     html = write_report(rd).read_text()
     assert "Where the time went" in html
-    assert "fine-tuning 15.0 s and everything else 0.6 s" in html  # 0.1 + 0.2 + mean(0.5, 0.0)
+    # outside the fine-tune: the trial's own stages (0.1 + 0.2) and the time trials were held for latency (mean(0.3, 0))
+    assert "fine-tuning 15.0 s; outside it, <b>0.45 s</b>: 0.30 s of the trial's own stages" in html
+    assert "0.15 s during which the device held the running trials still" in html
+    assert "The latency measurement took 0.2 s of wall time" in html  # mean(0.5, 0.0), overlapping the next trial
     assert "1 of these 2 latencies came from this device's cache" in html
 
 

@@ -55,6 +55,12 @@ def test_search_local_ray_then_report_and_pick(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"report: {run / 'report.html'}" in res.stdout
     _check_run(run, 3)
+    # a finished trial's latency is measured while the next trial fine-tunes, which the device holds still only
+    # within its sessions: the next trial was paused, and for less time than the measurement took
+    rows = pd.read_csv(run / "trials.csv")
+    overlapped = rows[(rows["latency_source"] == "measured") & (rows["latency_paused_trials"] >= 1)]
+    assert len(overlapped), rows[["trial", "reused", "latency_source", "latency_paused_trials"]].to_string()
+    assert (overlapped["latency_held_s"] > 0).all() and (overlapped["latency_held_s"] < overlapped["t_measure"]).all()
 
     # report rebuilds from stored files alone
     (run / "report.html").unlink()

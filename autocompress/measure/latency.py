@@ -67,6 +67,7 @@ class LatencyResult:
     slow_sessions: int = 0  # sessions left out of the figures: slower than the fastest by more than 2 x ci_target
     slowed_sessions: int = 0  # sessions taken again because the reference probe beside them ran slow
     paused_trials: int = 0  # trial processes the `quiet` hook held still during a session (the most at once)
+    held_s: float = 0.0  # wall seconds spent inside the `quiet` hook: what the measurement cost the trials it paused
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -222,13 +223,14 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
     if limit is None:
         seen = _machine_busy()
         limit = max(0.5, ((seen[2] if seen else os.cpu_count() or 1) - settings.threads) / 4)
-    discarded, slowed, loads, paused = 0, 0, [], 0
+    discarded, slowed, loads, paused, held_s = 0, 0, [], 0, 0.0
     disturbed: list[bool] = []
     probe = _Probe.get(settings.threads) if settings.probe else None
 
     while _need_more(medians, settings):
         if medians or discarded or slowed:  # sessions spread over time, so one burst of interference cannot cover them all
             time.sleep(settings.session_gap_s * gaps.uniform(0.5, 1.5))
+        t_held = time.perf_counter()
         with (quiet() if quiet else contextlib.nullcontext()) as held:
             paused = max(paused, len(held) if isinstance(held, list) else 0)
             sess = make_session(path, threads=settings.threads)
@@ -254,6 +256,8 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
             if probe:
                 probe_ms.append(probe())
             del sess
+        if isinstance(held, list) and held:  # only time that stood trials still cost them anything
+            held_s += time.perf_counter() - t_held
         loaded = load is not None and load > limit
         slow = bool(probe) and max(probe_ms) > settings.probe_factor * probe.best
         if (loaded or slow) and discarded + slowed < settings.max_contended:
@@ -275,4 +279,5 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
         reps=sum(len(v) for v in per_session), session_medians_ms=tuple(round(m, 4) for m in medians),
         other_load_cores=round(max(loads), 3) if loads else None, contended_sessions=discarded, contended=contended,
         slow_sessions=len(medians) - len(keep), slowed_sessions=slowed, paused_trials=paused,
+        held_s=round(held_s, 3),
     )

@@ -129,10 +129,13 @@ def _stage_figure(done: pd.DataFrame) -> tuple[go.Figure, str] | None:
                            text=[f"{v:.2f} s" for v in means.values], textposition="auto"))
     fig.update_layout(xaxis_title="seconds per trial (mean)", template="plotly_white", height=60 + 28 * len(cols),
                       margin=dict(l=120, r=20, t=10, b=40))
-    outside = float(means.drop(labels=["t_finetune"], errors="ignore").sum())
-    text = (f"Mean per completed trial that ran ({len(done)}): {float(means.sum()):.1f} s, of which fine-tuning {float(means.get('t_finetune', 0)):.1f} s "
-            f"and everything else {outside:.1f} s (prune, PyTorch evaluation, export, quantization, kernel check, ONNX Runtime "
-            "evaluation, latency measurement).")
+    own = float(means.drop(labels=["t_finetune", "t_measure"], errors="ignore").sum())
+    held = float(done["latency_held_s"].fillna(0).mean()) if "latency_held_s" in done.columns else 0.0
+    text = (f"Mean per completed trial that ran ({len(done)}): fine-tuning {float(means.get('t_finetune', 0)):.1f} s; outside it, "
+            f"<b>{own + held:.2f} s</b>: {own:.2f} s of the trial's own stages (prune, PyTorch evaluation, export, quantization, "
+            f"kernel check, ONNX Runtime evaluation) and {held:.2f} s during which the device held the running trials still for "
+            f"its latency sessions (column latency_held_s). The latency measurement took {float(means.get('t_measure', 0)):.1f} s "
+            "of wall time (its sessions spread out and checked against interference), while the next trial fine-tuned.")
     src = done["latency_source"].astype(str) if "latency_source" in done.columns else pd.Series(dtype=str)
     cached = int(src.str.startswith("cache").sum())
     if cached:

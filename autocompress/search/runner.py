@@ -303,6 +303,7 @@ def _row(number: int, state: str, params: dict, out: TrialOutput | None, lat: di
             "latency_p99_ms": round(lat["p99_ms"], 4), "latency_reps": lat["reps"],
             "latency_source": lat.get("source", "measured"), "latency_paused_trials": lat.get("paused_trials", 0),
             "latency_other_load_cores": lat.get("other_load_cores"), "latency_contended": bool(lat.get("contended", False)),
+            "latency_held_s": lat.get("held_s", 0.0) if lat.get("source", "measured") == "measured" else 0.0,
             "size_bytes": out.size_bytes, "torch_val_accuracy": round(out.torch_val_accuracy, 4),
             "torch_test_accuracy": round(out.torch_test_accuracy, 4), "sha256": out.sha256, "onnx": onnx_rel,
             "int8_requested": len(out.requested_int8),
@@ -454,16 +455,26 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             ratios, precisions = space.decode(params)
             return {**{f"prune:{g}": r for g, r in ratios.items()}, **{f"quant:{l}": p for l, p in precisions.items()}}
 
-        def latency_of(out: TrialOutput) -> dict:
-            """Measured by the device, or taken from the cache for an identical graph on this device."""
+        def cached_latency(out: TrialOutput) -> dict | None:
+            """The latency of an identical graph measured earlier on this device with the same settings."""
             ghash = graph_hash(out.onnx_bytes)
             hit = lat_cache.get(ghash) if lat_cache else None
-            if hit is not None:
-                return {**hit, "source": f"cache:{ghash[:12]}"}
-            lat = ray.get(device.measure.remote(out.onnx_bytes, input_shape))
+            return None if hit is None else {**hit, "source": f"cache:{ghash[:12]}"}
+
+        def measured(out: TrialOutput, lat: dict) -> dict:
             if lat_cache and not lat.get("contended"):  # a figure spoilt by outside load is not made permanent
-                lat_cache.put(ghash, lat)
+                lat_cache.put(graph_hash(out.onnx_bytes), lat)
             return {**lat, "source": "measured"}
+
+        def complete(trial, params: dict, out: TrialOutput, lat: dict, seconds: float) -> dict:
+            """The row of a trial with its latency; the shipped file is written first."""
+            path = rd.model_path(f"trial-{trial.number:04d}")
+            atomic_write_bytes(path, out.onnx_bytes)
+            return _row(trial.number, "COMPLETE", choices(params), out, lat, str(path.relative_to(rd.path)), seconds)
+
+        def latency_of(out: TrialOutput) -> dict:
+            """Measured by the device (waiting for it), or taken from the cache."""
+            return cached_latency(out) or measured(out, ray.get(device.measure.remote(out.onnx_bytes, input_shape)))
 
         # ---- baselines (BASELINES), measured like every trial
         baselines: dict[str, dict] = rd.read_json(rd.baselines_json) if (prep.resume and rd.baselines_json.is_file()) else {}
@@ -582,6 +593,12 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in params_def.items()}
 
         running: dict = {}  # ObjectRef -> (optuna trial, params, start time)
+        # A finished trial's latency is measured while the next trial already fine-tunes: the device pauses that
+        # trial only within its sessions, so a measurement costs the search its sessions' time, not its wall time.
+        measuring: dict = {}  # device ObjectRef -> (optuna trial, params, TrialOutput, trial seconds, submit time)
+        in_flight: dict[str, int] = {}  # model key -> the trial running or being measured for it
+        waiting: dict[str, list] = {}  # model key -> proposals of that model made while it was in flight
+        to_run: list[tuple] = []  # (trial, params, key): such a proposal whose model failed, to run on its own
         # identical configurations are not run twice: a repeat gets the earlier result (not counted in the budget)
         seen: dict[str, int | str] = {}  # model key -> trial number, or the name of a baseline
         for name, _, _, _ in BASELINES:
@@ -591,6 +608,30 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             if r["state"] == "COMPLETE" and not r.get("reused"):
                 seen.setdefault(_model_key(space, *space.decode({k: v for k, v in r.items() if k.startswith(("prune:", "quant:"))})), n)
         repeats_in_a_row = 0
+        # What the sampler knows when it proposes a trial must not depend on timing (same seed, same proposals):
+        # the study hears of a result only once `concurrency` later trials have been asked for, whenever the result
+        # came. With one trial at a time this is a lag of one trial, the one that runs while the previous is measured.
+        asked: list = []  # optuna trials in the order they were asked for
+        untold: dict[int, tuple] = {}  # trial number -> (state, values) of finished trials the study has not heard of
+
+        def tell(trial, state: str, values: list | None) -> None:
+            if state in ("COMPLETE", "DUPLICATE"):
+                study.tell(trial, values)
+            else:
+                study.tell(trial, state=TrialState.PRUNED if state == "STOPPED" else TrialState.FAIL)
+
+        def tell_up_to(k: int) -> bool:
+            """Tell the study the results of the first `k` trials asked for; False if one is still running."""
+            k = max(0, k)
+            if any(t.number not in untold and t.number not in told for t in asked[:k]):
+                return False
+            for t in asked[:k]:
+                if t.number in untold:
+                    tell(t, *untold.pop(t.number))
+                    told.add(t.number)
+            return True
+
+        told: set[int] = set()
         done = sum(r["state"] == "COMPLETE" for r in rows.values())
         failed = sum(r["state"] == "FAIL" for r in rows.values())  # interrupted trials do not count
         stopped = sum(r["state"] == "STOPPED" for r in rows.values())
@@ -619,16 +660,42 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                     return False
                 if repeats_in_a_row >= MAX_REPEATS:
                     return False
-                if cfg.sampler == "grid" and done + failed + stopped + len(running) >= len(grid):
+                started = len(running) + len(measuring) + len(to_run) + sum(len(w) for w in waiting.values())
+                if cfg.sampler == "grid" and done + failed + stopped + started >= len(grid):
                     return False
                 if cfg.budget.trials is not None:
-                    return done + failed + stopped + len(running) < cfg.budget.trials
+                    return done + failed + stopped + started < cfg.budget.trials
                 return time.perf_counter() < (deadline or 0)
 
+            def count_repeat() -> None:
+                nonlocal repeats_in_a_row
+                repeats_in_a_row += 1
+                if repeats_in_a_row == MAX_REPEATS:
+                    log(f"the sampler proposed {MAX_REPEATS} already-measured configurations in a row: the space looks "
+                        "exhausted; stopping (widen it in the search-space YAML)")
+
+            def record_duplicate(trial, params: dict, of: int, *, counted: bool = False) -> None:
+                """A repeat of an earlier trial's model: its result, at no cost (not counted in the budget)."""
+                row = {**rows[of], "trial": trial.number, "state": "DUPLICATE", "duration_s": 0.0, "duplicate_of": of, "error": ""}
+                row.update({k: 0.0 for k in row if k.startswith("t_")})
+                rd.write_json(rd.path / "trials" / f"{trial.number:04d}.json", row)
+                untold[trial.number] = ("DUPLICATE", [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
+                rows[trial.number] = row
+                if not counted:
+                    count_repeat()
+
+            def submit(trial, params: dict, key: str) -> None:
+                ref = remote_trial.remote(base_ref, splits_ref, spec_for(params, ft), threads)
+                running[ref] = (trial, params, time.perf_counter())
+                in_flight[key] = trial.number
+
             try:
-                while running or can_start():
-                    while can_start() and len(running) < cfg.concurrency:
+                while running or measuring or to_run or can_start():
+                    while to_run and len(running) < cfg.concurrency:
+                        submit(*to_run.pop(0))
+                    while can_start() and len(running) < cfg.concurrency and tell_up_to(len(asked) - cfg.concurrency):
                         trial = study.ask(distributions)
+                        asked.append(trial)
                         params = dict(trial.params)
                         key = _model_key(space, *space.decode(params))
                         if key in seen and isinstance(seen[key], str):  # a baseline built this model: a free trial
@@ -638,29 +705,32 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                                    "duration_s": 0.0, "reused": f"baseline-{seen[key]}", "error": ""}
                             row.update({k: 0.0 for k in row if k.startswith("t_")})
                             rd.write_json(rd.path / "trials" / f"{trial.number:04d}.json", row)
-                            study.tell(trial, [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
+                            untold[trial.number] = ("COMPLETE", [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
                             rows[trial.number] = row
                             done += 1
                             bar.trial_line(f"trial {trial.number}: the model of baseline {seen[key]}: its result reused")
                             continue
                         if key in seen:
-                            prev = rows[seen[key]]
-                            row = {**prev, "trial": trial.number, "state": "DUPLICATE", "duration_s": 0.0,
-                                   "duplicate_of": seen[key], "error": ""}
-                            row.update({k: 0.0 for k in row if k.startswith("t_")})
-                            rd.write_json(rd.path / "trials" / f"{trial.number:04d}.json", row)
-                            study.tell(trial, [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
-                            rows[trial.number] = row
-                            repeats_in_a_row += 1
-                            if repeats_in_a_row >= MAX_REPEATS:
-                                log(f"the sampler proposed {MAX_REPEATS} already-measured configurations in a row: the space looks "
-                                    "exhausted; stopping (widen it in the search-space YAML)")
+                            record_duplicate(trial, params, seen[key])
+                            continue
+                        if key in in_flight:  # the same model is running or being measured: it takes that result
+                            waiting.setdefault(key, []).append((trial, params))
+                            count_repeat()
                             continue
                         repeats_in_a_row = 0
-                        ref = remote_trial.remote(base_ref, splits_ref, spec_for(params, ft), threads)
-                        running[ref] = (trial, params, time.perf_counter())
-                    ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                        submit(trial, params, key)
+                    ready, _ = ray.wait(list(running) + list(measuring), num_returns=1, timeout=1.0)
                     now = time.perf_counter()
+                    results: list[tuple] = []  # (optuna trial, params, row)
+                    for mref in [r for r in ready if r in measuring]:
+                        trial, params, out, seconds, t_submit = measuring.pop(mref)
+                        try:
+                            lat = measured(out, ray.get(mref))
+                            out.stage_seconds["measure"] = round(now - t_submit, 3)
+                            results.append((trial, params, complete(trial, params, out, lat, seconds)))
+                        except Exception as e:  # noqa: BLE001 - a failing measurement fails its trial, not the search
+                            results.append((trial, params, _row(trial.number, "FAIL", choices(params), None, None, None, seconds,
+                                                                 error=f"latency measurement failed: {_describe_error(e)}")))
                     for ref in list(running):
                         trial, params, t0 = running[ref]
                         if ref not in ready and now - t0 <= cfg.trial_timeout_s:
@@ -673,12 +743,12 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                             out: TrialOutput | StoppedEarly = ray.get(ref)
                             if isinstance(out, StoppedEarly):
                                 raise _EarlyStop(out)
-                            t_measure = time.perf_counter()
-                            lat = latency_of(out)
-                            out.stage_seconds["measure"] = round(time.perf_counter() - t_measure, 3)
-                            path = rd.model_path(f"trial-{trial.number:04d}")
-                            atomic_write_bytes(path, out.onnx_bytes)
-                            row = _row(trial.number, "COMPLETE", choices(params), out, lat, str(path.relative_to(rd.path)), now - t0)
+                            lat = cached_latency(out)
+                            if lat is None:  # measured in the background; the row is written when the figure arrives
+                                measuring[device.measure.remote(out.onnx_bytes, input_shape)] = (trial, params, out, now - t0, now)
+                                continue
+                            out.stage_seconds["measure"] = 0.0
+                            row = complete(trial, params, out, lat, now - t0)
                         except _EarlyStop as e:
                             row = _row(trial.number, "STOPPED", choices(params), None, None, None, now - t0,
                                        error=f"stopped early: {e.out.val_accuracy:.2f}% validation accuracy (PyTorch) after "
@@ -686,17 +756,20 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                             row.update({f"t_{k}": v for k, v in e.out.stage_seconds.items()})
                         except Exception as e:  # noqa: BLE001 - a failing trial never takes the search down
                             row = _row(trial.number, "FAIL", choices(params), None, None, None, now - t0, error=_describe_error(e))
+                        results.append((trial, params, row))
+                    for trial, params, row in results:
+                        key = _model_key(space, *space.decode(params))
+                        if in_flight.get(key) == trial.number:
+                            del in_flight[key]
                         # the row is on disk before the study hears of it: a kill in between is repaired on resume
                         rd.write_json(rd.path / "trials" / f"{trial.number:04d}.json", row)
+                        untold[trial.number] = (row["state"], [row.get("val_accuracy"), row.get("latency_ms"), row.get("size_bytes")])
                         if row["state"] == "COMPLETE":
-                            study.tell(trial, [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
                             seen.setdefault(_model_key(space, *space.decode(params)), trial.number)
                             done += 1
                         elif row["state"] == "STOPPED":
-                            study.tell(trial, state=TrialState.PRUNED)
                             stopped += 1
                         else:
-                            study.tell(trial, state=TrialState.FAIL)
                             failed += 1
                         rows[trial.number] = row
                         save_table()
@@ -708,14 +781,29 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                         else:
                             bar.trial_line(f"trial {trial.number}: {'FAILED' if row['state'] == 'FAIL' else 'STOPPED'}: {row['error']}  "
                                            f"[{done} done, {failed} failed, {elapsed:.0f} s]")
+                        # proposals of this model made while it was in flight: its result, or (if it failed) a run of their own
+                        waiters = waiting.pop(key, [])
+                        if row["state"] == "COMPLETE":
+                            for w_trial, w_params in waiters:
+                                record_duplicate(w_trial, w_params, trial.number, counted=True)
+                        elif waiters:  # the first runs when a slot is free; the others wait for it
+                            to_run.append((*waiters[0], key))
+                            in_flight[key] = waiters[0][0].number
+                            if waiters[1:]:
+                                waiting[key] = waiters[1:]
+                    if results:
+                        save_table()
                     bar.update(done=done, failed=failed, elapsed=spent_before + time.perf_counter() - t_search, best=best_text())
             except KeyboardInterrupt:
                 for ref in running:
                     ray.cancel(ref, force=True)
+                for number in sorted(untold):  # finished: the journal records them (running ones are repaired on resume)
+                    tell(next(t for t in asked if t.number == number), *untold.pop(number))
                 meta.update(status="interrupted")
                 save_table()
-                raise Interrupted(f"interrupted with {len(running)} trial(s) running; continue with: autocompress search --resume {rd.path}") from None
+                raise Interrupted(f"interrupted with {len(running) + len(measuring)} trial(s) running; continue with: autocompress search --resume {rd.path}") from None
 
+            tell_up_to(len(asked))  # every trial has finished: the study hears of the last ones
         exhausted = repeats_in_a_row >= MAX_REPEATS
         finished = (cfg.budget.trials is None or done + failed + stopped >= cfg.budget.trials or exhausted
                     or (cfg.sampler == "grid" and done + failed + stopped >= len(grid)))
