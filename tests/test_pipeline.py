@@ -666,7 +666,7 @@ def test_sessions_are_spread_out_and_the_device_hook_holds_each_one(tmp_path):
     assert all(entered[i + 1] - left[i] >= 0.5 * 0.2 for i in range(2))  # a jittered gap between sessions
     # what the trials paid: the time within the sessions, not the gaps between them
     within = sum(b - a for a, b in zip(entered, left))
-    assert within <= r.held_s <= within + 0.05 and r.held_s < left[-1] - entered[0] - 0.5 * 0.2 * 2
+    assert within - 0.001 <= r.held_s <= within + 0.05 and r.held_s < left[-1] - entered[0] - 0.5 * 0.2 * 2
 
 
 def test_other_load_is_the_machine_busy_time_minus_this_process():

@@ -130,12 +130,17 @@ def _stage_figure(done: pd.DataFrame) -> tuple[go.Figure, str] | None:
     fig.update_layout(xaxis_title="seconds per trial (mean)", template="plotly_white", height=60 + 28 * len(cols),
                       margin=dict(l=120, r=20, t=10, b=40))
     own = float(means.drop(labels=["t_finetune", "t_measure"], errors="ignore").sum())
-    held = float(done["latency_held_s"].fillna(0).mean()) if "latency_held_s" in done.columns else 0.0
-    text = (f"Mean per completed trial that ran ({len(done)}): fine-tuning {float(means.get('t_finetune', 0)):.1f} s; outside it, "
-            f"<b>{own + held:.2f} s</b>: {own:.2f} s of the trial's own stages (prune, PyTorch evaluation, export, quantization, "
-            f"kernel check, ONNX Runtime evaluation) and {held:.2f} s during which the device held the running trials still for "
-            f"its latency sessions (column latency_held_s). The latency measurement took {float(means.get('t_measure', 0)):.1f} s "
-            "of wall time (its sessions spread out and checked against interference), while the next trial fine-tuned.")
+    if "latency_held_s" not in done.columns:  # a run from before measurements overlapped the next trial
+        text = (f"Mean per completed trial that ran ({len(done)}): {float(means.sum()):.1f} s, of which fine-tuning "
+                f"{float(means.get('t_finetune', 0)):.1f} s and everything else {own + float(means.get('t_measure', 0)):.1f} s "
+                "(the latency measurement included: in this run the search waited for it).")
+    else:
+        held = float(done["latency_held_s"].fillna(0).mean())
+        text = (f"Mean per completed trial that ran ({len(done)}): fine-tuning {float(means.get('t_finetune', 0)):.1f} s; outside it, "
+                f"<b>{own + held:.2f} s</b>: {own:.2f} s of the trial's own stages (prune, PyTorch evaluation, export, quantization, "
+                f"kernel check, ONNX Runtime evaluation) and {held:.2f} s during which the device held the running trials still for "
+                f"its latency sessions (column latency_held_s). The latency measurement took {float(means.get('t_measure', 0)):.1f} s "
+                "of wall time (its sessions spread out and checked against interference), while the next trial fine-tuned.")
     src = done["latency_source"].astype(str) if "latency_source" in done.columns else pd.Series(dtype=str)
     cached = int(src.str.startswith("cache").sum())
     if cached:

@@ -691,6 +691,8 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
 
             try:
                 while running or measuring or to_run or can_start():
+                    if interrupt.stopping:  # no new runs: these stay unfinished in the journal and run on --resume
+                        to_run.clear()
                     while to_run and len(running) < cfg.concurrency:
                         submit(*to_run.pop(0))
                     while can_start() and len(running) < cfg.concurrency and tell_up_to(len(asked) - cfg.concurrency):
@@ -722,9 +724,11 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                     ready, _ = ray.wait(list(running) + list(measuring), num_returns=1, timeout=1.0)
                     now = time.perf_counter()
                     results: list[tuple] = []  # (optuna trial, params, row)
-                    for mref in [r for r in ready if r in measuring]:
+                    for mref in [r for r in measuring if r in ready or now - measuring[r][4] > cfg.trial_timeout_s]:
                         trial, params, out, seconds, t_submit = measuring.pop(mref)
                         try:
+                            if mref not in ready:
+                                raise TimeoutError(f"no figure from the device within the per-trial timeout of {cfg.trial_timeout_s:g} s")
                             lat = measured(out, ray.get(mref))
                             out.stage_seconds["measure"] = round(now - t_submit, 3)
                             results.append((trial, params, complete(trial, params, out, lat, seconds)))
@@ -786,6 +790,15 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                         if row["state"] == "COMPLETE":
                             for w_trial, w_params in waiters:
                                 record_duplicate(w_trial, w_params, trial.number, counted=True)
+                        elif row["state"] == "STOPPED":  # same model, same seed: it would be stopped at the same point
+                            for w_trial, w_params in waiters:
+                                copy = {**row, "trial": w_trial.number, "duplicate_of": trial.number, "duration_s": 0.0,
+                                        "error": f"{row['error']} (the model of trial {trial.number})"}
+                                copy.update({k: 0.0 for k in copy if k.startswith("t_")})
+                                rd.write_json(rd.path / "trials" / f"{w_trial.number:04d}.json", copy)
+                                untold[w_trial.number] = ("STOPPED", None)
+                                rows[w_trial.number] = copy
+                                stopped += 1
                         elif waiters:  # the first runs when a slot is free; the others wait for it
                             to_run.append((*waiters[0], key))
                             in_flight[key] = waiters[0][0].number
@@ -803,7 +816,9 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                 save_table()
                 raise Interrupted(f"interrupted with {len(running) + len(measuring)} trial(s) running; continue with: autocompress search --resume {rd.path}") from None
 
-            tell_up_to(len(asked))  # every trial has finished: the study hears of the last ones
+            for t in asked:  # the study hears of the last results (a trial left unrun by Ctrl-C stays RUNNING)
+                if t.number in untold:
+                    tell(t, *untold.pop(t.number))
         exhausted = repeats_in_a_row >= MAX_REPEATS
         finished = (cfg.budget.trials is None or done + failed + stopped >= cfg.budget.trials or exhausted
                     or (cfg.sampler == "grid" and done + failed + stopped >= len(grid)))
