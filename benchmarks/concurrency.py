@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from autocompress.results.stages import outside_finetune_seconds
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -48,9 +50,7 @@ def main() -> None:
                      "trial_loop_s": spent, "trials_per_hour": round(3600 * len(ran) / spent, 1),
                      "mean_finetune_s": round(float(ran["t_finetune"].mean()), 2),
                      "paused_by_measurement": int((t.get("latency_paused_trials", pd.Series(dtype=float)) > 0).sum()),
-                     # outside the fine-tune: the trial's own stages, plus the time the device held trials for latency
-                     "outside_finetune_s": round(float((ran[[c for c in ran.columns if c.startswith("t_") and c not in ("t_finetune", "t_measure")]]
-                                                        .sum(axis=1) + ran["latency_held_s"].fillna(0)).median()), 2)})
+                     "outside_finetune_s": round(float(outside_finetune_seconds(ran).median()), 2)})
         print(rows[-1], flush=True)
     lines = [f"# Trials per hour, 1 vs 2 concurrent trials ({dt.date.today()})", "",
              f"`python benchmarks/concurrency.py --budget {args.budget}` on {os.cpu_count()} cores (demo ResNet-20, 6-epoch fine-tune). "

@@ -30,6 +30,7 @@ import pandas as pd
 
 from autocompress.results.hypervolume import hypervolume, hypervolume_curve, normalise
 from autocompress.results.pareto import OBJECTIVES, dominates
+from autocompress.results.stages import outside_finetune_seconds
 
 HERE = Path(__file__).resolve().parent
 GRID = [round(0.1 * i, 1) for i in range(9)]
@@ -105,10 +106,10 @@ def outside_finetune(run: Path) -> list[float]:
     t = pd.read_csv(run / "trials.csv")
     if "latency_held_s" not in t.columns:
         return []
-    t = t[(t["state"] == "COMPLETE") & t["reused"].isna() & t["latency_held_s"].notna()] if "reused" in t.columns else \
-        t[(t["state"] == "COMPLETE") & t["latency_held_s"].notna()]
-    own = [c for c in t.columns if c.startswith("t_") and c not in ("t_finetune", "t_measure")]
-    return (t[own].sum(axis=1) + t["latency_held_s"]).round(3).tolist()
+    ran = (t["state"] == "COMPLETE") & t["latency_held_s"].notna()
+    if "reused" in t.columns:
+        ran &= t["reused"].isna()
+    return outside_finetune_seconds(t[ran]).round(3).tolist()
 
 
 def curve(run: Path) -> pd.DataFrame:

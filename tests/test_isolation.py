@@ -99,8 +99,8 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
         # "alone" and "during" interleaved, 4 pairs: this shared VM's speed drifts by a few percent over a minute,
         # so figures taken minutes apart (alone before, during later) would compare the drift, not the isolation.
         # alone: the test holds the fine-tune stopped for the whole measurement (it computes nothing), timed by an
-        # actor that pauses nothing itself (it would let the fine-tune go between sessions); during: the search's device, which pauses the fine-tune only within each
-        # session and lets it run in the gaps between sessions.
+        # actor that pauses nothing itself (it would let the fine-tune go between sessions); during: the search's
+        # device, which pauses the fine-tune only within each session and lets it run in the gaps between sessions.
         alone, during = [], []
         for _ in range(4):
             with paused_trials() as held:

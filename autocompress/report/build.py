@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 
 from autocompress.results.pareto import pareto_front
 from autocompress.results.rundir import RunDir, atomic_write_text
+from autocompress.results.stages import own_stage_columns
 
 __all__ = ["write_report", "pareto_config", "PARITY_LIMIT", "BASELINE_LABELS"]
 
@@ -129,7 +130,7 @@ def _stage_figure(done: pd.DataFrame) -> tuple[go.Figure, str] | None:
                            text=[f"{v:.2f} s" for v in means.values], textposition="auto"))
     fig.update_layout(xaxis_title="seconds per trial (mean)", template="plotly_white", height=60 + 28 * len(cols),
                       margin=dict(l=120, r=20, t=10, b=40))
-    own = float(means.drop(labels=["t_finetune", "t_measure"], errors="ignore").sum())
+    own = float(means[own_stage_columns(done)].sum())
     if "latency_held_s" not in done.columns:  # a run from before measurements overlapped the next trial
         text = (f"Mean per completed trial that ran ({len(done)}): {float(means.sum()):.1f} s, of which fine-tuning "
                 f"{float(means.get('t_finetune', 0)):.1f} s and everything else {own + float(means.get('t_measure', 0)):.1f} s "

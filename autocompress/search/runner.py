@@ -612,26 +612,24 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         # the study hears of a result only once `concurrency` later trials have been asked for, whenever the result
         # came. With one trial at a time this is a lag of one trial, the one that runs while the previous is measured.
         asked: list = []  # optuna trials in the order they were asked for
-        untold: dict[int, tuple] = {}  # trial number -> (state, values) of finished trials the study has not heard of
+        untold: dict[int, tuple] = {}  # trial number -> (optuna trial, row) of finished trials the study has not heard of
 
-        def tell(trial, state: str, values: list | None) -> None:
-            if state in ("COMPLETE", "DUPLICATE"):
-                study.tell(trial, values)
+        def tell(number: int) -> None:
+            trial, row = untold.pop(number)
+            if row["state"] in ("COMPLETE", "DUPLICATE"):
+                study.tell(trial, [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
             else:
-                study.tell(trial, state=TrialState.PRUNED if state == "STOPPED" else TrialState.FAIL)
+                study.tell(trial, state=TrialState.PRUNED if row["state"] == "STOPPED" else TrialState.FAIL)
 
         def tell_up_to(k: int) -> bool:
-            """Tell the study the results of the first `k` trials asked for; False if one is still running."""
-            k = max(0, k)
-            if any(t.number not in untold and t.number not in told for t in asked[:k]):
+            """Tell the study the results of the first `k` trials asked for; False if one has not finished (no row)."""
+            first = asked[:max(0, k)]
+            if any(t.number not in rows for t in first):
                 return False
-            for t in asked[:k]:
+            for t in first:
                 if t.number in untold:
-                    tell(t, *untold.pop(t.number))
-                    told.add(t.number)
+                    tell(t.number)
             return True
-
-        told: set[int] = set()
         done = sum(r["state"] == "COMPLETE" for r in rows.values())
         failed = sum(r["state"] == "FAIL" for r in rows.values())  # interrupted trials do not count
         stopped = sum(r["state"] == "STOPPED" for r in rows.values())
@@ -674,15 +672,15 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                     log(f"the sampler proposed {MAX_REPEATS} already-measured configurations in a row: the space looks "
                         "exhausted; stopping (widen it in the search-space YAML)")
 
-            def record_duplicate(trial, params: dict, of: int, *, counted: bool = False) -> None:
-                """A repeat of an earlier trial's model: its result, at no cost (not counted in the budget)."""
-                row = {**rows[of], "trial": trial.number, "state": "DUPLICATE", "duration_s": 0.0, "duplicate_of": of, "error": ""}
+            def record_copy(trial, of: int, state: str = "DUPLICATE") -> None:
+                """A repeat of trial `of`'s model takes its outcome at no cost: its result (DUPLICATE, not counted in
+                the budget), or its early stop (STOPPED: same model, same seed, stopped at the same point)."""
+                error = f"{rows[of]['error']} (the model of trial {of})" if state == "STOPPED" else ""
+                row = {**rows[of], "trial": trial.number, "state": state, "duration_s": 0.0, "duplicate_of": of, "error": error}
                 row.update({k: 0.0 for k in row if k.startswith("t_")})
                 rd.write_json(rd.path / "trials" / f"{trial.number:04d}.json", row)
-                untold[trial.number] = ("DUPLICATE", [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
+                untold[trial.number] = (trial, row)
                 rows[trial.number] = row
-                if not counted:
-                    count_repeat()
 
             def submit(trial, params: dict, key: str) -> None:
                 ref = remote_trial.remote(base_ref, splits_ref, spec_for(params, ft), threads)
@@ -707,13 +705,14 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                                    "duration_s": 0.0, "reused": f"baseline-{seen[key]}", "error": ""}
                             row.update({k: 0.0 for k in row if k.startswith("t_")})
                             rd.write_json(rd.path / "trials" / f"{trial.number:04d}.json", row)
-                            untold[trial.number] = ("COMPLETE", [row["val_accuracy"], row["latency_ms"], row["size_bytes"]])
+                            untold[trial.number] = (trial, row)
                             rows[trial.number] = row
                             done += 1
                             bar.trial_line(f"trial {trial.number}: the model of baseline {seen[key]}: its result reused")
                             continue
                         if key in seen:
-                            record_duplicate(trial, params, seen[key])
+                            record_copy(trial, seen[key])
+                            count_repeat()
                             continue
                         if key in in_flight:  # the same model is running or being measured: it takes that result
                             waiting.setdefault(key, []).append((trial, params))
@@ -767,9 +766,9 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                             del in_flight[key]
                         # the row is on disk before the study hears of it: a kill in between is repaired on resume
                         rd.write_json(rd.path / "trials" / f"{trial.number:04d}.json", row)
-                        untold[trial.number] = (row["state"], [row.get("val_accuracy"), row.get("latency_ms"), row.get("size_bytes")])
+                        untold[trial.number] = (trial, row)
                         if row["state"] == "COMPLETE":
-                            seen.setdefault(_model_key(space, *space.decode(params)), trial.number)
+                            seen.setdefault(key, trial.number)
                             done += 1
                         elif row["state"] == "STOPPED":
                             stopped += 1
@@ -787,18 +786,11 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                                            f"[{done} done, {failed} failed, {elapsed:.0f} s]")
                         # proposals of this model made while it was in flight: its result, or (if it failed) a run of their own
                         waiters = waiting.pop(key, [])
-                        if row["state"] == "COMPLETE":
-                            for w_trial, w_params in waiters:
-                                record_duplicate(w_trial, w_params, trial.number, counted=True)
-                        elif row["state"] == "STOPPED":  # same model, same seed: it would be stopped at the same point
-                            for w_trial, w_params in waiters:
-                                copy = {**row, "trial": w_trial.number, "duplicate_of": trial.number, "duration_s": 0.0,
-                                        "error": f"{row['error']} (the model of trial {trial.number})"}
-                                copy.update({k: 0.0 for k in copy if k.startswith("t_")})
-                                rd.write_json(rd.path / "trials" / f"{w_trial.number:04d}.json", copy)
-                                untold[w_trial.number] = ("STOPPED", None)
-                                rows[w_trial.number] = copy
-                                stopped += 1
+                        if row["state"] in ("COMPLETE", "STOPPED"):
+                            for w_trial, _ in waiters:
+                                record_copy(w_trial, trial.number, "DUPLICATE" if row["state"] == "COMPLETE" else "STOPPED")
+                            if row["state"] == "STOPPED":
+                                stopped += len(waiters)
                         elif waiters:  # the first runs when a slot is free; the others wait for it
                             to_run.append((*waiters[0], key))
                             in_flight[key] = waiters[0][0].number
@@ -811,14 +803,13 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                 for ref in running:
                     ray.cancel(ref, force=True)
                 for number in sorted(untold):  # finished: the journal records them (running ones are repaired on resume)
-                    tell(next(t for t in asked if t.number == number), *untold.pop(number))
+                    tell(number)
                 meta.update(status="interrupted")
                 save_table()
                 raise Interrupted(f"interrupted with {len(running) + len(measuring)} trial(s) running; continue with: autocompress search --resume {rd.path}") from None
 
-            for t in asked:  # the study hears of the last results (a trial left unrun by Ctrl-C stays RUNNING)
-                if t.number in untold:
-                    tell(t, *untold.pop(t.number))
+            for number in sorted(untold):  # the study hears of the last results (a trial left unrun by Ctrl-C stays RUNNING)
+                tell(number)
         exhausted = repeats_in_a_row >= MAX_REPEATS
         finished = (cfg.budget.trials is None or done + failed + stopped >= cfg.budget.trials or exhausted
                     or (cfg.sampler == "grid" and done + failed + stopped >= len(grid)))
