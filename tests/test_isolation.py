@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -79,7 +78,7 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
     # own and a failure to pause would go unseen. Measured with the device's pausing switched off: "during" read
     # 2% above "alone" at 1 thread, but 0.64-0.96 ms against 0.545 ms at 2 threads (this test then fails).
     settings = {"batch": 1, "threads": os.cpu_count(), "warmup": 20, "min_reps": 200, "max_reps": 3000, "ci_target": 0.01,
-                "sessions": 3, "max_seconds": 20.0}
+                "sessions": 3, "max_sessions": 5, "max_contended": 3, "max_seconds": 20.0}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         device, _ = _place_device("local", settings)
@@ -87,7 +86,6 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
         ray.get([a.fingerprint.remote() for a in (device, apart)])  # the actors are up before anything is timed
         base, data = ray.put(trained_resnet20), ray.put(digits)
         _wait_until_quiet()
-        before = [ray.get(apart.measure.remote(onnx_bytes, shape))["median_ms"] for _ in range(2)]  # no fine-tune yet
         spec = TrialSpec({}, {}, TrainSettings(epochs=100, lr=0.01), seed=0)
         ref = ray.remote(autocompress_trial).options(num_cpus=os.cpu_count(), max_retries=0).remote(
             base, data, spec, os.cpu_count())
@@ -96,25 +94,31 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
             time.sleep(0.2)
         assert trial_pids(), "the fine-tune did not start"
         time.sleep(3)  # well into the fine-tune
-        # "alone" and "during" interleaved, 4 pairs: this shared VM's speed drifts by a few percent over a minute,
+        # "alone" and "during" interleaved, in pairs: this shared VM's speed drifts by a few percent over a minute,
         # so figures taken minutes apart (alone before, during later) would compare the drift, not the isolation.
         # alone: the test holds the fine-tune stopped for the whole measurement (it computes nothing), timed by an
         # actor that pauses nothing itself (it would let the fine-tune go between sessions); during: the search's
         # device, which pauses the fine-tune only within each session and lets it run in the gaps between sessions.
+        # Interference from outside only ever adds time, and on a shared host it comes in bursts that can slow both
+        # cores by 10-60% for many seconds (measured here: 8 of 10 "alone" figures flagged `contended` in one bad
+        # hour, 0.57 to 0.95 ms). So each side is summed up by its fastest figure over 6 pairs: the machine's quiet
+        # speed, alone and beside the fine-tune. A failed pause slows every "during" figure, the fastest too (checked:
+        # with the device's pausing switched off this test fails).
         alone, during = [], []
-        for _ in range(4):
+        for _ in range(6):
             with paused_trials() as held:
                 assert held, "no trial to hold"
                 time.sleep(0.5)
-                alone.append(ray.get(apart.measure.remote(onnx_bytes, shape))["median_ms"])
+                alone.append(ray.get(apart.measure.remote(onnx_bytes, shape)))
             time.sleep(1.0)  # the fine-tune runs again
             during.append(ray.get(device.measure.remote(onnx_bytes, shape)))
         assert ref not in ray.wait([ref], timeout=0)[0], "the fine-tune ended before the measurements"
         ray.cancel(ref, force=True)
     finally:
         ray.shutdown()
-    med_alone = statistics.median(alone)
-    med_during = statistics.median(d["median_ms"] for d in during)
-    print(f"before the fine-tune {before} alone {alone} during {[d['median_ms'] for d in during]}")
+    print(f"alone {[a['median_ms'] for a in alone]} during {[d['median_ms'] for d in during]}"
+          f" contended alone {[a['contended'] for a in alone]} during {[d['contended'] for d in during]}")
     assert all(d["paused_trials"] >= 1 for d in during)
-    assert abs(med_during - med_alone) <= 0.05 * med_alone, (alone, during)
+    fastest_alone = min(a["median_ms"] for a in alone)
+    fastest_during = min(d["median_ms"] for d in during)
+    assert abs(fastest_during - fastest_alone) <= 0.05 * fastest_alone, (alone, during)
