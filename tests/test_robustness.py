@@ -93,6 +93,25 @@ def test_sigkill_mid_trial_then_resume_loses_and_repeats_nothing(tmp_path):
 
 
 @pytest.mark.slow
+def test_sigkill_before_the_first_trial_then_resume_completes(tmp_path):
+    """Killed while it measures its baselines, the run has no Optuna study yet; resuming starts one."""
+    run = tmp_path / "run"
+    proc = _start("search", "--budget", "2", "--out", str(run), *FAST_FLAGS)
+    try:
+        _wait_for(lambda: (run / "meta.json").is_file(), 300, proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    storage = JournalStorage(JournalFileBackend(str(run / "optuna.log")))
+    assert optuna.get_all_study_names(storage) == []  # the state this test is about
+    res = run_cli("search", "--resume", str(run), "--no-progress")
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = pd.read_csv(run / "trials.csv")
+    assert (table["state"].isin(["COMPLETE", "DUPLICATE"])).sum() == 2 and table["trial"].is_unique
+    assert json.loads((run / "meta.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.slow
 def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path):
     run = tmp_path / "run"
     res = run_cli("search", "--budget", "8", "--out", str(run), "--model", f"{FIXTURES}/fault_models.py:build",

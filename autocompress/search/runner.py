@@ -559,7 +559,8 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = JournalStorage(JournalFileBackend(str(rd.journal)))
         rows = _load_rows(rd) if prep.resume else {}
-        if prep.resume:
+        # a run killed before its first trial (during the baselines or the scan) has no study yet: it starts one
+        if prep.resume and prep.run_name in optuna.get_all_study_names(storage):
             study = optuna.load_study(study_name=meta["run_name"], storage=storage, sampler=sampler)
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 row = rows.get(t.number)
