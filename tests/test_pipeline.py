@@ -862,3 +862,20 @@ def test_uniform_configuration_keeps_the_channels_the_ratio_itself_would():
     # 25% of 16 channels rounds to 16 kept (nothing pruned), as the uniform 25% baseline builds it
     assert space.uniform(0.25, "int8") == {"prune:small": 0.0, "prune:big": 0.25, "quant:small": "int8"}
     assert space.uniform(0.5, "fp32") == {"prune:small": 0.375, "prune:big": 0.5, "quant:small": "fp32"}
+
+
+def test_warm_start_runs_the_baseline_models_the_scan_picks_and_the_fastest_corners_first():
+    from autocompress.search.runner import warm_start_configs
+
+    space = build_space(load_space_file(DEFAULT_SPACE), GROUPS, LAYERS)  # a: 16 -> [16, 8] ch, b: 64 -> 64..16 ch
+    pick = {"prune:a": 0.0, "prune:b": 0.375, **{f"quant:{l}": "int8" for l in LAYERS}}
+    got = warm_start_configs(space, [pick, space.uniform(0.5, "int8")], budget_trials=None)
+    assert got[0] == space.uniform(0.5, "int8") and got[1] == space.uniform(0.25, "int8") and got[2] == pick
+    assert len(got) == len({json.dumps(p, sort_keys=True) for p in got})  # the scan's repeat of a baseline runs once
+    # the most the space allows, in fp32 and in int8: the fast end of the front
+    fastest = {"prune:a": 0.375, "prune:b": 0.75}
+    assert got[3] == {**fastest, **{f"quant:{l}": "fp32" for l in LAYERS}}
+    assert got[4] == {**fastest, **{f"quant:{l}": "int8" for l in LAYERS}}
+    # at most a third of a trial budget, in that order
+    assert warm_start_configs(space, [pick], budget_trials=12) == got[:4]
+    assert warm_start_configs(space, [pick], budget_trials=2) == got[:1]
