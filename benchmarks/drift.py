@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from device import md_table  # benchmarks/device.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -75,14 +76,11 @@ def main() -> None:
         print("  " + "  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
     lat = np.array([r["latency_ms"] for r in rows])
     dev = np.abs(lat / reported - 1) * 100
-    cols = list(rows[0])
     run_rel = args.run.resolve().relative_to(ROOT) if args.run.resolve().is_relative_to(ROOT) else args.run
     lines = [f"# Host drift ({dt.date.today()})", "",
              f"`python benchmarks/drift.py --run {run_rel} --trial {p['trial']} --samples {args.samples} --every {args.every:g}`: "
              f"trial {p['trial']} (reported {reported:.4f} ms) measured in a new process every {args.every:g} s with the search's "
-             "latency method, beside the reference probe.", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+             "latency method, beside the reference probe.", ""] + md_table(rows, list(rows[0]))
     lines += ["", f"Within 5% of the reported median: {int((dev <= 5).sum())} of {len(rows)} samples "
                   f"(median {np.median(lat):.4f} ms, {100 * (np.median(lat) / reported - 1):+.2f}% from the reported; "
                   f"range {lat.min():.4f}-{lat.max():.4f} ms)."]

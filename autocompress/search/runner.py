@@ -35,7 +35,8 @@ from autocompress.tasks.baseline import get_baseline
 from autocompress.tasks.data import Splits, load_dataset
 from autocompress.tasks.models import build_model
 
-__all__ = ["Prepared", "SearchResult", "prepare", "load_resume_config", "run_search", "search", "warm_start_configs", "WARM_START", "BASELINES"]
+__all__ = ["Prepared", "SearchResult", "prepare", "load_resume_config", "run_search", "search", "warm_start_configs",
+           "WARM_START", "BASELINES"]
 
 # Uniform configurations tried first when warm_start is on: (prune ratio, precision). The first two are
 # the fine-tuned BASELINES below: when the space allows them exactly, those trials reuse the baselines'
