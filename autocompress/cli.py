@@ -45,12 +45,14 @@ def search(
     latency_threads: Optional[int] = typer.Option(None, "--latency-threads", help="ONNX Runtime intra-op threads when measuring latency (default 1)."),
     latency_batch: Optional[int] = typer.Option(None, "--latency-batch", help="Batch size when measuring latency (default 1)."),
     sampler: str = typer.Option("tpe", "--sampler", help="tpe (default), nsga2, random, or grid (only the uniform settings: every ratio of the space for all groups x fp32/int8 for all layers, each distinct model once)."),
+    baselines: Optional[str] = typer.Option(None, "--baselines", help="Uniform references to measure in this run, comma-separated: fp32 (always), int8, prune25-int8, prune50-int8 (default: all four; the pruned ones cost a fine-tune each)."),
     finetune_epochs: Optional[float] = typer.Option(None, "--finetune-epochs", help="Epochs of the KD fine-tune per trial (default 6)."),
     baseline_epochs: Optional[float] = typer.Option(None, "--baseline-epochs", help="Epochs to train the baseline when it is not cached (default 15)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress bar (for logs)."),
     trial_timeout: Optional[float] = typer.Option(None, "--trial-timeout", help="Seconds after which a running trial is stopped and recorded as failed (default 1800)."),
     early_stop: Optional[float] = typer.Option(None, "--early-stop", help="Stop a trial's fine-tune when its validation accuracy halfway through is more than this many points below FP32's (default 0: never; off by default because a one-epoch check misjudged trials that finished at 99%)."),
     no_sensitivity: bool = typer.Option(False, "--no-sensitivity", help="Skip the per-layer sensitivity scan (each group pruned alone, each layer quantized alone, no fine-tune; cached per model) that narrows the space and warm-starts the sampler."),
+    confirm_rounds: Optional[int] = typer.Option(None, "--confirm-rounds", help="When the budget is spent, measure every Pareto model and baseline again, together, this many rounds, and report the median round, so the figures compared come from one window of time (default 3; 0: keep the figures from the search)."),
     no_latency_cache: bool = typer.Option(False, "--no-latency-cache", help="Measure every artifact, even one whose graph this device has measured before."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and the search space (groups, layers, choices) as JSON, and exit."),
 ) -> None:
@@ -90,6 +92,10 @@ def search(
                 data["latency_cache"] = False
             if early_stop is not None:
                 data["early_stop_points"] = early_stop
+            if confirm_rounds is not None:
+                data["confirm_rounds"] = confirm_rounds
+            if baselines is not None:
+                data["baselines"] = [b.strip() for b in baselines.split(",") if b.strip()]
             if given("no_sensitivity"):
                 data["sensitivity"] = False
             if trial_timeout is not None:

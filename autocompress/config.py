@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from autocompress.errors import ConfigError, location
 
-__all__ = ["Budget", "parse_budget", "TrainConfig", "LatencyConfig", "SearchConfig", "config_error", "load_config_file"]
+__all__ = ["BASELINE_NAMES", "Budget", "parse_budget", "TrainConfig", "LatencyConfig", "SearchConfig", "config_error", "load_config_file"]
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
@@ -86,6 +86,10 @@ class LatencyConfig(_Strict):
     probe_factor: float = Field(default=1.25, gt=1, le=10)
 
 
+# the references a run can measure (autocompress/search/runner.py BASELINES builds them); fp32 is always one
+BASELINE_NAMES = ("fp32", "int8", "prune25-int8", "prune50-int8")
+
+
 class SearchConfig(_Strict):
     model: str = "resnet20"
     weights: Path | None = None  # the trained baseline (state_dict or whole model); None: train it on the data
@@ -110,6 +114,17 @@ class SearchConfig(_Strict):
             raise ValueError(f"{v!r} is not a Ray resource name; use up to 64 letters, digits, '_', '.', ':' or '-', e.g. rpi4 (or local)")
         return v
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    baselines: list[str] = list(BASELINE_NAMES)  # the uniform references measured in this run (fp32 always)
+
+    @field_validator("baselines")
+    @classmethod
+    def _baselines(cls, v: list[str]) -> list[str]:
+        unknown = [b for b in v if b not in BASELINE_NAMES]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not a baseline; choose from {', '.join(BASELINE_NAMES)}")
+        if "fp32" not in v:
+            raise ValueError("fp32 must be one of the baselines: speedups and hypervolume are relative to it (e.g. fp32,int8)")
+        return [b for b in BASELINE_NAMES if b in v]
     warm_start: bool = True  # enqueue uniform configurations first
     early_stop_points: float = Field(default=0.0, ge=0, le=100)  # stop a fine-tune this far below FP32 halfway through (0: never)
     sensitivity: bool = True  # scan each group / layer alone first (cached): narrows the space and warm-starts the sampler
@@ -118,6 +133,7 @@ class SearchConfig(_Strict):
     latency: LatencyConfig = LatencyConfig()
     trial_timeout_s: float = Field(default=1800, gt=0)  # a trial still running after this is stopped and recorded as failed
     latency_cache: bool = True  # reuse a measurement for an artifact whose graph this device has measured
+    confirm_rounds: int = Field(default=3, ge=0, le=20)  # at the end, re-measure Pareto models and baselines together (0: off)
 
     def dump(self) -> dict:
         return self.model_dump(mode="json")

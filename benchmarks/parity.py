@@ -43,7 +43,7 @@ def main() -> None:
         ratios = {g.name: rng.choice([0.0, 0.25, 0.5, 0.625]) for g in groups}
         prec = {l: rng.choice(["fp32", "int8", "int4"]) for l in layers}
         out = run_pipeline(base, splits, TrialSpec(ratios, prec, TrainSettings(epochs=args.finetune_epochs, lr=0.02, kd_alpha=0.9),
-                                                   reduce_range=reduce_range), threads=2)
+                                                   reduce_range=reduce_range, parity_val=True), threads=2)
         ort_acc = (out.val_accuracy + out.test_accuracy) / 2
         pt_acc = (out.torch_val_accuracy + out.torch_test_accuracy) / 2
         n8, n4 = sum(p == "int8" for p in prec.values()), sum(p == "int4" for p in prec.values())

@@ -63,4 +63,5 @@ CASES = [
     ("config-unknown-key", "an unknown key in a config file", lambda d: ["--config", _file(d, "run.yaml", "budget: 2\nmodle: resnet20\n")]),
     ("config-bad-value", "a config value out of range", lambda d: ["--config", _file(d, "run.yaml", "budget: 2\nfinetune: {epochs: -1}\n")]),
     ("sampler", "an unknown sampler", lambda d: ["--budget", "2", "--sampler", "bayes"]),
+    ("baselines-no-fp32", "baselines without fp32", lambda d: ["--budget", "2", "--baselines", "int8,prune50-int8"]),
 ]

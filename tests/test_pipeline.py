@@ -578,10 +578,10 @@ def test_run_pipeline_prunes_quantizes_and_measures(trained_resnet20, digits):
     assert set(out.requested_int8) <= set(out.integer_layers)
     assert out.float_layers == []
     assert out.op_counts.get("QLinearConv") == 21
-    for acc in (out.val_accuracy, out.test_accuracy, out.torch_val_accuracy, out.torch_test_accuracy):
+    for acc in (out.val_accuracy, out.test_accuracy, out.torch_test_accuracy):
         assert 0.0 <= acc <= 100.0
-    # the PyTorch counterpart (BN folded, fake-quantized as exported) predicts like the artifact
-    assert abs(out.torch_val_accuracy - out.val_accuracy) <= 1.0 and abs(out.torch_test_accuracy - out.test_accuracy) <= 1.0
+    # the PyTorch counterpart (BN folded, fake-quantized as exported) predicts like the artifact; val only on request
+    assert abs(out.torch_test_accuracy - out.test_accuracy) <= 1.0 and out.torch_val_accuracy is None
     # the reported accuracy is the artifact's own, under ONNX Runtime
     again = onnx_accuracy(out.onnx_bytes, {"val": (digits.val_x, digits.val_y)})
     assert again["val"] == pytest.approx(out.val_accuracy)

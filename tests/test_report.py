@@ -30,8 +30,8 @@ def test_report_flags_parity_gaps_and_failures(tmp_path):
     rd, base = _run_dir(tmp_path, 3)
     rd.write_json(rd.baselines_json, {"fp32": base, "int8": {**base, "latency_ms": 0.7}})
     rd.write_table([
-        _row(0, 98.0, 98.0, 98.1, 98.2, 0.4, 300_000),   # gap -0.15: fine
-        _row(1, 92.0, 91.0, 99.0, 98.0, 0.3, 200_000),   # gap -7.0: flagged
+        _row(0, 98.0, 98.0, 90.0, 98.2, 0.4, 300_000),   # test gap -0.2: fine (val is not compared)
+        _row(1, 92.0, 91.0, 92.0, 98.0, 0.3, 200_000),   # test gap -7.0: flagged
         {"trial": 2, "kind": "search", "state": "FAIL", "error": "RuntimeError: boom", "prune:g": 0.75, "quant:l": "fp32"},
     ])
     html = write_report(rd).read_text()

@@ -230,12 +230,17 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
     while _need_more(medians, settings):
         if medians or discarded or slowed:  # sessions spread over time, so one burst of interference cannot cover them all
             time.sleep(settings.session_gap_s * gaps.uniform(0.5, 1.5))
+        # the session is built and warmed up (arenas allocated, weights prepacked) before the trials are paused: that
+        # needs no quiet and was 40-50 ms of every session the trials stood still for; a few runs inside bring the
+        # caches back after the fine-tune
+        sess = make_session(path, threads=settings.threads)
+        feed = {sess.get_inputs()[0].name: x}
+        for _ in range(settings.warmup):
+            sess.run(None, feed)
         t_held = time.perf_counter()
         with (quiet() if quiet else contextlib.nullcontext()) as held:
             paused = max(paused, len(held) if isinstance(held, list) else 0)
-            sess = make_session(path, threads=settings.threads)
-            feed = {sess.get_inputs()[0].name: x}
-            for _ in range(settings.warmup):
+            for _ in range(min(5, settings.warmup)):
                 sess.run(None, feed)
             probe_ms = [probe()] if probe else []
             samples: list[float] = []
@@ -255,7 +260,7 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
             load = other_load(busy0, _machine_busy(), time.process_time() - cpu0, time.perf_counter() - start)
             if probe:
                 probe_ms.append(probe())
-            del sess
+        del sess
         if isinstance(held, list) and held:  # only time that stood trials still cost them anything
             held_s += time.perf_counter() - t_held
         loaded = load is not None and load > limit

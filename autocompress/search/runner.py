@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from autocompress.config import SearchConfig
+from autocompress.config import BASELINE_NAMES, SearchConfig
 from autocompress.errors import ClusterError, DataError, Interrupted, ModelError, RunError
 from autocompress.pipeline.export import export_onnx, fold_batchnorm, layer_nodes
 from autocompress.pipeline.finetune import TrainSettings
@@ -57,6 +57,7 @@ BASELINES = (
     ("prune25-int8", 0.25, "int8", True),  # uniform pruning + int8, with the trials' own fine-tune
     ("prune50-int8", 0.5, "int8", True),
 )
+assert tuple(b[0] for b in BASELINES) == BASELINE_NAMES
 
 
 def warm_start_configs(space: SearchSpace, scan_picks: list[dict], budget_trials: int | None) -> list[dict]:
@@ -322,8 +323,7 @@ def _row(number: int, state: str, params: dict, out: TrialOutput | None, lat: di
             "latency_source": lat.get("source", "measured"), "latency_paused_trials": lat.get("paused_trials", 0),
             "latency_other_load_cores": lat.get("other_load_cores"), "latency_contended": bool(lat.get("contended", False)),
             "latency_held_s": lat.get("held_s", 0.0) if lat.get("source", "measured") == "measured" else 0.0,
-            "size_bytes": out.size_bytes, "torch_val_accuracy": round(out.torch_val_accuracy, 4),
-            "torch_test_accuracy": round(out.torch_test_accuracy, 4), "sha256": out.sha256, "onnx": onnx_rel,
+            "size_bytes": out.size_bytes, "torch_test_accuracy": round(out.torch_test_accuracy, 4), "sha256": out.sha256, "onnx": onnx_rel,
             "int8_requested": len(out.requested_int8),
             "int8_on_integer_kernel": len(set(out.requested_int8) & set(out.integer_layers)),
             "kernels": " ".join(f"{k}={v}" for k, v in sorted(out.op_counts.items())),
@@ -497,15 +497,19 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         # ---- baselines (BASELINES), measured like every trial
         baselines: dict[str, dict] = rd.read_json(rd.baselines_json) if (prep.resume and rd.baselines_json.is_file()) else {}
         all_groups = [g.name for g in space.groups]
-        for name, ratio, prec, tuned in BASELINES:
-            if name in baselines:
-                continue
-            log(f"baseline {name}: {'prune, fine-tune, ' if ratio else ''}export, quantize, measure")
-            spec = TrialSpec({g: ratio for g in all_groups} if ratio else {}, {l.name: prec for l in space.layers},
-                             ft if tuned else None, space.round_to, space.min_channels, cfg.seed, reduce_range)
-            t0 = time.perf_counter()
+        # built concurrently like trials (up to `concurrency` at once), measured one at a time by the device in order
+        pending = [b for b in BASELINES if b[0] in cfg.baselines and b[0] not in baselines]
+        inflight: list[tuple[str, TrialSpec, float, ray.ObjectRef]] = []
+        while pending or inflight:
+            while pending and len(inflight) < cfg.concurrency:
+                name, ratio, prec, tuned = pending.pop(0)
+                log(f"baseline {name}: {'prune, fine-tune, ' if ratio else ''}export, quantize, measure")
+                spec = TrialSpec({g: ratio for g in all_groups} if ratio else {}, {l.name: prec for l in space.layers},
+                                 ft if tuned else None, space.round_to, space.min_channels, cfg.seed, reduce_range)
+                inflight.append((name, spec, time.perf_counter(), remote_trial.remote(base_ref, splits_ref, spec, threads)))
+            name, spec, t0, ref = inflight.pop(0)
             try:
-                out = ray.get(remote_trial.remote(base_ref, splits_ref, spec, threads))
+                out = ray.get(ref)
                 lat = latency_of(out)
             except Exception as e:  # noqa: BLE001 - a reference that cannot be built is reported, not fatal
                 if name == "fp32":
@@ -519,6 +523,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             baselines[name] = _row(-1, "COMPLETE", {f"prune:{g}": r for g, r in spec.ratios.items()}, out, lat,
                                    str(path.relative_to(rd.path)), time.perf_counter() - t0, kind=f"baseline-{name}")
             baselines[name]["model_key"] = _model_key(space, spec.ratios, spec.precisions)
+        baselines = {name: baselines[name] for name, *_ in BASELINES if name in baselines}  # the table's order
         rd.write_json(rd.baselines_json, baselines)
         fp32_ms = baselines["fp32"]["latency_ms"]
         stop_below = baselines["fp32"]["val_accuracy"] - cfg.early_stop_points if cfg.early_stop_points > 0 else None
@@ -826,6 +831,8 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
 
             for number in sorted(untold):  # the study hears of the last results (a trial left unrun by Ctrl-C stays RUNNING)
                 tell(number)
+            if cfg.confirm_rounds and not interrupt.stopping:
+                _confirm(rd, cfg, interrupt, bar.trial_line)(rows, baselines, device, input_shape, lat_cache, save_table)
         exhausted = repeats_in_a_row >= MAX_REPEATS
         finished = (cfg.budget.trials is None or done + failed + stopped >= cfg.budget.trials or exhausted
                     or (cfg.sampler == "grid" and done + failed + stopped >= len(grid)))
@@ -842,6 +849,44 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         return SearchResult(rd.path, table, pareto_front(table), baselines, report)
     finally:
         lock.close()
+
+
+class _ConfirmStopped(Exception):
+    pass
+
+
+def _confirm(rd: RunDir, cfg: SearchConfig, interrupt, log) -> Callable:
+    """The end-of-search re-measurement (autocompress/search/confirm.py), wired to the device, the latency cache and
+    the run directory. Ctrl-C or a failing measurement skips it and keeps the search-time figures."""
+    import ray
+
+    from autocompress.measure.cache import graph_hash
+    from autocompress.search.confirm import confirm_latencies
+
+    def run(rows: dict, baselines: dict, device, input_shape, lat_cache, save_table) -> None:
+        def measure(data: bytes) -> dict:
+            if interrupt.stopping:
+                raise _ConfirmStopped
+            return ray.get(device.measure.remote(data, input_shape))
+
+        try:
+            chosen = confirm_latencies(rows, baselines, rd.path, measure, cfg.confirm_rounds, log)
+        except _ConfirmStopped:
+            log("latency confirmation skipped (Ctrl-C): the report shows the figures measured during the search")
+            return
+        except Exception as e:  # noqa: BLE001 - the search's own figures stand
+            log(f"latency confirmation failed ({_describe_error(e)}): the report shows the figures measured during the search")
+            return
+        for f, lat in chosen.items():
+            if lat_cache and not lat.get("contended"):
+                lat_cache.put(graph_hash((rd.path / f).read_bytes()), lat)
+        for n, row in rows.items():
+            if row.get("onnx") in chosen and row.get("latency_ms") is not None:
+                rd.write_json(rd.path / "trials" / f"{n:04d}.json", row)
+        rd.write_json(rd.baselines_json, baselines)
+        save_table()
+
+    return run
 
 
 def autocompress_trial(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, threads: int) -> TrialOutput:
