@@ -133,7 +133,7 @@ class SearchConfig(_Strict):
     latency: LatencyConfig = LatencyConfig()
     trial_timeout_s: float = Field(default=1800, gt=0)  # a trial still running after this is stopped and recorded as failed
     latency_cache: bool = True  # reuse a measurement for an artifact whose graph this device has measured
-    confirm_rounds: int = Field(default=3, ge=0, le=20)  # at the end, re-measure Pareto models and baselines together (0: off)
+    confirm_rounds: int = Field(default=2, ge=0, le=20)  # at the end, re-measure Pareto models and baselines together (0: off)
 
     def dump(self) -> dict:
         return self.model_dump(mode="json")

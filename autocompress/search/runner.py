@@ -248,8 +248,8 @@ class _Progress:
 
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        # Not a terminal (CI, a log file): no live bar, one line per finished trial instead.
-        self.lines = enabled and not sys.stderr.isatty()
+        # --no-progress, or not a terminal (CI, a log file): no live bar, one line per finished trial instead.
+        self.lines = not enabled or not sys.stderr.isatty()
         enabled = enabled and not self.lines
         self.log = log
         self.total_trials, self.total_seconds = total_trials, total_seconds
