@@ -617,7 +617,8 @@ def test_measure_latency(tmp_path):
     assert len(r3.session_medians_ms) == 5 and r3.median_ms == pytest.approx(min(r3.session_medians_ms), abs=1e-4)
     assert 1 <= r3.slow_sessions <= 4  # all but the fastest (and any exact tie with it) are left out
     assert set(r2.as_dict()) == {"median_ms", "p90_ms", "p99_ms", "reps", "session_medians_ms", "other_load_cores",
-                                 "contended_sessions", "contended", "slow_sessions", "slowed_sessions", "paused_trials", "held_s"}
+                                 "contended_sessions", "contended", "slow_sessions", "slowed_sessions", "paused_trials", "held_s",
+                                 "probe_vs_best"}
     assert r2.held_s == 0.0  # no hook: no trial was held
 
 
@@ -669,6 +670,39 @@ def test_sessions_are_spread_out_and_the_device_hook_holds_each_one(tmp_path):
     assert within - 0.001 <= r.held_s <= within + 0.05 and r.held_s < left[-1] - entered[0] - 0.5 * 0.2 * 2
 
 
+def test_a_probe_slow_before_the_session_lets_the_trials_go_at_once(tmp_path, monkeypatch):
+    """A burst already on when the trials are paused: the session is skipped, not timed and thrown away."""
+    from autocompress.measure import latency
+
+    model = _small_net()
+    path = tmp_path / "small.onnx"
+    export_onnx(model, torch.randn(1, 3, 8, 8), path)
+    readings = iter([3.0] + [1.0] * 50)  # the probe: 3x its best once (a burst), then at its quiet speed
+
+    class Probe:  # the reference workload's readings under control; the model itself is really timed
+        best = 1.0
+
+        def __call__(self) -> float:
+            return next(readings)
+
+    monkeypatch.setattr(latency._Probe, "_instances", {1: Probe()})
+    entered, left = [], []
+
+    @contextlib.contextmanager
+    def quiet():
+        entered.append(time.perf_counter())
+        yield [111]
+        left.append(time.perf_counter())
+
+    s = LatencySettings(warmup=2, min_reps=20, max_reps=100_000, sessions=3, max_sessions=3, session_gap_s=0.01,
+                        min_session_seconds=0.1, contention_cores=100.0)
+    r = latency.measure_latency(path, (3, 8, 8), s, quiet=quiet)
+    held = [b - a for a, b in zip(entered, left)]
+    assert len(held) == 4 and r.slowed_sessions == 1 and len(r.session_medians_ms) == 3
+    assert held[0] < 0.05 and all(h >= 0.1 for h in held[1:])  # the skipped one held the trials for a few runs only
+    assert r.probe_vs_best == 1.0 and not r.contended
+
+
 def test_other_load_is_the_machine_busy_time_minus_this_process():
     from autocompress.measure.latency import _machine_busy, other_load
 
@@ -688,7 +722,8 @@ def test_a_session_beside_outside_load_is_taken_again_then_reported_as_contended
     path = tmp_path / "small.onnx"
     export_onnx(model, torch.randn(1, 3, 8, 8), path)
     settings = LatencySettings(warmup=3, min_reps=50, max_reps=100_000, sessions=2, max_sessions=2, max_seconds=5,
-                               max_contended=2, contention_cores=0.5, min_session_seconds=0.2)
+                               max_contended=2, contention_cores=0.5, min_session_seconds=0.2,
+                               probe=False)  # the load check alone: the hog slows the probe too, which skips the session
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # a whole core of load from another process
     try:
         time.sleep(0.5)

@@ -12,7 +12,7 @@ Bursts: interference that /proc/stat does not show (another tenant on the same p
 slows whole sessions by 30-90% for a second or more at a time on this project's shared 2-core VM. Three
 defences: (1) a fixed reference workload (`_Probe`) is timed before and after each session; a session whose
 probe ran more than `probe_factor` slower than the fastest this device has run it is taken again (it shares
-the `max_contended` retries); (2) sessions are spread out (`session_gap_s`, jittered); (3) the figures come
+the `max_contended` retries; when the probe is slow already before the session, the session is not run); (2) sessions are spread out (`session_gap_s`, jittered); (3) the figures come
 from the sessions within 2 x ci_target of the fastest, and sessions are added (up to `max_sessions`) until
 `sessions` of them agree with it. Slower sessions are counted (`slow_sessions`), not used.
 """
@@ -68,6 +68,7 @@ class LatencyResult:
     slowed_sessions: int = 0  # sessions taken again because the reference probe beside them ran slow
     paused_trials: int = 0  # trial processes the `quiet` hook held still during a session (the most at once)
     held_s: float = 0.0  # wall seconds spent inside the `quiet` hook: what the measurement cost the trials it paused
+    probe_vs_best: float | None = None  # the reference probe beside the kept sessions, x its best: how fast the host ran
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -225,6 +226,7 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
         limit = max(0.5, ((seen[2] if seen else os.cpu_count() or 1) - settings.threads) / 4)
     discarded, slowed, loads, paused, held_s = 0, 0, [], 0, 0.0
     disturbed: list[bool] = []
+    probe_ratio: list[float] = []  # per kept session: its slower probe against the fastest this device has run it
     probe = _Probe.get(settings.threads) if settings.probe else None
 
     while _need_more(medians, settings):
@@ -244,9 +246,14 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
                 sess.run(None, feed)
             probe_ms = [probe()] if probe else []
             samples: list[float] = []
+            load = None
+            # a probe already slow before the session: the burst is on now, so the trials go back to work at once
+            # instead of standing still through a session that would be thrown away (retries permitting)
+            early = (bool(probe) and probe_ms[0] > settings.probe_factor * probe.best
+                     and discarded + slowed < settings.max_contended)
             start = time.perf_counter()
             cpu0, busy0 = time.process_time(), _machine_busy()
-            while len(samples) < settings.max_reps:
+            while not early and len(samples) < settings.max_reps:
                 t0 = time.perf_counter_ns()
                 sess.run(None, feed)
                 samples.append((time.perf_counter_ns() - t0) / 1e6)
@@ -257,9 +264,10 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
                         break
                     if time.perf_counter() - start > settings.max_seconds:
                         break
-            load = other_load(busy0, _machine_busy(), time.process_time() - cpu0, time.perf_counter() - start)
-            if probe:
-                probe_ms.append(probe())
+            if not early:
+                load = other_load(busy0, _machine_busy(), time.process_time() - cpu0, time.perf_counter() - start)
+                if probe:
+                    probe_ms.append(probe())
         del sess
         if isinstance(held, list) and held:  # only time that stood trials still cost them anything
             held_s += time.perf_counter() - t_held
@@ -271,6 +279,8 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
             time.sleep(0.25 * (discarded + slowed))  # let the burst pass (bursts here lasted about a second)
             continue
         disturbed.append(loaded or slow)  # kept all the same: the retries ran out
+        if probe:
+            probe_ratio.append(max(probe_ms) / probe.best)
         if load is not None:
             loads.append(load)
         medians.append(statistics.median(samples))
@@ -284,5 +294,5 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
         reps=sum(len(v) for v in per_session), session_medians_ms=tuple(round(m, 4) for m in medians),
         other_load_cores=round(max(loads), 3) if loads else None, contended_sessions=discarded, contended=contended,
         slow_sessions=len(medians) - len(keep), slowed_sessions=slowed, paused_trials=paused,
-        held_s=round(held_s, 3),
+        held_s=round(held_s, 3), probe_vs_best=round(max(probe_ratio[i] for i in keep), 3) if probe_ratio else None,
     )

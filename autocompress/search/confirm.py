@@ -26,7 +26,8 @@ __all__ = ["confirm_latencies", "CONFIRM_FIELDS"]
 # what a confirmed figure replaces in a row; the search-time measurement's own fields (source, held time, paused
 # trials) stay: they describe what the measurement during the search cost
 CONFIRM_FIELDS = {"median_ms": "latency_ms", "p90_ms": "latency_p90_ms", "p99_ms": "latency_p99_ms",
-                  "reps": "latency_reps", "other_load_cores": "latency_other_load_cores", "contended": "latency_contended"}
+                  "reps": "latency_reps", "other_load_cores": "latency_other_load_cores", "contended": "latency_contended",
+                  "probe_vs_best": "latency_probe_vs_best"}
 
 
 def _fastest_round(figures: list[dict]) -> dict:
