@@ -52,7 +52,7 @@ def search(
     trial_timeout: Optional[float] = typer.Option(None, "--trial-timeout", help="Seconds after which a running trial is stopped and recorded as failed (default 1800)."),
     early_stop: Optional[float] = typer.Option(None, "--early-stop", help="Stop a trial's fine-tune when its validation accuracy halfway through is more than this many points below FP32's (default 0: never; off by default because a one-epoch check misjudged trials that finished at 99%)."),
     no_sensitivity: bool = typer.Option(False, "--no-sensitivity", help="Skip the per-layer sensitivity scan (each group pruned alone, each layer quantized alone, no fine-tune; cached per model) that narrows the space and warm-starts the sampler."),
-    confirm_rounds: Optional[int] = typer.Option(None, "--confirm-rounds", help="When the budget is spent, measure every Pareto model and baseline again, together, this many rounds, and report the fastest round, so the figures compared come from one window of time (default 2; 0: keep the figures from the search)."),
+    confirm_rounds: Optional[int] = typer.Option(None, "--confirm-rounds", help="When the budget is spent, measure every Pareto model and baseline again, together, this many rounds (2 more for a model whose rounds disagree by over 4%), and report their median, so the figures compared come from one window of time (default 2; 0: keep the figures from the search)."),
     no_latency_cache: bool = typer.Option(False, "--no-latency-cache", help="Measure every artifact, even one whose graph this device has measured before."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and the search space (groups, layers, choices) as JSON, and exit."),
 ) -> None:

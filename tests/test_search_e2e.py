@@ -64,12 +64,13 @@ def test_search_local_ray_then_report_and_pick(tmp_path):
     _check_run(run, 3)
     baselines = json.loads((run / "baselines.json").read_text())
     assert list(baselines) == ALL.split(",")
-    # the end: every Pareto model and baseline measured again in 2 rounds, the fastest reported, the search's own
+    # the end: every Pareto model and baseline measured again in 2 rounds (up to 4 while they disagree), their median
+    # reported, the search's own
     # figure kept beside it; the same in trials.csv, the per-trial files a resume reads, and the report
     front = json.loads((run / "pareto.json").read_text())
     for r in [*front, *baselines.values()]:
         rounds = [float(v) for v in r["latency_confirm_ms"].split()]
-        assert len(rounds) == 2 and r["latency_ms"] == pytest.approx(min(rounds), abs=1e-4), r
+        assert 2 <= len(rounds) <= 4 and min(rounds) - 1e-4 <= r["latency_ms"] <= max(rounds) + 1e-4, r
         assert r["search_latency_ms"] > 0
     for r in front:
         assert json.loads((run / "trials" / f"{r['trial']:04d}.json").read_text())["latency_confirm_ms"] == r["latency_confirm_ms"]

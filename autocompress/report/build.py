@@ -288,8 +288,8 @@ def write_report(rd: RunDir | str | Path) -> Path:
     if confirmed:
         moved = [abs(float(r["latency_ms"]) / float(r["search_latency_ms"]) - 1) for r in confirmed if r.get("search_latency_ms")]
         notes.append(f"When the budget was spent, the Pareto models and the baselines were measured again, together, in {rounds} "
-                     "round(s) (each round every model once, in fresh sessions): their latency is the fastest round (outside interference "
-                     "only adds time), so the speed-ups "
+                     "round(s) (each round every model once, in fresh sessions; up to 2 more for a model whose rounds disagree by over 4%): "
+                     "their latency is the median of those rounds not flagged contended, so the speed-ups "
                      "compare figures taken minutes apart at most, not across the whole run (column latency_confirm_ms holds the "
                      "rounds, search_latency_ms the figure the search ranked on"
                      + (f"; they moved by {100 * statistics.median(moved):.1f}% in the median, {100 * max(moved):.1f}% at most" if moved else "")
