@@ -64,3 +64,17 @@ def test_off_and_a_failing_measurement_change_nothing(tmp_path):
     except RuntimeError:
         pass
     assert rows[0] == _row(0, 95.0, 0.8)
+
+    calls = []
+
+    def fails_late(data: bytes) -> dict:  # the first round goes through, the second fails
+        calls.append(data)
+        if len(calls) > 1:
+            raise RuntimeError("device gone")
+        return {"median_ms": 0.5, "p90_ms": 0.6, "p99_ms": 0.7, "reps": 10, "contended": False}
+
+    try:
+        confirm_latencies(rows, {}, tmp_path, fails_late, rounds=2, log=lambda s: None)
+    except RuntimeError:
+        pass
+    assert len(calls) == 2 and rows[0] == _row(0, 95.0, 0.8)  # nothing half-applied

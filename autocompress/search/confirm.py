@@ -18,6 +18,7 @@ If a confirmed figure moves a model off the front and an unconfirmed trial onto 
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Callable
 
@@ -36,8 +37,6 @@ CONFIRM_FIELDS = {"median_ms": "latency_ms", "p90_ms": "latency_p90_ms", "p99_ms
 
 def summarise(figures: list[dict]) -> dict:
     """One figure from a model's rounds: the median of the rounds not flagged contended (of all, if every one is)."""
-    import statistics
-
     use = [f for f in figures if not f.get("contended")] or figures
     med = lambda key: float(statistics.median(f[key] for f in use))  # noqa: E731
     probes = [f["probe_vs_best"] for f in use if f.get("probe_vs_best") is not None]
@@ -67,31 +66,35 @@ def confirm_latencies(rows: dict[int, dict], baselines: dict[str, dict], run_pat
     """Re-measure the Pareto models and baselines (their ONNX files under `run_path`) in `rounds` rounds (more for
     a model whose rounds disagree) and write the summary (`summarise`) into every row of those files (in place;
     duplicates share their original's file). Returns each measured file's summary. An exception from `measure`
-    leaves every row of that pass unchanged."""
+    leaves every row unchanged: the figures go into copies, written back once every pass is done."""
     if rounds <= 0:
         return {}
-    confirmed: dict[str, list[dict]] = {}
+    new_rows = {n: dict(r) for n, r in rows.items()}
+    new_baselines = {k: dict(b) for k, b in baselines.items()}
+    summaries: dict[str, dict] = {}
     for _ in range(3):  # a front changed by the new figures: confirm its newcomers too (at most twice more)
-        table = pd.DataFrame(list(rows.values()))
+        table = pd.DataFrame(list(new_rows.values()))
         front = pareto_front(table) if len(table) and "state" in table else table
         files = [b["onnx"] for b in baselines.values() if b.get("state", "COMPLETE") == "COMPLETE" and b.get("onnx")]
         files += [str(p) for p in front["onnx"]] if len(front) else []
-        todo = list(dict.fromkeys(f for f in files if f not in confirmed))  # a reused baseline file is measured once
+        todo = list(dict.fromkeys(f for f in files if f not in summaries))  # a reused baseline file is measured once
         if not todo:
             break
         log(f"confirming the latency of {len(todo)} model(s) (Pareto models and baselines), {rounds} round(s)")
         figures: dict[str, list[dict]] = {f: [] for f in todo}
         data = {f: (run_path / f).read_bytes() for f in todo}
-        for r in range(rounds + extra):
-            group = todo if r < rounds else [f for f in todo if not _agree(figures[f], agree)]
-            if rounds > 1 and not group:
+        for r in range(rounds + extra):  # one round asked for: nothing to agree with, no extra rounds
+            group = todo if r < rounds else [f for f in todo if rounds > 1 and not _agree(figures[f], agree)]
+            if not group:
                 break
             for f in (group if r % 2 == 0 else group[::-1]):
                 figures[f].append(measure(data[f]))
-            if rounds == 1 and r == 0:
-                break  # one round asked for: nothing to agree with
-        confirmed.update(figures)
-        for row in [*rows.values(), *baselines.values()]:
+        summaries.update({f: summarise(v) for f, v in figures.items()})
+        for row in [*new_rows.values(), *new_baselines.values()]:
             if row.get("onnx") in figures and row.get("latency_ms") is not None:
-                _apply(row, summarise(figures[row["onnx"]]), figures[row["onnx"]])
-    return {f: summarise(v) for f, v in confirmed.items()}
+                _apply(row, summaries[row["onnx"]], figures[row["onnx"]])
+    for n, row in new_rows.items():
+        rows[n].update(row)
+    for k, row in new_baselines.items():
+        baselines[k].update(row)
+    return summaries

@@ -833,7 +833,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             for number in sorted(untold):  # the study hears of the last results (a trial left unrun by Ctrl-C stays RUNNING)
                 tell(number)
             if cfg.confirm_rounds and not interrupt.stopping:
-                _confirm(rd, cfg, interrupt, bar.trial_line)(rows, baselines, device, input_shape, lat_cache, save_table)
+                _confirm(rd, cfg, interrupt, bar.trial_line, rows, baselines, device, input_shape, lat_cache, save_table)
         exhausted = repeats_in_a_row >= MAX_REPEATS
         finished = (cfg.budget.trials is None or done + failed + stopped >= cfg.budget.trials or exhausted
                     or (cfg.sampler == "grid" and done + failed + stopped >= len(grid)))
@@ -856,7 +856,8 @@ class _ConfirmStopped(Exception):
     pass
 
 
-def _confirm(rd: RunDir, cfg: SearchConfig, interrupt, log) -> Callable:
+def _confirm(rd: RunDir, cfg: SearchConfig, interrupt, log, rows: dict, baselines: dict, device, input_shape,
+             lat_cache, save_table) -> None:
     """The end-of-search re-measurement (autocompress/search/confirm.py), wired to the device, the latency cache and
     the run directory. Ctrl-C or a failing measurement skips it and keeps the search-time figures."""
     import ray
@@ -864,30 +865,27 @@ def _confirm(rd: RunDir, cfg: SearchConfig, interrupt, log) -> Callable:
     from autocompress.measure.cache import graph_hash
     from autocompress.search.confirm import confirm_latencies
 
-    def run(rows: dict, baselines: dict, device, input_shape, lat_cache, save_table) -> None:
-        def measure(data: bytes) -> dict:
-            if interrupt.stopping:
-                raise _ConfirmStopped
-            return ray.get(device.measure.remote(data, input_shape))
+    def measure(data: bytes) -> dict:
+        if interrupt.stopping:
+            raise _ConfirmStopped
+        return ray.get(device.measure.remote(data, input_shape))
 
-        try:
-            chosen = confirm_latencies(rows, baselines, rd.path, measure, cfg.confirm_rounds, log)
-        except _ConfirmStopped:
-            log("latency confirmation skipped (Ctrl-C): the report shows the figures measured during the search")
-            return
-        except Exception as e:  # noqa: BLE001 - the search's own figures stand
-            log(f"latency confirmation failed ({_describe_error(e)}): the report shows the figures measured during the search")
-            return
-        for f, lat in chosen.items():
-            if lat_cache and not lat.get("contended"):
-                lat_cache.put(graph_hash((rd.path / f).read_bytes()), lat)
-        for n, row in rows.items():
-            if row.get("onnx") in chosen and row.get("latency_ms") is not None:
-                rd.write_json(rd.path / "trials" / f"{n:04d}.json", row)
-        rd.write_json(rd.baselines_json, baselines)
-        save_table()
-
-    return run
+    try:
+        chosen = confirm_latencies(rows, baselines, rd.path, measure, cfg.confirm_rounds, log)
+    except _ConfirmStopped:
+        log("latency confirmation skipped (Ctrl-C): the report shows the figures measured during the search")
+        return
+    except Exception as e:  # noqa: BLE001 - the search's own figures stand
+        log(f"latency confirmation failed ({_describe_error(e)}): the report shows the figures measured during the search")
+        return
+    for f, lat in chosen.items():
+        if lat_cache and not lat.get("contended"):
+            lat_cache.put(graph_hash((rd.path / f).read_bytes()), lat)
+    for n, row in rows.items():
+        if row.get("onnx") in chosen and row.get("latency_ms") is not None:
+            rd.write_json(rd.path / "trials" / f"{n:04d}.json", row)
+    rd.write_json(rd.baselines_json, baselines)
+    save_table()
 
 
 def autocompress_trial(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, threads: int) -> TrialOutput:
