@@ -79,6 +79,7 @@ class LatencyConfig(_Strict):
     max_sessions: int = Field(default=9, ge=1, le=50)  # extra sessions while the session medians disagree
     max_seconds: float = Field(default=20.0, gt=0)
     max_contended: int = Field(default=6, ge=0, le=50)  # sessions taken again because other load shared the machine
+    burst_wait_s: float = Field(default=30.0, ge=0, le=600)  # ... or for this long, if that is longer (a long burst)
     contention_cores: float | None = Field(default=None, gt=0)  # other load that spoils a session (None: automatic)
     min_session_seconds: float = Field(default=0.1, ge=0, le=60)
     session_gap_s: float = Field(default=0.3, ge=0, le=60)  # mean pause between sessions, trials running meanwhile

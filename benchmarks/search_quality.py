@@ -127,9 +127,13 @@ def main() -> None:
                     help="seeds of the grid (default: --seeds); the grid's configurations do not depend on the seed, only its fine-tunes do")
     ap.add_argument("--default-budget", type=int, default=None,
                     help="trials of the default search (default: the largest budget; half of it is enough for the N vs 2N check)")
+    ap.add_argument("--keep-others", action="store_true",
+                    help="methods not in --methods: keep their results from the last search_quality.json, marked with its date")
     args = ap.parse_args()
     top = max(args.budgets)
-    results: dict = {"budgets": args.budgets, "seeds": args.seeds, "hv": {}, "curves": {}}
+    today = str(dt.date.today())
+    results: dict = {"budgets": args.budgets, "seeds": args.seeds, "hv": {}, "curves": {},
+                     "dates": {m: today for m in args.methods}}
     for method in args.methods:
         for seed in (args.grid_seeds or args.seeds) if method == "grid" else args.seeds:
             print(f"{method}, seed {seed}", flush=True)
@@ -145,6 +149,7 @@ def main() -> None:
             results["curves"].setdefault(method, {})[seed] = c["hypervolume"].tolist()
             results["hv"].setdefault(method, {})[seed] = {n: float(c["hypervolume"].iloc[n - 1]) if n <= len(c) else float("nan")
                                                           for n in args.budgets}
+    kept = _keep_others(results, args.methods) if args.keep_others else []
     rows = []
     for method, by_seed in results["hv"].items():
         row = {"method": method}
@@ -155,11 +160,15 @@ def main() -> None:
     lines = [f"# Search quality on the demo task ({dt.date.today()})", "",
              f"`python benchmarks/search_quality.py --budgets {' '.join(map(str, args.budgets))} --seeds {' '.join(map(str, args.seeds))}"
              + (f" --grid-seeds {' '.join(map(str, args.grid_seeds))}" if args.grid_seeds else "")
-             + (f" --default-budget {args.default_budget}" if args.default_budget else "") + "`: "
+             + (f" --default-budget {args.default_budget}" if args.default_budget else "")
+             + (f" --methods {' '.join(args.methods)} --keep-others" if kept else "") + "`: "
              "hypervolume (median over seeds, then each seed) of the validation-accuracy / latency front after N trials, normalised "
              "to each run's FP32 baseline (see autocompress/results/hypervolume.py). Grid: all its uniform configurations, whatever N.", "",
              "| method | " + " | ".join(f"N={n}" for n in args.budgets) + " |", "|---|" + "---|" * len(args.budgets)]
     lines += ["| " + " | ".join(r[k] for k in r) + " |" for r in rows]
+    if kept:
+        lines += ["", "Not re-run this time, kept from the last results: "
+                      + ", ".join(f"{m} (run of {results['dates'][m]})" for m in kept) + "."]
     if "default" in results["hv"] and "random" in results["hv"]:
         for n in args.budgets:
             if 2 * n in args.budgets:
@@ -182,6 +191,23 @@ def main() -> None:
     (HERE / "search_quality.json").write_text(json.dumps(results, indent=1) + "\n")
     _plot(results, HERE / "search_quality.html")
     print("\n".join(lines))
+
+
+def _keep_others(results: dict, methods: list[str]) -> list[str]:
+    """Copy the results of the methods not run now from the last search_quality.json (seeds and budgets back to
+    ints, as JSON made them strings); returns the methods kept."""
+    path = HERE / "search_quality.json"
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    kept = [m for m in old.get("hv", {}) if m not in methods]
+    for m in kept:
+        for key in ("hv", "curves", "dominated", "outside_finetune_s"):
+            if m in old.get(key, {}):
+                results.setdefault(key, {})[m] = {
+                    int(seed): ({int(n): v for n, v in val.items()} if key == "hv" else val) for seed, val in old[key][m].items()}
+        results["dates"][m] = old.get("dates", {}).get(m, "2026-11-23")  # the results before dates were recorded: that day
+    return kept
 
 
 def _plot(results: dict, path: Path) -> None:

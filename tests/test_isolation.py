@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -78,7 +79,7 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
     # own and a failure to pause would go unseen. Measured with the device's pausing switched off: "during" read
     # 2% above "alone" at 1 thread, but 0.64-0.96 ms against 0.545 ms at 2 threads (this test then fails).
     settings = {"batch": 1, "threads": os.cpu_count(), "warmup": 20, "min_reps": 200, "max_reps": 3000, "ci_target": 0.01,
-                "sessions": 3, "max_sessions": 5, "max_contended": 3, "max_seconds": 20.0}
+                "sessions": 3, "max_sessions": 5, "max_contended": 3, "burst_wait_s": 0, "max_seconds": 20.0}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         device, _ = _place_device("local", settings)
@@ -100,20 +101,22 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
         # actor that pauses nothing itself (it would let the fine-tune go between sessions); during: the search's
         # device, which pauses the fine-tune only within each session and lets it run in the gaps between sessions.
         # Interference from outside only ever adds time, and on a shared host it comes in bursts that can slow both
-        # cores by 10-60% for many seconds (measured here: 8 of 10 "alone" figures flagged `contended` in one bad
-        # hour, 0.57 to 0.95 ms). So each side is summed up by its fastest figure over the pairs: the machine's quiet
-        # speed, alone and beside the fine-tune. A failed pause slows every "during" figure, the fastest too (checked:
-        # with the device's pausing switched off this test fails). CI of cd26933 failed here with 6 pairs in such an
-        # hour: 10 of 12 figures contended, "during" 6% *faster* than "alone" (0.569 vs 0.608 ms), each side's fastest
-        # resting on one quiet figure.
-        # At least 4 pairs; in a bursty hour (most figures `contended`: the device's retries ran out) up to 12, until
+        # cores by 10-60% for many seconds, or for half an hour (CI of a608b79: the whole suite 5 minutes slower, 22 of
+        # 24 figures here flagged `contended`, most 20-30% above this model's quiet speed). The two figures of a pair
+        # are taken seconds apart and see the same host, so each pair gives a ratio, during / alone, and the test
+        # compares their median with 1: a failed pause slows every "during" figure (with the device's pausing switched
+        # off: 1.17-1.76x; this test then fails), a burst hits either side at random. The fastest figure of each side
+        # (used before) rested on a single quiet moment in such hours: in a608b79's CI the one quiet "alone" figure
+        # (0.599 ms) was 15% below every other and failed the test, while the paired ratios had a median of 1.04; in
+        # cd26933's, "during" read 6% *faster* than "alone" that way.
+        # At least 6 pairs; in a bursty hour (most figures `contended`: the device's retries ran out) up to 12, until
         # each side has 3 figures taken at a quiet moment. The stop rule looks only at `contended`, never at the figures.
         alone, during = [], []
 
         def calm(figures: list[dict]) -> int:
             return sum(not f["contended"] for f in figures)
 
-        while len(alone) < 4 or (len(alone) < 12 and min(calm(alone), calm(during)) < 3):
+        while len(alone) < 6 or (len(alone) < 12 and min(calm(alone), calm(during)) < 3):
             with paused_trials() as held:
                 assert held, "no trial to hold"
                 time.sleep(0.5)
@@ -127,6 +130,6 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
     print(f"alone {[a['median_ms'] for a in alone]} during {[d['median_ms'] for d in during]}"
           f" contended alone {[a['contended'] for a in alone]} during {[d['contended'] for d in during]}")
     assert all(d["paused_trials"] >= 1 for d in during)
-    fastest_alone = min(a["median_ms"] for a in alone)
-    fastest_during = min(d["median_ms"] for d in during)
-    assert abs(fastest_during - fastest_alone) <= 0.05 * fastest_alone, (alone, during)
+    ratios = [d["median_ms"] / a["median_ms"] for a, d in zip(alone, during)]
+    print(f"during / alone per pair {[round(r, 3) for r in ratios]}, median {statistics.median(ratios):.3f}")
+    assert abs(statistics.median(ratios) - 1) <= 0.05, (ratios, alone, during)

@@ -596,10 +596,11 @@ def test_run_pipeline_prunes_quantizes_and_measures(trained_resnet20, digits):
 
 # ============================================================================ latency
 def test_measure_latency(tmp_path):
+    # the mechanics of one measurement; waiting out a long burst (burst_wait_s) is tested below
     model = _small_net()
     path = tmp_path / "small.onnx"
     export_onnx(model, torch.randn(1, 3, 8, 8), path)
-    s = LatencySettings(warmup=3, min_reps=20, max_reps=200, sessions=2, max_sessions=2, max_seconds=5)
+    s = LatencySettings(warmup=3, min_reps=20, max_reps=200, sessions=2, max_sessions=2, max_seconds=5, burst_wait_s=0)
     r = measure_latency(path, (3, 8, 8), s)
     assert r.median_ms > 0
     assert r.p90_ms >= r.median_ms
@@ -608,17 +609,17 @@ def test_measure_latency(tmp_path):
     assert len(r.session_medians_ms) == 2
     # bytes work too; an unreachable CI target runs exactly max_reps per session
     r2 = measure_latency(path.read_bytes(), (3, 8, 8),
-                         LatencySettings(warmup=0, min_reps=10, max_reps=20, sessions=3, max_sessions=3, ci_target=1e-12, max_seconds=60))
+                         LatencySettings(warmup=0, min_reps=10, max_reps=20, sessions=3, max_sessions=3, ci_target=1e-12, max_seconds=60, burst_wait_s=0))
     assert r2.reps == 60 and len(r2.session_medians_ms) == 3
     # session medians that disagree (a 1e-12 tolerance: always) bring more fresh sessions, up to max_sessions, and
     # the figure comes from the sessions at the quiet speed: here only the fastest
     r3 = measure_latency(path, (3, 8, 8), LatencySettings(warmup=0, min_reps=10, max_reps=20, sessions=3, max_sessions=5,
-                                                          ci_target=1e-12, max_seconds=60))
+                                                          ci_target=1e-12, max_seconds=60, burst_wait_s=0))
     assert len(r3.session_medians_ms) == 5 and r3.median_ms == pytest.approx(min(r3.session_medians_ms), abs=1e-4)
     assert 1 <= r3.slow_sessions <= 4  # all but the fastest (and any exact tie with it) are left out
     assert set(r2.as_dict()) == {"median_ms", "p90_ms", "p99_ms", "reps", "session_medians_ms", "other_load_cores",
-                                 "contended_sessions", "contended", "slow_sessions", "slowed_sessions", "paused_trials", "held_s",
-                                 "probe_vs_best"}
+                                 "contended_sessions", "burst_wait_s", "contended", "slow_sessions", "slowed_sessions",
+                                 "paused_trials", "held_s", "probe_vs_best"}
     assert r2.held_s == 0.0  # no hook: no trial was held
 
 
@@ -703,6 +704,35 @@ def test_a_probe_slow_before_the_session_lets_the_trials_go_at_once(tmp_path, mo
     assert r.probe_vs_best == 1.0 and not r.contended
 
 
+@pytest.mark.parametrize("burst_wait_s", [5.0, 0.0])
+def test_a_long_burst_is_waited_out_for_burst_wait_s_beyond_the_quick_retries(tmp_path, monkeypatch, burst_wait_s):
+    """A burst that outlasts `max_contended` quick retries: with `burst_wait_s` the measurement keeps waiting, with
+    growing pauses, until it passes; without, the retries run out and the sessions in the burst are kept, flagged."""
+    from autocompress.measure import latency
+
+    model = _small_net()
+    path = tmp_path / "small.onnx"
+    export_onnx(model, torch.randn(1, 3, 8, 8), path)
+    readings = iter([3.0] * 5 + [1.0] * 50)  # the probe: a burst over its first five readings, then quiet
+
+    class Probe:
+        best = 1.0
+
+        def __call__(self) -> float:
+            return next(readings)
+
+    monkeypatch.setattr(latency._Probe, "_instances", {1: Probe()})
+    s = LatencySettings(warmup=2, min_reps=20, max_reps=100_000, sessions=3, max_sessions=3, session_gap_s=0.01,
+                        min_session_seconds=0.05, contention_cores=100.0, max_contended=2, burst_wait_s=burst_wait_s)
+    r = latency.measure_latency(path, (3, 8, 8), s)
+    if burst_wait_s:  # five sessions skipped, after pauses of 0.25 + 0.5 + 0.75 + 1.0 + 1.25 s; the three kept are clean
+        assert r.slowed_sessions == 5 and r.burst_wait_s == pytest.approx(3.75)
+        assert r.probe_vs_best == 1.0 and not r.contended and len(r.session_medians_ms) == 3
+    else:  # two quick retries (0.25 + 0.5 s), then the next two sessions are taken in the burst and kept
+        assert r.slowed_sessions == 2 and r.burst_wait_s == pytest.approx(0.75)
+        assert len(r.session_medians_ms) == 3 and r.probe_vs_best is not None
+
+
 def test_other_load_is_the_machine_busy_time_minus_this_process():
     from autocompress.measure.latency import _machine_busy, other_load
 
@@ -722,7 +752,7 @@ def test_a_session_beside_outside_load_is_taken_again_then_reported_as_contended
     path = tmp_path / "small.onnx"
     export_onnx(model, torch.randn(1, 3, 8, 8), path)
     settings = LatencySettings(warmup=3, min_reps=50, max_reps=100_000, sessions=2, max_sessions=2, max_seconds=5,
-                               max_contended=2, contention_cores=0.5, min_session_seconds=0.2,
+                               max_contended=2, burst_wait_s=0, contention_cores=0.5, min_session_seconds=0.2,
                                probe=False)  # the load check alone: the hog slows the probe too, which skips the session
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # a whole core of load from another process
     try:

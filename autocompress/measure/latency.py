@@ -4,15 +4,17 @@ fixed intra-op threads, warm-up, repetitions until the median is stable, several
 Contention: the device pauses the search's own trials while it measures, but a shared machine has other
 load too. Each session checks how many cores the rest of the machine kept busy meanwhile (/proc/stat,
 minus this process's own CPU time; hypervisor steal counts as busy). A session taken beside more than
-`contention_cores` of other load is discarded and taken again after a short pause, up to `max_contended`
-times; if the load never goes away, the result keeps the last sessions and says `contended`, and the
-search does not cache it.
+`contention_cores` of other load is discarded and taken again after a pause that grows from 0.25 s to 4 s,
+`max_contended` times or for `burst_wait_s` seconds of pauses, whichever lasts longer (the retries cost the
+paused trials nothing: they run during the pauses); if the load never goes away, the result keeps the last
+sessions and says `contended`, and the search does not cache it.
 
 Bursts: interference that /proc/stat does not show (another tenant on the same physical core or cache)
 slows whole sessions by 30-90% for a second or more at a time on this project's shared 2-core VM. Three
 defences: (1) a fixed reference workload (`_Probe`) is timed before and after each session; a session whose
 probe ran more than `probe_factor` slower than the fastest this device has run it is taken again (it shares
-the `max_contended` retries; when the probe is slow already before the session, the session is not run); (2) sessions are spread out (`session_gap_s`, jittered); (3) the figures come
+the retries; when the probe is slow already before the session, the session is not run); (2) sessions are
+spread out (`session_gap_s`, jittered); (3) the figures come
 from the sessions within 2 x ci_target of the fastest, and sessions are added (up to `max_sessions`) until
 `sessions` of them agree with it. Slower sessions are counted (`slow_sessions`), not used.
 """
@@ -49,7 +51,8 @@ class LatencySettings:
     session_gap_s: float = 0.3  # mean pause between sessions (jittered 0.5-1.5x); the device resumes trials meanwhile
     probe: bool = True  # time a fixed reference workload before and after each session (see _Probe)
     probe_factor: float = 1.25  # a session whose probe ran this much slower than the probe's best was slowed
-    max_contended: int = 6  # sessions discarded because other load shared the machine, before giving up waiting
+    max_contended: int = 6  # sessions discarded because other load shared the machine, before giving up waiting...
+    burst_wait_s: float = 30.0  # ...unless the waits so far are shorter than this: a burst that outlasts six quick retries
     contention_cores: float | None = None  # other load (cores) that spoils a session; None: max(0.5, (cores - threads) / 4)
     min_session_seconds: float = 0.1  # a session runs at least this long (unless max_reps): long enough to see other load
 
@@ -63,6 +66,7 @@ class LatencyResult:
     session_medians_ms: tuple[float, ...]
     other_load_cores: float | None = None  # the most other load (cores) beside a kept session; None: unknown here
     contended_sessions: int = 0  # sessions discarded for other load
+    burst_wait_s: float = 0.0  # seconds paused between sessions taken again, waiting for load or a burst to pass
     contended: bool = False  # a session the figure rests on had other load or a slow probe beside it (retries ran out)
     slow_sessions: int = 0  # sessions left out of the figures: slower than the fastest by more than 2 x ci_target
     slowed_sessions: int = 0  # sessions taken again because the reference probe beside them ran slow
@@ -224,7 +228,7 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
     if limit is None:
         seen = _machine_busy()
         limit = max(0.5, ((seen[2] if seen else os.cpu_count() or 1) - settings.threads) / 4)
-    discarded, slowed, loads, paused, held_s = 0, 0, [], 0, 0.0
+    discarded, slowed, loads, paused, held_s, waited = 0, 0, [], 0, 0.0, 0.0
     disturbed: list[bool] = []
     probe_ratio: list[float] = []  # per kept session: its slower probe against the fastest this device has run it
     probe = _Probe.get(settings.threads) if settings.probe else None
@@ -250,7 +254,7 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
             # a probe already slow before the session: the burst is on now, so the trials go back to work at once
             # instead of standing still through a session that would be thrown away (retries permitting)
             early = (bool(probe) and probe_ms[0] > settings.probe_factor * probe.best
-                     and discarded + slowed < settings.max_contended)
+                     and (discarded + slowed < settings.max_contended or waited < settings.burst_wait_s))
             start = time.perf_counter()
             cpu0, busy0 = time.process_time(), _machine_busy()
             while not early and len(samples) < settings.max_reps:
@@ -273,10 +277,14 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
             held_s += time.perf_counter() - t_held
         loaded = load is not None and load > limit
         slow = bool(probe) and max(probe_ms) > settings.probe_factor * probe.best
-        if (loaded or slow) and discarded + slowed < settings.max_contended:
+        if (loaded or slow) and (discarded + slowed < settings.max_contended or waited < settings.burst_wait_s):
             discarded += loaded
             slowed += not loaded
-            time.sleep(0.25 * (discarded + slowed))  # let the burst pass (bursts here lasted about a second)
+            # let the burst pass: most here lasted about a second, some a minute; the pause grows (0.25 s, 0.5, 0.75,
+            # ... up to 4 s) and the trials run meanwhile (the `quiet` hook is left)
+            pause = min(4.0, 0.25 * (discarded + slowed))
+            time.sleep(pause)
+            waited += pause
             continue
         disturbed.append(loaded or slow)  # kept all the same: the retries ran out
         if probe:
@@ -293,6 +301,6 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
         median_ms=float(statistics.median(medians[i] for i in keep)), p90_ms=float(q[0]), p99_ms=float(q[1]),
         reps=sum(len(v) for v in per_session), session_medians_ms=tuple(round(m, 4) for m in medians),
         other_load_cores=round(max(loads), 3) if loads else None, contended_sessions=discarded, contended=contended,
-        slow_sessions=len(medians) - len(keep), slowed_sessions=slowed, paused_trials=paused,
+        slow_sessions=len(medians) - len(keep), slowed_sessions=slowed, paused_trials=paused, burst_wait_s=round(waited, 2),
         held_s=round(held_s, 3), probe_vs_best=round(max(probe_ratio[i] for i in keep), 3) if probe_ratio else None,
     )

@@ -280,6 +280,8 @@ def write_report(rd: RunDir | str | Path) -> Path:
                  f"than {200 * ls.get('ci_target', 0):.0f}%); trials on the device's node are paused while it measures"
                  + (", and a session taken beside other load on the machine is discarded and taken again" if "max_contended" in ls else "")
                  + (", as is one beside a slow reference probe (a burst of interference from outside the VM)" if ls.get("probe") else "")
+                 + (f" ({ls['max_contended']} times, or for {ls['burst_wait_s']:g} s of pauses if that is longer)"
+                    if "burst_wait_s" in ls and "max_contended" in ls else "")
                  + ".")
     rounds = (rd.read_json(rd.config) if rd.config.is_file() else {}).get("confirm_rounds", 0)
     confirmed = [b for b in baselines.values() if b.get("latency_confirm_ms")]
