@@ -722,6 +722,7 @@ def test_a_long_burst_is_waited_out_for_burst_wait_s_beyond_the_quick_retries(tm
             return next(readings)
 
     monkeypatch.setattr(latency._Probe, "_instances", {1: Probe()})
+    monkeypatch.setattr(latency, "_no_long_wait_until", 0.0)  # no earlier long wait in vain in this process
     s = LatencySettings(warmup=2, min_reps=20, max_reps=100_000, sessions=3, max_sessions=3, session_gap_s=0.01,
                         min_session_seconds=0.05, contention_cores=100.0, max_contended=2, burst_wait_s=burst_wait_s)
     r = latency.measure_latency(path, (3, 8, 8), s)
@@ -731,6 +732,34 @@ def test_a_long_burst_is_waited_out_for_burst_wait_s_beyond_the_quick_retries(tm
     else:  # two quick retries (0.25 + 0.5 s), then the next two sessions are taken in the burst and kept
         assert r.slowed_sessions == 2 and r.burst_wait_s == pytest.approx(0.75)
         assert len(r.session_medians_ms) == 3 and r.probe_vs_best is not None
+
+
+def test_after_a_long_wait_that_found_no_calm_the_next_measurements_only_retry_quickly(tmp_path, monkeypatch):
+    """A slowdown that lasts many minutes: one measurement waits `burst_wait_s` in vain; the next ones, for a few
+    minutes, make only the `max_contended` quick retries instead of waiting as long again."""
+    from autocompress.measure import latency
+
+    model = _small_net()
+    path = tmp_path / "small.onnx"
+    export_onnx(model, torch.randn(1, 3, 8, 8), path)
+
+    class Probe:  # always 3x its best: the host never calms down
+        best = 1.0
+
+        def __call__(self) -> float:
+            return 3.0
+
+    monkeypatch.setattr(latency._Probe, "_instances", {1: Probe()})
+    monkeypatch.setattr(latency, "_no_long_wait_until", 0.0)
+    s = LatencySettings(warmup=2, min_reps=20, max_reps=100_000, sessions=2, max_sessions=2, session_gap_s=0.01,
+                        min_session_seconds=0.05, contention_cores=100.0, max_contended=1, burst_wait_s=1.0)
+    first = latency.measure_latency(path, (3, 8, 8), s)  # pauses 0.25 + 0.5 + 0.75 s, then kept, flagged
+    assert first.contended and first.burst_wait_s == pytest.approx(1.5) and first.slowed_sessions == 3
+    assert latency._no_long_wait_until > time.monotonic() + 50
+    second = latency.measure_latency(path, (3, 8, 8), s)  # right after: one quick retry only
+    assert second.contended and second.slowed_sessions == 1 and second.burst_wait_s == pytest.approx(0.25)
+    monkeypatch.setattr(latency, "_no_long_wait_until", 0.0)  # minutes later: patient again
+    assert latency.measure_latency(path, (3, 8, 8), s).slowed_sessions == 3
 
 
 def test_other_load_is_the_machine_busy_time_minus_this_process():

@@ -6,7 +6,8 @@ load too. Each session checks how many cores the rest of the machine kept busy m
 minus this process's own CPU time; hypervisor steal counts as busy). A session taken beside more than
 `contention_cores` of other load is discarded and taken again after a pause that grows from 0.25 s to 4 s,
 `max_contended` times or for `burst_wait_s` seconds of pauses, whichever lasts longer (the retries cost the
-paused trials nothing: they run during the pauses); if the load never goes away, the result keeps the last
+paused trials nothing: they run during the pauses; after a long wait that found no calm, the next measurements
+of the process make only the quick retries for a few minutes); if the load never goes away, the result keeps the last
 sessions and says `contended`, and the search does not cache it.
 
 Bursts: interference that /proc/stat does not show (another tenant on the same physical core or cache)
@@ -215,6 +216,12 @@ def _need_more(medians: list[float], settings: LatencySettings) -> bool:
         len(medians) < settings.max_sessions and len(_quiet(medians, settings.ci_target)) < settings.sessions)
 
 
+# time.monotonic() before which measurements in this process do not wait out a burst beyond the quick retries: the
+# last long wait found no calm (a slowdown that lasts many minutes, not a burst), and waiting again would only
+# cost every measurement `burst_wait_s` (the end-of-run confirmation of a dozen models took 10 minutes that way)
+_no_long_wait_until = 0.0
+
+
 def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], settings: LatencySettings = LatencySettings(),
                     *, seed: int = 0, quiet: Callable[[], ContextManager] | None = None) -> LatencyResult:
     """`input_shape` excludes the batch dimension. `quiet()`, when given, is entered around each session (the
@@ -228,7 +235,12 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
     if limit is None:
         seen = _machine_busy()
         limit = max(0.5, ((seen[2] if seen else os.cpu_count() or 1) - settings.threads) / 4)
+    global _no_long_wait_until
     discarded, slowed, loads, paused, held_s, waited = 0, 0, [], 0, 0.0, 0.0
+    patient = time.monotonic() >= _no_long_wait_until
+
+    def may_retry() -> bool:
+        return discarded + slowed < settings.max_contended or (patient and waited < settings.burst_wait_s)
     disturbed: list[bool] = []
     probe_ratio: list[float] = []  # per kept session: its slower probe against the fastest this device has run it
     probe = _Probe.get(settings.threads) if settings.probe else None
@@ -254,7 +266,7 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
             # a probe already slow before the session: the burst is on now, so the trials go back to work at once
             # instead of standing still through a session that would be thrown away (retries permitting)
             early = (bool(probe) and probe_ms[0] > settings.probe_factor * probe.best
-                     and (discarded + slowed < settings.max_contended or waited < settings.burst_wait_s))
+                     and may_retry())
             start = time.perf_counter()
             cpu0, busy0 = time.process_time(), _machine_busy()
             while not early and len(samples) < settings.max_reps:
@@ -277,7 +289,7 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
             held_s += time.perf_counter() - t_held
         loaded = load is not None and load > limit
         slow = bool(probe) and max(probe_ms) > settings.probe_factor * probe.best
-        if (loaded or slow) and (discarded + slowed < settings.max_contended or waited < settings.burst_wait_s):
+        if (loaded or slow) and may_retry():
             discarded += loaded
             slowed += not loaded
             # let the burst pass: most here lasted about a second, some a minute; the pause grows (0.25 s, 0.5, 0.75,
@@ -287,6 +299,8 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
             waited += pause
             continue
         disturbed.append(loaded or slow)  # kept all the same: the retries ran out
+        if (loaded or slow) and patient and settings.burst_wait_s > 0 and waited >= settings.burst_wait_s:
+            _no_long_wait_until = time.monotonic() + max(60.0, 4 * settings.burst_wait_s)
         if probe:
             probe_ratio.append(max(probe_ms) / probe.best)
         if load is not None:
