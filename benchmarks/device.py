@@ -144,7 +144,7 @@ def remeasure_in_new_processes(run: Path, repeats: int) -> list[dict]:
     for p in json.loads((run / "pareto.json").read_text()):
         res = [json.loads(subprocess.run([sys.executable, "-c", code, str(run / p["onnx"]), json.dumps(shape)], capture_output=True,
                                          text=True, check=True).stdout.strip()) for _ in range(repeats)]
-        got = [r["median_ms"] for r in res]
+        got = [round(r["median_ms"], 4) for r in res]  # as shown; both verdicts below use these
         dev = max(abs(g - p["latency_ms"]) / p["latency_ms"] for g in got)
         rows.append({"trial": p["trial"], "reported_ms": p["latency_ms"], "new_process_ms": [round(g, 4) for g in got],
                      "max_deviation_pct": round(100 * dev, 2),
