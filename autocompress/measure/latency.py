@@ -218,7 +218,7 @@ def _need_more(medians: list[float], settings: LatencySettings) -> bool:
 
 # time.monotonic() before which measurements in this process do not wait out a burst beyond the quick retries: the
 # last long wait found no calm (a slowdown that lasts many minutes, not a burst), and waiting again would only
-# cost every measurement `burst_wait_s` (the end-of-run confirmation of a dozen models took 10 minutes that way)
+# cost every measurement `burst_wait_s` (a 40-trial search's end-of-run confirmation had run 21 minutes that way)
 _no_long_wait_until = 0.0
 
 
@@ -226,6 +226,7 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
                     *, seed: int = 0, quiet: Callable[[], ContextManager] | None = None) -> LatencyResult:
     """`input_shape` excludes the batch dimension. `quiet()`, when given, is entered around each session (the
     device pauses the trials on its node there) and left during the gaps between sessions."""
+    global _no_long_wait_until
     x = np.random.default_rng(seed).standard_normal((settings.batch, *input_shape)).astype(np.float32)
     gaps = np.random.default_rng(seed + 1)
     per_session: list[list[float]] = []
@@ -235,7 +236,6 @@ def measure_latency(path: str | Path | bytes, input_shape: tuple[int, ...], sett
     if limit is None:
         seen = _machine_busy()
         limit = max(0.5, ((seen[2] if seen else os.cpu_count() or 1) - settings.threads) / 4)
-    global _no_long_wait_until
     discarded, slowed, loads, paused, held_s, waited = 0, 0, [], 0, 0.0, 0.0
     patient = time.monotonic() >= _no_long_wait_until
 
