@@ -10,6 +10,11 @@ grid of uniform settings, as hypervolume of the (validation accuracy, latency) f
   the same ratio and every layer at the same precision, each distinct model once (ratios that round to the
   same channel counts build one model), through the same pipeline and measurement.
 
+Each run starts with an empty latency cache of its own (`<run>.cache`, sharing the trained baselines,
+sensitivity scans and reference probe of the user's cache), so it pays for every measurement as a first
+search on a device does; a run repeating an earlier run's configurations would otherwise take their
+latencies from the cache and show stage times no first search gets.
+
 Each run is a normal run directory under --runs, so an interrupted benchmark continues where it stopped
 (`--resume` of every incomplete run). The hypervolume after n trials comes from the run's own trials
 (in trial order) and its own FP32 baseline (autocompress.results.hypervolume). Writes
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from autocompress.measure.cache import cache_dir
 from autocompress.results.hypervolume import hypervolume, hypervolume_curve, normalise
 from autocompress.results.pareto import OBJECTIVES, dominates
 from autocompress.results.stages import outside_finetune_seconds
@@ -36,8 +43,22 @@ HERE = Path(__file__).resolve().parent
 GRID = [round(0.1 * i, 1) for i in range(9)]
 
 
-def _cli(*args: str) -> None:
-    res = subprocess.run([sys.executable, "-m", "autocompress.cli", *args, "--no-progress"], capture_output=True, text=True)
+def _own_latency_cache(run: Path) -> dict:
+    """Environment for a run whose latency cache is its own (`<run>.cache`) while the baselines, sensitivity scans
+    and the reference probe come from the user's cache (they do not depend on the run)."""
+    own = run.parent / f"{run.name}.cache"
+    own.mkdir(parents=True, exist_ok=True)
+    for sub in ("baselines", "sensitivity", "probe"):
+        shared = cache_dir() / sub
+        shared.mkdir(parents=True, exist_ok=True)
+        if not (own / sub).exists():
+            (own / sub).symlink_to(shared, target_is_directory=True)
+    return {**os.environ, "AUTOCOMPRESS_CACHE": str(own)}
+
+
+def _cli(*args: str, run: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "autocompress.cli", *args, "--no-progress"], capture_output=True, text=True,
+                         env=_own_latency_cache(run))
     if res.returncode != 0:
         raise SystemExit(f"autocompress {' '.join(args)} failed:\n{res.stderr[-3000:]}")
 
@@ -51,7 +72,7 @@ def search_run(run: Path, budget: int, seed: int, method: str) -> Path:
     if _complete(run):
         return run
     if (run / "meta.json").is_file():
-        _cli("search", "--resume", str(run))
+        _cli("search", "--resume", str(run), run=run)
         return run
     args = ["search", "--budget", str(budget), "--seed", str(seed), "--out", str(run)]
     if method == "random":
@@ -60,7 +81,7 @@ def search_run(run: Path, budget: int, seed: int, method: str) -> Path:
         cfg.write_text("sampler: random\nwarm_start: false\nsensitivity: false\n")
         args += ["--config", str(cfg)]
     print(f"  autocompress {' '.join(args)}", flush=True)
-    _cli(*args)
+    _cli(*args, run=run)
     return run
 
 
@@ -72,10 +93,10 @@ def grid_points(runs: Path, seed: int) -> list[tuple[float, float]]:
     run = runs / f"grid-s{seed}"
     if not _complete(run):
         if (run / "meta.json").is_file():
-            _cli("search", "--resume", str(run))
+            _cli("search", "--resume", str(run), run=run)
         else:
             print(f"  autocompress search --sampler grid --space {space} --seed {seed}", flush=True)
-            _cli("search", "--sampler", "grid", "--budget", "1000", "--seed", str(seed), "--space", str(space), "--out", str(run))
+            _cli("search", "--sampler", "grid", "--budget", "1000", "--seed", str(seed), "--space", str(space), "--out", str(run), run=run)
     base = json.loads((run / "baselines.json").read_text())["fp32"]
     t = pd.read_csv(run / "trials.csv")
     t = t[t["state"] == "COMPLETE"]
@@ -112,6 +133,13 @@ def outside_finetune(run: Path) -> list[float]:
     return outside_finetune_seconds(t[ran]).round(3).tolist()
 
 
+def latency_sources(run: Path) -> list[int]:
+    """[measured, taken from the run's latency cache] over the run's complete trials."""
+    t = pd.read_csv(run / "trials.csv")
+    src = t.loc[t["state"] == "COMPLETE", "latency_source"].fillna("measured").astype(str)
+    return [int((src == "measured").sum()), int(src.str.startswith("cache").sum())]
+
+
 def curve(run: Path) -> pd.DataFrame:
     base = json.loads((run / "baselines.json").read_text())["fp32"]
     return hypervolume_curve(pd.read_csv(run / "trials.csv"), base)
@@ -146,6 +174,7 @@ def main() -> None:
             c = curve(run)
             results.setdefault("dominated", {}).setdefault(method, {})[seed] = baseline_dominance(run)
             results.setdefault("outside_finetune_s", {}).setdefault(method, {})[seed] = outside_finetune(run)
+            results.setdefault("latency_sources", {}).setdefault(method, {})[seed] = latency_sources(run)
             results["curves"].setdefault(method, {})[seed] = c["hypervolume"].tolist()
             results["hv"].setdefault(method, {})[seed] = {n: float(c["hypervolume"].iloc[n - 1]) if n <= len(c) else float("nan")
                                                           for n in args.budgets}
@@ -187,6 +216,10 @@ def main() -> None:
                           f"held the running trials still for its latency sessions), over the {len(outside)} trials that recorded it "
                           f"(seeds {', '.join(map(str, by_seed))}): median {np.median(outside):.2f} s, 90th percentile "
                           f"{np.percentile(outside, 90):.2f} s, max {max(outside):.2f} s; {sum(v >= 3 for v in outside)} at 3 s or more."]
+            src = results.get("latency_sources", {}).get(method, {})
+            if src:
+                lines[-1] += (" Latencies measured / taken from the run's own cache (a configuration built again): "
+                              + "; ".join(f"seed {seed}: {m} / {c}" for seed, (m, c) in src.items()) + ".")
     (HERE / "search_quality.md").write_text("\n".join(lines) + "\n")
     (HERE / "search_quality.json").write_text(json.dumps(results, indent=1) + "\n")
     _plot(results, HERE / "search_quality.html")
@@ -202,7 +235,7 @@ def _keep_others(results: dict, methods: list[str]) -> list[str]:
     old = json.loads(path.read_text())
     kept = [m for m in old.get("hv", {}) if m not in methods]
     for m in kept:
-        for key in ("hv", "curves", "dominated", "outside_finetune_s"):
+        for key in ("hv", "curves", "dominated", "outside_finetune_s", "latency_sources"):
             if m in old.get(key, {}):
                 results.setdefault(key, {})[m] = {
                     int(seed): ({int(n): v for n, v in val.items()} if key == "hv" else val) for seed, val in old[key][m].items()}

@@ -81,6 +81,8 @@ def test_search_local_ray_then_report_and_pick(tmp_path):
     overlapped = rows[(rows["latency_source"] == "measured") & (rows["latency_paused_trials"] >= 1)]
     assert len(overlapped), rows[["trial", "reused", "latency_source", "latency_paused_trials"]].to_string()
     assert (overlapped["latency_held_s"] > 0).all() and (overlapped["latency_held_s"] < overlapped["t_measure"]).all()
+    # each measured row says how long its measurement paused, waiting for other load to pass (0 when it never had to)
+    assert rows.loc[rows["latency_source"] == "measured", "latency_burst_wait_s"].ge(0).all()
 
     # report rebuilds from stored files alone
     (run / "report.html").unlink()

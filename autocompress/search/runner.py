@@ -324,6 +324,7 @@ def _row(number: int, state: str, params: dict, out: TrialOutput | None, lat: di
             "latency_other_load_cores": lat.get("other_load_cores"), "latency_contended": bool(lat.get("contended", False)),
             "latency_held_s": lat.get("held_s", 0.0) if lat.get("source", "measured") == "measured" else 0.0,
             "latency_probe_vs_best": lat.get("probe_vs_best"),
+            "latency_burst_wait_s": lat.get("burst_wait_s", 0.0) if lat.get("source", "measured") == "measured" else 0.0,
             "size_bytes": out.size_bytes, "torch_test_accuracy": round(out.torch_test_accuracy, 4), "sha256": out.sha256, "onnx": onnx_rel,
             "int8_requested": len(out.requested_int8),
             "int8_on_integer_kernel": len(set(out.requested_int8) & set(out.integer_layers)),
