@@ -146,7 +146,7 @@ def remeasure_in_new_processes(run: Path, repeats: int) -> list[dict]:
                                          text=True, check=True).stdout.strip()) for _ in range(repeats)]
         got = [round(r["median_ms"], 4) for r in res]  # as shown; both verdicts below use these
         dev = max(abs(g - p["latency_ms"]) / p["latency_ms"] for g in got)
-        rows.append({"trial": p["trial"], "reported_ms": p["latency_ms"], "new_process_ms": [round(g, 4) for g in got],
+        rows.append({"trial": p["trial"], "reported_ms": p["latency_ms"], "new_process_ms": got,
                      "max_deviation_pct": round(100 * dev, 2),
                      "probe_vs_best": [r.get("probe_vs_best") for r in res], "contended": [r["contended"] for r in res],
                      "reported_probe_vs_best": p.get("latency_probe_vs_best")})

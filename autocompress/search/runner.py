@@ -316,15 +316,16 @@ def _row(number: int, state: str, params: dict, out: TrialOutput | None, lat: di
     """One trial-table row; `params` are the trial's full choices (`prune:<group>`, `quant:<layer>`)."""
     row: dict = {"trial": number, "kind": kind, "state": state, "duration_s": round(seconds, 2)}
     if out is not None and lat is not None:
+        measured = lat.get("source", "measured") == "measured"  # a cached figure cost this trial no measurement
         row.update({
             "val_accuracy": round(out.val_accuracy, 4), "test_accuracy": round(out.test_accuracy, 4),
             "latency_ms": round(lat["median_ms"], 4), "latency_p90_ms": round(lat["p90_ms"], 4),
             "latency_p99_ms": round(lat["p99_ms"], 4), "latency_reps": lat["reps"],
             "latency_source": lat.get("source", "measured"), "latency_paused_trials": lat.get("paused_trials", 0),
             "latency_other_load_cores": lat.get("other_load_cores"), "latency_contended": bool(lat.get("contended", False)),
-            "latency_held_s": lat.get("held_s", 0.0) if lat.get("source", "measured") == "measured" else 0.0,
+            "latency_held_s": lat.get("held_s", 0.0) if measured else 0.0,
             "latency_probe_vs_best": lat.get("probe_vs_best"),
-            "latency_burst_wait_s": lat.get("burst_wait_s", 0.0) if lat.get("source", "measured") == "measured" else 0.0,
+            "latency_burst_wait_s": lat.get("burst_wait_s", 0.0) if measured else 0.0,
             "size_bytes": out.size_bytes, "torch_test_accuracy": round(out.torch_test_accuracy, 4), "sha256": out.sha256, "onnx": onnx_rel,
             "int8_requested": len(out.requested_int8),
             "int8_on_integer_kernel": len(set(out.requested_int8) & set(out.integer_layers)),
