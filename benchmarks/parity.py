@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autocompress.pipeline.finetune import TrainSettings
+from autocompress.config import TrainConfig
 from autocompress.pipeline.prune import channel_counts, find_groups
 from autocompress.pipeline.quantize import quant_format_for
 from autocompress.pipeline.trial import TrialSpec, run_pipeline
@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     splits = load_dataset("digits")
-    base, _ = get_baseline(model_name="resnet20", splits=splits, settings=TrainSettings(epochs=15, lr=0.1), seed=0)
+    base, _ = get_baseline(model_name="resnet20", splits=splits, settings=TrainConfig(epochs=15, lr=0.1), seed=0)
     example = torch.from_numpy(splits.val_x[:1])
     groups, layers = find_groups(base, example), list(channel_counts(base))
     reduce_range = bool(quant_format_for(fingerprint(1))["reduce_range"])  # the format a search here uses
@@ -42,7 +42,7 @@ def main() -> None:
     for i in range(args.configs):
         ratios = {g.name: rng.choice([0.0, 0.25, 0.5, 0.625]) for g in groups}
         prec = {l: rng.choice(["fp32", "int8", "int4"]) for l in layers}
-        out = run_pipeline(base, splits, TrialSpec(ratios, prec, TrainSettings(epochs=args.finetune_epochs, lr=0.02, kd_alpha=0.9),
+        out = run_pipeline(base, splits, TrialSpec(ratios, prec, TrainConfig(epochs=args.finetune_epochs, lr=0.02, kd_alpha=0.9),
                                                    reduce_range=reduce_range, parity_val=True), threads=2)
         ort_acc = (out.val_accuracy + out.test_accuracy) / 2
         pt_acc = (out.torch_val_accuracy + out.torch_test_accuracy) / 2

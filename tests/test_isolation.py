@@ -62,8 +62,8 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
     """The search's own parts: its trial task (fine-tuning on both cores) and its device actor."""
     import ray
 
+    from autocompress.config import TrainConfig
     from autocompress.pipeline.export import export_onnx, fold_batchnorm
-    from autocompress.pipeline.finetune import TrainSettings
     from autocompress.pipeline.trial import TrialSpec
     from autocompress.search.device import Device, paused_trials, trial_pids
     from autocompress.search.runner import _place_device, autocompress_trial
@@ -87,7 +87,7 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
         ray.get([a.fingerprint.remote() for a in (device, apart)])  # the actors are up before anything is timed
         base, data = ray.put(trained_resnet20), ray.put(digits)
         _wait_until_quiet()
-        spec = TrialSpec({}, {}, TrainSettings(epochs=300, lr=0.01), seed=0)
+        spec = TrialSpec({}, {}, TrainConfig(epochs=300, lr=0.01), seed=0)
         ref = ray.remote(autocompress_trial).options(num_cpus=os.cpu_count(), max_retries=0).remote(
             base, data, spec, os.cpu_count())
         deadline = time.time() + 120

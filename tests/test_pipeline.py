@@ -25,13 +25,12 @@ import torch.nn as nn
 import torch.nn.utils.parametrize as P
 from onnx import numpy_helper
 
-from autocompress.config import Budget, parse_budget
+from autocompress.config import Budget, TrainConfig, parse_budget
 from autocompress.errors import ConfigError, SpaceError
 from autocompress.measure.accuracy import onnx_accuracy
 from autocompress.measure.latency import LatencySettings, measure_latency
 from autocompress.measure.verify import kernel_report
 from autocompress.pipeline.export import export_onnx, fold_batchnorm, layer_nodes
-from autocompress.pipeline.finetune import TrainSettings
 from autocompress.pipeline.prune import PruneGroup, channel_counts, find_groups, kept_channels, prune_model
 from autocompress.pipeline.quantize import calibrate_activations, fake_quantized, quantize_static_onnx
 from autocompress.pipeline.trial import TrialSpec, run_pipeline
@@ -559,7 +558,7 @@ def test_run_pipeline_prunes_quantizes_and_measures(trained_resnet20, digits):
     groups = find_groups(trained_resnet20, example)
     layers = list(baseline_counts)
     spec = TrialSpec(ratios={g.name: 0.5 for g in groups}, precisions={l: "int8" for l in layers},
-                     finetune=TrainSettings(epochs=0.3, lr=0.02))
+                     finetune=TrainConfig(epochs=0.3, lr=0.02))
     out = run_pipeline(trained_resnet20, digits, spec, threads=2)
 
     # fewer channels, exactly as requested
@@ -939,7 +938,7 @@ def test_run_pipeline_stops_a_hopeless_fine_tune_after_its_first_epoch(trained_r
     from autocompress.pipeline.trial import StoppedEarly
 
     groups = find_groups(trained_resnet20, torch.from_numpy(digits.val_x[:1]))
-    spec = dict(ratios={g.name: 0.5 for g in groups}, precisions={}, finetune=TrainSettings(epochs=3, lr=0.02))
+    spec = dict(ratios={g.name: 0.5 for g in groups}, precisions={}, finetune=TrainConfig(epochs=3, lr=0.02))
     stopped = run_pipeline(trained_resnet20, digits, TrialSpec(**spec, stop_below=101.0), threads=2)
     assert isinstance(stopped, StoppedEarly) and stopped.epochs_done == 1 and 0 <= stopped.val_accuracy <= 100  # halfway of 3
     assert stopped.threshold == 101.0 and "finetune" in stopped.stage_seconds

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -11,23 +10,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["TrainSettings", "train", "evaluate", "TrainingDiverged"]
+from autocompress.config import TrainConfig
+
+__all__ = ["MOMENTUM", "WEIGHT_DECAY", "train", "evaluate", "TrainingDiverged"]
+
+# what every run trains with besides its TrainConfig (epochs, lr, batch size, distillation): SGD with Nesterov momentum
+# and weight decay, and random shifts of up to 1/8 of the image side
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: float
-    lr: float
-    batch_size: int = 64
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    kd_alpha: float = 0.7  # weight of the distillation term when a teacher is given
-    temperature: float = 4.0
-    augment: bool = True  # random shifts of up to 1/8 of the image side
 
 
 def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -42,19 +36,20 @@ def train(
     x: np.ndarray,
     y: np.ndarray,
     *,
-    settings: TrainSettings,
+    settings: TrainConfig,
     seed: int,
     teacher: nn.Module | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Train in place with SGD + cosine schedule; distil from `teacher` when given. Returns mean loss per epoch."""
+    """Train in place with SGD + cosine schedule and random shifts; distil from `teacher` when given. Returns mean loss
+    per epoch."""
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     n = len(xt)
     steps_per_epoch = max(1, math.ceil(n / settings.batch_size))
     total_steps = max(1, round(settings.epochs * steps_per_epoch))
-    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                          weight_decay=settings.weight_decay, nesterov=True)
+    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+                          nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=total_steps,
                                                 pct_start=0.15, anneal_strategy="cos")
     if teacher is not None:
@@ -70,8 +65,7 @@ def train(
                 break
             idx = perm[i : i + settings.batch_size]
             xb, yb = xt[idx], yt[idx]
-            if settings.augment:
-                xb = _shift(xb, gen)
+            xb = _shift(xb, gen)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             if teacher is not None:

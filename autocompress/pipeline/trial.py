@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from autocompress.config import TrainConfig
 from autocompress.measure.accuracy import onnx_accuracy
 from autocompress.measure.verify import kernel_report
 from autocompress.pipeline.export import export_onnx, fold_batchnorm, layer_nodes
-from autocompress.pipeline.finetune import TrainSettings, evaluate, train
+from autocompress.pipeline.finetune import evaluate, train
 from autocompress.pipeline.prune import channel_counts, prune_model
 from autocompress.pipeline.quantize import calibrate_activations, fake_quantized, quantize_static_onnx
 from autocompress.tasks.data import Splits
@@ -30,7 +31,7 @@ __all__ = ["TrialSpec", "TrialOutput", "StoppedEarly", "run_pipeline"]
 class TrialSpec:
     ratios: dict[str, float]  # group name -> fraction of channels to remove
     precisions: dict[str, str]  # layer name -> fp32 / int8 / int4
-    finetune: TrainSettings | None
+    finetune: TrainConfig | None
     round_to: int = 8
     min_channels: int = 8
     seed: int = 0

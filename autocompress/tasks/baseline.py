@@ -12,8 +12,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from autocompress.config import TrainConfig
 from autocompress.measure.cache import cache_dir
-from autocompress.pipeline.finetune import TrainSettings, evaluate, train
+from autocompress.pipeline.finetune import MOMENTUM, WEIGHT_DECAY, evaluate, train
 from autocompress.tasks.data import Splits
 from autocompress.tasks.models import build_model
 
@@ -24,7 +25,7 @@ def get_baseline(
     *,
     model_name: str,
     splits: Splits,
-    settings: TrainSettings,
+    settings: TrainConfig,
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
     weights: str | Path | None = None,
@@ -41,9 +42,12 @@ def get_baseline(
         return model, {"cached": True, "path": str(weights), "from_weights": True,
                        "val_accuracy_torch": evaluate(model, splits.val_x, splits.val_y),
                        "test_accuracy_torch": evaluate(model, splits.test_x, splits.test_y)}
+    # momentum, weight decay and augmentation were settings once and are fixed now: still in the key, so that the
+    # baselines cached before keep their keys
+    trained_with = {**settings.model_dump(), "weight_decay": WEIGHT_DECAY, "momentum": MOMENTUM, "augment": True}
     key = json.dumps(
         {"model": model_name, "data": splits.name, "shape": splits.input_shape, "classes": splits.num_classes,
-         "sizes": splits.sizes(), "settings": settings.__dict__, "seed": seed, "v": 1},
+         "sizes": splits.sizes(), "settings": trained_with, "seed": seed, "v": 1},
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
