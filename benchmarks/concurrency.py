@@ -36,8 +36,8 @@ def main() -> None:
     for c in (1, 2):
         run = args.runs / f"concurrency-{c}"
         shutil.rmtree(run, ignore_errors=True)
-        cmd = [sys.executable, "-m", "autocompress.cli", "search", "--budget", str(args.budget), "--concurrency", str(c),
-               "--no-sensitivity", "--no-latency-cache", "--out", str(run), "--no-progress"]
+        cmd = [sys.executable, "-m", "autocompress.cli", "search", "--budget", str(args.budget),
+               "--concurrency", str(c), "--no-sensitivity", "--no-latency-cache", "--out", str(run), "--no-progress"]
         print(" ".join(cmd[2:]), flush=True)
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
@@ -53,12 +53,15 @@ def main() -> None:
                      "outside_finetune_s": round(float(outside_finetune_seconds(ran).median()), 2)})
         print(rows[-1], flush=True)
     lines = [f"# Trials per hour, 1 vs 2 concurrent trials ({dt.date.today()})", "",
-             f"`python benchmarks/concurrency.py --budget {args.budget}` on {os.cpu_count()} cores (demo ResNet-20, 6-epoch fine-tune). "
+             f"`python benchmarks/concurrency.py --budget {args.budget}` on {os.cpu_count()} cores "
+             "(demo ResNet-20, 6-epoch fine-tune). "
              "Trials reusing a baseline's result are not counted.", "",
-             "| concurrency | threads per trial | trials run | trial loop s | trials per hour | mean fine-tune s | median s per trial outside the fine-tune | measurements that paused a trial |",
+             "| concurrency | threads per trial | trials run | trial loop s | trials per hour | mean fine-tune s "
+             "| median s per trial outside the fine-tune | measurements that paused a trial |",
              "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['concurrency']} | {r['threads_per_trial']} | {r['trials_run']} | {r['trial_loop_s']} | {r['trials_per_hour']} | "
-              f"{r['mean_finetune_s']} | {r['outside_finetune_s']} | {r['paused_by_measurement']} |" for r in rows]
+    lines += [f"| {r['concurrency']} | {r['threads_per_trial']} | {r['trials_run']} | {r['trial_loop_s']} | "
+              f"{r['trials_per_hour']} | {r['mean_finetune_s']} | {r['outside_finetune_s']} | "
+              f"{r['paused_by_measurement']} |" for r in rows]
     (HERE / "concurrency.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

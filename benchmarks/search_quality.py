@@ -57,8 +57,8 @@ def _own_latency_cache(run: Path) -> dict:
 
 
 def _cli(*args: str, run: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "autocompress.cli", *args, "--no-progress"], capture_output=True, text=True,
-                         env=_own_latency_cache(run))
+    res = subprocess.run([sys.executable, "-m", "autocompress.cli", *args, "--no-progress"], capture_output=True,
+                         text=True, env=_own_latency_cache(run))
     if res.returncode != 0:
         raise SystemExit(f"autocompress {' '.join(args)} failed:\n{res.stderr[-3000:]}")
 
@@ -96,7 +96,8 @@ def grid_points(runs: Path, seed: int) -> list[tuple[float, float]]:
             _cli("search", "--resume", str(run), run=run)
         else:
             print(f"  autocompress search --sampler grid --space {space} --seed {seed}", flush=True)
-            _cli("search", "--sampler", "grid", "--budget", "1000", "--seed", str(seed), "--space", str(space), "--out", str(run), run=run)
+            _cli("search", "--sampler", "grid", "--budget", "1000", "--seed", str(seed), "--space", str(space),
+                 "--out", str(run), run=run)
     base = json.loads((run / "baselines.json").read_text())["fp32"]
     t = pd.read_csv(run / "trials.csv")
     t = t[t["state"] == "COMPLETE"]
@@ -152,11 +153,14 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=HERE / "runs")
     ap.add_argument("--methods", nargs="+", default=["default", "random", "grid"])
     ap.add_argument("--grid-seeds", type=int, nargs="+", default=None,
-                    help="seeds of the grid (default: --seeds); the grid's configurations do not depend on the seed, only its fine-tunes do")
+                    help="seeds of the grid (default: --seeds); "
+                    "the grid's configurations do not depend on the seed, only its fine-tunes do")
     ap.add_argument("--default-budget", type=int, default=None,
-                    help="trials of the default search (default: the largest budget; half of it is enough for the N vs 2N check)")
+                    help="trials of the default search "
+                    "(default: the largest budget; half of it is enough for the N vs 2N check)")
     ap.add_argument("--keep-others", action="store_true",
-                    help="methods not in --methods: keep their results from the last search_quality.json, marked with its date")
+                    help="methods not in --methods: "
+                    "keep their results from the last search_quality.json, marked with its date")
     args = ap.parse_args()
     top = max(args.budgets)
     today = str(dt.date.today())
@@ -176,23 +180,28 @@ def main() -> None:
             results.setdefault("outside_finetune_s", {}).setdefault(method, {})[seed] = outside_finetune(run)
             results.setdefault("latency_sources", {}).setdefault(method, {})[seed] = latency_sources(run)
             results["curves"].setdefault(method, {})[seed] = c["hypervolume"].tolist()
-            results["hv"].setdefault(method, {})[seed] = {n: float(c["hypervolume"].iloc[n - 1]) if n <= len(c) else float("nan")
-                                                          for n in args.budgets}
+            results["hv"].setdefault(method, {})[seed] = {
+                n: float(c["hypervolume"].iloc[n - 1]) if n <= len(c) else float("nan") for n in args.budgets
+            }
     kept = _keep_others(results, args.methods) if args.keep_others else []
     rows = []
     for method, by_seed in results["hv"].items():
         row = {"method": method}
         for n in args.budgets:
             vals = [by_seed[s][n] for s in by_seed]
-            row[f"N={n}"] = "not run" if any(np.isnan(vals)) else f"{np.median(vals):.3f} ({', '.join(f'{v:.3f}' for v in vals)})"
+            row[f"N={n}"] = ("not run" if any(np.isnan(vals))
+                             else f"{np.median(vals):.3f} ({', '.join(f'{v:.3f}' for v in vals)})")
         rows.append(row)
     lines = [f"# Search quality on the demo task ({dt.date.today()})", "",
-             f"`python benchmarks/search_quality.py --budgets {' '.join(map(str, args.budgets))} --seeds {' '.join(map(str, args.seeds))}"
+             f"`python benchmarks/search_quality.py --budgets {' '.join(map(str, args.budgets))} "
+             f"--seeds {' '.join(map(str, args.seeds))}"
              + (f" --grid-seeds {' '.join(map(str, args.grid_seeds))}" if args.grid_seeds else "")
              + (f" --default-budget {args.default_budget}" if args.default_budget else "")
              + (f" --methods {' '.join(args.methods)} --keep-others" if kept else "") + "`: "
-             "hypervolume (median over seeds, then each seed) of the validation-accuracy / latency front after N trials, normalised "
-             "to each run's FP32 baseline (see autocompress/results/hypervolume.py). Grid: all its uniform configurations, whatever N.", "",
+             "hypervolume (median over seeds, then each seed) of the validation-accuracy / latency front "
+             "after N trials, normalised "
+             "to each run's FP32 baseline (see autocompress/results/hypervolume.py). "
+             "Grid: all its uniform configurations, whatever N.", "",
              "| method | " + " | ".join(f"N={n}" for n in args.budgets) + " |", "|---|" + "---|" * len(args.budgets)]
     lines += ["| " + " | ".join(r[k] for k in r) + " |" for r in rows]
     if kept:
@@ -212,10 +221,13 @@ def main() -> None:
     for method, by_seed in results.get("outside_finetune_s", {}).items():
         outside = [v for vals in by_seed.values() for v in vals]
         if outside:
-            lines += ["", f"Time per trial outside the fine-tune, {method} search (the trial's own stages plus the time the device "
-                          f"held the running trials still for its latency sessions), over the {len(outside)} trials that recorded it "
+            lines += ["", f"Time per trial outside the fine-tune, {method} search "
+                          "(the trial's own stages plus the time the device "
+                          "held the running trials still for its latency sessions), "
+                          f"over the {len(outside)} trials that recorded it "
                           f"(seeds {', '.join(map(str, by_seed))}): median {np.median(outside):.2f} s, 90th percentile "
-                          f"{np.percentile(outside, 90):.2f} s, max {max(outside):.2f} s; {sum(v >= 3 for v in outside)} at 3 s or more."]
+                          f"{np.percentile(outside, 90):.2f} s, max {max(outside):.2f} s; "
+                          f"{sum(v >= 3 for v in outside)} at 3 s or more."]
             src = results.get("latency_sources", {}).get(method, {})
             if src:
                 lines[-1] += (" Latencies measured / taken from the run's own cache (a configuration built again): "
@@ -238,8 +250,10 @@ def _keep_others(results: dict, methods: list[str]) -> list[str]:
         for key in ("hv", "curves", "dominated", "outside_finetune_s", "latency_sources"):
             if m in old.get(key, {}):
                 results.setdefault(key, {})[m] = {
-                    int(seed): ({int(n): v for n, v in val.items()} if key == "hv" else val) for seed, val in old[key][m].items()}
-        results["dates"][m] = old.get("dates", {}).get(m, "2026-11-23")  # the results before dates were recorded: that day
+                    int(seed): ({int(n): v for n, v in val.items()} if key == "hv" else val)
+                    for seed, val in old[key][m].items()}
+        # the results before dates were recorded: that day
+        results["dates"][m] = old.get("dates", {}).get(m, "2026-11-23")
     return kept
 
 
@@ -250,13 +264,15 @@ def _plot(results: dict, path: Path) -> None:
     fig = go.Figure()
     colors = {"default": "#2563eb", "random": "#dc2626"}
     for method, by_seed in results["curves"].items():
-        for i, (seed, c) in enumerate(by_seed.items()):
-            fig.add_trace(go.Scatter(x=list(range(1, len(c) + 1)), y=c, mode="lines", line=dict(color=colors.get(method, "gray"), shape="hv"),
+        for seed, c in by_seed.items():
+            fig.add_trace(go.Scatter(x=list(range(1, len(c) + 1)), y=c, mode="lines",
+                                     line=dict(color=colors.get(method, "gray"), shape="hv"),
                                      name=f"{method} (seed {seed})", legendgroup=method))
     for seed, hv in results["hv"].get("grid", {}).items():
         fig.add_hline(y=next(iter(hv.values())), line=dict(color="black", dash="dash", width=1),
                       annotation_text=f"uniform grid (seed {seed})")
-    fig.update_layout(xaxis_title="trials", yaxis_title="hypervolume (FP32-normalised)", template="plotly_white", height=480)
+    fig.update_layout(xaxis_title="trials", yaxis_title="hypervolume (FP32-normalised)", template="plotly_white",
+                      height=480)
     fig.write_html(str(path), include_plotlyjs=True)
 
 

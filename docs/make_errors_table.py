@@ -28,9 +28,12 @@ def run_case(make_args, tmp: Path) -> tuple[list[str], int, str, Path]:
 def main() -> None:
     rows = ["# Bad inputs and what autocompress says", "",
             "Each row was produced by `python docs/make_errors_table.py`, which runs the command through the real CLI;",
-            "`tests/test_bad_inputs.py` checks that each still exits with status 2, prints exactly this one line and no",
-            "traceback, and leaves no run directory. `TMP` stands for the temporary directory the case was built in.", "",
-            "| what is wrong | command (after `autocompress search`) | message (stderr, exit status 2) |", "|---|---|---|"]
+            ("`tests/test_bad_inputs.py` checks that each still exits with status 2, "
+             "prints exactly this one line and no"),
+            ("traceback, and leaves no run directory. "
+             "`TMP` stands for the temporary directory the case was built in."), "",
+            "| what is wrong | command (after `autocompress search`) | message (stderr, exit status 2) |",
+            "|---|---|---|"]
     for cid, what, make_args in CASES:
         with tempfile.TemporaryDirectory() as t:
             tmp = Path(t)

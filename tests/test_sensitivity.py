@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from autocompress.space import GroupChoice, LayerChoice, SearchSpace
 from autocompress.search.sensitivity import QUANT_HOPELESS, narrow, scan, warm_configs
+from autocompress.space import GroupChoice, LayerChoice, SearchSpace
 from tests.conftest import FAST_FLAGS, run_cli
 
 
@@ -41,14 +41,16 @@ def test_warm_configs_prune_the_tolerant_groups_and_int8_the_tolerant_layers():
 
 
 def test_scan_measures_every_choice_of_the_demo_network(trained_resnet20, digits):
+    import torch
+
     from autocompress.pipeline.export import layer_nodes  # noqa: F401  (the space comes from the real model)
     from autocompress.pipeline.prune import find_groups
     from autocompress.space import SpaceFile, build_space
-    import torch
 
     example = torch.from_numpy(digits.val_x[:1])
     layers = ["conv1", "layer1.0.conv1", "fc"]
-    space = build_space(SpaceFile.model_validate({"prune": {"ratios": [0.0, 0.5, 0.75]}, "quantize": {"precisions": ["fp32", "int8", "int4"]}}),
+    space = build_space(SpaceFile.model_validate({"prune": {"ratios": [0.0, 0.5, 0.75]},
+                                                  "quantize": {"precisions": ["fp32", "int8", "int4"]}}),
                         find_groups(trained_resnet20, example)[:2], layers)
     sens = scan(trained_resnet20, digits, space, reduce_range=True)
     assert set(sens["prune"]) == {g.name for g in space.groups} and set(sens["quant"]) == set(layers)
@@ -75,5 +77,6 @@ def test_search_runs_the_scan_once_and_reuses_it(tmp_path):
     res = run_cli("search", "--budget", "1", "--out", str(second), *flags)  # one trial is enough to show the reuse
     assert res.returncode == 0, res.stderr[-3000:]
     meta2 = json.loads((second / "meta.json").read_text())
-    assert meta2["sensitivity"]["cached"] is True and meta2["sensitivity"]["cache_key"] == meta["sensitivity"]["cache_key"]
+    assert meta2["sensitivity"]["cached"] is True
+    assert meta2["sensitivity"]["cache_key"] == meta["sensitivity"]["cache_key"]
     assert len(pd.read_csv(second / "trials.csv")) == 1

@@ -116,7 +116,8 @@ def _dump(doc) -> str:
 _FRAGMENTS = [
     "prune:", "quantize:", "rules:", "ratios:", "round_to:", "min_channels:", "precisions:", "match:",
     "\n", "\n  ", "\n    ", "- ", ": ", ", ", "[", "]", "{", "}", "? ", "&a ", "*a", "<<: ", "<<: *a",
-    "!!int ", "!!float ", "!!str ", "!!bool ", "!!binary ", "!!timestamp ", "!!set ", "!!omap ", "!!pairs ", "!!null ", "!!seq ", "!!map ", "!!merge ", "!!python/object:os.system ",
+    "!!int ", "!!float ", "!!str ", "!!bool ", "!!binary ", "!!timestamp ", "!!set ", "!!omap ", "!!pairs ",
+    "!!null ", "!!seq ", "!!map ", "!!merge ", "!!python/object:os.system ",
     "!foo ", "2001-02-30", "2001-12-14", "2001-12-14t21:59:43.10-05:00", "1_000", "0x1F", "0o17", ".nan", ".inf",
     "-.inf", "1e400", "~", "null", "yes", "no", "on", "'", '"', "\\", "#", "---", "...", "|", ">", "%YAML 1.1",
     "\t", "\x00", "\x07", "\x1b", "\ufeff", "\u2028", "\x85", "é", "💥", "fp32", "int8", "int4", "0.5", "-1", "abc",
@@ -124,7 +125,8 @@ _FRAGMENTS = [
 _yaml_text = st.one_of(
     st.lists(st.sampled_from(_FRAGMENTS), max_size=20).map("".join),
     st.text(max_size=60),
-    st.builds(lambda doc, junk: _dump(doc) + junk, _space_doc, st.lists(st.sampled_from(_FRAGMENTS), max_size=4).map("".join)),
+    st.builds(lambda doc, junk: _dump(doc) + junk, _space_doc,
+              st.lists(st.sampled_from(_FRAGMENTS), max_size=4).map("".join)),
 )
 
 
@@ -179,7 +181,9 @@ def test_space_file_random_text(space_path: Path, text: str) -> None:
 
 
 @FAST
-@given(data=st.one_of(st.binary(max_size=64), st.builds(lambda a, b: a + b, _yaml_text.map(lambda t: t.encode("utf-8", "surrogatepass")), st.binary(max_size=8))))
+@given(data=st.one_of(st.binary(max_size=64),
+                     st.builds(lambda a, b: a + b, _yaml_text.map(lambda t: t.encode("utf-8", "surrogatepass")),
+                               st.binary(max_size=8))))
 @example(data=b"\xff")  # not UTF-8 -> UnicodeDecodeError from Path.read_text
 def test_space_file_binary(space_path: Path, data: bytes) -> None:
     """Binary-ish files (not UTF-8, NUL bytes, BOMs)."""
@@ -221,7 +225,8 @@ _names = st.text(alphabet="abcdefghij0123456789._", min_size=1, max_size=8)
 @given(
     group_names=st.lists(_names, max_size=4, unique=True),
     layers=st.lists(_names, max_size=4, unique=True),
-    matches=st.lists(st.one_of(_names, st.sampled_from(["*", "?", "a*", "[", "[!a]*", "conv*"])), min_size=1, max_size=3),
+    matches=st.lists(st.one_of(_names, st.sampled_from(["*", "?", "a*", "[", "[!a]*", "conv*"])),
+                     min_size=1, max_size=3),
     channels=st.integers(min_value=1, max_value=512),
 )
 def test_build_space_rule_matching_nothing(group_names, layers, matches, channels) -> None:
@@ -340,7 +345,8 @@ _budget_text = st.one_of(
     st.from_regex(r"\A\s*\d{0,4}(\.\d{0,3})?[hms]?(\d{0,3}(\.\d{0,2})?[ms]?)?\s*\Z"),
     st.lists(st.sampled_from(list("0123456789hmsHMS. \t-+e_") + ["²", "٣", "½", "Ⅻ", "１", "\u00a0", "\x00", "\n"]),
              max_size=12).map("".join),
-    st.builds(lambda n, unit: "9" * n + unit, st.integers(min_value=1, max_value=6000), st.sampled_from(["", "s", "m", "h"])),
+    st.builds(lambda n, unit: "9" * n + unit, st.integers(min_value=1, max_value=6000),
+              st.sampled_from(["", "s", "m", "h"])),
 )
 
 

@@ -42,7 +42,8 @@ def kernel_report(path: str | Path) -> dict:
         if node.op_type not in INTEGER_OPS | FLOAT_OPS:
             continue
         counts[node.op_type] += 1
-        # weight: QLinearConv/QLinearMatMul/QGemm input 3, Conv/ConvInteger/Gemm input 1; follow one DequantizeLinear back
+        # weight: QLinearConv/QLinearMatMul/QGemm input 3, Conv/ConvInteger/Gemm input 1;
+        # follow one DequantizeLinear back
         widx = 3 if node.op_type in ("QLinearConv", "QLinearMatMul", "NhwcQLinearConv", "QGemm") else 1
         if len(node.input) <= widx:
             continue

@@ -57,7 +57,9 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> list[tuple[str, s
     return pairs
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path | None = None, *, opset: int = 17) -> onnx.ModelProto:
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, path: str | Path | None = None, *, opset: int = 17
+) -> onnx.ModelProto:
     """Export with a dynamic batch axis (input `input`, output `logits`); optionally save to `path`."""
     buf = io.BytesIO()
     with warnings.catch_warnings():

@@ -44,7 +44,7 @@ def hypervolume_curve(table: pd.DataFrame, fp32: dict) -> pd.DataFrame:
     t = table[table["state"] != "DUPLICATE"].sort_values("trial")  # a repeat reused a result: not a trial run
     done = t["state"] == "COMPLETE"
     out, pts = [], []
-    for n, (ok, row) in enumerate(zip(done, t.itertuples()), start=1):
+    for n, (ok, row) in enumerate(zip(done, t.itertuples(), strict=True), start=1):
         if ok:
             pts.append(normalise(row.latency_ms, row.val_accuracy, fp32["latency_ms"], fp32["val_accuracy"]))
         out.append({"trials": n, "hypervolume": hypervolume(pts)})
@@ -55,7 +55,10 @@ def baseline_hypervolumes(baselines: dict) -> dict[str, float]:
     """Each uniform baseline's hypervolume alone, and all of them together ('all uniform')."""
     fp32 = baselines["fp32"]
     ok = {k: b for k, b in baselines.items() if b.get("state", "COMPLETE") == "COMPLETE"}
-    pts = {k: normalise(b["latency_ms"], b["val_accuracy"], fp32["latency_ms"], fp32["val_accuracy"]) for k, b in ok.items()}
+    pts = {
+        k: normalise(b["latency_ms"], b["val_accuracy"], fp32["latency_ms"], fp32["val_accuracy"])
+        for k, b in ok.items()
+    }
     out = {k: hypervolume([p]) for k, p in pts.items() if k != "fp32"}
     out["all uniform"] = hypervolume(list(pts.values()))
     return out

@@ -38,7 +38,10 @@ _TORCHVISION = {
     "cifar10": ("CIFAR10", "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}"),
     "cifar100": ("CIFAR100", "cifar-100-python/{train, test, meta}"),
     "mnist": ("MNIST", "MNIST/raw/{train,t10k}-images-idx3-ubyte and {train,t10k}-labels-idx1-ubyte"),
-    "fashionmnist": ("FashionMNIST", "FashionMNIST/raw/{train,t10k}-images-idx3-ubyte and {train,t10k}-labels-idx1-ubyte"),
+    "fashionmnist": (
+        "FashionMNIST",
+        "FashionMNIST/raw/{train,t10k}-images-idx3-ubyte and {train,t10k}-labels-idx1-ubyte",
+    ),
     "svhn": ("SVHN", "train_32x32.mat and test_32x32.mat"),
 }
 # The folder torchvision expects directly under data_dir (lets data_dir point at that folder itself).
@@ -63,7 +66,12 @@ class Splits:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
 
     def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train_x), "calib": len(self.calib_x), "val": len(self.val_x), "test": len(self.test_x)}
+        return {
+            "train": len(self.train_x),
+            "calib": len(self.calib_x),
+            "val": len(self.val_x),
+            "test": len(self.test_x),
+        }
 
 
 # ---------------------------------------------------------------------------------------------- digits
@@ -77,7 +85,9 @@ def _split(x: np.ndarray, y: np.ndarray, *, seed: int, name: str, num_classes: i
     idx = np.arange(len(x))
     rest, test_idx = train_test_split(idx, test_size=test, random_state=seed, stratify=y)
     rest, val_idx = train_test_split(rest, test_size=val / (1 - test), random_state=seed, stratify=y[rest])
-    train_idx, calib_idx = train_test_split(rest, test_size=calib / (1 - test - val), random_state=seed, stratify=y[rest])
+    train_idx, calib_idx = train_test_split(
+        rest, test_size=calib / (1 - test - val), random_state=seed, stratify=y[rest]
+    )
     return Splits(
         name=name,
         train_x=x[train_idx], train_y=y[train_idx], calib_x=x[calib_idx],
@@ -290,7 +300,8 @@ def _torchvision(name: str, root: Path, size: int, download: bool) -> tuple[dict
         raise DataError(f"cannot read the {name} files in {root}: {type(e).__name__}: {e}; replace them "
                         "(or pass --download to fetch fresh copies)") from e
     except Exception as e:  # noqa: BLE001 - a file in the wrong format fails anywhere in the parser
-        raise DataError(f"cannot read the {name} files in {root}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
+        raise DataError(f"cannot read the {name} files in {root}: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}; "
                         "replace them (or pass --download to fetch fresh copies)") from e
 
     def part(ds) -> _Part:

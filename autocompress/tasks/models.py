@@ -139,7 +139,9 @@ def _load_callable(ref: str) -> Callable[..., nn.Module]:
         pass
     fn = getattr(module, fn_name, None)
     if not callable(fn):
-        raise ModelError(f"{target!r} has no callable {fn_name!r} for --model {ref!r}; name a function that returns an nn.Module")
+        raise ModelError(
+            f"{target!r} has no callable {fn_name!r} for --model {ref!r}; name a function that returns an nn.Module"
+        )
     return fn
 
 
@@ -162,7 +164,8 @@ def build_model(name: str, *, num_classes: int, in_channels: int = 3) -> nn.Modu
         model = tvm.get_model(name, weights=None, num_classes=num_classes)
         if in_channels != 3:
             raise ModelError(
-                f"torchvision model {name!r} takes 3 input channels but the data has {in_channels}; use a 3-channel dataset"
+                f"torchvision model {name!r} takes 3 input channels but the data has {in_channels}; "
+                "use a 3-channel dataset"
             )
         return model
     known = ", ".join(sorted(_REGISTRY))

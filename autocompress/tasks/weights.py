@@ -24,21 +24,28 @@ def _state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
                 return inner
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
-    raise ModelError(f"--weights {path} holds a {type(obj).__name__}, not a state_dict or a model; save model.state_dict() with torch.save")
+    raise ModelError(
+        f"--weights {path} holds a {type(obj).__name__}, not a state_dict or a model; "
+        "save model.state_dict() with torch.save"
+    )
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load `path` into `model` strictly; a mismatch names the first differing keys and shapes."""
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"--weights {path} does not exist; pass a file saved with torch.save(model.state_dict(), path)")
+        raise ModelError(
+            f"--weights {path} does not exist; pass a file saved with torch.save(model.state_dict(), path)"
+        )
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - a whole pickled model needs weights_only=False
             obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001
-        raise ModelError(f"--weights {path} cannot be read by torch.load ({type(e).__name__}); pass a file saved with torch.save") from None
+        raise ModelError(
+            f"--weights {path} cannot be read by torch.load ({type(e).__name__}); pass a file saved with torch.save"
+        ) from None
     sd = {k.removeprefix("module."): v for k, v in _state_dict(obj, path).items()}  # DataParallel checkpoints
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
@@ -51,9 +58,14 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             parts.append(f"shape of {k} is {list(sd[k].shape)} in the file but {list(own[k].shape)} in the model"
                          + (f" (+{len(shapes) - 1} more)" if len(shapes) > 1 else ""))
         if missing:
-            parts.append(f"missing keys {', '.join(missing[:3])}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""))
+            parts.append(
+                f"missing keys {', '.join(missing[:3])}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
+            )
         if unexpected:
-            parts.append(f"unexpected keys {', '.join(unexpected[:3])}" + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else ""))
+            parts.append(
+                f"unexpected keys {', '.join(unexpected[:3])}"
+                + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else "")
+            )
         raise ModelError(f"--weights {path} do not match the model: {'; '.join(parts)}; pass weights saved from this "
                          "architecture with as many classes as the data")
     model.load_state_dict(sd)
