@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnx
 
-from autocompress.results.rundir import atomic_write_text
+from autocompress.fileio import atomic_write_text
 
 __all__ = ["cache_dir", "graph_hash", "LatencyCache"]
 

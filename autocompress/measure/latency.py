@@ -33,7 +33,7 @@ from typing import Callable, ContextManager
 
 import numpy as np
 
-from autocompress.results.rundir import atomic_write_text
+from autocompress.fileio import atomic_write_text
 
 __all__ = ["LatencySettings", "LatencyResult", "measure_latency", "make_session"]
 

@@ -1,38 +1,18 @@
-"""Layout of one run directory. Every file is written to a temporary name and renamed into place."""
+"""Layout of one run directory. Every file is written to a temporary name and renamed into place
+(autocompress/fileio.py; its atomic writes are re-exported here)."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from autocompress.errors import RunError
+from autocompress.fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = ["RunDir", "atomic_write_bytes", "atomic_write_text"]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 @dataclass(frozen=True)
@@ -96,7 +76,8 @@ class RunDir:
     def open(cls, path: str | Path) -> "RunDir":
         p = Path(path)
         if not p.is_dir():
-            raise RunError(f"run directory {str(p)!r} does not exist; pass the directory that `autocompress search` printed")
+            raise RunError(f"run directory {str(p)!r} does not exist; "
+                           "pass the directory that `autocompress search` printed")
         rd = cls(p)
         for needed in (rd.meta, rd.trials_csv, rd.baselines_json):
             if not needed.is_file():

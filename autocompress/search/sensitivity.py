@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autocompress.fileio import atomic_write_text
 from autocompress.pipeline.finetune import evaluate
 from autocompress.pipeline.prune import prune_model
 from autocompress.pipeline.quantize import calibrate_activations, fake_quantized
@@ -40,7 +41,8 @@ def cache_key(baseline: torch.nn.Module, space: SearchSpace, val_x: np.ndarray, 
 
 
 @torch.no_grad()
-def scan(baseline: torch.nn.Module, splits, space: SearchSpace, *, reduce_range: bool, threads: int | None = None) -> dict:
+def scan(baseline: torch.nn.Module, splits, space: SearchSpace, *, reduce_range: bool,
+         threads: int | None = None) -> dict:
     """{"base": val acc, "chance": %, "prune": {group: {ratio: acc}}, "quant": {layer: {precision: acc}}}."""
     if threads:
         torch.set_num_threads(threads)
@@ -73,10 +75,7 @@ def cached_scan(cache: Path, key: str, compute) -> tuple[dict, bool]:
     if path.is_file():
         return json.loads(path.read_text()), True
     result = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(result, indent=1))
     return result, False
 
 
@@ -109,8 +108,10 @@ def warm_configs(space: SearchSpace, sens: dict, tolerances: tuple[float, ...] =
                 params[f"prune:{g.name}"] = max(ok) if ok else min(g.ratios)
         for layer in space.layers:
             if len(layer.precisions) > 1:
-                int8_ok = "int8" in layer.precisions and base - sens["quant"].get(layer.name, {}).get("int8", -1e9) <= 0.5
-                params[f"quant:{layer.name}"] = "int8" if int8_ok else ("fp32" if "fp32" in layer.precisions else layer.precisions[0])
+                int8_acc = sens["quant"].get(layer.name, {}).get("int8", -1e9)
+                int8_ok = "int8" in layer.precisions and base - int8_acc <= 0.5
+                fallback = "fp32" if "fp32" in layer.precisions else layer.precisions[0]
+                params[f"quant:{layer.name}"] = "int8" if int8_ok else fallback
         if params and params not in configs:
             configs.append(params)
     return configs

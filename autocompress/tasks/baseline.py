@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from autocompress.config import TrainConfig
+from autocompress.fileio import atomic_write_bytes
 from autocompress.measure.cache import cache_dir
 from autocompress.pipeline.finetune import MOMENTUM, WEIGHT_DECAY, evaluate, train
 from autocompress.tasks.data import Splits
@@ -67,8 +68,7 @@ def get_baseline(
         "val_accuracy_torch": evaluate(model, splits.val_x, splits.val_y),
         "test_accuracy_torch": evaluate(model, splits.test_x, splits.test_y),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "info": info}, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save({"state_dict": model.state_dict(), "info": info}, buf)
+    atomic_write_bytes(path, buf.getvalue())
     return model, {**info, "cached": False, "path": str(path)}
