@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from autocompress.measure.latency import LatencySettings, measure_latency
+from autocompress.measure.latency import LatencyMeter
 from autocompress.measure.verify import INTEGER_OPS, kernel_report
 from autocompress.search.device import fingerprint
 
@@ -44,12 +44,9 @@ def kernels(path: Path) -> tuple[int, int]:
     return integer, sum(counts.values()) - integer
 
 
-def measure(path: Path, shape: tuple[int, ...]):
-    return measure_latency(path.read_bytes(), shape, LatencySettings())
-
-
-def run_rows(run: Path, model: str, pick: str, extra: list[tuple[str, Path]] = ()) -> list[dict]:
-    """Baselines + one Pareto model of a run directory, re-measured now, in this process."""
+def run_rows(meter: LatencyMeter, run: Path, model: str, pick: str, extra: list[tuple[str, Path]] = ()) -> list[dict]:
+    """Baselines + one Pareto model of a run directory, re-measured now, in this process (with `meter`, the search's
+    default settings)."""
     meta = json.loads((run / "meta.json").read_text())
     shape = tuple(meta["input_shape"])
     baselines = json.loads((run / "baselines.json").read_text())
@@ -67,7 +64,7 @@ def run_rows(run: Path, model: str, pick: str, extra: list[tuple[str, Path]] = (
     entries += [(name, path, None) for name, path in extra]
     rows = []
     for name, path, rec in entries:
-        res = measure(path, shape)
+        res = meter.measure(path.read_bytes(), shape)
         ms = res.median_ms
         i, f = kernels(path)
         rows.append({"model": model, "config": name, "latency_ms": round(ms, 4), "contended": res.contended,
@@ -122,7 +119,7 @@ def other_formats(fp32_path: Path, shape: tuple[int, ...], tmp: Path) -> list[tu
     return out
 
 
-def torchvision_rows(model: str, tmp: Path) -> list[dict]:
+def torchvision_rows(meter: LatencyMeter, model: str, tmp: Path) -> list[dict]:
     data = synthetic_imagefolder(tmp / "images")
     run = tmp / f"run-{model}"
     cmd = [sys.executable, "-m", "autocompress.cli", "search", "--model", model, "--dataset", "imagefolder", "--data-dir", str(data),
@@ -133,13 +130,13 @@ def torchvision_rows(model: str, tmp: Path) -> list[dict]:
         raise SystemExit(f"search for {model} failed:\n{res.stderr[-3000:]}")
     baselines = json.loads((run / "baselines.json").read_text())
     shape = tuple(json.loads((run / "meta.json").read_text())["input_shape"])
-    return run_rows(run, f"{model} 224", "fastest", other_formats(run / baselines["fp32"]["onnx"], shape, tmp))
+    return run_rows(meter, run, f"{model} 224", "fastest", other_formats(run / baselines["fp32"]["onnx"], shape, tmp))
 
 
 def remeasure_in_new_processes(run: Path, repeats: int) -> list[dict]:
     shape = tuple(json.loads((run / "meta.json").read_text())["input_shape"])
-    code = ("import sys, json; from pathlib import Path; from autocompress.measure.latency import measure_latency, LatencySettings; "
-            "print(json.dumps(measure_latency(Path(sys.argv[1]).read_bytes(), tuple(json.loads(sys.argv[2])), LatencySettings()).as_dict()))")
+    code = ("import sys, json; from pathlib import Path; from autocompress.measure.latency import measure_latency; "
+            "print(json.dumps(measure_latency(Path(sys.argv[1]).read_bytes(), tuple(json.loads(sys.argv[2]))).as_dict()))")
     rows = []
     for p in json.loads((run / "pareto.json").read_text()):
         res = [json.loads(subprocess.run([sys.executable, "-c", code, str(run / p["onnx"]), json.dumps(shape)], capture_output=True,
@@ -183,12 +180,13 @@ def main() -> None:
     print(f"3. Pareto models of {args.run} re-measured in new processes")
     remeasured = remeasure_in_new_processes(args.run, args.repeats)
     print("1. demo ResNet-20")
-    rows = run_rows(args.run, "resnet20 demo", "within1")
+    meter = LatencyMeter()  # one for this process, as the search's device actor keeps one: probe and guard span all rows
+    rows = run_rows(meter, args.run, "resnet20 demo", "within1")
     if not args.skip_torchvision:
         with tempfile.TemporaryDirectory() as tmp:
             for model in ("resnet18", "mobilenet_v2"):
                 print(f"2. {model} 224x224")
-                rows += torchvision_rows(model, Path(tmp) / model)
+                rows += torchvision_rows(meter, model, Path(tmp) / model)
     elif (HERE / "device.json").is_file():  # keep the torchvision rows of the last full run, marked as such
         old = json.loads((HERE / "device.json").read_text())
         rows += [{**r, "config": r["config"] + f" (run of {old['date']})" if "(run of" not in r["config"] else r["config"]}

@@ -30,10 +30,11 @@ ROOT = HERE.parent
 CODE = r"""
 import sys, json, statistics
 from pathlib import Path
-from autocompress.measure.latency import measure_latency, LatencySettings, _Probe
-p = _Probe.get(1)
+from autocompress.measure.latency import LatencyMeter
+meter = LatencyMeter()  # the search's default settings: 1 thread, batch 1
+p = meter.probe  # the reference probe the measurement below is bracketed by
 before = statistics.median(p() for _ in range(5))
-r = measure_latency(Path(sys.argv[1]).read_bytes(), tuple(json.loads(sys.argv[2])), LatencySettings())
+r = meter.measure(Path(sys.argv[1]).read_bytes(), tuple(json.loads(sys.argv[2])))
 after = statistics.median(p() for _ in range(5))
 print(json.dumps({"latency_ms": r.median_ms, "probe_ms": (before + after) / 2, "probe_best_ms": p.best,
                   "slowed_sessions": r.slowed_sessions, "contended": r.contended}))

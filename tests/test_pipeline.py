@@ -25,10 +25,10 @@ import torch.nn as nn
 import torch.nn.utils.parametrize as P
 from onnx import numpy_helper
 
-from autocompress.config import Budget, TrainConfig, parse_budget
+from autocompress.config import Budget, LatencyConfig, TrainConfig, parse_budget
 from autocompress.errors import ConfigError, SpaceError
 from autocompress.measure.accuracy import onnx_accuracy
-from autocompress.measure.latency import LatencySettings, measure_latency
+from autocompress.measure.latency import LatencyMeter, measure_latency
 from autocompress.measure.verify import kernel_report
 from autocompress.pipeline.export import export_onnx, fold_batchnorm, layer_nodes
 from autocompress.pipeline.prune import PruneGroup, channel_counts, find_groups, kept_channels, prune_model
@@ -599,7 +599,7 @@ def test_measure_latency(tmp_path):
     model = _small_net()
     path = tmp_path / "small.onnx"
     export_onnx(model, torch.randn(1, 3, 8, 8), path)
-    s = LatencySettings(warmup=3, min_reps=20, max_reps=200, sessions=2, max_sessions=2, max_seconds=5, burst_wait_s=0)
+    s = LatencyConfig(warmup=3, min_reps=20, max_reps=200, sessions=2, max_sessions=2, max_seconds=5, burst_wait_s=0)
     r = measure_latency(path, (3, 8, 8), s)
     assert r.median_ms > 0
     assert r.p90_ms >= r.median_ms
@@ -608,12 +608,12 @@ def test_measure_latency(tmp_path):
     assert len(r.session_medians_ms) == 2
     # bytes work too; an unreachable CI target runs exactly max_reps per session
     r2 = measure_latency(path.read_bytes(), (3, 8, 8),
-                         LatencySettings(warmup=0, min_reps=10, max_reps=20, sessions=3, max_sessions=3, ci_target=1e-12, max_seconds=60, burst_wait_s=0))
+                         LatencyConfig(warmup=0, min_reps=10, max_reps=20, sessions=3, max_sessions=3, ci_target=1e-12, max_seconds=60, burst_wait_s=0))
     assert r2.reps == 60 and len(r2.session_medians_ms) == 3
     # session medians that disagree (a 1e-12 tolerance: always) bring more fresh sessions, up to max_sessions, and
     # the figure comes from the sessions at the quiet speed: here only the fastest
-    r3 = measure_latency(path, (3, 8, 8), LatencySettings(warmup=0, min_reps=10, max_reps=20, sessions=3, max_sessions=5,
-                                                          ci_target=1e-12, max_seconds=60, burst_wait_s=0))
+    r3 = measure_latency(path, (3, 8, 8), LatencyConfig(warmup=0, min_reps=10, max_reps=20, sessions=3, max_sessions=5,
+                                                        ci_target=1e-12, max_seconds=60, burst_wait_s=0))
     assert len(r3.session_medians_ms) == 5 and r3.median_ms == pytest.approx(min(r3.session_medians_ms), abs=1e-4)
     assert 1 <= r3.slow_sessions <= 4  # all but the fastest (and any exact tie with it) are left out
     assert set(r2.as_dict()) == {"median_ms", "p90_ms", "p99_ms", "reps", "session_medians_ms", "other_load_cores",
@@ -626,20 +626,21 @@ def test_the_reference_probe_remembers_the_quiet_speed_of_this_device(tmp_path, 
     from autocompress.measure import latency
 
     monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path))
-    monkeypatch.setattr(latency._Probe, "_instances", {})
-    first = latency._Probe.get(1)  # first use here: calibrated, and remembered on disk
+    meter = LatencyMeter(LatencyConfig(threads=1))
+    first = meter.probe  # first use here: calibrated, and remembered on disk
+    assert meter.probe is first  # built once per meter
     assert 0 < first.best < 50 and first.path.is_file() and first.path.is_relative_to(tmp_path)
     assert json.loads(first.path.read_text())["best_ms"] == pytest.approx(first.best)
-    monkeypatch.setattr(latency._Probe, "_instances", {})
-    again = latency._Probe.get(1)  # a new process starts from the remembered figure
-    assert again.best <= first.best and again() > 0
+    again = LatencyMeter(LatencyConfig(threads=1)).probe  # a new meter (a new process) starts from the remembered figure
+    assert again is not first and again.best <= first.best and again() > 0
+    assert LatencyMeter(LatencyConfig(probe=False)).probe is None
     assert latency._probe_model() == latency._probe_model()  # the same workload everywhere
 
 
 def test_sessions_slowed_by_a_burst_are_left_out_and_replaced():
     from autocompress.measure.latency import _need_more, _quiet
 
-    s = LatencySettings(sessions=3, max_sessions=6, ci_target=0.02)
+    s = LatencyConfig(sessions=3, max_sessions=6, ci_target=0.02)
     assert _quiet([1.0, 1.5, 1.03, 1.04, 1.9], 0.02) == [0, 2, 3]  # within 4% of the fastest
     assert not _need_more([1.0, 1.01, 1.02], s)  # three agree: done
     assert _need_more([1.0, 1.01], s)  # fewer than `sessions`
@@ -660,8 +661,8 @@ def test_sessions_are_spread_out_and_the_device_hook_holds_each_one(tmp_path):
         yield [111, 222]  # what the device's pause returns: the pids it stopped
         left.append(time.perf_counter())
 
-    s = LatencySettings(warmup=2, min_reps=20, max_reps=200, sessions=3, max_sessions=3, session_gap_s=0.2,
-                        min_session_seconds=0.0, contention_cores=100.0, probe=False)
+    s = LatencyConfig(warmup=2, min_reps=20, max_reps=200, sessions=3, max_sessions=3, session_gap_s=0.2,
+                      min_session_seconds=0.0, contention_cores=100.0, probe=False)
     r = measure_latency(path, (3, 8, 8), s, quiet=quiet)
     assert len(entered) == len(left) == 3 and r.paused_trials == 2
     assert all(entered[i + 1] - left[i] >= 0.5 * 0.2 for i in range(2))  # a jittered gap between sessions
@@ -670,10 +671,8 @@ def test_sessions_are_spread_out_and_the_device_hook_holds_each_one(tmp_path):
     assert within - 0.001 <= r.held_s <= within + 0.05 and r.held_s < left[-1] - entered[0] - 0.5 * 0.2 * 2
 
 
-def test_a_probe_slow_before_the_session_lets_the_trials_go_at_once(tmp_path, monkeypatch):
+def test_a_probe_slow_before_the_session_lets_the_trials_go_at_once(tmp_path):
     """A burst already on when the trials are paused: the session is skipped, not timed and thrown away."""
-    from autocompress.measure import latency
-
     model = _small_net()
     path = tmp_path / "small.onnx"
     export_onnx(model, torch.randn(1, 3, 8, 8), path)
@@ -685,7 +684,6 @@ def test_a_probe_slow_before_the_session_lets_the_trials_go_at_once(tmp_path, mo
         def __call__(self) -> float:
             return next(readings)
 
-    monkeypatch.setattr(latency._Probe, "_instances", {1: Probe()})
     entered, left = [], []
 
     @contextlib.contextmanager
@@ -694,9 +692,9 @@ def test_a_probe_slow_before_the_session_lets_the_trials_go_at_once(tmp_path, mo
         yield [111]
         left.append(time.perf_counter())
 
-    s = LatencySettings(warmup=2, min_reps=20, max_reps=100_000, sessions=3, max_sessions=3, session_gap_s=0.01,
-                        min_session_seconds=0.1, contention_cores=100.0)
-    r = latency.measure_latency(path, (3, 8, 8), s, quiet=quiet)
+    s = LatencyConfig(warmup=2, min_reps=20, max_reps=100_000, sessions=3, max_sessions=3, session_gap_s=0.01,
+                      min_session_seconds=0.1, contention_cores=100.0)
+    r = LatencyMeter(s, probe=Probe()).measure(path, (3, 8, 8), quiet=quiet)
     held = [b - a for a, b in zip(entered, left)]
     assert len(held) == 4 and r.slowed_sessions == 1 and len(r.session_medians_ms) == 3
     assert held[0] < 0.05 and all(h >= 0.1 for h in held[1:])  # the skipped one held the trials for a few runs only
@@ -704,11 +702,9 @@ def test_a_probe_slow_before_the_session_lets_the_trials_go_at_once(tmp_path, mo
 
 
 @pytest.mark.parametrize("burst_wait_s", [5.0, 0.0])
-def test_a_long_burst_is_waited_out_for_burst_wait_s_beyond_the_quick_retries(tmp_path, monkeypatch, burst_wait_s):
+def test_a_long_burst_is_waited_out_for_burst_wait_s_beyond_the_quick_retries(tmp_path, burst_wait_s):
     """A burst that outlasts `max_contended` quick retries: with `burst_wait_s` the measurement keeps waiting, with
     growing pauses, until it passes; without, the retries run out and the sessions in the burst are kept, flagged."""
-    from autocompress.measure import latency
-
     model = _small_net()
     path = tmp_path / "small.onnx"
     export_onnx(model, torch.randn(1, 3, 8, 8), path)
@@ -720,11 +716,9 @@ def test_a_long_burst_is_waited_out_for_burst_wait_s_beyond_the_quick_retries(tm
         def __call__(self) -> float:
             return next(readings)
 
-    monkeypatch.setattr(latency._Probe, "_instances", {1: Probe()})
-    monkeypatch.setattr(latency, "_no_long_wait_until", 0.0)  # no earlier long wait in vain in this process
-    s = LatencySettings(warmup=2, min_reps=20, max_reps=100_000, sessions=3, max_sessions=3, session_gap_s=0.01,
-                        min_session_seconds=0.05, contention_cores=100.0, max_contended=2, burst_wait_s=burst_wait_s)
-    r = latency.measure_latency(path, (3, 8, 8), s)
+    s = LatencyConfig(warmup=2, min_reps=20, max_reps=100_000, sessions=3, max_sessions=3, session_gap_s=0.01,
+                      min_session_seconds=0.05, contention_cores=100.0, max_contended=2, burst_wait_s=burst_wait_s)
+    r = LatencyMeter(s, probe=Probe()).measure(path, (3, 8, 8))  # a new meter: no earlier long wait in vain
     if burst_wait_s:  # five sessions skipped, after pauses of 0.25 + 0.5 + 0.75 + 1.0 + 1.25 s; the three kept are clean
         assert r.slowed_sessions == 5 and r.burst_wait_s == pytest.approx(3.75)
         assert r.probe_vs_best == 1.0 and not r.contended and len(r.session_medians_ms) == 3
@@ -733,11 +727,9 @@ def test_a_long_burst_is_waited_out_for_burst_wait_s_beyond_the_quick_retries(tm
         assert len(r.session_medians_ms) == 3 and r.probe_vs_best is not None
 
 
-def test_after_a_long_wait_that_found_no_calm_the_next_measurements_only_retry_quickly(tmp_path, monkeypatch):
+def test_after_a_long_wait_that_found_no_calm_the_next_measurements_only_retry_quickly(tmp_path):
     """A slowdown that lasts many minutes: one measurement waits `burst_wait_s` in vain; the next ones, for a few
     minutes, make only the `max_contended` quick retries instead of waiting as long again."""
-    from autocompress.measure import latency
-
     model = _small_net()
     path = tmp_path / "small.onnx"
     export_onnx(model, torch.randn(1, 3, 8, 8), path)
@@ -748,17 +740,17 @@ def test_after_a_long_wait_that_found_no_calm_the_next_measurements_only_retry_q
         def __call__(self) -> float:
             return 3.0
 
-    monkeypatch.setattr(latency._Probe, "_instances", {1: Probe()})
-    monkeypatch.setattr(latency, "_no_long_wait_until", 0.0)
-    s = LatencySettings(warmup=2, min_reps=20, max_reps=100_000, sessions=2, max_sessions=2, session_gap_s=0.01,
-                        min_session_seconds=0.05, contention_cores=100.0, max_contended=1, burst_wait_s=1.0)
-    first = latency.measure_latency(path, (3, 8, 8), s)  # pauses 0.25 + 0.5 + 0.75 s, then kept, flagged
+    s = LatencyConfig(warmup=2, min_reps=20, max_reps=100_000, sessions=2, max_sessions=2, session_gap_s=0.01,
+                      min_session_seconds=0.05, contention_cores=100.0, max_contended=1, burst_wait_s=1.0)
+    meter = LatencyMeter(s, probe=Probe())  # what the device actor holds for a whole search
+    first = meter.measure(path, (3, 8, 8))  # pauses 0.25 + 0.5 + 0.75 s, then kept, flagged
     assert first.contended and first.burst_wait_s == pytest.approx(1.5) and first.slowed_sessions == 3
-    assert latency._no_long_wait_until > time.monotonic() + 50
-    second = latency.measure_latency(path, (3, 8, 8), s)  # right after: one quick retry only
+    assert meter.no_long_wait_until > time.monotonic() + 50
+    second = meter.measure(path, (3, 8, 8))  # the same meter right after: one quick retry only
     assert second.contended and second.slowed_sessions == 1 and second.burst_wait_s == pytest.approx(0.25)
-    monkeypatch.setattr(latency, "_no_long_wait_until", 0.0)  # minutes later: patient again
-    assert latency.measure_latency(path, (3, 8, 8), s).slowed_sessions == 3
+    assert LatencyMeter(s, probe=Probe()).measure(path, (3, 8, 8)).slowed_sessions == 3  # the guard is the meter's own
+    meter.no_long_wait_until = 0.0  # minutes later: patient again
+    assert meter.measure(path, (3, 8, 8)).slowed_sessions == 3
 
 
 def test_other_load_is_the_machine_busy_time_minus_this_process():
@@ -779,9 +771,9 @@ def test_a_session_beside_outside_load_is_taken_again_then_reported_as_contended
     model = _small_net()
     path = tmp_path / "small.onnx"
     export_onnx(model, torch.randn(1, 3, 8, 8), path)
-    settings = LatencySettings(warmup=3, min_reps=50, max_reps=100_000, sessions=2, max_sessions=2, max_seconds=5,
-                               max_contended=2, burst_wait_s=0, contention_cores=0.5, min_session_seconds=0.2,
-                               probe=False)  # the load check alone: the hog slows the probe too, which skips the session
+    settings = LatencyConfig(warmup=3, min_reps=50, max_reps=100_000, sessions=2, max_sessions=2, max_seconds=5,
+                             max_contended=2, burst_wait_s=0, contention_cores=0.5, min_session_seconds=0.2,
+                             probe=False)  # the load check alone: the hog slows the probe too, which skips the session
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # a whole core of load from another process
     try:
         time.sleep(0.5)

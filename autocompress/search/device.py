@@ -13,6 +13,7 @@ that carries the Ray custom resource NAME (e.g. an ARM board joined with
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import signal
@@ -20,11 +21,12 @@ from typing import Iterator
 
 import ray
 
-from autocompress.measure.latency import LatencySettings, measure_latency
+from autocompress.config import LatencyConfig
+from autocompress.measure.latency import LatencyMeter
 
 __all__ = ["Device", "fingerprint", "TRIAL_TASK_NAME", "paused_trials", "trial_pids"]
 
-TRIAL_TASK_NAME = "autocompress_trial"  # the name of the Ray task that runs a trial (see runner.py)
+TRIAL_TASK_NAME = "autocompress_trial"  # the name of the Ray task that runs a trial (see executor.py)
 
 
 def fingerprint(threads: int) -> dict:
@@ -39,7 +41,8 @@ def fingerprint(threads: int) -> dict:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    isa = [f for f in ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "asimd") if f in flags]
+    known = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "asimd")
+    isa = [f for f in known if f in flags]
     return {
         "host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "isa": isa, "machine": platform.machine(),
         "onnxruntime": ort.__version__, "threads": threads, "provider": "CPUExecutionProvider",
@@ -83,13 +86,15 @@ def paused_trials(enabled: bool = True) -> Iterator[list[int]]:
 
 @ray.remote(num_cpus=0, max_concurrency=1)
 class Device:
-    def __init__(self, settings: dict, pause_trials: bool = True) -> None:
-        self.settings = LatencySettings(**settings)
+    def __init__(self, settings: LatencyConfig | dict, pause_trials: bool = True) -> None:
+        # one meter for the actor's life: its reference probe and its no-long-wait guard span the whole search
+        self.meter = LatencyMeter(settings if isinstance(settings, LatencyConfig) else LatencyConfig(**settings))
         self.pause_trials = pause_trials
 
     def fingerprint(self) -> dict:
-        return fingerprint(self.settings.threads)
+        return fingerprint(self.meter.settings.threads)
 
     def measure(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> dict:
         # trials are paused during each session and run on in the gaps between sessions
-        return measure_latency(onnx_bytes, input_shape, self.settings, quiet=lambda: paused_trials(self.pause_trials)).as_dict()
+        quiet = functools.partial(paused_trials, self.pause_trials)
+        return self.meter.measure(onnx_bytes, input_shape, quiet=quiet).as_dict()
