@@ -1,14 +1,38 @@
-"""autocompress: search structured pruning and per-layer precision for PyTorch CNNs, measured on the shipped ONNX file."""
+"""autocompress: search structured pruning and per-layer precision for PyTorch CNNs, measured on the shipped ONNX file.
 
-from autocompress.config import SearchConfig, parse_budget
-from autocompress.errors import AutocompressError
+    import autocompress
+    result = autocompress.search(model, train_data, val_data, budget=20)
+    print(result.pareto)
+    choice = result.pick(max_latency_ms=0.5)
+"""
 
-__all__ = ["SearchConfig", "parse_budget", "search", "AutocompressError", "__version__"]
+from autocompress.config import Budget, LatencyConfig, SearchConfig, TrainConfig, parse_budget
+from autocompress.errors import (
+    AutocompressError,
+    ClusterError,
+    ConfigError,
+    DataError,
+    Interrupted,
+    ModelError,
+    RunError,
+    SpaceError,
+)
+
+__all__ = ["search", "load_run", "SearchConfig", "TrainConfig", "LatencyConfig", "Budget", "parse_budget",
+           "SearchResult", "PickedModel", "AutocompressError", "ConfigError", "DataError", "ModelError", "SpaceError",
+           "ClusterError", "RunError", "Interrupted", "__version__"]
 __version__ = "0.1.0"
 
 
-def search(config: SearchConfig, **kwargs):
-    """Run a search (see autocompress.search.runner.search)."""
-    from autocompress.search.runner import search as _search
+# The subpackage autocompress.search holds the search driver; the name `autocompress.search` is the function.
+# Importing the subpackage first, then binding the function, keeps later imports of its modules from rebinding it.
+from autocompress import search as _search_package  # noqa: E402,F401  (order matters, see above)
+from autocompress.api import load_run, search  # noqa: E402
 
-    return _search(config, **kwargs)
+
+def __getattr__(name: str):
+    if name in ("SearchResult", "PickedModel"):  # pandas loads only when these are used
+        from autocompress.results import pick, result
+
+        return getattr(result if name == "SearchResult" else pick, name)
+    raise AttributeError(f"module 'autocompress' has no attribute {name!r}")

@@ -57,83 +57,121 @@ def search(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and the search space (groups, layers, choices) as JSON, and exit."),
 ) -> None:
     """Run a compression search and write reports/<run>/report.html."""
-    from autocompress.config import SearchConfig, config_error, load_config_file, parse_budget
-    from autocompress.search.runner import load_resume_config, prepare, run_search
+    from autocompress.config import parse_budget
 
     try:
         if resume is not None:
-            cfg = load_resume_config(resume, budget=parse_budget(budget) if budget is not None else None)
-            prep = prepare(cfg, resume=True)
+            prep = _plan_resume(resume, parse_budget(budget) if budget is not None else None)
         else:
-            def given(name: str) -> bool:  # typer vendors click: compare the enum by name
-                src = ctx.get_parameter_source(name)
-                return src is not None and src.name == "COMMANDLINE"
-
-            data = load_config_file(config) if config is not None else {}
-            defaults = SearchConfig().model_dump()
-            unknown = [k for k in data if k not in defaults]
-            if unknown:
-                raise ConfigError(f"{unknown[0]!r} in {config}: unknown key; allowed keys are {', '.join(defaults)}")
-            for section in ("baseline", "finetune", "latency"):  # a partial section keeps the other defaults
-                if isinstance(data.get(section), dict):
-                    data[section] = {**defaults[section], **data[section]}
-            source = str(config) if config is not None else "the command line"
             flags = dict(model=model, weights=weights, num_classes=num_classes, dataset=dataset, data_dir=data_dir,
                          download=download, input_size=input_size, space=space, out=out, seed=seed,
                          ray_address=ray_address, concurrency=concurrency, sampler=sampler, device=device)
-            for key, value in flags.items():  # flags on the command line win; defaults only fill gaps
-                if given(key) or key not in data:
-                    data[key] = value
-            if budget is not None:
-                data["budget"] = parse_budget(budget).model_dump()
-            elif "budget" not in data:
-                raise ConfigError("--budget is required: a trial count (e.g. --budget 40) or a duration (e.g. --budget 30m)")
-            if given("no_latency_cache"):
-                data["latency_cache"] = False
-            if early_stop is not None:
-                data["early_stop_points"] = early_stop
-            if confirm_rounds is not None:
-                data["confirm_rounds"] = confirm_rounds
-            if baselines is not None:
-                data["baselines"] = [b.strip() for b in baselines.split(",") if b.strip()]
-            if given("no_sensitivity"):
-                data["sensitivity"] = False
-            if trial_timeout is not None:
-                data["trial_timeout_s"] = trial_timeout
-            for key, value in (("threads", latency_threads), ("batch", latency_batch)):
-                if value is not None:
-                    base = data.get("latency") if isinstance(data.get("latency"), dict) else defaults["latency"]
-                    data["latency"] = {**base, key: value}
-            for section, value in (("finetune", finetune_epochs), ("baseline", baseline_epochs)):
-                if value is not None:
-                    base = data.get(section) if isinstance(data.get(section), dict) else defaults[section]
-                    data[section] = {**base, "epochs": value}
-            try:
-                cfg = SearchConfig.model_validate(data)
-            except ValidationError as e:
-                raise config_error(e, source) from None
-            prep = prepare(cfg)
+            overrides = dict(latency_cache=False if no_latency_cache else None, early_stop_points=early_stop,
+                             confirm_rounds=confirm_rounds, sensitivity=False if no_sensitivity else None,
+                             trial_timeout_s=trial_timeout,
+                             baselines=[b.strip() for b in baselines.split(",") if b.strip()] if baselines else None)
+            sections = {"latency": {"threads": latency_threads, "batch": latency_batch},
+                        "finetune": {"epochs": finetune_epochs}, "baseline": {"epochs": baseline_epochs}}
+            cfg = _config_from_flags(ctx, config, budget, flags, overrides, sections)
+            prep = _plan(cfg)
     except AutocompressError as e:
         _fail(e)
         return
     if dry_run:
         typer.echo(json.dumps(prep.describe(), indent=2))
         return
+    _run(prep, progress=not no_progress)
+
+
+def _config_from_flags(ctx: typer.Context, config: Path | None, budget: str | None, flags: dict, overrides: dict,
+                       sections: dict[str, dict]):
+    """The SearchConfig of a new search: the config file, then the flags given on the command line."""
+    from autocompress.config import SearchConfig, config_error, load_config_file, parse_budget
+
+    def given(name: str) -> bool:  # typer vendors click: compare the enum by name
+        src = ctx.get_parameter_source(name)
+        return src is not None and src.name == "COMMANDLINE"
+
+    data = load_config_file(config) if config is not None else {}
+    defaults = SearchConfig().model_dump()
+    unknown = [k for k in data if k not in defaults]
+    if unknown:
+        raise ConfigError(f"{unknown[0]!r} in {config}: unknown key; allowed keys are {', '.join(defaults)}")
+    for section in ("baseline", "finetune", "latency"):  # a partial section keeps the other defaults
+        if isinstance(data.get(section), dict):
+            data[section] = {**defaults[section], **data[section]}
+    for key, value in flags.items():  # flags on the command line win; defaults only fill gaps
+        if given(key) or key not in data:
+            data[key] = value
+    if budget is not None:
+        data["budget"] = parse_budget(budget).model_dump()
+    elif "budget" not in data:
+        raise ConfigError("--budget is required: a trial count (e.g. --budget 40) or a duration (e.g. --budget 30m)")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    for section, values in sections.items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            base = data.get(section) if isinstance(data.get(section), dict) else defaults[section]
+            data[section] = {**base, **values}
     try:
-        result = run_search(prep, progress=not no_progress, log=lambda s: typer.echo(s, err=True))
+        return SearchConfig.model_validate(data)
+    except ValidationError as e:
+        raise config_error(e, str(config) if config is not None else "the command line") from None
+
+
+def _datasets(cfg) -> dict:
+    from autocompress.tasks.data import load_dataset
+
+    return load_dataset(cfg.dataset, input_size=cfg.input_size, seed=cfg.seed, data_dir=cfg.data_dir,
+                        download=cfg.download, max_images=cfg.max_images).datasets()
+
+
+def _plan(cfg):
+    """The flags' model and datasets, handed to the library's own search (autocompress.api)."""
+    from autocompress.api import plan
+
+    data = _datasets(cfg)
+    options = cfg.model_dump(exclude={"model", "budget", "space", "out"})
+    return plan(cfg.model, data["train"], data["val"], test_data=data["test"], calib_data=data["calib"],
+                budget=cfg.budget, space=cfg.space, out=cfg.out, log=_log, **options)
+
+
+def _plan_resume(run_dir: Path, budget):
+    from autocompress.api import plan
+    from autocompress.search.driver import load_resume_config
+
+    cfg = load_resume_config(run_dir, budget=budget)
+    data = _datasets(cfg)
+    return plan(cfg.model, data["train"], data["val"], test_data=data["test"], calib_data=data["calib"],
+                budget=cfg.budget, out=run_dir, resume=True, log=_log)
+
+
+def _log(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+def _run(prep, *, progress: bool) -> None:
+    from autocompress.search.driver import run_search
+
+    try:
+        result = run_search(prep, progress=progress, log=_log)
     except Interrupted as e:
         typer.echo(f"stopped: {e}", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except AutocompressError as e:
         _fail(e)
         return
-    n_total = len(result.table)
-    n_done = int((result.table["state"] == "COMPLETE").sum()) if n_total else 0
-    n_repeat = int((result.table["state"] == "DUPLICATE").sum()) if n_total else 0
-    n_stopped = int((result.table["state"] == "STOPPED").sum()) if n_total else 0
+    states = result.trials["state"] if len(result.trials) else None
+    n_total = len(result.trials)
+
+    def count(state: str) -> int:
+        return int((states == state).sum()) if states is not None else 0
+
+    n_done, n_repeat, n_stopped = count("COMPLETE"), count("DUPLICATE"), count("STOPPED")
     repeats = f" ({n_repeat} repeated configurations reused earlier results)" if n_repeat else ""
     early = f", {n_stopped} stopped early" if n_stopped else ""
-    typer.echo(f"{n_done} trials done, {n_total - n_done - n_repeat - n_stopped} failed{early}, {len(result.pareto)} Pareto models{repeats}")
+    typer.echo(f"{n_done} trials done, {n_total - n_done - n_repeat - n_stopped} failed{early}, "
+               f"{len(result.pareto)} Pareto models{repeats}")
     typer.echo(f"report: {result.report}")
 
 

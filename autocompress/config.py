@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from autocompress.errors import ConfigError, location
 
-__all__ = ["BASELINE_NAMES", "Budget", "parse_budget", "TrainConfig", "LatencyConfig", "SearchConfig", "config_error", "load_config_file"]
+__all__ = ["BASELINE_NAMES", "DEFAULT_MAX_IMAGES", "Budget", "parse_budget", "TrainConfig", "LatencyConfig", "SearchConfig", "config_error", "load_config_file"]
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
@@ -87,7 +87,10 @@ class LatencyConfig(_Strict):
     probe_factor: float = Field(default=1.25, gt=1, le=10)
 
 
-# the references a run can measure (autocompress/search/runner.py BASELINES builds them); fp32 is always one
+# Images kept per split (a CPU search trains and evaluates every trial on these). None = no cap.
+DEFAULT_MAX_IMAGES: dict[str, int | None] = {"train": 5000, "calib": 500, "val": 1000, "test": 1000}
+
+# the references a run can measure (autocompress/search/baselines.py BASELINES builds them); fp32 is always one
 BASELINE_NAMES = ("fp32", "int8", "prune25-int8", "prune50-int8")
 
 
@@ -99,6 +102,18 @@ class SearchConfig(_Strict):
     data_dir: Path | None = None  # where a file-based dataset (cifar10, mnist, imagefolder, ...) lives
     download: bool = False  # let torchvision download a named dataset into data_dir
     input_size: int = Field(default=32, ge=8, le=1024)
+    max_images: dict[str, int | None] = Field(default_factory=lambda: dict(DEFAULT_MAX_IMAGES))  # per split; None: all
+
+    @field_validator("max_images")
+    @classmethod
+    def _caps(cls, v: dict[str, int | None]) -> dict[str, int | None]:
+        unknown = [k for k in v if k not in DEFAULT_MAX_IMAGES]
+        if unknown:
+            raise ValueError(f"unknown split {unknown[0]!r}; use keys {', '.join(DEFAULT_MAX_IMAGES)}")
+        bad = [k for k, n in v.items() if n is not None and n < 1]
+        if bad:
+            raise ValueError(f"the cap of {bad[0]!r} must be a positive number of images or null (no cap)")
+        return {**DEFAULT_MAX_IMAGES, **v}
     space: Path | None = None  # None: search_spaces/default.yaml
     budget: Budget = Budget(trials=12)
     out: Path | None = None  # the run directory; default reports/<run-name>

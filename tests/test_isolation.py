@@ -66,7 +66,8 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
     from autocompress.pipeline.export import export_onnx, fold_batchnorm
     from autocompress.pipeline.trial import TrialSpec
     from autocompress.search.device import Device, paused_trials, trial_pids
-    from autocompress.search.runner import _place_device, autocompress_trial
+    from autocompress.search.cluster import place_device
+    from autocompress.search.executor import autocompress_trial
 
     import copy
 
@@ -82,7 +83,7 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
                 "sessions": 3, "max_sessions": 5, "max_contended": 3, "burst_wait_s": 0, "max_seconds": 20.0}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
-        device, _ = _place_device("local", settings)
+        device, _ = place_device("local", settings)
         apart = Device.options(**{}).remote(settings, pause_trials=False)  # times "alone": pauses nothing itself
         ray.get([a.fingerprint.remote() for a in (device, apart)])  # the actors are up before anything is timed
         base, data = ray.put(trained_resnet20), ray.put(digits)

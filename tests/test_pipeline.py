@@ -550,6 +550,34 @@ def test_fake_quantized_cleans_up_after_an_error():
     assert not P.is_parametrized(model[0], "weight") and not model[0]._forward_pre_hooks
 
 
+def test_quantizing_drops_only_orts_notices_and_leaves_the_root_logger_as_it_was(tmp_path):
+    import logging
+
+    model = _small_net()
+    proto = export_onnx(model, torch.randn(1, 3, 8, 8))
+    nodes = layer_nodes(proto, ["0", "2", "4"])
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    root = logging.getLogger()
+    level, filters, keep = root.level, list(root.filters), Keep()
+    root.addHandler(keep)
+    try:
+        # int4 as well: ORT says int4 QDQ goes to the com.microsoft domain (one of the notices)
+        quantize_static_onnx(proto, tmp_path / "q.onnx", precisions={"0": "int8", "2": "int4", "4": "int8"},
+                             nodes=nodes, calib_x=np.random.default_rng(0).standard_normal((4, 3, 8, 8), np.float32))
+        logging.warning("a warning of the user's own")
+    finally:
+        root.removeHandler(keep)
+    messages = [r.getMessage() for r in seen]
+    assert not any("pre-processing" in m or "16-bit/4-bit" in m for m in messages), messages
+    assert "a warning of the user's own" in messages
+    assert root.level == level and root.filters == filters
+
+
 # ============================================================================ trial
 def test_run_pipeline_prunes_quantizes_and_measures(trained_resnet20, digits):
     example = torch.from_numpy(digits.val_x[:1])
@@ -950,7 +978,7 @@ def test_uniform_configuration_keeps_the_channels_the_ratio_itself_would():
 
 
 def test_warm_start_runs_the_baseline_models_the_scan_picks_and_the_fastest_corners_first():
-    from autocompress.search.runner import warm_start_configs
+    from autocompress.search.study import warm_start_configs
 
     space = build_space(load_space_file(DEFAULT_SPACE), GROUPS, LAYERS)  # a: 16 -> [16, 8] ch, b: 64 -> 64..16 ch
     pick = {"prune:a": 0.0, "prune:b": 0.375, **{f"quant:{l}": "int8" for l in LAYERS}}

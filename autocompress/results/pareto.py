@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-__all__ = ["OBJECTIVES", "pareto_front", "dominates"]
+__all__ = ["OBJECTIVES", "pareto_front", "dominates", "fastest_within"]
 
 OBJECTIVES = (("val_accuracy", "max"), ("latency_ms", "min"), ("size_bytes", "min"))
 
@@ -24,3 +24,13 @@ def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
     rows = [r for _, r in done.iterrows()]
     keep = [i for i, r in zip(done.index, rows) if not any(dominates(o, r) for o in rows if o is not r)]
     return done.loc[keep].sort_values("latency_ms")
+
+
+def fastest_within(table: pd.DataFrame, reference_accuracy: float, points: float = 1.0) -> pd.Series | None:
+    """The fastest completed model whose validation accuracy is at most `points` below `reference_accuracy`
+    (FP32's): the speed-up a user gets for (nearly) free. None if no model is that accurate."""
+    done = table[table["state"] == "COMPLETE"] if "state" in table else table
+    if not len(done) or "latency_ms" not in done:
+        return None
+    near = done[done["val_accuracy"] >= reference_accuracy - points]
+    return None if near.empty else near.loc[near["latency_ms"].idxmin()]

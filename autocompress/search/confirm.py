@@ -9,38 +9,42 @@ fresh sessions, the order reversed every other round). A model whose rounds disa
 (4%, twice a measurement's CI target) gets more rounds, up to `extra` more, so one burst cannot decide its
 figure. The reported figure is the median over its rounds that are not flagged `contended` (all of them if
 every one is; the mean of the middle two for an even count).
-Tried first and measured on reports/example: the median of 3 rounds with no agreement rule (in a bursty hour
-it put FP32 at 1.354 ms from rounds of 1.354, 1.093 and 1.430 ms, against 1.069 during the search and 1.044
-in a quiet hour); then the fastest of 2 rounds, which sat low: re-measured in new processes, trial 2 read
-0.562-0.569 ms against a reported 0.5358 (rounds 0.5358 and 0.5746), 6.2% off.
+Why this rule and not the median or fastest of a fixed number of rounds: docs/latency.md.
 If a confirmed figure moves a model off the front and an unconfirmed trial onto it, that one is confirmed too.
 """
 
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
 from autocompress.results.pareto import pareto_front
+from autocompress.results.records import TrialRecord, TrialState
 
-__all__ = ["confirm_latencies", "summarise", "CONFIRM_FIELDS"]
+__all__ = ["Confirmed", "confirm_latencies", "apply_confirmed", "summarise"]
 
-# what a confirmed figure replaces in a row; the search-time measurement's own fields (source, held time, paused
-# trials) stay: they describe what the measurement during the search cost
-CONFIRM_FIELDS = {"median_ms": "latency_ms", "p90_ms": "latency_p90_ms", "p99_ms": "latency_p99_ms",
-                  "reps": "latency_reps", "other_load_cores": "latency_other_load_cores", "contended": "latency_contended",
-                  "probe_vs_best": "latency_probe_vs_best"}
+
+@dataclass(frozen=True)
+class Confirmed:
+    """A model's re-measured figure (`summarise` of its rounds) and the rounds' medians."""
+
+    summary: dict
+    rounds_ms: list[float]
 
 
 def summarise(figures: list[dict]) -> dict:
     """One figure from a model's rounds: the median of the rounds not flagged contended (of all, if every one is)."""
     use = [f for f in figures if not f.get("contended")] or figures
-    med = lambda key: float(statistics.median(f[key] for f in use))  # noqa: E731
     probes = [f["probe_vs_best"] for f in use if f.get("probe_vs_best") is not None]
     loads = [f["other_load_cores"] for f in use if f.get("other_load_cores") is not None]
+
+    def med(key: str) -> float:
+        return float(statistics.median(f[key] for f in use))
+
     return {"median_ms": med("median_ms"), "p90_ms": med("p90_ms"), "p99_ms": med("p99_ms"),
             "reps": sum(int(f.get("reps", 0)) for f in figures), "contended": all(f.get("contended") for f in use),
             "other_load_cores": max(loads) if loads else None,
@@ -52,32 +56,33 @@ def _agree(figures: list[dict], agree: float) -> bool:
     return len(ms) >= 2 and max(ms) <= (1 + agree) * min(ms)
 
 
-def _apply(row: dict, chosen: dict, figures: list[dict]) -> None:
-    row.setdefault("search_latency_ms", row["latency_ms"])  # a resumed run confirms again: keep the first figure
-    for src, dst in CONFIRM_FIELDS.items():
-        value = chosen.get(src)
-        row[dst] = round(value, 4) if isinstance(value, float) and src.endswith("_ms") else value
-    row["latency_confirm_ms"] = " ".join(f"{f['median_ms']:.4f}" for f in figures)
+def apply_confirmed(rec: TrialRecord, confirmed: dict[str, Confirmed]) -> TrialRecord:
+    """`rec` with its file's confirmed figure (a duplicate shares its original's file), or `rec` itself."""
+    if not rec.measured or rec.artifact.onnx not in confirmed:  # type: ignore[union-attr]
+        return rec
+    c = confirmed[rec.artifact.onnx]  # type: ignore[union-attr]
+    return rec.with_latency(rec.latency.confirmed(c.summary, c.rounds_ms))  # type: ignore[union-attr]
 
 
-def confirm_latencies(rows: dict[int, dict], baselines: dict[str, dict], run_path: Path,
+def _to_measure(records: dict[int, TrialRecord], baselines: dict[str, TrialRecord],
+                done: dict[str, Confirmed]) -> list[str]:
+    """Files of the baselines and of the front (with the figures confirmed so far) not yet confirmed."""
+    table = pd.DataFrame([apply_confirmed(r, done).to_row() for r in records.values()])
+    front = pareto_front(table) if len(table) else table
+    files = [b.artifact.onnx for b in baselines.values() if b.state is TrialState.COMPLETE and b.artifact]
+    files += [str(p) for p in front["onnx"]] if len(front) else []
+    return list(dict.fromkeys(f for f in files if f not in done))  # a reused baseline file is measured once
+
+
+def confirm_latencies(records: dict[int, TrialRecord], baselines: dict[str, TrialRecord], run_path: Path,
                       measure: Callable[[bytes], dict], rounds: int, log: Callable[[str], None] = print, *,
-                      agree: float = 0.04, extra: int = 2) -> dict[str, dict]:
+                      agree: float = 0.04, extra: int = 2) -> dict[str, Confirmed]:
     """Re-measure the Pareto models and baselines (their ONNX files under `run_path`) in `rounds` rounds (more for
-    a model whose rounds disagree) and write the summary (`summarise`) into every row of those files (in place;
-    duplicates share their original's file). Returns each measured file's summary. An exception from `measure`
-    leaves every row unchanged: the figures go into copies, written back once every pass is done."""
-    if rounds <= 0:
-        return {}
-    new_rows = {n: dict(r) for n, r in rows.items()}
-    new_baselines = {k: dict(b) for k, b in baselines.items()}
-    summaries: dict[str, dict] = {}
-    for _ in range(3):  # a front changed by the new figures: confirm its newcomers too (at most twice more)
-        table = pd.DataFrame(list(new_rows.values()))
-        front = pareto_front(table) if len(table) and "state" in table else table
-        files = [b["onnx"] for b in baselines.values() if b.get("state", "COMPLETE") == "COMPLETE" and b.get("onnx")]
-        files += [str(p) for p in front["onnx"]] if len(front) else []
-        todo = list(dict.fromkeys(f for f in files if f not in summaries))  # a reused baseline file is measured once
+    a model whose rounds disagree). Returns each measured file's new figure, to apply with `apply_confirmed`; the
+    records are not touched. An exception from `measure` propagates: no figure is half-confirmed."""
+    confirmed: dict[str, Confirmed] = {}
+    for _ in range(3 if rounds > 0 else 0):  # a front changed by the new figures: confirm its newcomers too
+        todo = _to_measure(records, baselines, confirmed)
         if not todo:
             break
         log(f"confirming the latency of {len(todo)} model(s) (Pareto models and baselines), {rounds} round(s)")
@@ -89,12 +94,5 @@ def confirm_latencies(rows: dict[int, dict], baselines: dict[str, dict], run_pat
                 break
             for f in (group if r % 2 == 0 else group[::-1]):
                 figures[f].append(measure(data[f]))
-        summaries.update({f: summarise(v) for f, v in figures.items()})
-        for row in [*new_rows.values(), *new_baselines.values()]:
-            if row.get("onnx") in figures and row.get("latency_ms") is not None:
-                _apply(row, summaries[row["onnx"]], figures[row["onnx"]])
-    for n, row in new_rows.items():
-        rows[n].update(row)
-    for k, row in new_baselines.items():
-        baselines[k].update(row)
-    return summaries
+        confirmed.update({f: Confirmed(summarise(v), [x["median_ms"] for x in v]) for f, v in figures.items()})
+    return confirmed

@@ -20,14 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autocompress.config import DEFAULT_MAX_IMAGES
 from autocompress.errors import ConfigError, DataError
 
 __all__ = ["Splits", "load_dataset", "DATASETS", "DEFAULT_MAX_IMAGES"]
 
 DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashionmnist", "svhn", "imagefolder")
 
-# Images kept per split (a CPU search trains and evaluates every trial on these). None = no cap.
-DEFAULT_MAX_IMAGES: dict[str, int | None] = {"train": 5000, "calib": 500, "val": 1000, "test": 1000}
 
 # Share of the training pool carved out for a split the dataset does not ship (before the caps above).
 _CARVE = {"test": 0.2, "val": 0.2, "calib": 0.1}
@@ -72,6 +71,17 @@ class Splits:
             "val": len(self.val_x),
             "test": len(self.test_x),
         }
+
+    def datasets(self) -> dict[str, torch.utils.data.TensorDataset]:
+        """The four splits as in-memory Datasets of (image, label) (the calibration split's labels are 0)."""
+        from torch.utils.data import TensorDataset
+
+        def ds(x: np.ndarray, y: np.ndarray | None) -> TensorDataset:
+            labels = y if y is not None else np.zeros(len(x), np.int64)
+            return TensorDataset(torch.from_numpy(x), torch.from_numpy(labels))
+
+        return {"train": ds(self.train_x, self.train_y), "val": ds(self.val_x, self.val_y),
+                "test": ds(self.test_x, self.test_y), "calib": ds(self.calib_x, None)}
 
 
 # ---------------------------------------------------------------------------------------------- digits

@@ -1,0 +1,136 @@
+"""The library entry point: a trained model and its data in, the Pareto-optimal compressed models out.
+
+    result = autocompress.search(model, train_data, val_data, budget=20)
+    choice = result.pick(max_latency_ms=0.5)
+
+The CLI builds the model and Datasets from its flags and calls this same function.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from pydantic import ValidationError
+
+from autocompress.config import Budget, SearchConfig, config_error, parse_budget
+from autocompress.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:  # torch, pandas and Ray load when a search starts, not when autocompress is imported
+    import torch
+
+    from autocompress.results.result import SearchResult
+    from autocompress.tasks.datasets import DataLike
+
+__all__ = ["search", "plan", "load_run", "make_config"]
+
+_ARGUMENTS = ("budget", "space", "out")  # SearchConfig keys that are named arguments of `search`
+
+
+def make_config(*, budget: int | str | Budget | None, space: str | Path | None, out: str | Path | None,
+                base: dict | None = None, **options: Any) -> SearchConfig:
+    """A validated SearchConfig from keyword options (the keys of SearchConfig); a partial `finetune`, `baseline`
+    or `latency` mapping keeps the other defaults. Raises ConfigError naming an unknown key or a bad value."""
+    defaults = SearchConfig().model_dump()
+    unknown = [k for k in options if k not in defaults or k in _ARGUMENTS]
+    if unknown:
+        allowed = ", ".join(k for k in defaults if k not in _ARGUMENTS)
+        raise ConfigError(f"{unknown[0]!r} is not an option of autocompress.search; the options are {allowed}")
+    data = {**(base or {}), **options}
+    for section in ("baseline", "finetune", "latency"):
+        if isinstance(data.get(section), dict):
+            data[section] = {**(base or defaults)[section], **data[section]}
+    if budget is not None:
+        data["budget"] = budget.model_dump() if isinstance(budget, Budget) else parse_budget(budget).model_dump()
+    if space is not None:
+        data["space"] = space
+    if out is not None:
+        data["out"] = out
+    try:
+        return SearchConfig.model_validate(data)
+    except ValidationError as e:
+        raise config_error(e, "the options of autocompress.search") from None
+
+
+def load_run(run_dir: str | Path) -> SearchResult:
+    """The SearchResult of a run directory written by a search (finished, stopped or interrupted)."""
+    from autocompress.results.result import load_run as _load
+
+    return _load(run_dir)
+
+
+def _model_label(model: torch.nn.Module | str) -> str:
+    import torch
+
+    if isinstance(model, str):
+        return model
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"model is a {type(model).__name__}; pass a trained torch.nn.Module, a model name "
+                         "(`autocompress models`) or 'path/to/file.py:function'")
+    return type(model).__name__
+
+
+def plan(model: torch.nn.Module | str, train_data: DataLike, val_data: DataLike, *, test_data: DataLike | None = None,
+         calib_data: DataLike | None = None, budget: int | str | Budget | None = 40, space: str | Path | None = None,
+         out: str | Path | None = None, resume: bool = False, log: Callable[[str], None] = print, **options: Any):
+    """Everything `search` checks before it writes anything: the config, the data, the model and the search space.
+    Returns the `Prepared` search (`.describe()` is what `autocompress search --dry-run` prints)."""
+    from autocompress.search.driver import load_resume_config, prepare
+    from autocompress.tasks.datasets import splits_from_data
+
+    label = _model_label(model)
+    if resume:
+        if out is None:
+            raise ConfigError("resume=True needs out=, the run directory to continue")
+        stored = load_resume_config(out).model_dump(mode="json")
+        config = make_config(budget=budget, space=None, out=out, base=stored, **options)
+    else:
+        options.setdefault("model", label)
+        options.setdefault("dataset", "custom")
+        config = make_config(budget=budget, space=space, out=out, **options)
+    splits = splits_from_data(train_data, val_data, test=test_data, calib=calib_data, caps=config.max_images,
+                              seed=config.seed, num_classes=_outputs(model, train_data),
+                              name=config.dataset, log=log)
+    return prepare(config, splits, config.model if isinstance(model, str) else model, resume=resume)
+
+
+def _outputs(model: torch.nn.Module | str, data: DataLike) -> int | None:
+    """The number of classes a model object predicts (its output width on one training image), if it says."""
+    import torch
+
+    if isinstance(model, str):
+        return None
+    try:
+        item = next(iter(data)) if isinstance(data, torch.utils.data.DataLoader) else data[0]
+        x = item[0] if isinstance(data, torch.utils.data.DataLoader) else torch.as_tensor(item[0]).unsqueeze(0)
+        with torch.no_grad():
+            out = model.eval()(x[:1].float())
+        return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+    except Exception:  # noqa: BLE001 - the same forward pass is checked, with a clear error, by prepare()
+        return None
+
+
+def search(model: torch.nn.Module | str, train_data: DataLike, val_data: DataLike, *,
+           test_data: DataLike | None = None, calib_data: DataLike | None = None,
+           budget: int | str | Budget | None = 40, space: str | Path | None = None, out: str | Path | None = None,
+           resume: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+           **options: Any) -> SearchResult:
+    """Search per-layer pruning and precision for `model`; every figure measured on the exported ONNX file.
+
+    model: the trained FP32 model (an `nn.Module`; nothing is retrained), or a name / 'file.py:function' as on the
+        CLI (then weights=... loads its weights, else it is trained on train_data and cached).
+    train_data, val_data, test_data, calib_data: `Dataset`s yielding (image_tensor C x H x W, label), or
+        `DataLoader`s of such batches, preprocessed as the model expects. Fine-tuning uses train_data; the search
+        ranks on val_data; test_data is only reported (none: half of val_data is held out); calibration uses
+        calib_data (none: training images). Never validate on images the model was trained on.
+    budget: trials (40) or a duration ('30m', '1h30m'). space: a search-space YAML (default: the packaged one).
+    out: the run directory (default reports/<model>-<dataset>-<time>). resume: continue the run in `out`.
+    options: the other keys of `SearchConfig` (e.g. seed=1, concurrency=2, finetune={"epochs": 3}).
+
+    Raises AutocompressError (one line: the problem and the fix) for bad input, before anything is written.
+    """
+    from autocompress.search.driver import run_search
+
+    prepared = plan(model, train_data, val_data, test_data=test_data, calib_data=calib_data, budget=budget,
+                    space=space, out=out, resume=resume, log=log, **options)
+    return run_search(prepared, progress=progress, log=log)

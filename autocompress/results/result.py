@@ -1,0 +1,42 @@
+"""What a search returns, and what `load_run` reads back from a finished run directory: the same object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from autocompress.results.pareto import pareto_front
+from autocompress.results.pick import PickedModel, channels_before, choose
+from autocompress.results.records import TrialRecord
+from autocompress.results.rundir import RunDir
+
+__all__ = ["SearchResult", "load_run"]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    run_dir: Path
+    trials: pd.DataFrame  # every trial: one row each, the columns of trials.csv
+    pareto: pd.DataFrame  # the Pareto-optimal trials (validation accuracy up, latency down, size down), fastest first
+    baselines: dict[str, TrialRecord]  # fp32, int8, prune25-int8, prune50-int8 (those the run measured)
+    report: Path  # report.html
+    meta: dict  # meta.json: device, splits, space, status, timings
+
+    def pick(self, max_latency_ms: float | None = None, min_accuracy: float | None = None,
+             max_size_mb: float | None = None) -> PickedModel | None:
+        """The most accurate Pareto model (validation accuracy; ties: faster) within every given constraint, with
+        its configuration; None if no Pareto model meets them."""
+        fp32 = self.baselines["fp32"].to_row()
+        return choose(self.trials, fp32, self.run_dir, channels_before(self.meta), max_latency_ms=max_latency_ms,
+                      min_accuracy=min_accuracy, max_size_mb=max_size_mb).chosen
+
+
+def load_run(run_dir: str | Path) -> SearchResult:
+    """The result of a run directory written by a search (finished, stopped or interrupted)."""
+    rd = RunDir.open(run_dir)
+    table = rd.read_table()
+    baselines = {k: TrialRecord.from_row(v) for k, v in rd.read_json(rd.baselines_json).items()}
+    return SearchResult(run_dir=rd.path, trials=table, pareto=pareto_front(table), baselines=baselines,
+                        report=rd.report_html, meta=rd.read_json(rd.meta))

@@ -1,0 +1,403 @@
+"""A whole search: check everything -> baseline -> baselines -> sensitivity scan -> study -> trials -> confirm -> report.
+
+`prepare` finds everything wrong with the user's input before anything is written. `run_search` is the short
+loop of named steps; the trial loop itself is the `Scheduler`'s.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from autocompress.config import SearchConfig
+from autocompress.errors import Interrupted, ModelError, RunError
+from autocompress.pipeline.quantize import quant_format_for
+from autocompress.pipeline.trial import TrialSpec
+from autocompress.results.records import TrialState
+from autocompress.results.result import SearchResult, load_run
+from autocompress.results.rundir import RunDir
+from autocompress.search import cluster
+from autocompress.search.baselines import run_baselines
+from autocompress.search.executor import RayExecutor
+from autocompress.search.progress import Interrupt, Progress
+from autocompress.search.scheduler import Limits, Scheduler
+from autocompress.search.state import LatencyBook, RunState, run_lock
+from autocompress.search.study import distributions, grid_configs, make_sampler, open_study, warm_start_configs
+from autocompress.space import SearchSpace, build_space, load_space_file
+from autocompress.tasks.data import Splits
+
+__all__ = ["Prepared", "prepare", "run_search", "load_resume_config"]
+
+
+@dataclass
+class Prepared:
+    config: SearchConfig
+    splits: Splits
+    space: SearchSpace
+    model: torch.nn.Module  # the FP32 baseline, or (trained=False) the untrained model to train on the data
+    trained: bool
+    run_dir: Path
+    run_name: str
+    resume: bool = False
+
+    def describe(self) -> dict:
+        """What --dry-run prints: the resolved config and the search space."""
+        return {
+            "config": self.config.dump(), "run_dir": str(self.run_dir), "splits": self.splits.sizes(),
+            "input_shape": list(self.splits.input_shape), "search_space": self.space.describe(),
+            "optuna_params": len(self.space.params()), "excluded_layers": self.space.excluded,
+        }
+
+
+# ---------------------------------------------------------------------------------------------- checking
+
+
+def load_resume_config(run_dir: str | Path, *, budget=None) -> SearchConfig:
+    """The stored config of a run to resume; `budget` (a Budget) replaces the stored one when given."""
+    rd = RunDir(Path(run_dir))
+    if not rd.path.is_dir():
+        raise RunError(f"--resume {str(run_dir)!r}: no such run directory; pass the directory of an earlier search")
+    for needed in (rd.config, rd.meta):
+        if not needed.is_file():
+            raise RunError(f"--resume {str(run_dir)!r} has no {needed.name}; it was not written by "
+                           "`autocompress search`, start a new search instead")
+    data = rd.read_json(rd.config)
+    data["out"] = str(rd.path)
+    if budget is not None:
+        data["budget"] = budget.model_dump()
+    return SearchConfig.model_validate(data)
+
+
+def _check_forward(model: torch.nn.Module, splits: Splits, label: str) -> None:
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.from_numpy(splits.val_x[:1]))
+    except Exception as e:  # noqa: BLE001 - any failure here means the model cannot take the data
+        raise ModelError(f"model {label!r} cannot take inputs of shape {tuple(splits.input_shape)}: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
+                         "choose another --input-size or model") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < splits.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"model {label!r} returns {shape} for one image, but the data has {splits.num_classes} "
+                         "classes; the model must return one logit per class (N x classes)")
+
+
+def _space(config: SearchConfig, model: torch.nn.Module, splits: Splits) -> SearchSpace:
+    """The model's real groups and quantizable layers with the YAML's choices (the structure of an untrained
+    model is the trained one's, so a bad rule fails before any training)."""
+    from autocompress.pipeline.prune import find_groups
+    from autocompress.search.layers import quantizable_layers
+
+    space_file = load_space_file(config.space)
+    example = torch.from_numpy(splits.val_x[:1])
+    try:
+        layers, excluded = quantizable_layers(model, example)
+    except Exception as e:  # noqa: BLE001 - an export failure is a property of the user's model
+        raise ModelError(f"cannot export model {config.model!r} to ONNX: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}; autocompress needs a model torch.onnx can export"
+                         ) from None
+    try:
+        groups = find_groups(model, example)
+    except Exception as e:  # noqa: BLE001 - partial support: search precisions only, and say why
+        groups = []
+        excluded["(pruning)"] = (f"torch-pruning cannot trace the model ({type(e).__name__}: "
+                                 f"{' '.join(str(e).split())[:200]}); no layer is pruned, precisions are still searched")
+    space = build_space(space_file, groups, layers, source=str(config.space or "the default search space"))
+    space.excluded = excluded
+    return space
+
+
+def _run_dir(config: SearchConfig, resume: bool) -> tuple[Path, str]:
+    if resume:
+        run_dir = Path(config.out)  # type: ignore[arg-type]
+        return run_dir, RunDir(run_dir).read_json(RunDir(run_dir).meta)["run_name"]
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_name = config.run_name or f"{Path(config.model).name.replace(':', '-')}-{config.dataset}-{stamp}"
+    run_dir = Path(config.out) if config.out else Path("reports") / run_name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"run directory {str(run_dir)!r} already exists and is not empty; pass another --out, "
+                       f"remove it, or continue it with --resume {run_dir}")
+    return run_dir, run_name
+
+
+def prepare(config: SearchConfig, splits: Splits, model: torch.nn.Module | str, *, resume: bool = False) -> Prepared:
+    """Everything that can be wrong with the user's input is found here, before anything is written. `model` is
+    the trained FP32 model, or a name (built here; its weights from config.weights, else trained later)."""
+    from autocompress.errors import DataError
+    from autocompress.tasks.models import build_model
+
+    if config.num_classes is not None and config.num_classes != splits.num_classes:
+        raise DataError(f"--num-classes {config.num_classes} does not match the data: {config.dataset} has "
+                        f"{splits.num_classes} classes; drop --num-classes or point --data-dir at the right data")
+    trained = not isinstance(model, str)
+    if isinstance(model, str):
+        model = build_model(model, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
+        if config.weights is not None:
+            from autocompress.tasks.weights import load_weights
+
+            load_weights(model, config.weights)  # fails now, before anything is written, if they do not fit
+            trained = True
+    model.eval()
+    _check_forward(model, splits, config.model)
+    space = _space(config, model, splits)
+    if config.ray_address:
+        cluster.check_ray_address(config.ray_address)
+    run_dir, run_name = _run_dir(config, resume)
+    return Prepared(config, splits, space, model, trained, run_dir, run_name, resume=resume)
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], None] = print) -> SearchResult:
+    cfg = prep.config
+    t_start = time.perf_counter()
+    torch.set_num_threads(os.cpu_count() or 1)
+    cluster.init_ray(cfg.ray_address)  # before anything is written: a cluster that cannot be joined leaves no run dir
+    cluster.check_device(cfg.device)
+    rd = RunDir(prep.run_dir)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    with run_lock(rd):
+        baseline = _baseline(prep, log, progress)
+        state = _open_state(prep, rd, baseline.info)
+        executor, reduce_range = _start_device(prep, state, baseline.model)
+        latency = _latency_book(cfg, state)
+        make_spec = _spec_maker(prep, reduce_range)
+        run_baselines(cfg.baselines, state=state, executor=executor, space=prep.space, latency=latency,
+                      make_spec=lambda b: b.spec(prep.space, cfg.finetune, cfg.seed, reduce_range),
+                      concurrency=cfg.concurrency, log=log)
+        warm = _sensitivity(prep, state, executor, baseline.model, reduce_range, log)
+        scheduler = _scheduler(prep, state, executor, latency, make_spec, warm, log)
+        with Interrupt(log) as interrupt, Progress(cfg.budget.trials, cfg.budget.seconds, progress, log) as bar:
+            scheduler.line = bar.trial_line
+            _run_trials(scheduler, state, interrupt, bar)
+            if cfg.confirm_rounds and not interrupt.stopping:
+                _confirm(state, cfg, interrupt, bar.trial_line, executor, latency)
+        _finish(state, scheduler, cfg, interrupt.stopping, time.perf_counter() - t_start)
+        from autocompress.report import write_report
+
+        write_report(rd)
+        return load_run(rd.path)
+
+
+@dataclass
+class _Baseline:
+    model: torch.nn.Module
+    info: dict
+
+
+def _baseline(prep: Prepared, log: Callable[[str], None], progress: bool) -> _Baseline:
+    """The FP32 model: given (an object or --weights), or trained on the data and cached."""
+    from autocompress.pipeline.finetune import evaluate
+    from autocompress.tasks.baseline import get_baseline
+
+    cfg, splits = prep.config, prep.splits
+    log(f"baseline: {cfg.model} on {cfg.dataset} ({splits.sizes()})")
+    if prep.trained:
+        info = {"cached": True, "path": str(cfg.weights) if cfg.weights else "(the model object given)",
+                "from_weights": True, "val_accuracy_torch": evaluate(prep.model, splits.val_x, splits.val_y),
+                "test_accuracy_torch": evaluate(prep.model, splits.test_x, splits.test_y)}
+        log(f"  baseline given: {info['path']} (val {info['val_accuracy_torch']:.2f}%, PyTorch)")
+        return _Baseline(prep.model, info)
+    epochs = cfg.baseline.epochs
+
+    def on_epoch(e: int, loss: float) -> None:
+        if progress:
+            log(f"  baseline epoch {e + 1}/{epochs:g}: loss {loss:.3f}")
+
+    model, info = get_baseline(model_name=cfg.model, splits=splits, settings=cfg.baseline, seed=cfg.seed,
+                               on_epoch=on_epoch)
+    how = "loaded from cache" if info["cached"] else f"trained in {info['train_seconds']} s"
+    log(f"  baseline {how} ({info['path']})")
+    return _Baseline(model, info)
+
+
+def _open_state(prep: Prepared, rd: RunDir, baseline_info: dict) -> RunState:
+    cfg, splits = prep.config, prep.splits
+    if prep.resume:
+        meta = rd.read_json(rd.meta)
+        meta.update(status="running", resumed=meta.get("resumed", 0) + 1, budget=str(cfg.budget))
+        state = RunState(rd, meta, RunState.load_records(rd), spent_before=float(meta.get("spent_seconds", 0.0)))
+        if rd.baselines_json.is_file():
+            from autocompress.results.records import TrialRecord
+
+            state.baselines = {k: TrialRecord.from_row(v) for k, v in rd.read_json(rd.baselines_json).items()}
+    else:
+        rd.write_json(rd.config, cfg.dump())
+        meta = {
+            "run_name": prep.run_name, "started": dt.datetime.now().isoformat(timespec="seconds"), "status": "running",
+            "model": cfg.model, "dataset": cfg.dataset, "input_shape": list(splits.input_shape),
+            "splits": splits.sizes(), "space": prep.space.describe(), "excluded_layers": prep.space.excluded,
+            "budget": str(cfg.budget), "latency_settings": cfg.latency.model_dump(), "spent_seconds": 0.0,
+            "objectives": ["val_accuracy (max)", "latency_ms (min)", "size_bytes (min)"],
+        }
+        state = RunState(rd, meta)
+    state.meta["baseline"] = baseline_info
+    return state
+
+
+def _start_device(prep: Prepared, state: RunState, baseline: torch.nn.Module):
+    """The measuring actor and the trial executor; the quantization format chosen for the device's CPU."""
+    import ray
+
+    cfg = prep.config
+    total_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+    threads = max(1, total_cpus // cfg.concurrency)
+    device, fp = cluster.place_device(cfg.device, cfg.latency.model_dump())
+    state.meta["device"] = {**fp, "name": cfg.device}
+    state.meta["quant_format"] = quant_format_for(state.meta["device"])
+    state.meta["ray"] = {"address": cfg.ray_address or "local", "cpus": total_cpus, "threads_per_trial": threads,
+                         "concurrency": cfg.concurrency}
+    state.rd.write_json(state.rd.meta, state.meta)
+    executor = RayExecutor(baseline, prep.splits, threads, device, tuple(prep.splits.input_shape))
+    return executor, bool(state.meta["quant_format"]["reduce_range"])
+
+
+def _latency_book(cfg: SearchConfig, state: RunState) -> LatencyBook:
+    from autocompress.measure.cache import LatencyCache, cache_dir
+
+    cache = LatencyCache(cache_dir(), state.meta["device"], cfg.latency.model_dump()) if cfg.latency_cache else None
+    return LatencyBook(cache)
+
+
+def _spec_maker(prep: Prepared, reduce_range: bool) -> Callable[[dict], TrialSpec]:
+    cfg, space = prep.config, prep.space
+
+    def make_spec(params: dict, stop_below: float | None = None) -> TrialSpec:
+        ratios, precisions = space.decode(params)
+        return TrialSpec(ratios, precisions, cfg.finetune, space.round_to, space.min_channels, cfg.seed,
+                         reduce_range, stop_below)
+
+    return make_spec
+
+
+def _sensitivity(prep: Prepared, state: RunState, executor: RayExecutor, baseline: torch.nn.Module,
+                 reduce_range: bool, log: Callable[[str], None]) -> list[dict]:
+    """Each group pruned alone, each layer quantized alone (cached): narrows the space, warm-starts the sampler."""
+    cfg, space = prep.config, prep.space
+    if not (cfg.sensitivity and space.params() and cfg.sampler != "grid"):
+        return []
+    from autocompress.measure.cache import cache_dir
+    from autocompress.search.sensitivity import cache_key, cached_scan, narrow, warm_configs
+
+    key = cache_key(baseline, space, prep.splits.val_x, reduce_range)
+    t0 = time.perf_counter()
+
+    def compute() -> dict:
+        log("sensitivity scan: each group pruned alone, each layer quantized alone (no fine-tune, validation split)")
+        return executor.scan(space, reduce_range)
+
+    sens, cached = cached_scan(cache_dir(), key, compute)
+    removed = narrow(space, sens)  # deterministic: a resumed run narrows the same way
+    warm = warm_configs(space, sens)
+    state.meta["sensitivity"] = {"cache_key": key, "cached": cached, "seconds": round(time.perf_counter() - t0, 1),
+                                 "base_val_accuracy": sens["base"], "narrowed": removed, "warm_configs": len(warm)}
+    if not prep.resume:
+        state.meta["space"] = space.describe()
+    state.rd.write_json(state.rd.meta, state.meta)
+    how = "from cache" if cached else f"scanned in {state.meta['sensitivity']['seconds']} s"
+    log(f"  sensitivity {how}: {sum(len(v) for v in removed.values())} hopeless choices removed, "
+        f"{len(warm)} warm-start configurations")
+    return warm
+
+
+def _scheduler(prep: Prepared, state: RunState, executor: RayExecutor, latency: LatencyBook,
+               make_spec: Callable[..., TrialSpec], warm: list[dict], log: Callable[[str], None]) -> Scheduler:
+    cfg, space = prep.config, prep.space
+    grid = grid_configs(space) if cfg.sampler == "grid" else []
+    if grid:
+        state.meta["grid_size"] = len(grid)
+    # A resumed sampler gets a new (still deterministic) seed: with the first one it would propose the
+    # configurations of the first session's opening trials all over again.
+    sampler = make_sampler(cfg.sampler, cfg.seed + 7919 * int(state.meta.get("resumed", 0)), cfg.warm_start)
+    first = grid or (warm_start_configs(space, warm, cfg.budget.trials) if cfg.warm_start and space.params() else [])
+    study = open_study(state, run_name=prep.run_name, sampler=sampler, space=space, first=first, log=log)
+    fp32 = state.baselines["fp32"]
+    stop_below = fp32.objectives[0] - cfg.early_stop_points if cfg.early_stop_points > 0 else None
+    deadline = (state.t_search + max(0.0, cfg.budget.seconds - state.spent_before)) if cfg.budget.seconds else None
+    limits = Limits(concurrency=cfg.concurrency, trials=cfg.budget.trials, deadline=deadline,
+                    max_proposals=len(grid) if grid else None, trial_timeout_s=cfg.trial_timeout_s)
+    return Scheduler(study, distributions(space), space, executor, state, limits,
+                     make_spec=lambda params: make_spec(params, stop_below), latency=latency,
+                     early_stop_points=cfg.early_stop_points)
+
+
+def _run_trials(scheduler: Scheduler, state: RunState, interrupt: Interrupt, bar: Progress) -> None:
+    from autocompress.results.pareto import fastest_within
+
+    def update() -> None:
+        bar.update(done=state.count(TrialState.COMPLETE), failed=state.count(TrialState.FAIL),
+                   elapsed=state.elapsed, best=_best_text(state, fastest_within))
+
+    if state.records:
+        state.save()
+    try:
+        scheduler.run(lambda: interrupt.stopping, on_update=update)
+    except KeyboardInterrupt:
+        state.meta.update(status="interrupted")
+        state.save()
+        raise Interrupted(f"interrupted with {scheduler.busy} trial(s) running; continue with: "
+                          f"autocompress search --resume {state.rd.path}") from None
+
+
+def _best_text(state: RunState, fastest_within) -> str:
+    import pandas as pd
+
+    done = [r.to_row() for r in state.records.values() if r.state is TrialState.COMPLETE]
+    if not done:
+        return ""
+    fp32_acc, fp32_ms, _ = state.baselines["fp32"].objectives
+    b = fastest_within(pd.DataFrame(done), fp32_acc, 1.0)
+    if b is None:
+        return ""
+    return (f"best within 1pt: {b['val_accuracy']:.1f}% @ {b['latency_ms']:.3f} ms "
+            f"({fp32_ms / b['latency_ms']:.2f}x)")
+
+
+def _confirm(state: RunState, cfg: SearchConfig, interrupt: Interrupt, log: Callable[[str], None],
+             executor: RayExecutor, latency: LatencyBook) -> None:
+    """The end-of-search re-measurement (search/confirm.py). Ctrl-C or a failing measurement skips it and keeps the
+    search-time figures."""
+    from autocompress.search.confirm import apply_confirmed, confirm_latencies
+
+    def measure(data: bytes) -> dict:
+        if interrupt.stopping:
+            raise KeyboardInterrupt
+        return executor.get(executor.submit_measure(data))
+
+    try:
+        confirmed = confirm_latencies(state.records, state.baselines, state.rd.path, measure, cfg.confirm_rounds, log)
+    except KeyboardInterrupt:
+        log("latency confirmation skipped (Ctrl-C): the report shows the figures measured during the search")
+        return
+    except Exception as e:  # noqa: BLE001 - the search's own figures stand
+        log(f"latency confirmation failed ({cluster.describe_error(e)}): the report shows the figures measured "
+            "during the search")
+        return
+    for f, c in confirmed.items():
+        latency.store((state.rd.path / f).read_bytes(), {**c.summary})
+    for n, rec in list(state.records.items()):
+        new = apply_confirmed(rec, confirmed)
+        if new is not rec:
+            state.put(new)
+    state.baselines = {k: apply_confirmed(b, confirmed) for k, b in state.baselines.items()}
+    state.save_baselines()
+    state.save()
+
+
+def _finish(state: RunState, scheduler: Scheduler, cfg: SearchConfig, stopping: bool, wall: float) -> None:
+    counted = scheduler.counted()
+    finished = (cfg.budget.trials is None or counted >= cfg.budget.trials or scheduler.exhausted
+                or (scheduler.limits.max_proposals is not None and counted >= scheduler.limits.max_proposals))
+    state.meta.update(status="complete" if finished and not stopping else "stopped",
+                      finished=dt.datetime.now().isoformat(timespec="seconds"), wall_seconds=round(wall, 1),
+                      trials_complete=state.count(TrialState.COMPLETE), trials_failed=state.count(TrialState.FAIL),
+                      trials_repeated=state.count(TrialState.DUPLICATE),
+                      trials_stopped_early=state.count(TrialState.STOPPED), space_exhausted=scheduler.exhausted)
+    state.save()

@@ -1,0 +1,126 @@
+"""Where trials run and latency is measured: Ray tasks and the device actor, or threads of this process.
+
+The scheduler talks to an `Executor` only: submit a trial, submit a measurement, wait for some to finish, get a
+result, cancel. `RayExecutor` is what a search uses (trials anywhere in a cluster, the device actor pausing
+them while it measures). `InProcessExecutor` runs the same pipeline in threads of the calling process, for
+the scheduler's own tests and for use where Ray cannot run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from typing import Any, Callable, Protocol
+
+import torch
+
+from autocompress.pipeline.trial import TrialOutput, TrialSpec, run_pipeline
+from autocompress.tasks.data import Splits
+
+__all__ = ["Executor", "RayExecutor", "InProcessExecutor", "autocompress_trial"]
+
+
+class Executor(Protocol):
+    def submit_trial(self, spec: TrialSpec) -> Any:
+        """Start the pipeline for `spec`; returns a handle."""
+
+    def submit_measure(self, onnx_bytes: bytes) -> Any:
+        """Start a latency measurement of an ONNX file on the device; returns a handle."""
+
+    def wait(self, handles: list, timeout: float) -> set:
+        """The handles among `handles` that have finished, waiting at most `timeout` s for the first."""
+
+    def get(self, handle: Any) -> Any:
+        """The result of a finished handle (raises what the task raised)."""
+
+    def cancel(self, handle: Any) -> None:
+        """Stop a running task."""
+
+
+def autocompress_trial(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, threads: int) -> TrialOutput:
+    """Runs in a Ray worker; the device finds (and pauses) running trials by this function's name."""
+    return run_pipeline(baseline, splits, spec, threads=threads)
+
+
+def _scan_task(baseline: torch.nn.Module, splits: Splits, space, reduce_range: bool, threads: int) -> dict:
+    """Runs in a Ray worker."""
+    from autocompress.search.sensitivity import scan
+
+    return scan(baseline, splits, space, reduce_range=reduce_range, threads=threads)
+
+
+class RayExecutor:
+    """Trials as Ray tasks (`threads` CPUs each), measurements by the device actor, one at a time."""
+
+    def __init__(self, baseline: torch.nn.Module, splits: Splits, threads: int, device, input_shape: tuple) -> None:
+        import ray
+
+        self.ray = ray
+        self.base_ref = ray.put(baseline)
+        self.splits_ref = ray.put(splits)
+        self.threads = threads
+        self.device = device
+        self.input_shape = input_shape
+        self._trial = ray.remote(autocompress_trial).options(num_cpus=threads, max_retries=0)
+
+    def submit_trial(self, spec: TrialSpec):
+        return self._trial.remote(self.base_ref, self.splits_ref, spec, self.threads)
+
+    def submit_measure(self, onnx_bytes: bytes):
+        return self.device.measure.remote(onnx_bytes, self.input_shape)
+
+    def wait(self, handles: list, timeout: float) -> set:
+        if not handles:
+            return set()
+        ready, _ = self.ray.wait(handles, num_returns=1, timeout=timeout)
+        return set(ready)
+
+    def get(self, handle):
+        return self.ray.get(handle)
+
+    def cancel(self, handle) -> None:
+        self.ray.cancel(handle, force=True)
+
+    def scan(self, space, reduce_range: bool) -> dict:
+        """The sensitivity scan (search/sensitivity.py) in a worker."""
+        task = self.ray.remote(_scan_task).options(num_cpus=self.threads, max_retries=0)
+        return self.ray.get(task.remote(self.base_ref, self.splits_ref, space, reduce_range, self.threads))
+
+
+class InProcessExecutor:
+    """The same pipeline in threads of this process: `concurrency` trials at once, one measurement at a time by
+    `measure(onnx_bytes) -> dict` (a `LatencyResult.as_dict()`). A running thread cannot be stopped: `cancel`
+    only drops its result."""
+
+    def __init__(self, baseline: torch.nn.Module, splits: Splits, *, concurrency: int = 1, threads: int = 1,
+                 measure: Callable[[bytes], dict]) -> None:
+        self.baseline, self.splits, self.threads = baseline, splits, threads
+        self.measure = measure
+        self._trials = cf.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="trial")
+        self._device = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
+
+    def submit_trial(self, spec: TrialSpec) -> cf.Future:
+        return self._trials.submit(run_pipeline, self.baseline, self.splits, spec, threads=self.threads)
+
+    def submit_measure(self, onnx_bytes: bytes) -> cf.Future:
+        return self._device.submit(self.measure, onnx_bytes)
+
+    def wait(self, handles: list, timeout: float) -> set:
+        if not handles:
+            return set()
+        done, _ = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        return set(done)
+
+    def get(self, handle: cf.Future):
+        return handle.result()
+
+    def cancel(self, handle: cf.Future) -> None:
+        handle.cancel()
+
+    def scan(self, space, reduce_range: bool) -> dict:
+        from autocompress.search.sensitivity import scan
+
+        return scan(self.baseline, self.splits, space, reduce_range=reduce_range, threads=self.threads)
+
+    def close(self) -> None:
+        self._trials.shutdown(wait=True, cancel_futures=True)
+        self._device.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,82 @@
+"""What the user sees while a search runs: a live progress bar (or one line per trial), and Ctrl-C handling."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+__all__ = ["Progress", "Interrupt"]
+
+
+class Progress:
+    """A rich live progress bar: elapsed, trials done / failed, best trade-offs so far."""
+
+    def __init__(self, total_trials: int | None, total_seconds: float | None, enabled: bool,
+                 log: Callable[[str], None] = print) -> None:
+        import sys
+
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        # --no-progress, or not a terminal (CI, a log file): no live bar, one line per finished trial instead.
+        self.lines = not enabled or not sys.stderr.isatty()
+        enabled = enabled and not self.lines
+        self.log = log
+        self.total_trials, self.total_seconds = total_trials, total_seconds
+        cols = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                MofNCompleteColumn() if total_trials else TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(), TextColumn("{task.fields[status]}")]
+        self.progress = RichProgress(*cols, transient=False, disable=not enabled, console=Console(stderr=True))
+        self.task = self.progress.add_task("search", total=total_trials or total_seconds, status="")
+
+    def __enter__(self) -> "Progress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *a) -> None:
+        self.progress.__exit__(*a)
+
+    def note(self, text: str) -> None:
+        self.progress.update(self.task, status=text)
+
+    def trial_line(self, text: str) -> None:
+        if self.lines:
+            self.log(text)
+
+    def update(self, *, done: int, failed: int, elapsed: float, best: str) -> None:
+        completed = done + failed if self.total_trials else min(elapsed, self.total_seconds or 0)
+        self.progress.update(self.task, completed=completed, status=f"done {done}  failed {failed}  {best}")
+
+
+class Interrupt:
+    """First Ctrl-C: stop scheduling, let running trials finish, write the report. Second: stop now."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.count = 0
+        self.log = log
+        self._old = None
+
+    def __enter__(self) -> "Interrupt":
+        import signal
+
+        def handler(signum, frame):
+            self.count += 1
+            if self.count >= 2:
+                raise KeyboardInterrupt
+            self.log("Ctrl-C: no new trials; waiting for the running ones (Ctrl-C again to stop now, resumable)")
+
+        try:
+            self._old = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            self._old = None
+        return self
+
+    def __exit__(self, *a) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+    @property
+    def stopping(self) -> bool:
+        return self.count >= 1

@@ -1,0 +1,310 @@
+"""The trial loop: propose -> submit -> collect -> tell, with the in-flight state it needs.
+
+Shaped like Optuna's `_optimize`: `run` is a short loop calling one-screen steps, and every piece of state
+lives on the `Scheduler`. What it guarantees:
+- a model is built once: a proposal of a model already measured (or built by a baseline) takes that result at
+  no cost; one proposed while the same model is in flight waits for it;
+- a finished trial's latency is measured while the next trial already fine-tunes (the device pauses trials only
+  within its sessions), and the record is on disk before the study hears of it;
+- what the sampler knows when it proposes does not depend on timing: the study hears of a result only once
+  `concurrency` later trials have been asked for, so a seed proposes the same configurations;
+- a failing trial or measurement, or one past the per-trial timeout, is a FAIL record; the search goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from autocompress.pipeline.prune import kept_channels
+from autocompress.pipeline.trial import StoppedEarly, TrialOutput, TrialSpec
+from autocompress.results.records import TrialRecord, TrialState
+from autocompress.search.cluster import describe_error
+from autocompress.search.executor import Executor
+from autocompress.search.state import LatencyBook, RunState, record_of
+from autocompress.space import SearchSpace
+
+__all__ = ["Scheduler", "Limits", "model_key", "config_columns", "MAX_REPEATS"]
+
+MAX_REPEATS = 50  # proposals of already-measured configurations in a row after which the space counts as exhausted
+
+
+def model_key(space: SearchSpace, ratios: dict[str, float], precisions: dict[str, str]) -> str:
+    """Identity of the model a configuration builds: kept channels of every group, precision of every layer
+    (two ratios that round to the same channel count build the same model)."""
+    kept = {g.name: kept_channels(g.channels, float(ratios.get(g.name, 0.0)), round_to=space.round_to,
+                                  min_channels=space.min_channels) for g in space.groups}
+    return json.dumps({"kept": kept, "precision": {layer.name: precisions.get(layer.name, "fp32")
+                                                   for layer in space.layers}}, sort_keys=True)
+
+
+def config_columns(space: SearchSpace, params: dict) -> dict:
+    """Every group's ratio and layer's precision, the fixed ones included (the table's `prune:` / `quant:`)."""
+    ratios, precisions = space.decode(params)
+    return {**{f"prune:{g}": r for g, r in ratios.items()}, **{f"quant:{n}": p for n, p in precisions.items()}}
+
+
+@dataclass(frozen=True)
+class Limits:
+    concurrency: int = 1
+    trials: int | None = None  # the budget in trials (COMPLETE + FAIL + STOPPED), or
+    deadline: float | None = None  # a perf_counter time after which no trial starts
+    max_proposals: int | None = None  # `--sampler grid`: the number of enqueued configurations
+    trial_timeout_s: float = 1800.0
+
+
+@dataclass
+class _Proposal:
+    trial: Any  # optuna.Trial
+    params: dict
+    key: str
+    t0: float = 0.0
+    out: TrialOutput | None = None
+    seconds: float = 0.0  # the pipeline's wall time (without the measurement)
+
+
+@dataclass
+class Scheduler:
+    study: Any  # optuna.Study
+    distributions: dict
+    space: SearchSpace
+    executor: Executor
+    state: RunState
+    limits: Limits
+    make_spec: Callable[[dict], TrialSpec]
+    latency: LatencyBook
+    line: Callable[[str], None] = print  # one line per finished trial
+    early_stop_points: float = 0.0  # for the message of an early-stopped trial
+    running: dict = field(default_factory=dict)  # handle -> _Proposal whose pipeline runs
+    measuring: dict = field(default_factory=dict)  # handle -> _Proposal whose latency is being measured
+    in_flight: dict[str, int] = field(default_factory=dict)  # model key -> the trial running or measured for it
+    waiting: dict[str, list] = field(default_factory=dict)  # model key -> proposals made while it was in flight
+    to_run: list = field(default_factory=list)  # such proposals whose model failed: each runs on its own
+    seen: dict[str, int | str] = field(default_factory=dict)  # model key -> trial number, or a baseline's name
+    asked: list = field(default_factory=list)  # optuna trials in the order asked
+    untold: dict[int, tuple] = field(default_factory=dict)  # trial number -> (optuna trial, record) not yet told
+    repeats_in_a_row: int = 0
+
+    def __post_init__(self) -> None:
+        for name, b in self.state.baselines.items():
+            if b.state is TrialState.COMPLETE and b.model_key:
+                self.seen[b.model_key] = name
+        for n, r in sorted(self.state.records.items()):
+            if r.state is TrialState.COMPLETE and not r.reused:
+                self.seen.setdefault(model_key(self.space, *self.space.decode(r.choices)), n)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, stopping: Callable[[], bool], on_update: Callable[[], None] = lambda: None) -> None:
+        """Until the budget is spent (or `stopping()`) and nothing is in flight. KeyboardInterrupt propagates
+        after the running trials are cancelled and the study has heard of every finished one."""
+        try:
+            while self.running or self.measuring or self.to_run or self.can_start(stopping):
+                if stopping():  # no new runs: these stay unfinished in the journal and run on --resume
+                    self.to_run.clear()
+                self._submit_queued()
+                self._propose(stopping)
+                finished = self._collect(self.executor.wait([*self.running, *self.measuring], timeout=1.0))
+                for proposal, rec in finished:
+                    self._finish(proposal, rec)
+                if finished:
+                    self.state.save()
+                on_update()
+        except KeyboardInterrupt:
+            for handle in self.running:
+                self.executor.cancel(handle)
+            self.tell_all()
+            raise
+        self.tell_all()
+
+    @property
+    def busy(self) -> int:
+        return len(self.running) + len(self.measuring)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.repeats_in_a_row >= MAX_REPEATS
+
+    def counted(self) -> int:
+        """Trials that count in the budget."""
+        return sum(self.state.count(s) for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.STOPPED))
+
+    def can_start(self, stopping: Callable[[], bool]) -> bool:
+        if stopping() or self.exhausted:
+            return False
+        started = self.busy + len(self.to_run) + sum(len(w) for w in self.waiting.values())
+        if self.limits.max_proposals is not None and self.counted() + started >= self.limits.max_proposals:
+            return False
+        if self.limits.trials is not None:
+            return self.counted() + started < self.limits.trials
+        return time.perf_counter() < (self.limits.deadline or 0)
+
+    # ------------------------------------------------------------------ propose and submit
+    def _submit(self, p: _Proposal) -> None:
+        p.t0 = time.perf_counter()
+        self.running[self.executor.submit_trial(self.make_spec(p.params))] = p
+        self.in_flight[p.key] = p.trial.number
+
+    def _submit_queued(self) -> None:
+        while self.to_run and len(self.running) < self.limits.concurrency:
+            self._submit(self.to_run.pop(0))
+
+    def _propose(self, stopping: Callable[[], bool]) -> None:
+        while (self.can_start(stopping) and len(self.running) < self.limits.concurrency
+               and self.tell_up_to(len(self.asked) - self.limits.concurrency)):
+            trial = self.study.ask(self.distributions)
+            self.asked.append(trial)
+            params = dict(trial.params)
+            self._place(_Proposal(trial, params, model_key(self.space, *self.space.decode(params))))
+
+    def _place(self, p: _Proposal) -> None:
+        """Run a new model; or take the result of a baseline or earlier trial that built it; or wait for it."""
+        owner = self.seen.get(p.key)
+        if isinstance(owner, str):  # a baseline built this model: a free, counted trial
+            self._record(p, self._reused_baseline(p, owner))
+            self.line(f"trial {p.trial.number}: the model of baseline {owner}: its result reused")
+        elif owner is not None:
+            self._record(p, self.state.records[owner].repeat_of(p.trial.number, TrialState.DUPLICATE))
+            self._count_repeat()
+        elif p.key in self.in_flight:
+            self.waiting.setdefault(p.key, []).append(p)
+            self._count_repeat()
+        else:
+            self.repeats_in_a_row = 0
+            self._submit(p)
+
+    def _reused_baseline(self, p: _Proposal, name: str) -> TrialRecord:
+        b = self.state.baselines[name]
+        return TrialRecord(trial=p.trial.number, state=TrialState.COMPLETE, choices=config_columns(self.space, p.params),
+                           artifact=b.artifact, latency=b.latency, channels=b.channels,
+                           stage_seconds={k: 0.0 for k in b.stage_seconds}, reused=f"baseline-{name}")
+
+    def _count_repeat(self) -> None:
+        self.repeats_in_a_row += 1
+        if self.repeats_in_a_row == MAX_REPEATS:
+            self.line(f"the sampler proposed {MAX_REPEATS} already-measured configurations in a row: the space "
+                      "looks exhausted; stopping (widen it in the search-space YAML)")
+
+    # ------------------------------------------------------------------ collect
+    def _collect(self, ready: set) -> list[tuple[_Proposal, TrialRecord]]:
+        now = time.perf_counter()
+        out = []
+        for handle in [h for h in self.measuring if h in ready or self._late(self.measuring[h].t0, now)]:
+            p = self.measuring.pop(handle)
+            out.append((p, self._measured(p, handle, ready, now)))
+        for handle in [h for h in self.running if h in ready or self._late(self.running[h].t0, now)]:
+            p = self.running.pop(handle)
+            rec = self._built(p, handle, ready, now)
+            if rec is not None:
+                out.append((p, rec))
+        return out
+
+    def _late(self, t0: float, now: float) -> bool:
+        return now - t0 > self.limits.trial_timeout_s
+
+    def _built(self, p: _Proposal, handle, ready: set, now: float) -> TrialRecord | None:
+        """A finished pipeline's record, or None when its latency is now being measured."""
+        p.seconds = now - p.t0
+        choices = config_columns(self.space, p.params)
+        try:
+            if handle not in ready:
+                self.executor.cancel(handle)
+                raise TimeoutError(f"trial exceeded the per-trial timeout of {self.limits.trial_timeout_s:g} s")
+            out = self.executor.get(handle)
+        except Exception as e:  # noqa: BLE001 - a failing trial never takes the search down
+            return TrialRecord(p.trial.number, TrialState.FAIL, choices, duration_s=p.seconds, error=describe_error(e))
+        if isinstance(out, StoppedEarly):
+            return TrialRecord(p.trial.number, TrialState.STOPPED, choices, duration_s=p.seconds,
+                               stage_seconds=dict(out.stage_seconds), error=_stopped_text(out, self.early_stop_points))
+        lat = self.latency.cached(out.onnx_bytes)
+        if lat is None:  # measured in the background; the record is written when the figure arrives
+            p.out, p.t0 = out, now
+            self.measuring[self.executor.submit_measure(out.onnx_bytes)] = p
+            return None
+        out.stage_seconds["measure"] = 0.0
+        return self._complete(p, out, lat)
+
+    def _measured(self, p: _Proposal, handle, ready: set, now: float) -> TrialRecord:
+        assert p.out is not None
+        try:
+            if handle not in ready:
+                raise TimeoutError(f"no figure from the device within the per-trial timeout of "
+                                   f"{self.limits.trial_timeout_s:g} s")
+            lat = self.latency.measured(p.out.onnx_bytes, self.executor.get(handle))
+        except Exception as e:  # noqa: BLE001 - a failing measurement fails its trial, not the search
+            return TrialRecord(p.trial.number, TrialState.FAIL, config_columns(self.space, p.params), duration_s=p.seconds,
+                               error=f"latency measurement failed: {describe_error(e)}")
+        p.out.stage_seconds["measure"] = round(now - p.t0, 3)
+        return self._complete(p, p.out, lat)
+
+    def _complete(self, p: _Proposal, out: TrialOutput, lat) -> TrialRecord:
+        onnx = self.state.write_model(f"trial-{p.trial.number:04d}", out.onnx_bytes)
+        return record_of(p.trial.number, out, lat, onnx, p.seconds, choices=config_columns(self.space, p.params))
+
+    # ------------------------------------------------------------------ finish and tell
+    def _record(self, p: _Proposal, rec: TrialRecord) -> None:
+        """On disk first, then queued for the study."""
+        self.state.put(rec)
+        self.untold[rec.trial] = (p.trial, rec)
+
+    def _finish(self, p: _Proposal, rec: TrialRecord) -> None:
+        if self.in_flight.get(p.key) == p.trial.number:
+            del self.in_flight[p.key]
+        self._record(p, rec)
+        if rec.state is TrialState.COMPLETE:
+            self.seen.setdefault(p.key, rec.trial)
+        self.line(self._line(rec))
+        self._release_waiters(p.key, rec)
+
+    def _release_waiters(self, key: str, rec: TrialRecord) -> None:
+        """Proposals of this model made while it was in flight: its result, or (if it failed) a run of their own."""
+        waiters = self.waiting.pop(key, [])
+        if rec.state in (TrialState.COMPLETE, TrialState.STOPPED):
+            state = TrialState.DUPLICATE if rec.state is TrialState.COMPLETE else TrialState.STOPPED
+            for w in waiters:
+                error = f"{rec.error} (the model of trial {rec.trial})" if state is TrialState.STOPPED else ""
+                self._record(w, rec.repeat_of(w.trial.number, state, error))
+        elif waiters:  # the first runs when a slot is free; the others wait for it
+            self.to_run.append(waiters[0])
+            self.in_flight[key] = waiters[0].trial.number
+            if waiters[1:]:
+                self.waiting[key] = waiters[1:]
+
+    def _line(self, rec: TrialRecord) -> str:
+        tally = (f"[{self.state.count(TrialState.COMPLETE)} done, {self.state.count(TrialState.FAIL)} failed, "
+                 f"{self.state.elapsed:.0f} s]")
+        if rec.state is not TrialState.COMPLETE:
+            return f"trial {rec.trial}: {'FAILED' if rec.state is TrialState.FAIL else 'STOPPED'}: {rec.error}  {tally}"
+        acc, ms, size = rec.objectives
+        fp32 = self.state.baselines["fp32"].objectives[1]
+        return f"trial {rec.trial}: val {acc:.2f}%  {ms:.3f} ms ({fp32 / ms:.2f}x)  {size / 1e6:.3f} MB  {tally}"
+
+    def tell(self, number: int) -> None:
+        from optuna.trial import TrialState as OptunaState
+
+        trial, rec = self.untold.pop(number)
+        if rec.state in (TrialState.COMPLETE, TrialState.DUPLICATE):
+            self.study.tell(trial, list(rec.objectives))
+        else:
+            self.study.tell(trial, state=OptunaState.PRUNED if rec.state is TrialState.STOPPED else OptunaState.FAIL)
+
+    def tell_up_to(self, k: int) -> bool:
+        """Tell the study the results of the first `k` trials asked for; False if one has not finished."""
+        first = self.asked[:max(0, k)]
+        if any(t.number not in self.state.records for t in first):
+            return False
+        for t in first:
+            if t.number in self.untold:
+                self.tell(t.number)
+        return True
+
+    def tell_all(self) -> None:
+        """The study hears of every finished trial (one left unrun by Ctrl-C stays RUNNING in the journal)."""
+        for number in sorted(self.untold):
+            self.tell(number)
+
+
+def _stopped_text(out: StoppedEarly, points: float) -> str:
+    return (f"stopped early: {out.val_accuracy:.2f}% validation accuracy (PyTorch) after {out.epochs_done} "
+            f"fine-tune epoch(s), below {out.threshold:.2f}% (FP32 - {points:g} points)")
