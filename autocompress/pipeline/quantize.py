@@ -14,7 +14,7 @@ import operator
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Hashable, Iterator, TypeVar
 
 import numpy as np
 import onnx
@@ -26,6 +26,7 @@ import torch.nn.utils.parametrize as P
 __all__ = ["PRECISIONS", "fake_quantized", "calibrate_activations", "quantize_static_onnx", "quant_format_for", "weight_range"]
 
 PRECISIONS = ("fp32", "int8", "int4")
+_T = TypeVar("_T", bound=Hashable)
 # ORT's symmetric weight ranges: int8 uses the restricted [-127, 127], int4 the full [-8, 7];
 # scale = 2 * absmax / (qmax - qmin), zero point 0 (onnxruntime.quantization.quant_utils).
 _WEIGHT_RANGE = {"int8": (-127, 127), "int4": (-8, 7)}
@@ -151,6 +152,28 @@ def _tensor_args(n) -> list:
     return [n.args[0]] if n.args and isinstance(n.args[0], fx.Node) else []
 
 
+def _regions(links: list[tuple[_T, list[_T]]]) -> dict[_T, _T]:
+    """Union-find over (item, the items it takes inputs from) pairs: each item -> the representative of its region,
+    the items connected to it through inputs (inputs that are not items themselves are ignored). Both halves of the
+    quantization use it for the regions of non-layer ops (Add, pooling, ...) between layers: `_insert_ort_fake_quant`
+    on the torch.fx graph, `_nodes_to_exclude` on the ONNX graph, so the fine-tune fake-quantizes what ORT quantizes."""
+    parent: dict[_T, _T] = {}
+
+    def find(a: _T) -> _T:
+        while parent.setdefault(a, a) != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    members = {n for n, _ in links}
+    for n, inputs in links:
+        find(n)
+        for a in inputs:
+            if a in members:
+                parent[find(n)] = find(a)
+    return {n: find(n) for n in members}
+
+
 def _insert_ort_fake_quant(model: nn.Module, precisions: dict[str, str]) -> tuple[nn.Module, list[_ActFakeQuant]]:
     """A traced copy of `model` (sharing its modules) with fake quantization on every activation that
     ONNX Runtime's QDQ quantization of the exported model quantizes: inputs and outputs of quantized
@@ -189,31 +212,20 @@ def _insert_ort_fake_quant(model: nn.Module, precisions: dict[str, str]) -> tupl
     others = [n for n in nodes if n not in alias and n.op != "placeholder" and not is_layer(n)]
     quant_layer = {n: is_layer(n) and precisions.get(n.target, "fp32") != "fp32" for n in nodes}
 
-    parent: dict = {}
-
-    def find(a):
-        while parent.setdefault(a, a) != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
     other_set = set(others)
-    for n in others:
-        find(n)
-        for a in n.all_input_nodes:
-            if rep(a) in other_set:
-                parent[find(n)] = find(rep(a))
+    region = _regions([(n, [rep(a) for a in n.all_input_nodes]) for n in others])
     region_ok: dict = {}
     for n in others:
         neighbours = [rep(a) for a in n.all_input_nodes] + users.get(n, [])
         ok = all(quant_layer.get(m, False) for m in neighbours if is_layer(m))
-        region_ok[find(n)] = region_ok.get(find(n), True) and ok
+        region_ok[region[n]] = region_ok.get(region[n], True) and ok
 
     def supported(n) -> bool:
         return ((n.op == "call_module" and isinstance(mods[n.target], _REGION_MODULES)) or (n.op == "call_function" and n.target in _REGION_FUNCS)
                 or (n.op == "call_method" and n.target in _REGION_METHODS))
 
-    quantized = [n for n in nodes if quant_layer.get(n) or (n in other_set and region_ok[find(n)] and supported(n))]
+    quantized = [n for n in nodes
+                 if quant_layer.get(n) or (n in other_set and region_ok[region[n]] and supported(n))]
     qset = set(quantized)
     out_points, in_points = [], {}  # tensors quantized for every consumer; tensors quantized for some consumers
     for q in quantized:
@@ -304,33 +316,20 @@ def _nodes_to_exclude(proto: onnx.ModelProto, *, quantized_nodes: set[str], laye
     fp32 or not. Quantizing them next to a float layer would only add Quantize/Dequantize pairs.
     """
     graph = proto.graph
-    parent: dict[str, str] = {}
-
-    def find(a: str) -> str:
-        while parent.setdefault(a, a) != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
     producer = {o: n.name for n in graph.node for o in n.output}
     consumers: dict[str, list[str]] = {}
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n.name)
     others = [n for n in graph.node if n.name not in layer_nodes]
-    for n in others:
-        find(n.name)
-        for i in n.input:
-            src = producer.get(i)
-            if src is not None and src not in layer_nodes:
-                parent[find(n.name)] = find(src)
+    region = _regions([(n.name, [producer[i] for i in n.input if i in producer]) for n in others])
     region_ok: dict[str, bool] = {}
     for n in others:
         neighbours = [producer[i] for i in n.input if i in producer] + [c for o in n.output for c in consumers.get(o, [])]
         ok = all(m in quantized_nodes for m in neighbours if m in layer_nodes)
-        root = find(n.name)
+        root = region[n.name]
         region_ok[root] = region_ok.get(root, True) and ok
-    excluded = [n.name for n in others if not region_ok[find(n.name)]]
+    excluded = [n.name for n in others if not region_ok[region[n.name]]]
     excluded += [n.name for n in graph.node if n.name in layer_nodes and n.name not in quantized_nodes]
     return excluded
 
