@@ -94,11 +94,9 @@ def synthetic_imagefolder(root: Path, classes: int = 4, per_class: int = 30) -> 
 
 def other_formats(fp32_path: Path, shape: tuple[int, ...], tmp: Path) -> list[tuple[str, Path]]:
     """Uniform int8 of the FP32 artifact in the formats autocompress does not use on this CPU."""
-    import logging
-
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    logging.getLogger().setLevel(logging.ERROR)  # ORT's pre-processing hint
+    from autocompress.pipeline.quantize import quiet_ort_quantization
 
     class Reader:
         def __init__(self):
@@ -112,9 +110,11 @@ def other_formats(fp32_path: Path, shape: tuple[int, ...], tmp: Path) -> list[tu
     for name, act, rr in (("uniform int8, S8S8 QDQ (not used)", QuantType.QInt8, False),
                           ("uniform int8, U8S8, 8-bit weights (not used)", QuantType.QUInt8, False)):
         dst = tmp / f"{name.split(',')[1].strip().replace(' ', '_')}.onnx"
-        quantize_static(str(fp32_path), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=act,
-                        weight_type=QuantType.QInt8, per_channel=True, reduce_range=rr, calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": act == QuantType.QInt8})
+        with quiet_ort_quantization():  # ORT's pre-processing hint, and only that
+            quantize_static(str(fp32_path), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=act,
+                            weight_type=QuantType.QInt8, per_channel=True, reduce_range=rr,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": act == QuantType.QInt8})
         out.append((name, dst))
     return out
 

@@ -23,7 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.parametrize as P
 
-__all__ = ["PRECISIONS", "fake_quantized", "calibrate_activations", "quantize_static_onnx", "quant_format_for", "weight_range"]
+__all__ = ["PRECISIONS", "fake_quantized", "calibrate_activations", "quantize_static_onnx", "quant_format_for",
+           "quiet_ort_quantization", "weight_range"]
 
 PRECISIONS = ("fp32", "int8", "int4")
 _T = TypeVar("_T", bound=Hashable)
@@ -412,16 +413,47 @@ def quantize_static_onnx(
 def _quantize(src: str, dst: str, calib_x: np.ndarray, exclude: list[str], overrides: dict, reduce_range: bool) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    logging.getLogger().setLevel(logging.ERROR)  # ORT logs a pre-processing hint on the root logger
-    quantize_static(
-        src, dst, _Reader(calib_x),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        reduce_range=reduce_range,
-        nodes_to_exclude=exclude,
-        calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False, "TensorQuantOverrides": overrides,
-                       "OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"]},
-    )
+    with quiet_ort_quantization():
+        quantize_static(
+            src, dst, _Reader(calib_x),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=reduce_range,
+            nodes_to_exclude=exclude,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False, "TensorQuantOverrides": overrides,
+                           "OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"]},
+        )
+
+
+# What onnxruntime.quantization logs on every call that says nothing to a user of autocompress: the hint to run its
+# pre-processing (quantize.py, in two wordings: before and after quantizing; autocompress folds BN itself and exports
+# shape-inferred graphs) and the notice that int4 QDQ nodes go to the com.microsoft domain below opset 21
+# (qdq_quantizer.py; that is how int4 layers are meant to run here).
+_ORT_NOTICES = (
+    "Please consider to run pre-processing before quantization",
+    "Please consider pre-processing before quantization",
+    "ONNX QuantizeLinear and DequantizeLinear operators do not support 16-bit/4-bit integer quantization types",
+)
+
+
+class _DropOrtNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_ORT_NOTICES)
+
+
+@contextlib.contextmanager
+def quiet_ort_quantization() -> Iterator[None]:
+    """Within the block, the root logger drops ONNX Runtime's quantization notices (_ORT_NOTICES) and nothing else.
+
+    onnxruntime.quantization logs them with `logging.warning(...)`, i.e. on the root logger itself, not on a named
+    logger that could be silenced alone; so a filter that drops exactly those messages is attached to the root logger
+    for the duration of the call and removed after it. Every other record, ORT's or anyone's, passes unchanged."""
+    root, drop = logging.getLogger(), _DropOrtNotices()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
