@@ -32,6 +32,7 @@ import pandas as pd
 
 from autocompress.measure.latency import LatencyMeter
 from autocompress.measure.verify import INTEGER_OPS, kernel_report
+from autocompress.results.pareto import fastest_within
 from autocompress.search.device import fingerprint
 
 HERE = Path(__file__).resolve().parent
@@ -53,8 +54,9 @@ def run_rows(meter: LatencyMeter, run: Path, model: str, pick: str, extra: list[
     pareto = pd.DataFrame(json.loads((run / "pareto.json").read_text()))
     fp32 = baselines["fp32"]
     if pick == "within1":
-        near = pareto[pareto["val_accuracy"] >= fp32["val_accuracy"] - 1.0]
-        best = near.sort_values("latency_ms").iloc[0]
+        best = fastest_within(pareto, fp32["val_accuracy"], 1.0)
+        if best is None:
+            raise SystemExit(f"{run} has no Pareto model within 1 point of FP32's validation accuracy")
         label = f"best Pareto within 1 pt (trial {int(best['trial'])})"
     else:
         best = pareto.sort_values("latency_ms").iloc[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from autocompress.results.pareto import pareto_front
+from autocompress.results.pareto import fastest_within, pareto_front
 from autocompress.results.rundir import RunDir, atomic_write_text
 from autocompress.results.stages import own_stage_columns
 
@@ -180,8 +180,7 @@ def write_report(rd: RunDir | str | Path) -> Path:
     def speed(r):
         return f"{fp32['latency_ms'] / r['latency_ms']:.2f}x"
 
-    near = pareto[pareto["val_accuracy"] >= fp32["val_accuracy"] - 1.0] if len(pareto) else pareto
-    best = near.sort_values("latency_ms").iloc[0] if len(near) else None
+    best = fastest_within(pareto, fp32["val_accuracy"], 1.0)
     dev = meta.get("device", {})
     cards = [
         ("FP32 baseline", f"{fp32['latency_ms']:.3f} ms", f"val {fp32['val_accuracy']:.2f}% · test {fp32['test_accuracy']:.2f}% · {fp32['size_bytes'] / 1e6:.2f} MB"),
