@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +16,8 @@ from autocompress.pipeline.prune import PruneGroup, kept_channels
 
 __all__ = ["SpaceFile", "SearchSpace", "load_space_file", "build_space", "DEFAULT_SPACE"]
 
-DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
+# shipped inside the package (package data), so a non-editable install has it too; examples to copy: search_spaces/
+DEFAULT_SPACE = files("autocompress") / "search_spaces" / "default.yaml"
 Precision = Literal["fp32", "int8", "int4"]
 
 
@@ -82,7 +84,9 @@ def load_space_file(path: str | Path | None) -> SpaceFile:
     """Parse and validate a search-space YAML; every problem is one SpaceError line naming the key and file."""
     path = Path(path) if path is not None else DEFAULT_SPACE
     if not path.is_file():
-        raise SpaceError(f"search space file {str(path)!r} does not exist; pass --space with a YAML file such as search_spaces/default.yaml")
+        raise SpaceError(f"search space file {str(path)!r} does not exist; pass --space with a search-space YAML file "
+                         "(without --space the default shipped in the package is used: "
+                         "autocompress/search_spaces/default.yaml)")
     raw = read_yaml(path, SpaceError, "search space") or {}
     if not isinstance(raw, dict):
         raise SpaceError(f"{path} must be a mapping with keys prune, quantize, rules, but it holds a {type(raw).__name__}")

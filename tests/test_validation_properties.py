@@ -282,7 +282,7 @@ _config = st.one_of(
         "data_dir": _maybe(st.sampled_from([None, "data", ""])),
         "download": _maybe(st.booleans()),
         "latency_cache": _maybe(st.booleans()),
-        "space": _maybe(st.sampled_from([None, "search_spaces/default.yaml", "", "a\x00b"])),
+        "space": _maybe(st.sampled_from([None, "search_spaces/int8-only.yaml", "", "a\x00b"])),
         "budget": _budget,
         "out": _maybe(st.sampled_from([None, "reports/x", ""])),
         "run_name": _maybe(st.one_of(st.none(), st.text(max_size=10))),
