@@ -38,6 +38,22 @@ def test_the_example_spaces_are_valid_and_differ_from_the_default_where_they_say
     assert all(f"`{p.name}`" in readme for p in EXAMPLES)
 
 
+def test_the_example_spaces_apply_to_the_demo_network():
+    import torch
+
+    from autocompress.pipeline.prune import channel_counts, find_groups
+    from autocompress.space import build_space
+    from autocompress.tasks.models import build_model
+
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    groups, layers = find_groups(model, torch.randn(1, 1, 32, 32)), list(channel_counts(model))
+    spaces = {p.stem: build_space(load_space_file(p), groups, layers, source=str(p)) for p in EXAMPLES}
+    stem = {name: next(g for g in space.groups if g.name == "conv1") for name, space in spaces.items()}
+    assert stem["keep-stem"].ratios == [0.0] and len(stem["int8-only"].ratios) > 1
+    assert {p for layer in spaces["int8-only"].layers for p in layer.precisions} == {"fp32", "int8"}
+    assert not any(k.startswith("quant:") for k in spaces["prune-only"].params())
+
+
 def _site_dirs() -> list[str]:
     """This interpreter's site-packages directories (torch, ray, ... live there)."""
     return [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
