@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from autocompress.errors import ConfigError, location
 
-__all__ = ["BASELINE_NAMES", "DEFAULT_MAX_IMAGES", "Budget", "parse_budget", "TrainConfig", "LatencyConfig", "SearchConfig", "config_error", "load_config_file"]
+__all__ = ["BASELINE_NAMES", "DEFAULT_MAX_IMAGES", "Budget", "parse_budget", "TrainConfig", "LatencyConfig",
+           "SearchConfig", "config_error", "load_config_file"]
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
@@ -35,7 +36,8 @@ class Budget(_Strict):
         if self.trials is not None:
             return f"{self.trials} trials"
         s = int(self.seconds or 0)
-        return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+        return (f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600
+                else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"))
 
 
 def parse_budget(text: str | int) -> Budget:
@@ -43,20 +45,23 @@ def parse_budget(text: str | int) -> Budget:
     s = str(text).strip().lower()
     if s.isascii() and s.isdigit():
         if len(s) > 9:
-            raise ConfigError(f"--budget {s[:20]}{'...' if len(s) > 20 else ''} trials is more than a search can run; give at most 999999999 trials or a duration")
+            raise ConfigError(f"--budget {s[:20]}{'...' if len(s) > 20 else ''} trials is more than a search can run; "
+                              "give at most 999999999 trials or a duration")
         n = int(s)
         if n < 1:
             raise ConfigError(f"--budget must be at least 1 trial, but got {text!r}; e.g. --budget 40 or --budget 30m")
         return Budget(trials=n)
     m = _DURATION.match(s) if s.isascii() else None
     if not s or not m or not any(m.groups()):
-        raise ConfigError(f"--budget {text!r} is neither a trial count nor a duration; use e.g. --budget 40, --budget 10m or --budget 1h30m")
+        raise ConfigError(f"--budget {text!r} is neither a trial count nor a duration; "
+                          "use e.g. --budget 40, --budget 10m or --budget 1h30m")
     h, mi, se = (float(g) if g else 0.0 for g in m.groups())
     seconds = h * 3600 + mi * 60 + se
     if seconds <= 0:
         raise ConfigError(f"--budget {text!r} is zero; give a positive duration such as 10m")
     if not seconds < 366 * 24 * 3600:
-        raise ConfigError(f"--budget {s[:20]}{'...' if len(s) > 20 else ''} is longer than a year; give a duration such as 10m, 8h or 48h")
+        raise ConfigError(f"--budget {s[:20]}{'...' if len(s) > 20 else ''} is longer than a year; "
+                          "give a duration such as 10m, 8h or 48h")
     return Budget(seconds=seconds)
 
 
@@ -127,7 +132,8 @@ class SearchConfig(_Strict):
     @classmethod
     def _device(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,64}", v):
-            raise ValueError(f"{v!r} is not a Ray resource name; use up to 64 letters, digits, '_', '.', ':' or '-', e.g. rpi4 (or local)")
+            raise ValueError(f"{v!r} is not a Ray resource name; "
+                             "use up to 64 letters, digits, '_', '.', ':' or '-', e.g. rpi4 (or local)")
         return v
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     baselines: list[str] = list(BASELINE_NAMES)  # the uniform references measured in this run (fp32 always)
@@ -139,17 +145,22 @@ class SearchConfig(_Strict):
         if unknown:
             raise ValueError(f"{unknown[0]!r} is not a baseline; choose from {', '.join(BASELINE_NAMES)}")
         if "fp32" not in v:
-            raise ValueError("fp32 must be one of the baselines: speedups and hypervolume are relative to it (e.g. fp32,int8)")
+            raise ValueError("fp32 must be one of the baselines: "
+                             "speedups and hypervolume are relative to it (e.g. fp32,int8)")
         return [b for b in BASELINE_NAMES if b in v]
     warm_start: bool = True  # enqueue uniform configurations first
-    early_stop_points: float = Field(default=0.0, ge=0, le=100)  # stop a fine-tune this far below FP32 halfway through (0: never)
-    sensitivity: bool = True  # scan each group / layer alone first (cached): narrows the space and warm-starts the sampler
+    # stop a fine-tune this far below FP32 halfway through (0: never)
+    early_stop_points: float = Field(default=0.0, ge=0, le=100)
+    # scan each group / layer alone first (cached): narrows the space and warm-starts the sampler
+    sensitivity: bool = True
     baseline: TrainConfig = TrainConfig(epochs=15, lr=0.1)
     finetune: TrainConfig = TrainConfig(epochs=6, lr=0.02, kd_alpha=0.9)
     latency: LatencyConfig = LatencyConfig()
-    trial_timeout_s: float = Field(default=1800, gt=0)  # a trial still running after this is stopped and recorded as failed
+    # a trial still running after this is stopped and recorded as failed
+    trial_timeout_s: float = Field(default=1800, gt=0)
     latency_cache: bool = True  # reuse a measurement for an artifact whose graph this device has measured
-    confirm_rounds: int = Field(default=2, ge=0, le=20)  # at the end, re-measure Pareto models and baselines together (0: off)
+    # at the end, re-measure Pareto models and baselines together (0: off)
+    confirm_rounds: int = Field(default=2, ge=0, le=20)
 
     def dump(self) -> dict:
         return self.model_dump(mode="json")
@@ -174,7 +185,8 @@ def load_config_file(path: str | Path) -> dict:
     raw = read_yaml(path, ConfigError, "config")
     raw = raw or {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must be a mapping of config keys (model, dataset, budget, ...), but it holds a {type(raw).__name__}")
+        raise ConfigError(f"{path} must be a mapping of config keys (model, dataset, budget, ...), "
+                          f"but it holds a {type(raw).__name__}")
     if "budget" in raw and isinstance(raw["budget"], (str, int)) and not isinstance(raw["budget"], bool):
         try:
             raw["budget"] = parse_budget(raw["budget"]).model_dump()

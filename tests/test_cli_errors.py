@@ -52,7 +52,8 @@ def _search(tmp_path: Path, *args: str):
         (["--budget", "2", "--model", "nosuchpkg.mod:build"],
          r"^error: cannot import 'nosuchpkg\.mod' for --model 'nosuchpkg\.mod:build': ModuleNotFoundError"),
         (["--budget", "2", "--dataset", "nosuchdata"],
-         r"^error: unknown dataset 'nosuchdata'; use one of: digits, cifar10, cifar100, mnist, fashionmnist, svhn, imagefolder$"),
+         r"^error: unknown dataset 'nosuchdata'; "
+         r"use one of: digits, cifar10, cifar100, mnist, fashionmnist, svhn, imagefolder$"),
         (["--budget", "abc"], r"^error: --budget 'abc' is neither a trial count nor a duration"),
         (["--budget", "0"], r"^error: --budget must be at least 1 trial, but got '0'"),
         (["--budget", "5x"], r"^error: --budget '5x' is neither a trial count nor a duration"),
@@ -129,7 +130,8 @@ def test_report_and_pick_on_a_directory_that_is_not_a_run(tmp_path, cache, comma
     extra = ["--max-latency-ms", "5"] if command == "pick" else []
     res = run_cli(command, str(d), *extra, timeout=TIMEOUT)
     if exists:
-        _assert_user_error(res, r"^error: .*notarun has no meta\.json; is it a run directory written by `autocompress search`\?", cache)
+        _assert_user_error(res, r"^error: .*notarun has no meta\.json; "
+                                r"is it a run directory written by `autocompress search`\?", cache)
         assert list(d.iterdir()) == []  # nothing written into it
     else:
         _assert_user_error(res, r"^error: run directory '.*notarun' does not exist", cache)

@@ -55,7 +55,8 @@ def test_the_median_of_agreeing_rounds_is_reported_and_a_newcomer_to_the_front_i
     assert rows[0]["latency_ms"] == 1.015 and rows[0]["search_latency_ms"] == 0.8  # the median; the search's kept
     assert rows[0]["latency_confirm_ms"] == "1.0000 1.3000 1.0200 1.0100" and rows[0]["latency_p90_ms"] == 1.1165
     assert rows[3]["latency_ms"] == 1.015  # a duplicate shares its original's file and figure
-    assert rows[1]["latency_ms"] == 1.21 and baselines["fp32"]["latency_ms"] == 2.02 and "latency_ms" not in baselines["int8"]
+    assert (rows[1]["latency_ms"] == 1.21 and baselines["fp32"]["latency_ms"] == 2.02
+            and "latency_ms" not in baselines["int8"])
     assert rows[2]["latency_ms"] == 0.91 and rows[2]["search_latency_ms"] == 0.9 and not rows[2]["latency_contended"]
     assert rows[0]["latency_source"] == "measured" and rows[0]["latency_held_s"] == 0.4  # the search's cost stays
     # the order alternates between rounds: a slow spell does not always fall on the same model

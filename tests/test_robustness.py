@@ -27,7 +27,8 @@ def _start(*args: str) -> subprocess.Popen:
 
 
 def _rows(run: Path) -> dict[int, dict]:
-    return {int(p.stem): json.loads(p.read_text()) for p in (run / "trials").glob("*.json")} if (run / "trials").is_dir() else {}
+    return ({int(p.stem): json.loads(p.read_text()) for p in (run / "trials").glob("*.json")}
+            if (run / "trials").is_dir() else {})
 
 
 def _wait_for(pred, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -86,7 +87,8 @@ def test_sigkill_mid_trial_then_resume_loses_and_repeats_nothing(tmp_path):
     for n in interrupted:  # an interrupted trial is recorded as such and its configuration ran again
         t = study.trials[n]
         assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("interrupted") is True
-        again = [u for u in study.trials if u.number > n and u.params == t.params and u.state == optuna.trial.TrialState.COMPLETE]
+        again = [u for u in study.trials
+                 if u.number > n and u.params == t.params and u.state == optuna.trial.TrialState.COMPLETE]
         assert again, f"interrupted trial {n} was not run again"
     assert (run / "report.html").is_file()
     assert json.loads((run / "meta.json").read_text())["status"] == "complete"
@@ -130,7 +132,8 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path):
             assert r["state"] == "COMPLETE", r["error"]
         else:
             assert r["state"] == "FAIL"
-            assert {"raises": "injected failure", "nan": "loss became nan", "hangs": "per-trial timeout"}[kind] in str(r["error"])
+            assert ({"raises": "injected failure", "nan": "loss became nan", "hangs": "per-trial timeout"}[kind]
+                    in str(r["error"]))
     assert seen == {"ok", "raises", "nan", "hangs"}, seen  # the seed covers every kind of failure
     pareto = json.loads((run / "pareto.json").read_text())
     assert pareto and all(p["state"] == "COMPLETE" for p in pareto)
@@ -182,7 +185,8 @@ def test_same_seed_and_budget_propose_the_same_configurations(tmp_path):
     for name in ("a", "b"):
         run = tmp_path / name
         # no fine-tune: what is under test is the sampler's sequence, which the fine-tune's length does not change
-        res = run_cli("search", "--budget", "7", "--out", str(run), "--seed", "5", *FAST_FLAGS, "--finetune-epochs", "0")
+        res = run_cli("search", "--budget", "7", "--out", str(run), "--seed", "5", *FAST_FLAGS,
+                      "--finetune-epochs", "0")
         assert res.returncode == 0, res.stderr[-2000:]
         table = pd.read_csv(run / "trials.csv").sort_values("trial")
         cols = sorted(c for c in table.columns if c.startswith(("prune:", "quant:")))

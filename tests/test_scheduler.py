@@ -111,7 +111,8 @@ def test_a_repeated_model_is_not_run_twice_whether_finished_or_in_flight(tmp_pat
     _, _, space = setup
     a = space.uniform(0.5, "int8")
     # trials 0 and 1 propose the same model at once (concurrency 2: 1 waits for 0); trial 2 proposes it after
-    scheduler, study, state, _ = _search(tmp_path, setup, budget=2, concurrency=2, enqueue=[a, a, a, space.uniform(0, "fp32")])
+    scheduler, study, state, _ = _search(tmp_path, setup, budget=2, concurrency=2,
+                                         enqueue=[a, a, a, space.uniform(0, "fp32")])
     recs = state.records
     assert recs[0].state is TrialState.COMPLETE
     assert recs[1].state is TrialState.DUPLICATE and recs[1].duplicate_of == 0

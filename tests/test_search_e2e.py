@@ -73,7 +73,8 @@ def test_search_local_ray_then_report_and_pick(tmp_path):
         assert 2 <= len(rounds) <= 4 and min(rounds) - 1e-4 <= r["latency_ms"] <= max(rounds) + 1e-4, r
         assert r["search_latency_ms"] > 0
     for r in front:
-        assert json.loads((run / "trials" / f"{r['trial']:04d}.json").read_text())["latency_confirm_ms"] == r["latency_confirm_ms"]
+        assert (json.loads((run / "trials" / f"{r['trial']:04d}.json").read_text())["latency_confirm_ms"]
+                == r["latency_confirm_ms"])
     assert "measured again, together, in 2 round(s)" in (run / "report.html").read_text()
     # a finished trial's latency is measured while the next trial fine-tunes, which the device holds still only
     # within its sessions: the next trial was paused, and for less time than the measurement took
@@ -121,7 +122,8 @@ def test_search_through_existing_ray_head(tmp_path):
     # Ray's Unix socket paths must stay under 107 bytes: pytest's tmp_path is too deep
     env_tmp = tempfile.mkdtemp(prefix="acray", dir="/tmp")
     start = subprocess.run([*ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                            "--num-cpus=2", '--resources={"edgebox": 1}', "--include-dashboard=false", f"--temp-dir={env_tmp}", "--disable-usage-stats"],
+                            "--num-cpus=2", '--resources={"edgebox": 1}', "--include-dashboard=false",
+                            f"--temp-dir={env_tmp}", "--disable-usage-stats"],
                            capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-2000:]
     try:
@@ -187,7 +189,8 @@ def test_identical_configurations_are_not_run_twice(tmp_path):
     res = run_cli("search", "--budget", "3", "--space", str(space), "--out", str(run), *FAST_FLAGS)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "space looks exhausted" in res.stdout + res.stderr
-    assert re.search(r"2 trials done, 0 failed, \d+ Pareto models \(\d+ repeated configurations reused earlier results\)", res.stdout)
+    assert re.search(r"2 trials done, 0 failed, \d+ Pareto models "
+                     r"\(\d+ repeated configurations reused earlier results\)", res.stdout)
     table = pd.read_csv(run / "trials.csv")
     ran = table[table["state"] == "COMPLETE"]
     assert len(ran) == 2 and set(ran["quant:fc"]) == {"fp32", "int8"}

@@ -16,13 +16,15 @@ def check_ray_address(address: str) -> None:
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        raise ClusterError(f"--ray-address {address!r} is not HOST:PORT; use the address `ray start --head` printed, e.g. 127.0.0.1:6379")
+        raise ClusterError(f"--ray-address {address!r} is not HOST:PORT; "
+                           "use the address `ray start --head` printed, e.g. 127.0.0.1:6379")
     try:
         with socket.create_connection((host, int(port)), timeout=3):
             pass
     except OSError as e:
         raise ClusterError(
-            f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start one with `ray start --head` or drop --ray-address to use a local Ray"
+            f"cannot reach a Ray cluster at {address} ({e.strerror or e}); "
+            "start one with `ray start --head` or drop --ray-address to use a local Ray"
         ) from None
 
 
@@ -30,9 +32,12 @@ def check_device(name: str) -> None:
     import ray
 
     if name != "local" and ray.cluster_resources().get(name, 0) < 1:
-        have = sorted(k for k in ray.cluster_resources() if k not in ("CPU", "GPU", "memory", "object_store_memory") and not k.startswith("node:"))
-        raise ClusterError(f"--device {name!r}: no node of the Ray cluster carries the resource {name!r} (custom resources: {', '.join(have) or 'none'}); "
-                           f"join the device with `ray start --address=HEAD --num-cpus=0 --resources='{{\"{name}\": 1}}'` or use --device local")
+        have = sorted(k for k in ray.cluster_resources()
+                      if k not in ("CPU", "GPU", "memory", "object_store_memory") and not k.startswith("node:"))
+        raise ClusterError(f"--device {name!r}: no node of the Ray cluster carries the resource {name!r} "
+                           f"(custom resources: {', '.join(have) or 'none'}); "
+                           "join the device with `ray start --address=HEAD --num-cpus=0 "
+                           f"--resources='{{\"{name}\": 1}}'` or use --device local")
 
 
 def place_device(name: str, settings: dict):
@@ -44,7 +49,8 @@ def place_device(name: str, settings: dict):
     from autocompress.search.device import Device
 
     if name == "local":
-        opts = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)}
+        opts = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(),
+                                                                      soft=False)}
     else:
         opts = {"resources": {name: 1}}  # the whole device: one search measures on it at a time
     device = Device.options(**opts).remote(settings)
@@ -52,7 +58,8 @@ def place_device(name: str, settings: dict):
         fp = ray.get(device.fingerprint.remote(), timeout=120)
     except ray.exceptions.GetTimeoutError:
         ray.kill(device)
-        raise ClusterError(f"--device {name!r} did not start within 120 s: another search is measuring on it; wait for that search or use another device") from None
+        raise ClusterError(f"--device {name!r} did not start within 120 s: another search is measuring on it; "
+                           "wait for that search or use another device") from None
     return device, fp
 
 
@@ -89,6 +96,7 @@ def init_ray(address: str | None) -> None:
         else:
             ray.init(num_cpus=os.cpu_count(), **kwargs)
     except Exception as e:  # noqa: BLE001
-        hint = ("check --ray-address, and that this machine has the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
+        hint = ("check --ray-address, and that this machine has the cluster's token "
+                "(~/.ray/auth_token or RAY_AUTH_TOKEN)"
                 if address else "run `ray stop` and retry")
         raise ClusterError(f"cannot {'join' if address else 'start'} Ray ({describe_error(e)}); {hint}") from None

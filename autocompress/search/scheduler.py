@@ -176,7 +176,8 @@ class Scheduler:
 
     def _reused_baseline(self, p: _Proposal, name: str) -> TrialRecord:
         b = self.state.baselines[name]
-        return TrialRecord(trial=p.trial.number, state=TrialState.COMPLETE, choices=config_columns(self.space, p.params),
+        return TrialRecord(trial=p.trial.number, state=TrialState.COMPLETE,
+                           choices=config_columns(self.space, p.params),
                            artifact=b.artifact, latency=b.latency, channels=b.channels,
                            stage_seconds={k: 0.0 for k in b.stage_seconds}, reused=f"baseline-{name}")
 
@@ -233,8 +234,8 @@ class Scheduler:
                                    f"{self.limits.trial_timeout_s:g} s")
             lat = self.latency.measured(p.out.onnx_bytes, self.executor.get(handle))
         except Exception as e:  # noqa: BLE001 - a failing measurement fails its trial, not the search
-            return TrialRecord(p.trial.number, TrialState.FAIL, config_columns(self.space, p.params), duration_s=p.seconds,
-                               error=f"latency measurement failed: {describe_error(e)}")
+            return TrialRecord(p.trial.number, TrialState.FAIL, config_columns(self.space, p.params),
+                               duration_s=p.seconds, error=f"latency measurement failed: {describe_error(e)}")
         p.out.stage_seconds["measure"] = round(now - p.t0, 3)
         return self._complete(p, p.out, lat)
 

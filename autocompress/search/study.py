@@ -60,7 +60,8 @@ def make_sampler(name: str, seed: int, warm_start: bool):
     import optuna
 
     return {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5 if warm_start else 10),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                                  n_startup_trials=5 if warm_start else 10),
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "grid": lambda: optuna.samplers.RandomSampler(seed=seed),  # never consulted: every trial is enqueued
