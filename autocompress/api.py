@@ -75,7 +75,7 @@ def plan(model: torch.nn.Module | str, train_data: DataLike, val_data: DataLike,
          out: str | Path | None = None, resume: bool = False, log: Callable[[str], None] = print, **options: Any):
     """Everything `search` checks before it writes anything: the config, the data, the model and the search space.
     Returns the `Prepared` search (`.describe()` is what `autocompress search --dry-run` prints)."""
-    from autocompress.search.driver import load_resume_config, prepare
+    from autocompress.search.prepare import load_resume_config, prepare
     from autocompress.tasks.datasets import splits_from_data
 
     label = _model_label(model)

@@ -26,35 +26,126 @@ def _fail(e: Exception) -> None:
 @app.command()
 def search(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A run config YAML holding any of these options (keys as in config.json of a run); flags given here override it."),
-    budget: Optional[str] = typer.Option(None, "--budget", "-b", help="Trials (e.g. 40) or wall-clock time (e.g. 10m, 1h, 1h30m); new trials start only within it. Required unless --resume."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the search in this run directory (after a kill, Ctrl-C or crash); the budget counts what was already spent. --budget raises it."),
-    model: str = typer.Option("resnet20", "--model", "-m", help="Built-in name (see `autocompress models`), a torchvision model name, or module:function."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Trained weights of the model (a state_dict or a whole saved model): the baseline. Default: train it on the data."),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes the model should have; checked against the data."),
-    dataset: str = typer.Option("digits", "--dataset", "-d", help="digits (scikit-learn's handwritten digits, shipped with it: the demo), cifar10, cifar100, mnist, fashionmnist, svhn or imagefolder."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder of a file-based dataset (cifar10, cifar100, mnist, fashionmnist, svhn, imagefolder)."),
-    download: bool = typer.Option(False, "--download", help="Let torchvision download a named dataset into --data-dir (off: read local files only)."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c",
+        help="A run config YAML holding any of these options (keys as in config.json of a run); flags given here "
+        "override it.",
+    ),
+    budget: Optional[str] = typer.Option(
+        None, "--budget", "-b",
+        help="Trials (e.g. 40) or wall-clock time (e.g. 10m, 1h, 1h30m); new trials start only within it. Required"
+        " unless --resume.",
+    ),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume",
+        help="Continue the search in this run directory (after a kill, Ctrl-C or crash); the budget counts what "
+        "was already spent. --budget raises it.",
+    ),
+    model: str = typer.Option(
+        "resnet20", "--model", "-m",
+        help="Built-in name (see `autocompress models`), a torchvision model name, or module:function.",
+    ),
+    weights: Optional[Path] = typer.Option(
+        None, "--weights",
+        help="Trained weights of the model (a state_dict or a whole saved model): the baseline. Default: train it "
+        "on the data.",
+    ),
+    num_classes: Optional[int] = typer.Option(
+        None, "--num-classes",
+        help="Classes the model should have; checked against the data.",
+    ),
+    dataset: str = typer.Option(
+        "digits", "--dataset", "-d",
+        help="digits (scikit-learn's handwritten digits, shipped with it: the demo), cifar10, cifar100, mnist, "
+        "fashionmnist, svhn or imagefolder.",
+    ),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir",
+        help="Folder of a file-based dataset (cifar10, cifar100, mnist, fashionmnist, svhn, imagefolder).",
+    ),
+    download: bool = typer.Option(
+        False, "--download",
+        help="Let torchvision download a named dataset into --data-dir (off: read local files only).",
+    ),
     input_size: int = typer.Option(32, "--input-size", help="Images are resized to this many pixels square."),
-    space: Optional[Path] = typer.Option(None, "--space", help="Search-space YAML (default: search_spaces/default.yaml)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: reports/<model>-<dataset>-<time>)."),
+    space: Optional[Path] = typer.Option(
+        None, "--space",
+        help="Search-space YAML (default: search_spaces/default.yaml).",
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o",
+        help="Run directory (default: reports/<model>-<dataset>-<time>).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for data splits, sampler and fine-tuning."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join an existing Ray cluster (HOST:PORT from `ray start --head`); default: start a local Ray."),
-    concurrency: int = typer.Option(1, "--concurrency", help="Trials running at once (each gets CPUs/concurrency threads)."),
-    device: str = typer.Option("local", "--device", help="Where latency is measured: local (this machine), or the name of a Ray custom resource carried by the target device's node."),
-    latency_threads: Optional[int] = typer.Option(None, "--latency-threads", help="ONNX Runtime intra-op threads when measuring latency (default 1)."),
-    latency_batch: Optional[int] = typer.Option(None, "--latency-batch", help="Batch size when measuring latency (default 1)."),
-    sampler: str = typer.Option("tpe", "--sampler", help="tpe (default), nsga2, random, or grid (only the uniform settings: every ratio of the space for all groups x fp32/int8 for all layers, each distinct model once)."),
-    baselines: Optional[str] = typer.Option(None, "--baselines", help="Uniform references to measure in this run, comma-separated: fp32 (always), int8, prune25-int8, prune50-int8 (default: all four; the pruned ones cost a fine-tune each)."),
-    finetune_epochs: Optional[float] = typer.Option(None, "--finetune-epochs", help="Epochs of the KD fine-tune per trial (default 6)."),
-    baseline_epochs: Optional[float] = typer.Option(None, "--baseline-epochs", help="Epochs to train the baseline when it is not cached (default 15)."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address",
+        help="Join an existing Ray cluster (HOST:PORT from `ray start --head`); default: start a local Ray.",
+    ),
+    concurrency: int = typer.Option(
+        1, "--concurrency",
+        help="Trials running at once (each gets CPUs/concurrency threads).",
+    ),
+    device: str = typer.Option(
+        "local", "--device",
+        help="Where latency is measured: local (this machine), or the name of a Ray custom resource carried by the"
+        " target device's node.",
+    ),
+    latency_threads: Optional[int] = typer.Option(
+        None, "--latency-threads",
+        help="ONNX Runtime intra-op threads when measuring latency (default 1).",
+    ),
+    latency_batch: Optional[int] = typer.Option(
+        None, "--latency-batch",
+        help="Batch size when measuring latency (default 1).",
+    ),
+    sampler: str = typer.Option(
+        "tpe", "--sampler",
+        help="tpe (default), nsga2, random, or grid (only the uniform settings: every ratio of the space for all "
+        "groups x fp32/int8 for all layers, each distinct model once).",
+    ),
+    baselines: Optional[str] = typer.Option(
+        None, "--baselines",
+        help="Uniform references to measure in this run, comma-separated: fp32 (always), int8, prune25-int8, "
+        "prune50-int8 (default: all four; the pruned ones cost a fine-tune each).",
+    ),
+    finetune_epochs: Optional[float] = typer.Option(
+        None, "--finetune-epochs",
+        help="Epochs of the KD fine-tune per trial (default 6).",
+    ),
+    baseline_epochs: Optional[float] = typer.Option(
+        None, "--baseline-epochs",
+        help="Epochs to train the baseline when it is not cached (default 15).",
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress bar (for logs)."),
-    trial_timeout: Optional[float] = typer.Option(None, "--trial-timeout", help="Seconds after which a running trial is stopped and recorded as failed (default 1800)."),
-    early_stop: Optional[float] = typer.Option(None, "--early-stop", help="Stop a trial's fine-tune when its validation accuracy halfway through is more than this many points below FP32's (default 0: never; off by default because a one-epoch check misjudged trials that finished at 99%)."),
-    no_sensitivity: bool = typer.Option(False, "--no-sensitivity", help="Skip the per-layer sensitivity scan (each group pruned alone, each layer quantized alone, no fine-tune; cached per model) that narrows the space and warm-starts the sampler."),
-    confirm_rounds: Optional[int] = typer.Option(None, "--confirm-rounds", help="When the budget is spent, measure every Pareto model and baseline again, together, this many rounds (2 more for a model whose rounds disagree by over 4%), and report their median, so the figures compared come from one window of time (default 2; 0: keep the figures from the search)."),
-    no_latency_cache: bool = typer.Option(False, "--no-latency-cache", help="Measure every artifact, even one whose graph this device has measured before."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and the search space (groups, layers, choices) as JSON, and exit."),
+    trial_timeout: Optional[float] = typer.Option(
+        None, "--trial-timeout",
+        help="Seconds after which a running trial is stopped and recorded as failed (default 1800).",
+    ),
+    early_stop: Optional[float] = typer.Option(
+        None, "--early-stop",
+        help="Stop a trial's fine-tune when its validation accuracy halfway through is more than this many points "
+        "below FP32's (default 0: never; off by default because a one-epoch check misjudged trials that "
+        "finished at 99%).",
+    ),
+    no_sensitivity: bool = typer.Option(
+        False, "--no-sensitivity",
+        help="Skip the per-layer sensitivity scan (each group pruned alone, each layer quantized alone, no "
+        "fine-tune; cached per model) that narrows the space and warm-starts the sampler.",
+    ),
+    confirm_rounds: Optional[int] = typer.Option(
+        None, "--confirm-rounds",
+        help="When the budget is spent, measure every Pareto model and baseline again, together, this many rounds "
+        "(2 more for a model whose rounds disagree by over 4%), and report their median, so the figures "
+        "compared come from one window of time (default 2; 0: keep the figures from the search).",
+    ),
+    no_latency_cache: bool = typer.Option(
+        False, "--no-latency-cache",
+        help="Measure every artifact, even one whose graph this device has measured before.",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run",
+        help="Print the resolved config and the search space (groups, layers, choices) as JSON, and exit.",
+    ),
 ) -> None:
     """Run a compression search and write reports/<run>/report.html."""
     from autocompress.config import parse_budget
@@ -138,7 +229,7 @@ def _plan(cfg):
 
 def _plan_resume(run_dir: Path, budget):
     from autocompress.api import plan
-    from autocompress.search.driver import load_resume_config
+    from autocompress.search.prepare import load_resume_config
 
     cfg = load_resume_config(run_dir, budget=budget)
     data = _datasets(cfg)
@@ -191,40 +282,48 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
 @app.command()
 def pick(
     run_dir: Path = typer.Argument(..., help="A run directory written by `autocompress search`."),
-    max_latency_ms: float = typer.Option(..., "--max-latency-ms", help="Upper bound on the median latency (ms)."),
-    min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="Lower bound on validation accuracy (%)."),
+    max_latency_ms: Optional[float] = typer.Option(
+        None, "--max-latency-ms", help="Upper bound on the median latency (ms); default: none (the most accurate)."),
+    min_accuracy: Optional[float] = typer.Option(
+        None, "--min-accuracy", help="Lower bound on validation accuracy (%)."),
     max_size_mb: Optional[float] = typer.Option(None, "--max-size-mb", help="Upper bound on the ONNX file size (MB)."),
     export: Optional[Path] = typer.Option(None, "--export", help="Copy the chosen ONNX file here."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (accuracy = test accuracy %)."),
+    as_json: bool = typer.Option(
+        False, "--json",
+        help="Print one JSON object: the figures (accuracy = test accuracy %), the ONNX file and the configuration "
+             "(per group: channels, kept, ratio; per layer: precision)."),
 ) -> None:
     """Choose the most accurate Pareto model meeting the constraints (exit 1 if none does)."""
     from autocompress.results.pick import pick as do_pick
 
-    if max_latency_ms <= 0:
-        _fail(ValueError(f"--max-latency-ms must be positive, but got {max_latency_ms}"))
+    for flag, value in (("--max-latency-ms", max_latency_ms), ("--max-size-mb", max_size_mb)):
+        if value is not None and value <= 0:
+            _fail(ValueError(f"{flag} must be positive, but got {value}"))
     try:
-        res = do_pick(run_dir, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_mb=max_size_mb, export=export)
+        res = do_pick(run_dir, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_mb=max_size_mb,
+                      export=export)
     except AutocompressError as e:
         _fail(e)
         return
     if res.chosen is None:
         if as_json:
-            typer.echo(json.dumps({"trial": None, "nearest": res.nearest, "baseline": res.baseline}))
+            typer.echo(json.dumps({"trial": None, "nearest": [r.to_dict() for r in res.nearest],
+                                   "baseline": res.baseline.to_dict()}))
         else:
             typer.echo("no Pareto model meets the constraints; nearest:", err=True)
             for r in res.nearest:
-                typer.echo(f"  trial {r['trial']}: val {r['val_accuracy']:.2f}%  test {r['accuracy']:.2f}%  "
-                           f"{r['latency_ms']:.3f} ms  {r['size_bytes'] / 1e6:.3f} MB", err=True)
+                typer.echo(f"  trial {r.trial}: val {r.val_accuracy:.2f}%  test {r.test_accuracy:.2f}%  "
+                           f"{r.latency_ms:.3f} ms  {r.size_bytes / 1e6:.3f} MB", err=True)
         raise typer.Exit(1)
-    c = res.chosen
+    c, b = res.chosen, res.baseline
     if as_json:
-        typer.echo(json.dumps(c))
+        exported = {"exported_to": str(export.resolve())} if export is not None else {}
+        typer.echo(json.dumps({**c.to_dict(), **exported, "baseline": b.to_dict()}))
         return
-    b = res.baseline
-    typer.echo(f"trial {c['trial']}: test {c['accuracy']:.2f}% (val {c['val_accuracy']:.2f}%), {c['latency_ms']:.3f} ms "
-               f"({b['latency_ms'] / c['latency_ms']:.2f}x faster than FP32 {b['latency_ms']:.3f} ms), "
-               f"{c['size_bytes'] / 1e6:.3f} MB")
-    typer.echo(f"onnx: {c.get('exported_to', c['onnx'])}")
+    typer.echo(f"trial {c.trial}: test {c.test_accuracy:.2f}% (val {c.val_accuracy:.2f}%), {c.latency_ms:.3f} ms "
+               f"({b.latency_ms / c.latency_ms:.2f}x faster than FP32 {b.latency_ms:.3f} ms), "
+               f"{c.size_bytes / 1e6:.3f} MB")
+    typer.echo(f"onnx: {export.resolve() if export is not None else c.onnx}")
 
 
 @app.command()
@@ -234,7 +333,8 @@ def models() -> None:
 
     for spec in list_models():
         typer.echo(f"{spec.name:12s} {spec.description}")
-    typer.echo("also: any torchvision classification model name (e.g. resnet18, mobilenet_v2), or path/to/file.py:function")
+    typer.echo("also: any torchvision classification model name (e.g. resnet18, mobilenet_v2), "
+               "or path/to/file.py:function")
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
-"""A whole search: check everything -> baseline -> baselines -> sensitivity scan -> study -> trials -> confirm -> report.
+"""A whole search: baseline -> baselines -> sensitivity scan -> study -> trials -> confirm -> report.
 
-`prepare` finds everything wrong with the user's input before anything is written. `run_search` is the short
-loop of named steps; the trial loop itself is the `Scheduler`'s.
+`run_search` is a short sequence of named steps on a `Prepared` search (search/prepare.py has checked the input);
+the trial loop itself is the `Scheduler`'s.
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ import datetime as dt
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 from autocompress.config import SearchConfig
-from autocompress.errors import Interrupted, ModelError, RunError
+from autocompress.errors import Interrupted
 from autocompress.pipeline.quantize import quant_format_for
 from autocompress.pipeline.trial import TrialSpec
 from autocompress.results.records import TrialState
@@ -25,134 +24,13 @@ from autocompress.results.rundir import RunDir
 from autocompress.search import cluster
 from autocompress.search.baselines import run_baselines
 from autocompress.search.executor import RayExecutor
+from autocompress.search.prepare import Prepared
 from autocompress.search.progress import Interrupt, Progress
 from autocompress.search.scheduler import Limits, Scheduler
 from autocompress.search.state import LatencyBook, RunState, run_lock
 from autocompress.search.study import distributions, grid_configs, make_sampler, open_study, warm_start_configs
-from autocompress.space import SearchSpace, build_space, load_space_file
-from autocompress.tasks.data import Splits
 
-__all__ = ["Prepared", "prepare", "run_search", "load_resume_config"]
-
-
-@dataclass
-class Prepared:
-    config: SearchConfig
-    splits: Splits
-    space: SearchSpace
-    model: torch.nn.Module  # the FP32 baseline, or (trained=False) the untrained model to train on the data
-    trained: bool
-    run_dir: Path
-    run_name: str
-    resume: bool = False
-
-    def describe(self) -> dict:
-        """What --dry-run prints: the resolved config and the search space."""
-        return {
-            "config": self.config.dump(), "run_dir": str(self.run_dir), "splits": self.splits.sizes(),
-            "input_shape": list(self.splits.input_shape), "search_space": self.space.describe(),
-            "optuna_params": len(self.space.params()), "excluded_layers": self.space.excluded,
-        }
-
-
-# ---------------------------------------------------------------------------------------------- checking
-
-
-def load_resume_config(run_dir: str | Path, *, budget=None) -> SearchConfig:
-    """The stored config of a run to resume; `budget` (a Budget) replaces the stored one when given."""
-    rd = RunDir(Path(run_dir))
-    if not rd.path.is_dir():
-        raise RunError(f"--resume {str(run_dir)!r}: no such run directory; pass the directory of an earlier search")
-    for needed in (rd.config, rd.meta):
-        if not needed.is_file():
-            raise RunError(f"--resume {str(run_dir)!r} has no {needed.name}; it was not written by "
-                           "`autocompress search`, start a new search instead")
-    data = rd.read_json(rd.config)
-    data["out"] = str(rd.path)
-    if budget is not None:
-        data["budget"] = budget.model_dump()
-    return SearchConfig.model_validate(data)
-
-
-def _check_forward(model: torch.nn.Module, splits: Splits, label: str) -> None:
-    try:
-        with torch.no_grad():
-            out = model.eval()(torch.from_numpy(splits.val_x[:1]))
-    except Exception as e:  # noqa: BLE001 - any failure here means the model cannot take the data
-        raise ModelError(f"model {label!r} cannot take inputs of shape {tuple(splits.input_shape)}: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
-                         "choose another --input-size or model") from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < splits.num_classes:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"model {label!r} returns {shape} for one image, but the data has {splits.num_classes} "
-                         "classes; the model must return one logit per class (N x classes)")
-
-
-def _space(config: SearchConfig, model: torch.nn.Module, splits: Splits) -> SearchSpace:
-    """The model's real groups and quantizable layers with the YAML's choices (the structure of an untrained
-    model is the trained one's, so a bad rule fails before any training)."""
-    from autocompress.pipeline.prune import find_groups
-    from autocompress.search.layers import quantizable_layers
-
-    space_file = load_space_file(config.space)
-    example = torch.from_numpy(splits.val_x[:1])
-    try:
-        layers, excluded = quantizable_layers(model, example)
-    except Exception as e:  # noqa: BLE001 - an export failure is a property of the user's model
-        raise ModelError(f"cannot export model {config.model!r} to ONNX: {type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}; autocompress needs a model torch.onnx can export"
-                         ) from None
-    try:
-        groups = find_groups(model, example)
-    except Exception as e:  # noqa: BLE001 - partial support: search precisions only, and say why
-        groups = []
-        excluded["(pruning)"] = (f"torch-pruning cannot trace the model ({type(e).__name__}: "
-                                 f"{' '.join(str(e).split())[:200]}); no layer is pruned, precisions are still searched")
-    space = build_space(space_file, groups, layers, source=str(config.space or "the default search space"))
-    space.excluded = excluded
-    return space
-
-
-def _run_dir(config: SearchConfig, resume: bool) -> tuple[Path, str]:
-    if resume:
-        run_dir = Path(config.out)  # type: ignore[arg-type]
-        return run_dir, RunDir(run_dir).read_json(RunDir(run_dir).meta)["run_name"]
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_name = config.run_name or f"{Path(config.model).name.replace(':', '-')}-{config.dataset}-{stamp}"
-    run_dir = Path(config.out) if config.out else Path("reports") / run_name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise RunError(f"run directory {str(run_dir)!r} already exists and is not empty; pass another --out, "
-                       f"remove it, or continue it with --resume {run_dir}")
-    return run_dir, run_name
-
-
-def prepare(config: SearchConfig, splits: Splits, model: torch.nn.Module | str, *, resume: bool = False) -> Prepared:
-    """Everything that can be wrong with the user's input is found here, before anything is written. `model` is
-    the trained FP32 model, or a name (built here; its weights from config.weights, else trained later)."""
-    from autocompress.errors import DataError
-    from autocompress.tasks.models import build_model
-
-    if config.num_classes is not None and config.num_classes != splits.num_classes:
-        raise DataError(f"--num-classes {config.num_classes} does not match the data: {config.dataset} has "
-                        f"{splits.num_classes} classes; drop --num-classes or point --data-dir at the right data")
-    trained = not isinstance(model, str)
-    if isinstance(model, str):
-        model = build_model(model, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
-        if config.weights is not None:
-            from autocompress.tasks.weights import load_weights
-
-            load_weights(model, config.weights)  # fails now, before anything is written, if they do not fit
-            trained = True
-    model.eval()
-    _check_forward(model, splits, config.model)
-    space = _space(config, model, splits)
-    if config.ray_address:
-        cluster.check_ray_address(config.ray_address)
-    run_dir, run_name = _run_dir(config, resume)
-    return Prepared(config, splits, space, model, trained, run_dir, run_name, resume=resume)
-
-
-# ---------------------------------------------------------------------------------------------- running
+__all__ = ["run_search"]
 
 
 def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], None] = print) -> SearchResult:
@@ -382,7 +260,7 @@ def _confirm(state: RunState, cfg: SearchConfig, interrupt: Interrupt, log: Call
         return
     for f, c in confirmed.items():
         latency.store((state.rd.path / f).read_bytes(), {**c.summary})
-    for n, rec in list(state.records.items()):
+    for rec in list(state.records.values()):
         new = apply_confirmed(rec, confirmed)
         if new is not rec:
             state.put(new)

@@ -6,7 +6,6 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field, replace
-
 from typing import Iterator
 
 from autocompress.errors import RunError

@@ -126,8 +126,8 @@ def splits_from_data(train: DataLike, val: DataLike, *, test: DataLike | None = 
     shapes = {k: v.shape[1:] for k, v in (("train_data", train_x), ("val_data", val_x), ("test_data", test_x),
                                           ("calib_data", calib_x))}
     if len(set(shapes.values())) > 1:
-        raise DataError(f"the splits' images differ in shape ({', '.join(f'{k} {tuple(v)}' for k, v in shapes.items())}); "
-                        "give every split the same preprocessing")
+        listed = ", ".join(f"{k} {tuple(v)}" for k, v in shapes.items())
+        raise DataError(f"the splits' images differ in shape ({listed}); give every split the same preprocessing")
     classes = max(num_classes or 0, int(max(train_y.max(), val_y.max(), test_y.max())) + 1)
     for where, y in (("train_data", train_y), ("val_data", val_y), ("test_data", test_y)):
         if y.min() < 0:
