@@ -11,8 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from autocompress.errors import SpaceError, location
-from autocompress.yamlio import read_yaml
 from autocompress.pipeline.prune import PruneGroup, kept_channels
+from autocompress.yamlio import read_yaml
 
 __all__ = ["SpaceFile", "SearchSpace", "load_space_file", "build_space", "DEFAULT_SPACE"]
 
@@ -89,14 +89,16 @@ def load_space_file(path: str | Path | None) -> SpaceFile:
                          "autocompress/search_spaces/default.yaml)")
     raw = read_yaml(path, SpaceError, "search space") or {}
     if not isinstance(raw, dict):
-        raise SpaceError(f"{path} must be a mapping with keys prune, quantize, rules, but it holds a {type(raw).__name__}")
+        raise SpaceError(f"{path} must be a mapping with keys prune, quantize, rules, "
+                         f"but it holds a {type(raw).__name__}")
     try:
         return SpaceFile.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key; allowed keys are prune (ratios, round_to, min_channels), quantize (precisions), rules (match, ratios, precisions)"
+            msg = ("unknown key; allowed keys are prune (ratios, round_to, min_channels), quantize (precisions), "
+                   "rules (match, ratios, precisions)")
         raise SpaceError(f"{_where(err)} in {path}: {msg} (got {err.get('input')!r})") from None
 
 
@@ -146,7 +148,7 @@ class SearchSpace:
         for g in self.groups:
             if len(g.ratios) > 1:  # the allowed choice that keeps the closest channel count to `ratio`'s own
                 target = kept_channels(g.channels, ratio, round_to=self.round_to, min_channels=self.min_channels)
-                k, r = min(zip(g.kept, g.ratios), key=lambda kr: (abs(kr[0] - target), -kr[0]))
+                k, r = min(zip(g.kept, g.ratios, strict=True), key=lambda kr: (abs(kr[0] - target), -kr[0]))
                 params[f"prune:{g.name}"] = r
         for l in self.layers:
             if len(l.precisions) > 1:
@@ -155,7 +157,7 @@ class SearchSpace:
 
     def describe(self) -> list[dict]:
         rows = [{"kind": "group", "name": g.name, "channels": g.channels, "members": list(g.members),
-                 "choices": [f"{r:g}->{k}ch" for r, k in zip(g.ratios, g.kept)]} for g in self.groups]
+                 "choices": [f"{r:g}->{k}ch" for r, k in zip(g.ratios, g.kept, strict=True)]} for g in self.groups]
         rows += [{"kind": "layer", "name": l.name, "choices": l.precisions} for l in self.layers]
         return rows
 

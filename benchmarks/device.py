@@ -61,7 +61,8 @@ def run_rows(meter: LatencyMeter, run: Path, model: str, pick: str, extra: list[
     else:
         best = pareto.sort_values("latency_ms").iloc[0]
         label = f"fastest Pareto (trial {int(best['trial'])})"
-    entries = [(f"baseline {k}", run / b["onnx"], b) for k, b in baselines.items() if b.get("state", "COMPLETE") == "COMPLETE"]
+    entries = [(f"baseline {k}", run / b["onnx"], b) for k, b in baselines.items()
+               if b.get("state", "COMPLETE") == "COMPLETE"]
     entries.append((label, run / best["onnx"], best.to_dict()))
     entries += [(name, path, None) for name, path in extra]
     rows = []
@@ -112,7 +113,7 @@ def other_formats(fp32_path: Path, shape: tuple[int, ...], tmp: Path) -> list[tu
     for name, act, rr in (("uniform int8, S8S8 QDQ (not used)", QuantType.QInt8, False),
                           ("uniform int8, U8S8, 8-bit weights (not used)", QuantType.QUInt8, False)):
         dst = tmp / f"{name.split(',')[1].strip().replace(' ', '_')}.onnx"
-        with quiet_ort_quantization():  # ORT's pre-processing hint, and only that
+        with quiet_ort_quantization():  # ORT's pre-processing hint (and int4 notice), nothing else
             quantize_static(str(fp32_path), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=act,
                             weight_type=QuantType.QInt8, per_channel=True, reduce_range=rr,
                             calibrate_method=CalibrationMethod.MinMax,
@@ -124,8 +125,9 @@ def other_formats(fp32_path: Path, shape: tuple[int, ...], tmp: Path) -> list[tu
 def torchvision_rows(meter: LatencyMeter, model: str, tmp: Path) -> list[dict]:
     data = synthetic_imagefolder(tmp / "images")
     run = tmp / f"run-{model}"
-    cmd = [sys.executable, "-m", "autocompress.cli", "search", "--model", model, "--dataset", "imagefolder", "--data-dir", str(data),
-           "--input-size", "224", "--budget", "3", "--finetune-epochs", "0", "--baseline-epochs", "0", "--out", str(run), "--no-progress"]
+    cmd = [sys.executable, "-m", "autocompress.cli", "search", "--model", model, "--dataset", "imagefolder",
+           "--data-dir", str(data), "--input-size", "224", "--budget", "3", "--finetune-epochs", "0",
+           "--baseline-epochs", "0", "--out", str(run), "--no-progress"]
     print(f"  {' '.join(cmd[2:])}", flush=True)
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
@@ -138,19 +140,21 @@ def torchvision_rows(meter: LatencyMeter, model: str, tmp: Path) -> list[dict]:
 def remeasure_in_new_processes(run: Path, repeats: int) -> list[dict]:
     shape = tuple(json.loads((run / "meta.json").read_text())["input_shape"])
     code = ("import sys, json; from pathlib import Path; from autocompress.measure.latency import measure_latency; "
-            "print(json.dumps(measure_latency(Path(sys.argv[1]).read_bytes(), tuple(json.loads(sys.argv[2]))).as_dict()))")
+            "print(json.dumps(measure_latency(Path(sys.argv[1]).read_bytes(), "
+            "tuple(json.loads(sys.argv[2]))).as_dict()))")
     rows = []
     for p in json.loads((run / "pareto.json").read_text()):
-        res = [json.loads(subprocess.run([sys.executable, "-c", code, str(run / p["onnx"]), json.dumps(shape)], capture_output=True,
-                                         text=True, check=True).stdout.strip()) for _ in range(repeats)]
+        res = [json.loads(subprocess.run([sys.executable, "-c", code, str(run / p["onnx"]), json.dumps(shape)],
+                                         capture_output=True, text=True, check=True).stdout.strip())
+               for _ in range(repeats)]
         got = [round(r["median_ms"], 4) for r in res]  # as shown; both verdicts below use these
         dev = max(abs(g - p["latency_ms"]) / p["latency_ms"] for g in got)
         rows.append({"trial": p["trial"], "reported_ms": p["latency_ms"], "new_process_ms": got,
                      "max_deviation_pct": round(100 * dev, 2),
                      "probe_vs_best": [r.get("probe_vs_best") for r in res], "contended": [r["contended"] for r in res],
                      "reported_probe_vs_best": p.get("latency_probe_vs_best")})
-        print(f"  trial {p['trial']}: reported {p['latency_ms']:.4f} ms, new processes {', '.join(f'{g:.4f}' for g in got)} "
-              f"(max {100 * dev:.1f}%)", flush=True)
+        print(f"  trial {p['trial']}: reported {p['latency_ms']:.4f} ms, "
+              f"new processes {', '.join(f'{g:.4f}' for g in got)} (max {100 * dev:.1f}%)", flush=True)
     return rows
 
 
@@ -171,18 +175,21 @@ def md_table(rows: list[dict], cols: list[str]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=ROOT / "reports" / "example", help="a demo run directory")
-    ap.add_argument("--skip-torchvision", action="store_true", help="re-measure the demo only; keep the torchvision rows of the last full run")
+    ap.add_argument("--skip-torchvision", action="store_true",
+                    help="re-measure the demo only; keep the torchvision rows of the last full run")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     fp = fingerprint(1)
-    print(f"device: {fp['cpu']} ({fp['cores']} cores, {', '.join(fp['isa'])}), onnxruntime {fp['onnxruntime']}, 1 thread, batch 1")
+    print(f"device: {fp['cpu']} ({fp['cores']} cores, {', '.join(fp['isa'])}), onnxruntime {fp['onnxruntime']}, "
+          "1 thread, batch 1")
     # the demo's re-measurements first, on a quiet machine: the torchvision searches start (and tear down) a
     # local Ray whose processes keep a core busy for a while after each search
     print(f"3. Pareto models of {args.run} re-measured in new processes")
     remeasured = remeasure_in_new_processes(args.run, args.repeats)
     print("1. demo ResNet-20")
-    meter = LatencyMeter()  # one for this process, as the search's device actor keeps one: probe and guard span all rows
+    # one meter for this process, as the search's device actor keeps one: its probe and guard span all the rows
+    meter = LatencyMeter()
     rows = run_rows(meter, args.run, "resnet20 demo", "within1")
     if not args.skip_torchvision:
         with tempfile.TemporaryDirectory() as tmp:
@@ -191,29 +198,32 @@ def main() -> None:
                 rows += torchvision_rows(meter, model, Path(tmp) / model)
     elif (HERE / "device.json").is_file():  # keep the torchvision rows of the last full run, marked as such
         old = json.loads((HERE / "device.json").read_text())
-        rows += [{**r, "config": r["config"] + f" (run of {old['date']})" if "(run of" not in r["config"] else r["config"]}
+        rows += [{**r, "config": r["config"] + f" (run of {old['date']})"
+                  if "(run of" not in r["config"] else r["config"]}
                  for r in old["rows"] if not r["model"].startswith("resnet20")]
     parity = parity_rows(args.run)
-    cols = ["model", "config", "latency_ms", "speedup", "contended", "probe_vs_best", "size_mb", "integer_kernels", "float_kernels", "val_acc", "test_acc", "reported_ms"]
+    cols = ["model", "config", "latency_ms", "speedup", "contended", "probe_vs_best", "size_mb", "integer_kernels",
+            "float_kernels", "val_acc", "test_acc", "reported_ms"]
     run_rel = os.path.relpath(args.run, ROOT)
     lines = [f"# Device benchmark ({dt.date.today()})", "",
-             f"`python benchmarks/device.py --run {run_rel}` on {fp['cpu']} ({fp['cores']} cores, ISA {', '.join(fp['isa'])}), "
-             f"ONNX Runtime {fp['onnxruntime']}, batch 1, 1 intra-op thread, median over 3 fresh sessions, up to 9 while they disagree "
-             "(the search's own settings).", "",
+             f"`python benchmarks/device.py --run {run_rel}` on {fp['cpu']} ({fp['cores']} cores, "
+             f"ISA {', '.join(fp['isa'])}), ONNX Runtime {fp['onnxruntime']}, batch 1, 1 intra-op thread, median over "
+             "3 fresh sessions, up to 9 while they disagree (the search's own settings).", "",
              "Speed-up is against the FP32 row of the same model, measured in the same process minutes apart. "
-             "`reported_ms` is what the run's report says. The torchvision models have random weights and synthetic data: "
-             "their accuracies mean nothing, their latencies do. `contended`: the figure rests on a session taken beside other "
-             "load or a slow reference probe after the retries and the 30 s wait for a burst to pass ran out (such a figure "
-             "is high).", ""]
+             "`reported_ms` is what the run's report says. The torchvision models have random weights and synthetic "
+             "data: their accuracies mean nothing, their latencies do. `contended`: the figure rests on a session "
+             "taken beside other load or a slow reference probe after the retries and the 30 s wait for a burst to "
+             "pass ran out (such a figure is high).", ""]
     lines += md_table(rows, cols)
     lines += ["", f"## Pareto models of `{run_rel}` re-measured in a new process ({args.repeats} repeats)", ""]
-    lines += md_table(remeasured, ["trial", "reported_ms", "new_process_ms", "max_deviation_pct", "probe_vs_best", "contended",
-                                   "reported_probe_vs_best"])
-    lines += ["", "`probe_vs_best`: the reference probe beside each measurement, as a multiple of the fastest this host has run it "
-              "(1.00 = the host at its quiet speed); `reported_probe_vs_best`: the same beside the run's own figure."]
+    lines += md_table(remeasured, ["trial", "reported_ms", "new_process_ms", "max_deviation_pct", "probe_vs_best",
+                                   "contended", "reported_probe_vs_best"])
+    lines += ["", "`probe_vs_best`: the reference probe beside each measurement, as a multiple of the fastest this "
+              "host has run it (1.00 = the host at its quiet speed); `reported_probe_vs_best`: the same beside the "
+              "run's own figure."]
     worst = max(r["max_deviation_pct"] for r in remeasured)
     clean = [abs(g - r["reported_ms"]) / r["reported_ms"] for r in remeasured
-             for g, c in zip(r["new_process_ms"], r["contended"]) if not c]
+             for g, c in zip(r["new_process_ms"], r["contended"], strict=True) if not c]
     flagged = sum(sum(map(bool, r["contended"])) for r in remeasured)
     lines += ["", f"Largest deviation from the reported median: {worst:.2f}% (limit 5%); "
               f"{flagged} of {sum(len(r['contended']) for r in remeasured)} readings flagged `contended`"

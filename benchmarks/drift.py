@@ -54,14 +54,15 @@ def main() -> None:
     else:
         found = [r for r in pareto if r["trial"] == args.trial]
         if not found:
-            print(f"error: trial {args.trial} is not a Pareto model of {args.run}; choose one of {[r['trial'] for r in pareto]}",
-                  file=sys.stderr)
+            print(f"error: trial {args.trial} is not a Pareto model of {args.run}; "
+                  f"choose one of {[r['trial'] for r in pareto]}", file=sys.stderr)
             sys.exit(2)
         p = found[0]
     shape = json.loads((args.run / "meta.json").read_text())["input_shape"]
     reported = float(p["latency_ms"])
     rows = []
-    print(f"trial {p['trial']} of {args.run}: reported {reported:.4f} ms; {args.samples} samples, {args.every:g} s apart")
+    print(f"trial {p['trial']} of {args.run}: reported {reported:.4f} ms; {args.samples} samples, "
+          f"{args.every:g} s apart")
     for i in range(args.samples):
         if i:
             time.sleep(args.every)
@@ -79,15 +80,16 @@ def main() -> None:
     dev = np.abs(lat / reported - 1) * 100
     run_rel = args.run.resolve().relative_to(ROOT) if args.run.resolve().is_relative_to(ROOT) else args.run
     lines = [f"# Host drift ({dt.date.today()})", "",
-             f"`python benchmarks/drift.py --run {run_rel} --trial {p['trial']} --samples {args.samples} --every {args.every:g}`: "
-             f"trial {p['trial']} (reported {reported:.4f} ms) measured in a new process every {args.every:g} s with the search's "
-             "latency method, beside the reference probe.", ""] + md_table(rows, list(rows[0]))
+             f"`python benchmarks/drift.py --run {run_rel} --trial {p['trial']} --samples {args.samples} "
+             f"--every {args.every:g}`: trial {p['trial']} (reported {reported:.4f} ms) measured in a new process "
+             f"every {args.every:g} s with the search's latency method, beside the reference probe.", ""]
+    lines += md_table(rows, list(rows[0]))
     lines += ["", f"Within 5% of the reported median: {int((dev <= 5).sum())} of {len(rows)} samples "
                   f"(median {np.median(lat):.4f} ms, {100 * (np.median(lat) / reported - 1):+.2f}% from the reported; "
                   f"range {lat.min():.4f}-{lat.max():.4f} ms)."]
     (HERE / "drift.md").write_text("\n".join(lines) + "\n")
-    (HERE / "drift.json").write_text(json.dumps({"date": str(dt.date.today()), "trial": p["trial"], "reported_ms": reported,
-                                                 "rows": rows}, indent=1) + "\n")
+    (HERE / "drift.json").write_text(json.dumps({"date": str(dt.date.today()), "trial": p["trial"],
+                                                 "reported_ms": reported, "rows": rows}, indent=1) + "\n")
     print("\n".join(lines[-1:]))
 
 

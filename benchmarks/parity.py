@@ -42,16 +42,19 @@ def main() -> None:
     for i in range(args.configs):
         ratios = {g.name: rng.choice([0.0, 0.25, 0.5, 0.625]) for g in groups}
         prec = {l: rng.choice(["fp32", "int8", "int4"]) for l in layers}
-        out = run_pipeline(base, splits, TrialSpec(ratios, prec, TrainConfig(epochs=args.finetune_epochs, lr=0.02, kd_alpha=0.9),
-                                                   reduce_range=reduce_range, parity_val=True), threads=2)
+        finetune = TrainConfig(epochs=args.finetune_epochs, lr=0.02, kd_alpha=0.9)
+        out = run_pipeline(base, splits, TrialSpec(ratios, prec, finetune, reduce_range=reduce_range, parity_val=True),
+                           threads=2)
         ort_acc = (out.val_accuracy + out.test_accuracy) / 2
         pt_acc = (out.torch_val_accuracy + out.torch_test_accuracy) / 2
         n8, n4 = sum(p == "int8" for p in prec.values()), sum(p == "int4" for p in prec.values())
         rows.append((i, n8, n4, ort_acc, pt_acc, ort_acc - pt_acc))
-        print(f"config {i}: int8 {n8:2d} int4 {n4:2d}  ORT {ort_acc:6.2f}%  PyTorch {pt_acc:6.2f}%  gap {ort_acc - pt_acc:+.2f}", flush=True)
+        print(f"config {i}: int8 {n8:2d} int4 {n4:2d}  ORT {ort_acc:6.2f}%  PyTorch {pt_acc:6.2f}%  "
+              f"gap {ort_acc - pt_acc:+.2f}", flush=True)
     gaps = np.array([r[5] for r in rows])
     lines = [f"# Parity: ONNX Runtime artifact vs PyTorch fake-quant model ({dt.date.today()})", "",
-             f"`python benchmarks/parity.py --configs {args.configs} --seed {args.seed} --finetune-epochs {args.finetune_epochs:g}`;"
+             f"`python benchmarks/parity.py --configs {args.configs} --seed {args.seed} "
+             f"--finetune-epochs {args.finetune_epochs:g}`;"
              " accuracy over val + test (720 digits images), demo ResNet-20, "
              f"int8 weights {'7-bit (reduce_range, this CPU has no VNNI)' if reduce_range else '8-bit'}.", "",
              "| config | int8 layers | int4 layers | ORT % | PyTorch % | gap (points) |", "|---|---|---|---|---|---|"]

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 import os
 import subprocess
 import sys
 import time
-import hashlib
-import json
 
 import numpy as np
 import onnx
@@ -78,7 +78,8 @@ def test_find_groups_resnet20_couples_residual_layers():
         "layer2.0.conv2", "layer2.0.shortcut.0", "layer2.1.conv2", "layer2.2.conv2")
     assert by_name["layer3.0.conv2"].members == (
         "layer3.0.conv2", "layer3.0.shortcut.0", "layer3.1.conv2", "layer3.2.conv2")
-    assert (by_name["conv1"].channels, by_name["layer2.0.conv2"].channels, by_name["layer3.0.conv2"].channels) == (16, 32, 64)
+    channels = (by_name["conv1"].channels, by_name["layer2.0.conv2"].channels, by_name["layer3.0.conv2"].channels)
+    assert channels == (16, 32, 64)
     # the first conv of each block is a group of its own
     for name in ("layer1.0.conv1", "layer2.1.conv1", "layer3.2.conv1"):
         assert by_name[name].members == (name,)
@@ -209,12 +210,12 @@ def test_kept_channels_properties():
                 min_channels = min(min_blocks * round_to, channels)
                 kept = [kept_channels(channels, r, round_to=round_to, min_channels=min_channels) for r in ratios]
                 assert kept[0] == channels
-                for r, k in zip(ratios, kept):
+                for r, k in zip(ratios, kept, strict=True):
                     assert k % round_to == 0, (channels, r, round_to, k)
                     assert min_channels <= k <= channels, (channels, r, round_to, min_channels, k)
                     if k > min_channels:  # not clamped: the multiple of round_to nearest to the target
                         assert abs(k - channels * (1 - r)) <= round_to / 2 + 1e-9, (channels, r, round_to, k)
-                assert all(a >= b for a, b in zip(kept, kept[1:]))  # more pruning never keeps more
+                assert all(a >= b for a, b in zip(kept, kept[1:], strict=False))  # more pruning never keeps more
 
 
 def test_prune_mobilenet_v2():
@@ -358,8 +359,9 @@ def test_calibrated_activation_ranges_are_minmax_of_the_calibration_split(digits
             hidden = torch.relu(nn.functional.conv2d(x, net[0].parametrizations.weight.original, net[0].bias))
             out = nn.functional.conv2d(hidden, net[2].parametrizations.weight.original, net[2].bias)
         ranges = sorted((o.lo, o.hi) for o in obs)
-        want = sorted([(float(x.min()), float(x.max())), (float(hidden.min()), float(hidden.max())), (float(out.min()), float(out.max()))])
-        for (lo, hi), (wlo, whi) in zip(ranges, want):
+        want = sorted([(float(x.min()), float(x.max())), (float(hidden.min()), float(hidden.max())),
+                       (float(out.min()), float(out.max()))])
+        for (lo, hi), (wlo, whi) in zip(ranges, want, strict=True):
             assert lo == pytest.approx(wlo, abs=1e-5) and hi == pytest.approx(whi, rel=1e-5)
 
 
@@ -419,7 +421,8 @@ def test_quant_format_follows_the_target_cpu():
     assert not vnni["reduce_range"] and vnni["int8_weight_range"] == [-127, 127]
     assert not quant_format_for({"machine": "aarch64", "isa": ["asimd"]})["reduce_range"]
     here = fingerprint(1)
-    assert quant_format_for(here)["reduce_range"] == (here["machine"] == "x86_64" and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(here["isa"]))
+    vnni = {"avx512_vnni", "avx_vnni", "amx_int8"} & set(here["isa"])
+    assert quant_format_for(here)["reduce_range"] == (here["machine"] == "x86_64" and not vnni)
 
 
 def test_quantize_returns_what_was_requested(artifacts):
@@ -495,7 +498,8 @@ def test_int8_linear_on_qgemm_is_reported_as_integer(artifacts):
 # ============================================================================ fake quantization
 def _small_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)).eval()
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 5)).eval()
 
 
 def test_fake_quantized_inside_and_after():
@@ -636,7 +640,8 @@ def test_measure_latency(tmp_path):
     assert len(r.session_medians_ms) == 2
     # bytes work too; an unreachable CI target runs exactly max_reps per session
     r2 = measure_latency(path.read_bytes(), (3, 8, 8),
-                         LatencyConfig(warmup=0, min_reps=10, max_reps=20, sessions=3, max_sessions=3, ci_target=1e-12, max_seconds=60, burst_wait_s=0))
+                         LatencyConfig(warmup=0, min_reps=10, max_reps=20, sessions=3, max_sessions=3, ci_target=1e-12,
+                                       max_seconds=60, burst_wait_s=0))
     assert r2.reps == 60 and len(r2.session_medians_ms) == 3
     # session medians that disagree (a 1e-12 tolerance: always) bring more fresh sessions, up to max_sessions, and
     # the figure comes from the sessions at the quiet speed: here only the fastest
@@ -659,7 +664,7 @@ def test_the_reference_probe_remembers_the_quiet_speed_of_this_device(tmp_path, 
     assert meter.probe is first  # built once per meter
     assert 0 < first.best < 50 and first.path.is_file() and first.path.is_relative_to(tmp_path)
     assert json.loads(first.path.read_text())["best_ms"] == pytest.approx(first.best)
-    again = LatencyMeter(LatencyConfig(threads=1)).probe  # a new meter (a new process) starts from the remembered figure
+    again = LatencyMeter(LatencyConfig(threads=1)).probe  # a new meter (or process) starts from the remembered figure
     assert again is not first and again.best <= first.best and again() > 0
     assert LatencyMeter(LatencyConfig(probe=False)).probe is None
     assert latency._probe_model() == latency._probe_model()  # the same workload everywhere
@@ -695,7 +700,7 @@ def test_sessions_are_spread_out_and_the_device_hook_holds_each_one(tmp_path):
     assert len(entered) == len(left) == 3 and r.paused_trials == 2
     assert all(entered[i + 1] - left[i] >= 0.5 * 0.2 for i in range(2))  # a jittered gap between sessions
     # what the trials paid: the time within the sessions, not the gaps between them
-    within = sum(b - a for a, b in zip(entered, left))
+    within = sum(b - a for a, b in zip(entered, left, strict=True))
     assert within - 0.001 <= r.held_s <= within + 0.05 and r.held_s < left[-1] - entered[0] - 0.5 * 0.2 * 2
 
 
@@ -723,7 +728,7 @@ def test_a_probe_slow_before_the_session_lets_the_trials_go_at_once(tmp_path):
     s = LatencyConfig(warmup=2, min_reps=20, max_reps=100_000, sessions=3, max_sessions=3, session_gap_s=0.01,
                       min_session_seconds=0.1, contention_cores=100.0)
     r = LatencyMeter(s, probe=Probe()).measure(path, (3, 8, 8), quiet=quiet)
-    held = [b - a for a, b in zip(entered, left)]
+    held = [b - a for a, b in zip(entered, left, strict=True)]
     assert len(held) == 4 and r.slowed_sessions == 1 and len(r.session_medians_ms) == 3
     assert held[0] < 0.05 and all(h >= 0.1 for h in held[1:])  # the skipped one held the trials for a few runs only
     assert r.probe_vs_best == 1.0 and not r.contended
@@ -747,7 +752,7 @@ def test_a_long_burst_is_waited_out_for_burst_wait_s_beyond_the_quick_retries(tm
     s = LatencyConfig(warmup=2, min_reps=20, max_reps=100_000, sessions=3, max_sessions=3, session_gap_s=0.01,
                       min_session_seconds=0.05, contention_cores=100.0, max_contended=2, burst_wait_s=burst_wait_s)
     r = LatencyMeter(s, probe=Probe()).measure(path, (3, 8, 8))  # a new meter: no earlier long wait in vain
-    if burst_wait_s:  # five sessions skipped, after pauses of 0.25 + 0.5 + 0.75 + 1.0 + 1.25 s; the three kept are clean
+    if burst_wait_s:  # five sessions skipped, after pauses of 0.25 + 0.5 + 0.75 + 1.0 + 1.25 s; the three kept: clean
         assert r.slowed_sessions == 5 and r.burst_wait_s == pytest.approx(3.75)
         assert r.probe_vs_best == 1.0 and not r.contended and len(r.session_medians_ms) == 3
     else:  # two quick retries (0.25 + 0.5 s), then the next two sessions are taken in the burst and kept
@@ -788,13 +793,15 @@ def test_other_load_is_the_machine_busy_time_minus_this_process():
     assert other_load((1000, 10_000, 4), (1200, 10_400, 4), own_cpu_s=0.25, wall_s=1.0) == pytest.approx(2 - 0.25)
     assert other_load((0, 100, 2), (10, 200, 2), own_cpu_s=5.0, wall_s=1.0) == 0.0  # never negative
     assert other_load(None, (10, 200, 2), own_cpu_s=0.0, wall_s=1.0) is None  # no /proc/stat: unknown, never guessed
-    assert other_load((0, 100, 2), (4, 108, 2), own_cpu_s=0.0, wall_s=0.04) is None  # 8 ticks on 2 CPUs: too few to tell
+    # 8 ticks on 2 CPUs: too few to tell
+    assert other_load((0, 100, 2), (4, 108, 2), own_cpu_s=0.0, wall_s=0.04) is None
     if os.path.exists("/proc/stat"):
         busy, total, ncpu = _machine_busy()
         assert 0 <= busy <= total and ncpu >= 1
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/stat") or (os.cpu_count() or 1) < 2, reason="reads /proc/stat; needs a core for the load")
+@pytest.mark.skipif(not os.path.exists("/proc/stat") or (os.cpu_count() or 1) < 2,
+                    reason="reads /proc/stat; needs a core for the load")
 def test_a_session_beside_outside_load_is_taken_again_then_reported_as_contended(tmp_path):
     model = _small_net()
     path = tmp_path / "small.onnx"
@@ -872,8 +879,10 @@ def test_build_space_rule_matching_nothing_raises():
 @pytest.mark.parametrize(
     "text, pattern",
     [
-        ("prune:\n  ratios: [0.0, 1.2]\n", r"prune\.ratios in .*s\.yaml: every ratio must be in \[0, 0\.95\], but got 1\.2"),
-        ("rules:\n  - match: conv1\n    ratios: [-0.1]\n", r"rules\.0\.ratios in .*s\.yaml: every ratio must be in \[0, 0\.95\]"),
+        ("prune:\n  ratios: [0.0, 1.2]\n",
+         r"prune\.ratios in .*s\.yaml: every ratio must be in \[0, 0\.95\], but got 1\.2"),
+        ("rules:\n  - match: conv1\n    ratios: [-0.1]\n",
+         r"rules\.0\.ratios in .*s\.yaml: every ratio must be in \[0, 0\.95\]"),
         ("prune:\n  ratios: []\n", r"must list at least one ratio"),
         ("quantize:\n  precisions: [int2]\n", r"quantize\.precisions\.0 in .*s\.yaml"),
         ("prune:\n  rato: [0.5]\n", r"prune\.rato in .*s\.yaml: unknown key"),
@@ -960,7 +969,8 @@ def test_run_pipeline_stops_a_hopeless_fine_tune_after_its_first_epoch(trained_r
     groups = find_groups(trained_resnet20, torch.from_numpy(digits.val_x[:1]))
     spec = dict(ratios={g.name: 0.5 for g in groups}, precisions={}, finetune=TrainConfig(epochs=3, lr=0.02))
     stopped = run_pipeline(trained_resnet20, digits, TrialSpec(**spec, stop_below=101.0), threads=2)
-    assert isinstance(stopped, StoppedEarly) and stopped.epochs_done == 1 and 0 <= stopped.val_accuracy <= 100  # halfway of 3
+    assert isinstance(stopped, StoppedEarly) and stopped.epochs_done == 1  # halfway of 3
+    assert 0 <= stopped.val_accuracy <= 100
     assert stopped.threshold == 101.0 and "finetune" in stopped.stage_seconds
     full = run_pipeline(trained_resnet20, digits, TrialSpec(**spec, stop_below=0.0), threads=2)
     assert not isinstance(full, StoppedEarly) and full.val_accuracy > 0

@@ -55,8 +55,9 @@ def quant_format_for(device: dict) -> dict:
     reduce_range = x86 and not vnni
     why = ("x86 without VNNI: 7-bit weights avoid int16 saturation in U8S8 kernels" if reduce_range
            else "x86 with VNNI: 8-bit weights" if x86 else "non-x86: 8-bit weights")
-    return {"format": "QDQ", "activations": "uint8 asymmetric per-tensor (MinMax)", "weights": "int8 symmetric per-channel",
-            "int8_weight_range": list(weight_range("int8", reduce_range)), "reduce_range": reduce_range, "why": why}
+    return {"format": "QDQ", "activations": "uint8 asymmetric per-tensor (MinMax)",
+            "weights": "int8 symmetric per-channel", "int8_weight_range": list(weight_range("int8", reduce_range)),
+            "reduce_range": reduce_range, "why": why}
 
 
 class _WeightFakeQuant(nn.Module):
@@ -138,7 +139,8 @@ _LAYER_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
 def _is_relu(n, mods) -> bool:
-    return ((n.op == "call_module" and isinstance(mods[n.target], _RELU_MODULES)) or (n.op == "call_function" and n.target in _RELU_FUNCS)
+    return ((n.op == "call_module" and isinstance(mods[n.target], _RELU_MODULES))
+            or (n.op == "call_function" and n.target in _RELU_FUNCS)
             or (n.op == "call_method" and n.target in _RELU_METHODS))
 
 
@@ -197,7 +199,8 @@ def _insert_ort_fake_quant(model: nn.Module, precisions: dict[str, str]) -> tupl
         return n
 
     for n in nodes:
-        if n.op == "call_module" and isinstance(mods[n.target], _TRANSPARENT_MODULES) and n.args and isinstance(n.args[0], fx.Node):
+        if (n.op == "call_module" and isinstance(mods[n.target], _TRANSPARENT_MODULES) and n.args
+                and isinstance(n.args[0], fx.Node)):
             if not isinstance(mods[n.target], (nn.BatchNorm1d, nn.BatchNorm2d)) or is_layer(rep(n.args[0])):
                 alias[n] = n.args[0]
     tail: dict = {}  # node -> the end of the chain of transparent nodes that are its only consumers (conv -> BN)
@@ -222,7 +225,8 @@ def _insert_ort_fake_quant(model: nn.Module, precisions: dict[str, str]) -> tupl
         region_ok[region[n]] = region_ok.get(region[n], True) and ok
 
     def supported(n) -> bool:
-        return ((n.op == "call_module" and isinstance(mods[n.target], _REGION_MODULES)) or (n.op == "call_function" and n.target in _REGION_FUNCS)
+        return ((n.op == "call_module" and isinstance(mods[n.target], _REGION_MODULES))
+                or (n.op == "call_function" and n.target in _REGION_FUNCS)
                 or (n.op == "call_method" and n.target in _REGION_METHODS))
 
     quantized = [n for n in nodes
@@ -326,7 +330,8 @@ def _nodes_to_exclude(proto: onnx.ModelProto, *, quantized_nodes: set[str], laye
     region = _regions([(n.name, [producer[i] for i in n.input if i in producer]) for n in others])
     region_ok: dict[str, bool] = {}
     for n in others:
-        neighbours = [producer[i] for i in n.input if i in producer] + [c for o in n.output for c in consumers.get(o, [])]
+        neighbours = ([producer[i] for i in n.input if i in producer]
+                      + [c for o in n.output for c in consumers.get(o, [])])
         ok = all(m in quantized_nodes for m in neighbours if m in layer_nodes)
         root = region[n.name]
         region_ok[root] = region_ok.get(root, True) and ok
@@ -402,7 +407,8 @@ def quantize_static_onnx(
         return {}
     overrides = {f"{l}.weight": [{"quant_type": QuantType.QInt4, "axis": 0, "symmetric": True, "reduce_range": False}]
                  for l, p in quantized.items() if p == "int4"}
-    exclude = _nodes_to_exclude(float_model, quantized_nodes={nodes[l] for l in quantized}, layer_nodes=set(nodes.values()))
+    exclude = _nodes_to_exclude(float_model, quantized_nodes={nodes[l] for l in quantized},
+                                layer_nodes=set(nodes.values()))
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "float.onnx")
         onnx.save(float_model, src)

@@ -37,7 +37,8 @@ class TrialSpec:
     seed: int = 0
     reduce_range: bool = False  # 7-bit int8 weights (quant_format_for the device)
     stop_below: float | None = None  # early stop: validation accuracy (%) after the first fine-tune epoch below this
-    parity_val: bool = False  # also evaluate the PyTorch counterpart on val (benchmarks/parity.py); a search checks test only
+    # also evaluate the PyTorch counterpart on val (benchmarks/parity.py); a search checks test only
+    parity_val: bool = False
 
 
 @dataclass
@@ -92,7 +93,8 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *,
                        round_to=spec.round_to, min_channels=spec.min_channels)
     lap("prune")
 
-    with fake_quantized(model, spec.precisions, reduce_range=spec.reduce_range) as qmodel:  # computes what the ORT artifact will
+    # qmodel computes what the ORT artifact will
+    with fake_quantized(model, spec.precisions, reduce_range=spec.reduce_range) as qmodel:
         if spec.finetune is not None and spec.finetune.epochs > 0:
             first: list[float] = []
 
