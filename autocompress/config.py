@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -10,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from autocompress.errors import ConfigError, location
 
-__all__ = ["BASELINE_NAMES", "DEFAULT_MAX_IMAGES", "Budget", "parse_budget", "TrainConfig", "LatencyConfig",
-           "SearchConfig", "config_error", "load_config_file"]
+__all__ = ["Baseline", "BASELINES", "BASELINE_NAMES", "DEFAULT_MAX_IMAGES", "Budget", "parse_budget", "TrainConfig",
+           "LatencyConfig", "SearchConfig", "config_error", "load_config_file"]
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
@@ -95,8 +96,24 @@ class LatencyConfig(_Strict):
 # Images kept per split (a CPU search trains and evaluates every trial on these). None = no cap.
 DEFAULT_MAX_IMAGES: dict[str, int | None] = {"train": 5000, "calib": 500, "val": 1000, "test": 1000}
 
-# the references a run can measure (autocompress/search/baselines.py BASELINES builds them); fp32 is always one
-BASELINE_NAMES = ("fp32", "int8", "prune25-int8", "prune50-int8")
+@dataclass(frozen=True)
+class Baseline:
+    """A uniform reference every run can measure exactly like a trial: what a user would do by hand."""
+
+    name: str
+    ratio: float  # pruned from every group
+    precision: str  # of every layer
+    fine_tuned: bool  # with the trials' own fine-tune
+    label: str  # in the report
+
+
+BASELINES = (
+    Baseline("fp32", 0.0, "fp32", False, "FP32 baseline"),  # the model as trained; always measured
+    Baseline("int8", 0.0, "int8", False, "uniform int8 (PTQ)"),  # post-training int8
+    Baseline("prune25-int8", 0.25, "int8", True, "uniform 25% pruned + int8"),
+    Baseline("prune50-int8", 0.5, "int8", True, "uniform 50% pruned + int8"),
+)
+BASELINE_NAMES = tuple(b.name for b in BASELINES)
 
 
 class SearchConfig(_Strict):

@@ -18,7 +18,7 @@ from autocompress.pipeline.prune import find_groups
 from autocompress.pipeline.trial import TrialSpec
 from autocompress.results.records import TrialState
 from autocompress.results.rundir import RunDir
-from autocompress.search.baselines import run_baselines
+from autocompress.search.baselines import baseline_spec, run_baselines
 from autocompress.search.executor import InProcessExecutor
 from autocompress.search.layers import quantizable_layers
 from autocompress.search.scheduler import Limits, Scheduler, model_key
@@ -77,7 +77,7 @@ def _search(tmp_path, setup, *, budget: int, concurrency: int = 1, seed: int = 0
         return TrialSpec(ratios, precisions, None, space.round_to, space.min_channels)
 
     run_baselines(["fp32"], state=state, executor=executor, space=space, latency=book,
-                  make_spec=lambda b: b.spec(space, None, 0, False), concurrency=1, log=lambda s: None)
+                  make_spec=lambda b: baseline_spec(b, space, None, 0, False), concurrency=1, log=lambda s: None)
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
                                 sampler=optuna.samplers.RandomSampler(seed=seed))
     for params in enqueue:

@@ -10,14 +10,14 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
+from autocompress.config import BASELINES
 from autocompress.results.pareto import fastest_within, pareto_front
 from autocompress.results.rundir import RunDir, atomic_write_text
 from autocompress.results.stages import own_stage_columns
 
 __all__ = ["write_report", "pareto_config", "PARITY_LIMIT", "BASELINE_LABELS"]
 
-BASELINE_LABELS = {"fp32": "FP32 baseline", "int8": "uniform int8 (PTQ)", "prune25-int8": "uniform 25% pruned + int8",
-                   "prune50-int8": "uniform 50% pruned + int8"}
+BASELINE_LABELS = {b.name: b.label for b in BASELINES}
 _BASELINE_STYLE = {"fp32": ("star", "#111827"), "int8": ("star", "#dc2626"), "prune25-int8": ("diamond", "#ea580c"),
                    "prune50-int8": ("diamond", "#a16207")}
 PARITY_LIMIT = 0.5  # points of accuracy between the artifact and its PyTorch model that the report flags

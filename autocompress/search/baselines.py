@@ -7,10 +7,10 @@ cannot go on without it; any other baseline that fails is reported as failed and
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
-from autocompress.config import BASELINE_NAMES, TrainConfig
+from autocompress.config import BASELINES, Baseline, TrainConfig
 from autocompress.errors import ModelError
 from autocompress.pipeline.trial import TrialSpec
 from autocompress.results.records import TrialRecord, TrialState
@@ -20,29 +20,15 @@ from autocompress.search.scheduler import model_key
 from autocompress.search.state import LatencyBook, RunState, record_of
 from autocompress.space import SearchSpace
 
-__all__ = ["Baseline", "BASELINES", "run_baselines"]
+__all__ = ["baseline_spec", "run_baselines"]
 
 
-@dataclass(frozen=True)
-class Baseline:
-    name: str
-    ratio: float  # of every group
-    precision: str  # of every layer
-    fine_tuned: bool  # with the trials' own fine-tune
-
-    def spec(self, space: SearchSpace, finetune: TrainConfig, seed: int, reduce_range: bool) -> TrialSpec:
-        ratios = {g.name: self.ratio for g in space.groups} if self.ratio else {}
-        return TrialSpec(ratios, {layer.name: self.precision for layer in space.layers},
-                         finetune if self.fine_tuned else None, space.round_to, space.min_channels, seed, reduce_range)
-
-
-BASELINES = (
-    Baseline("fp32", 0.0, "fp32", False),  # the model as trained
-    Baseline("int8", 0.0, "int8", False),  # post-training int8, no fine-tune
-    Baseline("prune25-int8", 0.25, "int8", True),
-    Baseline("prune50-int8", 0.5, "int8", True),
-)
-assert tuple(b.name for b in BASELINES) == BASELINE_NAMES
+def baseline_spec(b: Baseline, space: SearchSpace, finetune: TrainConfig | None, seed: int,
+                  reduce_range: bool) -> TrialSpec:
+    """The trial spec of a uniform reference (it ignores the space's choices: every group, every layer)."""
+    ratios = {g.name: b.ratio for g in space.groups} if b.ratio else {}
+    return TrialSpec(ratios, {layer.name: b.precision for layer in space.layers},
+                     finetune if b.fine_tuned else None, space.round_to, space.min_channels, seed, reduce_range)
 
 
 def run_baselines(wanted: list[str], *, state: RunState, executor: Executor, space: SearchSpace,

@@ -22,7 +22,7 @@ from autocompress.results.records import TrialState
 from autocompress.results.result import SearchResult, load_run
 from autocompress.results.rundir import RunDir
 from autocompress.search import cluster
-from autocompress.search.baselines import run_baselines
+from autocompress.search.baselines import baseline_spec, run_baselines
 from autocompress.search.executor import RayExecutor
 from autocompress.search.prepare import Prepared
 from autocompress.search.progress import Interrupt, Progress
@@ -48,7 +48,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         latency = _latency_book(cfg, state)
         make_spec = _spec_maker(prep, reduce_range)
         run_baselines(cfg.baselines, state=state, executor=executor, space=prep.space, latency=latency,
-                      make_spec=lambda b: b.spec(prep.space, cfg.finetune, cfg.seed, reduce_range),
+                      make_spec=lambda b: baseline_spec(b, prep.space, cfg.finetune, cfg.seed, reduce_range),
                       concurrency=cfg.concurrency, log=log)
         warm = _sensitivity(prep, state, executor, baseline.model, reduce_range, log)
         scheduler = _scheduler(prep, state, executor, latency, make_spec, warm, log)
