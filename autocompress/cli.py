@@ -70,7 +70,8 @@ def search(
     input_size: int = typer.Option(32, "--input-size", help="Images are resized to this many pixels square."),
     space: Optional[Path] = typer.Option(
         None, "--space",
-        help="Search-space YAML (default: search_spaces/default.yaml).",
+        help="Search-space YAML (default: the one shipped in the package, autocompress/search_spaces/default.yaml; "
+             "examples to copy in search_spaces/).",
     ),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o",

@@ -136,7 +136,7 @@ class SearchConfig(_Strict):
         if bad:
             raise ValueError(f"the cap of {bad[0]!r} must be a positive number of images or null (no cap)")
         return {**DEFAULT_MAX_IMAGES, **v}
-    space: Path | None = None  # None: search_spaces/default.yaml
+    space: Path | None = None  # None: the packaged autocompress/search_spaces/default.yaml
     budget: Budget = Budget(trials=12)
     out: Path | None = None  # the run directory; default reports/<run-name>
     run_name: str | None = None
