@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-
 from autocompress.report import write_report
 from autocompress.results.rundir import RunDir
 
@@ -12,14 +11,16 @@ from autocompress.results.rundir import RunDir
 def _row(trial, val, test, tval, ttest, ms, size, state="COMPLETE", error=""):
     return {"trial": trial, "kind": "search", "state": state, "val_accuracy": val, "test_accuracy": test,
             "torch_val_accuracy": tval, "torch_test_accuracy": ttest, "latency_ms": ms, "latency_p90_ms": ms * 1.1,
-            "size_bytes": size, "onnx": f"models/trial-{trial:04d}.onnx", "int8_requested": 2, "int8_on_integer_kernel": 2,
+            "size_bytes": size, "onnx": f"models/trial-{trial:04d}.onnx", "int8_requested": 2,
+            "int8_on_integer_kernel": 2,
             "error": error, "prune:g": 0.5, "quant:l": "int8", "channels:g": 8}
 
 
 def _run_dir(path, trials: int) -> tuple[RunDir, dict]:
     """A run directory with the meta a search writes (one group, one layer) and the FP32 baseline's row."""
     rd = RunDir(path)
-    rd.write_json(rd.meta, {"run_name": "r", "model": "m", "dataset": "d", "status": "complete", "budget": f"{trials} trials",
+    rd.write_json(rd.meta, {"run_name": "r", "model": "m", "dataset": "d", "status": "complete",
+                            "budget": f"{trials} trials",
                             "space": [{"kind": "group", "name": "g", "channels": 16, "members": ["g"], "choices": []},
                                       {"kind": "layer", "name": "l", "choices": ["fp32", "int8"]}],
                             "device": {"cpu": "cpu", "onnxruntime": "1", "threads": 1}, "latency_settings": {}})
@@ -32,7 +33,8 @@ def test_report_flags_parity_gaps_and_failures(tmp_path):
     rd.write_table([
         _row(0, 98.0, 98.0, 90.0, 98.2, 0.4, 300_000),   # test gap -0.2: fine (val is not compared)
         _row(1, 92.0, 91.0, 92.0, 98.0, 0.3, 200_000),   # test gap -7.0: flagged
-        {"trial": 2, "kind": "search", "state": "FAIL", "error": "RuntimeError: boom", "prune:g": 0.75, "quant:l": "fp32"},
+        {"trial": 2, "kind": "search", "state": "FAIL", "error": "RuntimeError: boom", "prune:g": 0.75,
+         "quant:l": "fp32"},
     ])
     html = write_report(rd).read_text()
     assert "Parity: 1 trial(s) where ONNX Runtime and PyTorch disagree by more than 0.5 point" in html
@@ -62,7 +64,8 @@ def test_report_shows_where_the_time_went_and_says_which_latencies_came_from_the
     rd, base = _run_dir(tmp_path, 2)
     rd.write_json(rd.baselines_json, {"fp32": base})
     stages = {"t_prune": 0.1, "t_finetune": 15.0, "t_export": 0.2, "t_measure": 0.5}
-    rd.write_table([{**_row(0, 98.0, 98.0, 98.1, 98.2, 0.4, 300_000), **stages, "latency_source": "measured", "latency_held_s": 0.3},
+    rd.write_table([{**_row(0, 98.0, 98.0, 98.1, 98.2, 0.4, 300_000), **stages, "latency_source": "measured",
+                     "latency_held_s": 0.3},
                     {**_row(1, 97.0, 97.0, 97.1, 97.2, 0.3, 200_000), **stages, "t_measure": 0.0,
                      "latency_source": "cache:0123456789ab", "latency_held_s": 0.0}])
     html = write_report(rd).read_text()
@@ -77,7 +80,9 @@ def test_report_shows_where_the_time_went_and_says_which_latencies_came_from_the
 def test_report_names_trials_whose_latency_was_measured_beside_other_load(tmp_path):
     rd, base = _run_dir(tmp_path, 2)
     rd.write_json(rd.baselines_json, {"fp32": base, "int8": {**base, "latency_ms": 0.7, "latency_contended": True}})
-    rd.write_table([{**_row(0, 98.0, 98.0, 98.1, 98.2, 0.4, 300_000), "latency_contended": False, "latency_other_load_cores": 0.1},
-                    {**_row(1, 97.0, 97.0, 97.1, 97.2, 0.3, 200_000), "latency_contended": True, "latency_other_load_cores": 1.4}])
+    rd.write_table([
+        {**_row(0, 98.0, 98.0, 98.1, 98.2, 0.4, 300_000), "latency_contended": False, "latency_other_load_cores": 0.1},
+        {**_row(1, 97.0, 97.0, 97.1, 97.2, 0.3, 200_000), "latency_contended": True, "latency_other_load_cores": 1.4},
+    ])
     html = write_report(rd).read_text()
     assert "Latency of baseline int8, trial 1 was measured beside other load that did not go away" in html
