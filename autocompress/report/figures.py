@@ -1,0 +1,123 @@
+"""The report's plotly figures: accuracy vs latency, hypervolume over the trials, where the time went."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from autocompress.report.data import BASELINE_LABELS, completed
+from autocompress.results.stages import own_stage_columns
+
+_BASELINE_STYLE = {"fp32": ("star", "#111827"), "int8": ("star", "#dc2626"), "prune25-int8": ("diamond", "#ea580c"),
+                   "prune50-int8": ("diamond", "#a16207")}
+
+
+def pareto_scatter(table: pd.DataFrame, pareto: pd.DataFrame, baselines: dict) -> go.Figure:
+    fig = go.Figure()
+    done = table[table["state"] == "COMPLETE"]
+    dominated = done[~done["trial"].isin(pareto["trial"])]
+    size_mb = lambda s: s / 1e6
+    smax = max([done["size_bytes"].max() if len(done) else 1]
+               + [b["size_bytes"] for b in baselines.values() if "size_bytes" in b])
+
+    def marker_size(s):
+        return 8 + 22 * (s / smax) ** 0.5
+
+    def hover(df):
+        return [f"trial {int(r.trial)}<br>val {r.val_accuracy:.2f}% · test {r.test_accuracy:.2f}%<br>"
+                f"{r.latency_ms:.3f} ms (p90 {r.latency_p90_ms:.3f})<br>{size_mb(r.size_bytes):.3f} MB"
+                for r in df.itertuples()]
+
+    fig.add_trace(go.Scatter(x=dominated["latency_ms"], y=dominated["val_accuracy"], mode="markers",
+                             name="dominated",
+                             marker=dict(size=marker_size(dominated["size_bytes"]), color="#9ca3af", opacity=0.6),
+                             text=hover(dominated), hoverinfo="text"))
+    p = pareto.sort_values("latency_ms")
+    fig.add_trace(go.Scatter(x=p["latency_ms"], y=p["val_accuracy"], mode="markers",
+                             name="Pareto (acc, latency, size)",
+                             marker=dict(size=marker_size(p["size_bytes"]), color="#2563eb"),
+                             text=hover(p), hoverinfo="text"))
+    for key, b in baselines.items():
+        if completed(b):
+            fig.add_trace(_baseline_marker(key, b))
+    fig.update_layout(xaxis_title="latency, median ms (batch 1, ONNX Runtime, measured on the device)",
+                      yaxis_title="validation accuracy (%) of the ONNX artifact",
+                      template="plotly_white", height=520, legend=dict(orientation="h", y=-0.18),
+                      margin=dict(l=60, r=20, t=30, b=40))
+    return fig
+
+
+def _baseline_marker(key: str, b: dict) -> go.Scatter:
+    name = BASELINE_LABELS.get(key, key)
+    symbol, color = _BASELINE_STYLE.get(key, ("diamond", "#6b7280"))
+    return go.Scatter(x=[b["latency_ms"]], y=[b["val_accuracy"]], mode="markers+text", name=name,
+                      text=[name], textposition="top center", textfont=dict(size=10),
+                      marker=dict(symbol=symbol, size=15, color=color, line=dict(width=1, color="white")),
+                      hovertext=[f"{name}<br>val {b['val_accuracy']:.2f}% · "
+                                 f"test {b['test_accuracy']:.2f}%<br>"
+                                 f"{b['latency_ms']:.3f} ms<br>{b['size_bytes'] / 1e6:.3f} MB"],
+                      hoverinfo="text")
+
+
+def hypervolume_figure(table: pd.DataFrame, baselines: dict) -> tuple[go.Figure, str]:
+    from autocompress.results.hypervolume import FLOOR_POINTS, baseline_hypervolumes, hypervolume_curve
+
+    curve = hypervolume_curve(table, baselines["fp32"])
+    base_hv = baseline_hypervolumes(baselines)
+    fig = go.Figure(go.Scatter(x=curve["trials"], y=curve["hypervolume"], mode="lines+markers", name="search",
+                               line=dict(color="#2563eb", shape="hv")))
+    for (k, v), dash in zip(base_hv.items(), ("dot", "dash", "dashdot", "longdash", "solid"), strict=False):
+        fig.add_hline(y=v, line=dict(dash=dash, color="#6b7280", width=1),
+                      annotation_text=f"{BASELINE_LABELS.get(k, k)}: {v:.3f}", annotation_position="right")
+    fig.update_layout(xaxis_title="trials", yaxis_title="hypervolume (accuracy x latency, FP32 = reference)",
+                      template="plotly_white", height=360, margin=dict(l=60, r=220, t=20, b=40), showlegend=False)
+    final = float(curve["hypervolume"].iloc[-1]) if len(curve) else 0.0
+    text = (f"Hypervolume of the search's front after {len(curve)} trials: <b>{final:.3f}</b>; "
+            f"of all uniform baselines together: <b>{base_hv['all uniform']:.3f}</b>. "
+            "Each model is a point (fraction of FP32 latency removed, accuracy scaled so that "
+            f"FP32 = 1 and FP32 - {FLOOR_POINTS:g} points = 0); the hypervolume is the area the points dominate. "
+            "Higher is better.")
+    return fig, text
+
+
+def stage_figure(done: pd.DataFrame) -> tuple[go.Figure, str] | None:
+    """Where the time went: mean seconds per stage of the completed trials."""
+    cols = [c for c in done.columns if c.startswith("t_")]
+    if "reused" in done.columns:
+        done = done[done["reused"].isna()]  # a reused result took no time of its own
+    if not cols or not len(done):
+        return None
+    means = done[cols].mean().fillna(0)
+    fig = go.Figure(go.Bar(x=means.values, y=[c[2:].replace("_", " ") for c in cols], orientation="h",
+                           marker_color="#2563eb", text=[f"{v:.2f} s" for v in means.values], textposition="auto"))
+    fig.update_layout(xaxis_title="seconds per trial (mean)", template="plotly_white", height=60 + 28 * len(cols),
+                      margin=dict(l=120, r=20, t=10, b=40))
+    return fig, _stage_text(done, means) + _cache_text(done)
+
+
+def _stage_text(done: pd.DataFrame, means: pd.Series) -> str:
+    own = float(means[own_stage_columns(done)].sum())
+    if "latency_held_s" not in done.columns:  # a run from before measurements overlapped the next trial
+        return (f"Mean per completed trial that ran ({len(done)}): {float(means.sum()):.1f} s, of which fine-tuning "
+                f"{float(means.get('t_finetune', 0)):.1f} s and everything else "
+                f"{own + float(means.get('t_measure', 0)):.1f} s "
+                "(the latency measurement included: in this run the search waited for it).")
+    held = float(done["latency_held_s"].fillna(0).mean())
+    return (f"Mean per completed trial that ran ({len(done)}): fine-tuning "
+            f"{float(means.get('t_finetune', 0)):.1f} s; outside it, "
+            f"<b>{own + held:.2f} s</b>: {own:.2f} s of the trial's own stages (prune, PyTorch evaluation, "
+            "export, quantization, kernel check, ONNX Runtime evaluation) and "
+            f"{held:.2f} s during which the device held the running trials still for its latency sessions "
+            "(column latency_held_s). The latency measurement took "
+            f"{float(means.get('t_measure', 0)):.1f} s of wall time (its sessions spread out and checked against "
+            "interference), while the next trial fine-tuned.")
+
+
+def _cache_text(done: pd.DataFrame) -> str:
+    src = done["latency_source"].astype(str) if "latency_source" in done.columns else pd.Series(dtype=str)
+    cached = int(src.str.startswith("cache").sum())
+    if not cached:
+        return ""
+    return (f" {cached} of these {len(done)} latencies came from this device's cache (an identical graph "
+            "measured earlier with the same settings), so their measurement took no time here; see the "
+            "latency_source column.")

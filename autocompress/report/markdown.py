@@ -1,0 +1,25 @@
+"""report.md: the run's headline and one table of the baselines and the Pareto models, for a terminal or a PR."""
+
+from __future__ import annotations
+
+from autocompress.report.data import ReportData, completed
+
+
+def report_markdown(data: ReportData) -> str:
+    meta, dev = data.meta, data.device
+    md = [f"# autocompress report: {meta['run_name']}", "",
+          f"Model `{meta['model']}` on `{meta['dataset']}`; {len(data.done)} trials done, {len(data.failed)} failed; "
+          f"device: {dev.get('cpu', '?')}, ORT {dev.get('onnxruntime', '?')}, {dev.get('threads', '?')} thread(s).", "",
+          "| model | val acc % | test acc % | latency ms | p90 ms | speed-up | size MB | file |",
+          "|---|---|---|---|---|---|---|---|"]
+    for name, b in data.baselines.items():
+        if not completed(b):
+            md.append(f"| baseline {name} | failed: {b.get('error', '')} |||||||")
+            continue
+        md.append(f"| baseline {name} | {b['val_accuracy']:.2f} | {b['test_accuracy']:.2f} | {b['latency_ms']:.3f} | "
+                  f"{b['latency_p90_ms']:.3f} | {data.speed(b)} | {b['size_bytes'] / 1e6:.3f} | {b['onnx']} |")
+    for _, r in data.pareto.iterrows():
+        md.append(f"| trial {int(r['trial'])} | {r['val_accuracy']:.2f} | {r['test_accuracy']:.2f} | "
+                  f"{r['latency_ms']:.3f} | {r['latency_p90_ms']:.3f} | {data.speed(r)} | "
+                  f"{r['size_bytes'] / 1e6:.3f} | {r['onnx']} |")
+    return "\n".join(md) + "\n"
