@@ -23,130 +23,110 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+# The search command's option help (`autocompress search --help`), kept apart so the command reads in one screen.
+_SEARCH_HELP = {
+    "config": (
+        "A run config YAML holding any of these options (keys as in config.json of a run); flags given here "
+        "override it."
+    ),
+    "budget": (
+        "Trials (e.g. 40) or wall-clock time (e.g. 10m, 1h, 1h30m); new trials start only within it. Required"
+        " unless --resume."
+    ),
+    "resume": (
+        "Continue the search in this run directory (after a kill, Ctrl-C or crash); the budget counts what "
+        "was already spent. --budget raises it."
+    ),
+    "model": "Built-in name (see `autocompress models`), a torchvision model name, or module:function.",
+    "weights": (
+        "Trained weights of the model (a state_dict or a whole saved model): the baseline. Default: train it "
+        "on the data."
+    ),
+    "num_classes": "Classes the model should have; checked against the data.",
+    "dataset": (
+        "digits (scikit-learn's handwritten digits, shipped with it: the demo), cifar10, cifar100, mnist, "
+        "fashionmnist, svhn or imagefolder."
+    ),
+    "data_dir": "Folder of a file-based dataset (cifar10, cifar100, mnist, fashionmnist, svhn, imagefolder).",
+    "download": "Let torchvision download a named dataset into --data-dir (off: read local files only).",
+    "input_size": "Images are resized to this many pixels square.",
+    "space": (
+        "Search-space YAML (default: the one shipped in the package, autocompress/search_spaces/default.yaml;"
+        " examples to copy in search_spaces/)."
+    ),
+    "out": "Run directory (default: reports/<model>-<dataset>-<time>).",
+    "seed": "Seed for data splits, sampler and fine-tuning.",
+    "ray_address": "Join an existing Ray cluster (HOST:PORT from `ray start --head`); default: start a local Ray.",
+    "concurrency": "Trials running at once (each gets CPUs/concurrency threads).",
+    "device": (
+        "Where latency is measured: local (this machine), or the name of a Ray custom resource carried by the"
+        " target device's node."
+    ),
+    "latency_threads": "ONNX Runtime intra-op threads when measuring latency (default 1).",
+    "latency_batch": "Batch size when measuring latency (default 1).",
+    "sampler": (
+        "tpe (default), nsga2, random, or grid (only the uniform settings: every ratio of the space for all "
+        "groups x fp32/int8 for all layers, each distinct model once)."
+    ),
+    "baselines": (
+        "Uniform references to measure in this run, comma-separated: fp32 (always), int8, prune25-int8, "
+        "prune50-int8 (default: all four; the pruned ones cost a fine-tune each)."
+    ),
+    "finetune_epochs": "Epochs of the KD fine-tune per trial (default 6).",
+    "baseline_epochs": "Epochs to train the baseline when it is not cached (default 15).",
+    "no_progress": "No live progress bar (for logs).",
+    "trial_timeout": "Seconds after which a running trial is stopped and recorded as failed (default 1800).",
+    "early_stop": (
+        "Stop a trial's fine-tune when its validation accuracy halfway through is more than this many points "
+        "below FP32's (default 0: never; off by default because a one-epoch check misjudged trials that "
+        "finished at 99%)."
+    ),
+    "no_sensitivity": (
+        "Skip the per-layer sensitivity scan (each group pruned alone, each layer quantized alone, no "
+        "fine-tune; cached per model) that narrows the space and warm-starts the sampler."
+    ),
+    "confirm_rounds": (
+        "When the budget is spent, measure every Pareto model and baseline again, together, this many rounds "
+        "(2 more for a model whose rounds disagree by over 4%), and report their median, so the figures "
+        "compared come from one window of time (default 2; 0: keep the figures from the search)."
+    ),
+    "no_latency_cache": "Measure every artifact, even one whose graph this device has measured before.",
+    "dry_run": "Print the resolved config and the search space (groups, layers, choices) as JSON, and exit.",
+}
+
+
 @app.command()
 def search(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Option(
-        None, "--config", "-c",
-        help="A run config YAML holding any of these options (keys as in config.json of a run); flags given here "
-        "override it.",
-    ),
-    budget: Optional[str] = typer.Option(
-        None, "--budget", "-b",
-        help="Trials (e.g. 40) or wall-clock time (e.g. 10m, 1h, 1h30m); new trials start only within it. Required"
-        " unless --resume.",
-    ),
-    resume: Optional[Path] = typer.Option(
-        None, "--resume",
-        help="Continue the search in this run directory (after a kill, Ctrl-C or crash); the budget counts what "
-        "was already spent. --budget raises it.",
-    ),
-    model: str = typer.Option(
-        "resnet20", "--model", "-m",
-        help="Built-in name (see `autocompress models`), a torchvision model name, or module:function.",
-    ),
-    weights: Optional[Path] = typer.Option(
-        None, "--weights",
-        help="Trained weights of the model (a state_dict or a whole saved model): the baseline. Default: train it "
-        "on the data.",
-    ),
-    num_classes: Optional[int] = typer.Option(
-        None, "--num-classes",
-        help="Classes the model should have; checked against the data.",
-    ),
-    dataset: str = typer.Option(
-        "digits", "--dataset", "-d",
-        help="digits (scikit-learn's handwritten digits, shipped with it: the demo), cifar10, cifar100, mnist, "
-        "fashionmnist, svhn or imagefolder.",
-    ),
-    data_dir: Optional[Path] = typer.Option(
-        None, "--data-dir",
-        help="Folder of a file-based dataset (cifar10, cifar100, mnist, fashionmnist, svhn, imagefolder).",
-    ),
-    download: bool = typer.Option(
-        False, "--download",
-        help="Let torchvision download a named dataset into --data-dir (off: read local files only).",
-    ),
-    input_size: int = typer.Option(32, "--input-size", help="Images are resized to this many pixels square."),
-    space: Optional[Path] = typer.Option(
-        None, "--space",
-        help="Search-space YAML (default: the one shipped in the package, autocompress/search_spaces/default.yaml; "
-             "examples to copy in search_spaces/).",
-    ),
-    out: Optional[Path] = typer.Option(
-        None, "--out", "-o",
-        help="Run directory (default: reports/<model>-<dataset>-<time>).",
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed for data splits, sampler and fine-tuning."),
-    ray_address: Optional[str] = typer.Option(
-        None, "--ray-address",
-        help="Join an existing Ray cluster (HOST:PORT from `ray start --head`); default: start a local Ray.",
-    ),
-    concurrency: int = typer.Option(
-        1, "--concurrency",
-        help="Trials running at once (each gets CPUs/concurrency threads).",
-    ),
-    device: str = typer.Option(
-        "local", "--device",
-        help="Where latency is measured: local (this machine), or the name of a Ray custom resource carried by the"
-        " target device's node.",
-    ),
-    latency_threads: Optional[int] = typer.Option(
-        None, "--latency-threads",
-        help="ONNX Runtime intra-op threads when measuring latency (default 1).",
-    ),
-    latency_batch: Optional[int] = typer.Option(
-        None, "--latency-batch",
-        help="Batch size when measuring latency (default 1).",
-    ),
-    sampler: str = typer.Option(
-        "tpe", "--sampler",
-        help="tpe (default), nsga2, random, or grid (only the uniform settings: every ratio of the space for all "
-        "groups x fp32/int8 for all layers, each distinct model once).",
-    ),
-    baselines: Optional[str] = typer.Option(
-        None, "--baselines",
-        help="Uniform references to measure in this run, comma-separated: fp32 (always), int8, prune25-int8, "
-        "prune50-int8 (default: all four; the pruned ones cost a fine-tune each).",
-    ),
-    finetune_epochs: Optional[float] = typer.Option(
-        None, "--finetune-epochs",
-        help="Epochs of the KD fine-tune per trial (default 6).",
-    ),
-    baseline_epochs: Optional[float] = typer.Option(
-        None, "--baseline-epochs",
-        help="Epochs to train the baseline when it is not cached (default 15).",
-    ),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No live progress bar (for logs)."),
-    trial_timeout: Optional[float] = typer.Option(
-        None, "--trial-timeout",
-        help="Seconds after which a running trial is stopped and recorded as failed (default 1800).",
-    ),
-    early_stop: Optional[float] = typer.Option(
-        None, "--early-stop",
-        help="Stop a trial's fine-tune when its validation accuracy halfway through is more than this many points "
-        "below FP32's (default 0: never; off by default because a one-epoch check misjudged trials that "
-        "finished at 99%).",
-    ),
-    no_sensitivity: bool = typer.Option(
-        False, "--no-sensitivity",
-        help="Skip the per-layer sensitivity scan (each group pruned alone, each layer quantized alone, no "
-        "fine-tune; cached per model) that narrows the space and warm-starts the sampler.",
-    ),
-    confirm_rounds: Optional[int] = typer.Option(
-        None, "--confirm-rounds",
-        help="When the budget is spent, measure every Pareto model and baseline again, together, this many rounds "
-        "(2 more for a model whose rounds disagree by over 4%), and report their median, so the figures "
-        "compared come from one window of time (default 2; 0: keep the figures from the search).",
-    ),
-    no_latency_cache: bool = typer.Option(
-        False, "--no-latency-cache",
-        help="Measure every artifact, even one whose graph this device has measured before.",
-    ),
-    dry_run: bool = typer.Option(
-        False, "--dry-run",
-        help="Print the resolved config and the search space (groups, layers, choices) as JSON, and exit.",
-    ),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=_SEARCH_HELP["config"]),
+    budget: Optional[str] = typer.Option(None, "--budget", "-b", help=_SEARCH_HELP["budget"]),
+    resume: Optional[Path] = typer.Option(None, "--resume", help=_SEARCH_HELP["resume"]),
+    model: str = typer.Option("resnet20", "--model", "-m", help=_SEARCH_HELP["model"]),
+    weights: Optional[Path] = typer.Option(None, "--weights", help=_SEARCH_HELP["weights"]),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help=_SEARCH_HELP["num_classes"]),
+    dataset: str = typer.Option("digits", "--dataset", "-d", help=_SEARCH_HELP["dataset"]),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_SEARCH_HELP["data_dir"]),
+    download: bool = typer.Option(False, "--download", help=_SEARCH_HELP["download"]),
+    input_size: int = typer.Option(32, "--input-size", help=_SEARCH_HELP["input_size"]),
+    space: Optional[Path] = typer.Option(None, "--space", help=_SEARCH_HELP["space"]),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help=_SEARCH_HELP["out"]),
+    seed: int = typer.Option(0, "--seed", help=_SEARCH_HELP["seed"]),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=_SEARCH_HELP["ray_address"]),
+    concurrency: int = typer.Option(1, "--concurrency", help=_SEARCH_HELP["concurrency"]),
+    device: str = typer.Option("local", "--device", help=_SEARCH_HELP["device"]),
+    latency_threads: Optional[int] = typer.Option(None, "--latency-threads", help=_SEARCH_HELP["latency_threads"]),
+    latency_batch: Optional[int] = typer.Option(None, "--latency-batch", help=_SEARCH_HELP["latency_batch"]),
+    sampler: str = typer.Option("tpe", "--sampler", help=_SEARCH_HELP["sampler"]),
+    baselines: Optional[str] = typer.Option(None, "--baselines", help=_SEARCH_HELP["baselines"]),
+    finetune_epochs: Optional[float] = typer.Option(None, "--finetune-epochs", help=_SEARCH_HELP["finetune_epochs"]),
+    baseline_epochs: Optional[float] = typer.Option(None, "--baseline-epochs", help=_SEARCH_HELP["baseline_epochs"]),
+    no_progress: bool = typer.Option(False, "--no-progress", help=_SEARCH_HELP["no_progress"]),
+    trial_timeout: Optional[float] = typer.Option(None, "--trial-timeout", help=_SEARCH_HELP["trial_timeout"]),
+    early_stop: Optional[float] = typer.Option(None, "--early-stop", help=_SEARCH_HELP["early_stop"]),
+    no_sensitivity: bool = typer.Option(False, "--no-sensitivity", help=_SEARCH_HELP["no_sensitivity"]),
+    confirm_rounds: Optional[int] = typer.Option(None, "--confirm-rounds", help=_SEARCH_HELP["confirm_rounds"]),
+    no_latency_cache: bool = typer.Option(False, "--no-latency-cache", help=_SEARCH_HELP["no_latency_cache"]),
+    dry_run: bool = typer.Option(False, "--dry-run", help=_SEARCH_HELP["dry_run"]),
 ) -> None:
     """Run a compression search and write reports/<run>/report.html."""
     from autocompress.config import parse_budget
