@@ -23,7 +23,7 @@ from autocompress.results.result import SearchResult, load_run
 from autocompress.results.rundir import RunDir
 from autocompress.search import cluster
 from autocompress.search.baselines import baseline_spec, run_baselines
-from autocompress.search.executor import RayExecutor
+from autocompress.search.executor import Executor, RayExecutor
 from autocompress.search.prepare import Prepared
 from autocompress.search.progress import Interrupt, Progress
 from autocompress.search.scheduler import Limits, Scheduler
@@ -155,7 +155,7 @@ def _spec_maker(prep: Prepared, reduce_range: bool) -> Callable[[dict], TrialSpe
     return make_spec
 
 
-def _sensitivity(prep: Prepared, state: RunState, executor: RayExecutor, baseline: torch.nn.Module,
+def _sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: torch.nn.Module,
                  reduce_range: bool, log: Callable[[str], None]) -> list[dict]:
     """Each group pruned alone, each layer quantized alone (cached): narrows the space, warm-starts the sampler."""
     cfg, space = prep.config, prep.space
@@ -185,7 +185,7 @@ def _sensitivity(prep: Prepared, state: RunState, executor: RayExecutor, baselin
     return warm
 
 
-def _scheduler(prep: Prepared, state: RunState, executor: RayExecutor, latency: LatencyBook,
+def _scheduler(prep: Prepared, state: RunState, executor: Executor, latency: LatencyBook,
                make_spec: Callable[..., TrialSpec], warm: list[dict], log: Callable[[str], None]) -> Scheduler:
     cfg, space = prep.config, prep.space
     grid = grid_configs(space) if cfg.sampler == "grid" else []
@@ -239,7 +239,7 @@ def _best_text(state: RunState, fastest_within) -> str:
 
 
 def _confirm(state: RunState, cfg: SearchConfig, interrupt: Interrupt, log: Callable[[str], None],
-             executor: RayExecutor, latency: LatencyBook) -> None:
+             executor: Executor, latency: LatencyBook) -> None:
     """The end-of-search re-measurement (search/confirm.py). Ctrl-C or a failing measurement skips it and keeps the
     search-time figures."""
     from autocompress.search.confirm import apply_confirmed, confirm_latencies

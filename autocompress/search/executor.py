@@ -35,6 +35,9 @@ class Executor(Protocol):
     def cancel(self, handle: Any) -> None:
         """Stop a running task."""
 
+    def scan(self, space, reduce_range: bool) -> dict:
+        """The sensitivity scan (search/sensitivity.py) of the baseline, where trials run; waits for it."""
+
 
 def autocompress_trial(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, threads: int) -> TrialOutput:
     """Runs in a Ray worker; the device finds (and pauses) running trials by this function's name."""
