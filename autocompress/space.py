@@ -124,6 +124,7 @@ class SearchSpace:
     round_to: int
     min_channels: int
     excluded: dict[str, str] = field(default_factory=dict)  # layer -> why it is not searched
+    pruning_limits: dict[str, str] = field(default_factory=dict)  # group -> which ratios it lost, and why
 
     def params(self) -> dict[str, list]:
         """Optuna parameter name -> choices, for every choice with more than one option."""

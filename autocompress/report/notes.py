@@ -21,6 +21,10 @@ def measurement_notes(data: ReportData, rounds: int) -> list[str]:
     notes.append("The search ranks on the validation split; the test split is reported only. Accuracy is the ONNX "
                  "Runtime artifact's; 'PyTorch test %' is the fake-quantized PyTorch model it was exported from.")
     notes.append(_quant_format_note(data))
+    if data.meta.get("pruning_limits"):
+        notes.append("Pruning limited (each group was pruned alone before the search; what failed to run or export "
+                     "is not offered): " + ", ".join(f"<code>{html.escape(k)}</code> ({html.escape(v)})"
+                                                    for k, v in data.meta["pruning_limits"].items()))
     if data.meta.get("excluded_layers"):
         notes.append("Excluded from quantization: " + ", ".join(f"<code>{html.escape(k)}</code> ({html.escape(v)})"
                                                                  for k, v in data.meta["excluded_layers"].items()))

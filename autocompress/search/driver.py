@@ -50,7 +50,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         run_baselines(cfg.baselines, state=state, executor=executor, space=prep.space, latency=latency,
                       make_spec=lambda b: baseline_spec(b, prep.space, cfg.finetune, cfg.seed, reduce_range),
                       concurrency=cfg.concurrency, log=log)
-        warm = _sensitivity(prep, state, executor, baseline.model, reduce_range, log)
+        warm = _guarded_sensitivity(prep, state, executor, baseline.model, reduce_range, log)
         scheduler = _scheduler(prep, state, executor, latency, make_spec, warm, log)
         with Interrupt(log) as interrupt, Progress(cfg.budget.trials, cfg.budget.seconds, progress, log) as bar:
             scheduler.line = bar.trial_line
@@ -112,6 +112,7 @@ def _open_state(prep: Prepared, rd: RunDir, baseline_info: dict) -> RunState:
             "run_name": prep.run_name, "started": dt.datetime.now().isoformat(timespec="seconds"), "status": "running",
             "model": cfg.model, "dataset": cfg.dataset, "input_shape": list(splits.input_shape),
             "splits": splits.sizes(), "space": prep.space.describe(), "excluded_layers": prep.space.excluded,
+            "pruning_limits": prep.space.pruning_limits,
             "budget": str(cfg.budget), "latency_settings": cfg.latency.model_dump(), "spent_seconds": 0.0,
             "objectives": ["val_accuracy (max)", "latency_ms (min)", "size_bytes (min)"],
         }
@@ -153,6 +154,18 @@ def _spec_maker(prep: Prepared, reduce_range: bool) -> Callable[[dict], TrialSpe
                          reduce_range, stop_below)
 
     return make_spec
+
+
+def _guarded_sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: torch.nn.Module,
+                         reduce_range: bool, log: Callable[[str], None]) -> list[dict]:
+    """The scan, or (when it fails) none: a failing scan step never takes the search down."""
+    try:
+        return _sensitivity(prep, state, executor, baseline, reduce_range, log)
+    except Exception as e:  # noqa: BLE001 - the search runs without the scan's narrowing and warm start
+        log(f"  sensitivity scan failed ({cluster.describe_error(e)}): the search goes on without it")
+        state.meta["sensitivity"] = {"failed": cluster.describe_error(e)}
+        state.rd.write_json(state.rd.meta, state.meta)
+        return []
 
 
 def _sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: torch.nn.Module,

@@ -9,6 +9,7 @@ the scheduler's own tests and for use where Ray cannot run.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import sys
 from typing import Any, Callable, Protocol
 
 import torch
@@ -16,7 +17,7 @@ import torch
 from autocompress.pipeline.trial import TrialOutput, TrialSpec, run_pipeline
 from autocompress.tasks.data import Splits
 
-__all__ = ["Executor", "RayExecutor", "InProcessExecutor", "autocompress_trial"]
+__all__ = ["Executor", "RayExecutor", "InProcessExecutor", "autocompress_trial", "ship_user_code"]
 
 
 class Executor(Protocol):
@@ -51,6 +52,24 @@ def _scan_task(baseline: torch.nn.Module, splits: Splits, space, reduce_range: b
     return scan(baseline, splits, space, reduce_range=reduce_range, threads=threads)
 
 
+def ship_user_code(model: torch.nn.Module) -> list[str]:
+    """Make the modules that define the model's classes travel with it when no installed package provides them (a
+    user's own file): Ray workers, on this machine or another, could not import them by name. Returns their names."""
+    import importlib.metadata
+
+    from ray import cloudpickle
+
+    installed = importlib.metadata.packages_distributions()
+    shipped = []
+    for name in sorted({type(m).__module__ for m in model.modules()}):
+        module = sys.modules.get(name)
+        if name == "__main__" or module is None or name.split(".")[0] in installed or name in sys.builtin_module_names:
+            continue  # __main__ is pickled by value already; installed packages import anywhere
+        cloudpickle.register_pickle_by_value(module)
+        shipped.append(name)
+    return shipped
+
+
 class RayExecutor:
     """Trials as Ray tasks (`threads` CPUs each), measurements by the device actor, one at a time."""
 
@@ -58,6 +77,7 @@ class RayExecutor:
         import ray
 
         self.ray = ray
+        ship_user_code(baseline)
         self.base_ref = ray.put(baseline)
         self.splits_ref = ray.put(splits)
         self.threads = threads

@@ -37,6 +37,7 @@ class Prepared:
             "config": self.config.dump(), "run_dir": str(self.run_dir), "splits": self.splits.sizes(),
             "input_shape": list(self.splits.input_shape), "search_space": self.space.describe(),
             "optuna_params": len(self.space.params()), "excluded_layers": self.space.excluded,
+            "pruning_limits": self.space.pruning_limits,
         }
 
 
@@ -73,7 +74,9 @@ def _check_forward(model: torch.nn.Module, splits: Splits, label: str) -> None:
 def _space(config: SearchConfig, model: torch.nn.Module, splits: Splits) -> SearchSpace:
     """The model's real groups and quantizable layers with the YAML's choices (the structure of an untrained
     model is the trained one's, so a bad rule fails before any training)."""
+    from autocompress.measure.cache import cache_dir
     from autocompress.pipeline.prune import find_groups
+    from autocompress.search.group_check import limit_to_safe_groups
     from autocompress.search.layers import quantizable_layers
 
     space_file = load_space_file(config.space)
@@ -84,15 +87,17 @@ def _space(config: SearchConfig, model: torch.nn.Module, splits: Splits) -> Sear
         raise ModelError(f"cannot export model {config.model!r} to ONNX: {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}; autocompress needs a model torch.onnx can export"
                          ) from None
+    untraceable = {}
     try:
         groups = find_groups(model, example)
     except Exception as e:  # noqa: BLE001 - partial support: search precisions only, and say why
         groups = []
-        excluded["(pruning)"] = (f"torch-pruning cannot trace the model ({type(e).__name__}: "
-                                 f"{' '.join(str(e).split())[:200]}); "
-                                 "no layer is pruned, precisions are still searched")
+        untraceable["(all groups)"] = (f"torch-pruning cannot trace the model ({type(e).__name__}: "
+                                       f"{' '.join(str(e).split())[:200]}); "
+                                       "no layer is pruned, precisions are still searched")
     space = build_space(space_file, groups, layers, source=str(config.space or "the default search space"))
     space.excluded = excluded
+    space.pruning_limits = {**untraceable, **limit_to_safe_groups(space, model, example, cache_dir())}
     return space
 
 
