@@ -18,7 +18,13 @@ app = typer.Typer(
 )
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception, verbose: bool = False) -> None:
+    """One line naming the problem and the fix, exit status 2; with --verbose, first the traceback of what the
+    user's own code (or a library) raised underneath."""
+    if verbose and e.__cause__ is not None:
+        import traceback
+
+        typer.echo("".join(traceback.format_exception(e.__cause__)).rstrip(), err=True)
     typer.echo(f"error: {e}", err=True)
     raise typer.Exit(2)
 
@@ -92,6 +98,7 @@ _SEARCH_HELP = {
     ),
     "no_latency_cache": "Measure every artifact, even one whose graph this device has measured before.",
     "dry_run": "Print the resolved config and the search space (groups, layers, choices) as JSON, and exit.",
+    "verbose": "On an error, also print the traceback of what raised it (e.g. your model's own code).",
 }
 
 
@@ -127,6 +134,7 @@ def search(
     confirm_rounds: Optional[int] = typer.Option(None, "--confirm-rounds", help=_SEARCH_HELP["confirm_rounds"]),
     no_latency_cache: bool = typer.Option(False, "--no-latency-cache", help=_SEARCH_HELP["no_latency_cache"]),
     dry_run: bool = typer.Option(False, "--dry-run", help=_SEARCH_HELP["dry_run"]),
+    verbose: bool = typer.Option(False, "--verbose", help=_SEARCH_HELP["verbose"]),
 ) -> None:
     """Run a compression search and write reports/<run>/report.html."""
     from autocompress.config import parse_budget
@@ -147,12 +155,12 @@ def search(
             cfg = _config_from_flags(ctx, config, budget, flags, overrides, sections)
             prep = _plan(cfg)
     except AutocompressError as e:
-        _fail(e)
+        _fail(e, verbose)
         return
     if dry_run:
         typer.echo(json.dumps(prep.describe(), indent=2))
         return
-    _run(prep, progress=not no_progress)
+    _run(prep, progress=not no_progress, verbose=verbose)
 
 
 def _config_from_flags(ctx: typer.Context, config: Path | None, budget: str | None, flags: dict, overrides: dict,
@@ -194,8 +202,10 @@ def _config_from_flags(ctx: typer.Context, config: Path | None, budget: str | No
 def _datasets(cfg) -> dict:
     from autocompress.tasks.data import load_dataset
 
+    # Weights trained elsewhere may have seen every training image: then validation comes from the test images.
     return load_dataset(cfg.dataset, input_size=cfg.input_size, seed=cfg.seed, data_dir=cfg.data_dir,
-                        download=cfg.download, max_images=cfg.max_images).datasets()
+                        download=cfg.download, max_images=cfg.max_images,
+                        val_from="test" if cfg.weights is not None else "train").datasets()
 
 
 def _plan(cfg):
@@ -222,7 +232,7 @@ def _log(text: str) -> None:
     typer.echo(text, err=True)
 
 
-def _run(prep, *, progress: bool) -> None:
+def _run(prep, *, progress: bool, verbose: bool = False) -> None:
     from autocompress.search.driver import run_search
 
     try:
@@ -231,7 +241,7 @@ def _run(prep, *, progress: bool) -> None:
         typer.echo(f"stopped: {e}", err=True)
         raise typer.Exit(130) from None
     except AutocompressError as e:
-        _fail(e)
+        _fail(e, verbose)
         return
     states = result.trials["state"] if len(result.trials) else None
     n_total = len(result.trials)

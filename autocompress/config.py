@@ -197,6 +197,8 @@ def load_config_file(path: str | Path) -> dict:
     from autocompress.yamlio import read_yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a directory; pass a run config YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass --config with a YAML file")
     raw = read_yaml(path, ConfigError, "config")

@@ -83,6 +83,9 @@ def _where(err: dict) -> str:
 def load_space_file(path: str | Path | None) -> SpaceFile:
     """Parse and validate a search-space YAML; every problem is one SpaceError line naming the key and file."""
     path = Path(path) if path is not None else DEFAULT_SPACE
+    if path.is_dir():
+        raise SpaceError(f"--space {path} is a directory; pass a search-space YAML file, e.g. "
+                         "search_spaces/int8-only.yaml")
     if not path.is_file():
         raise SpaceError(f"search space file {str(path)!r} does not exist; pass --space with a search-space YAML file "
                          "(without --space the default shipped in the package is used: "

@@ -33,6 +33,9 @@ def _imagefolder(d: Path, broken: bool) -> str:
     return str(root)
 
 
+RAISING_MODEL = "def build(num_classes=10):\n    raise ValueError('no such depth: 7')\n"
+
+
 def _file(d: Path, name: str, text: str) -> str:
     (d / name).write_text(text)
     return str(d / name)
@@ -78,4 +81,9 @@ CASES = [
      lambda d: ["--config", _file(d, "run.yaml", "budget: 2\nfinetune: {epochs: -1}\n")]),
     ("sampler", "an unknown sampler", lambda d: ["--budget", "2", "--sampler", "bayes"]),
     ("baselines-no-fp32", "baselines without fp32", lambda d: ["--budget", "2", "--baselines", "int8,prune50-int8"]),
+    ("model-function-raises", "a model function that raises",
+     lambda d: ["--budget", "2", "--model", f"{_file(d, 'raises.py', RAISING_MODEL)}:build"]),
+    ("weights-directory", "a --weights path that is a directory", lambda d: ["--budget", "2", "--weights", str(d)]),
+    ("space-directory", "a --space path that is a directory", lambda d: ["--budget", "2", "--space", str(d)]),
+    ("config-directory", "a --config path that is a directory", lambda d: ["--config", str(d)]),
 ]

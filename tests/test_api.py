@@ -100,3 +100,9 @@ def test_a_model_with_fewer_outputs_than_classes_is_refused(tmp_path):
 def test_a_model_that_is_not_a_module_is_refused(tmp_path):
     with pytest.raises(autocompress.ModelError, match=r"model is a dict; pass a trained torch.nn.Module"):
         autocompress.search({"weights": 1}, _data(), _data(), out=tmp_path / "run")
+
+
+def test_a_run_directory_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "run").write_text("not a directory")
+    with pytest.raises(autocompress.RunError, match=r"--out .*run is a file; pass a directory for the run"):
+        autocompress.search(_model(), _data(), _data(), out=tmp_path / "run")

@@ -159,3 +159,17 @@ def test_layers_that_cannot_be_quantized_are_left_out_and_listed(tmp_path):
     assert layers == {"conv1", "fc"}  # the opaque conv gets no precision choice...
     assert "opaque" in plan["excluded_layers"]  # ...and the plan says why
     assert "no Conv/Gemm node" in plan["excluded_layers"]["opaque"]
+
+
+def test_verbose_shows_the_traceback_of_the_users_code_then_the_one_line(tmp_path, cache):
+    from tests.bad_inputs import RAISING_MODEL
+
+    (tmp_path / "raises.py").write_text(RAISING_MODEL)
+    out = tmp_path / "run"
+    res = run_cli("search", "--budget", "2", "--model", f"{tmp_path / 'raises.py'}:build", "--out", str(out),
+                  "--verbose", timeout=TIMEOUT)
+    assert res.returncode == 2 and not out.exists()
+    assert "Traceback" in res.stderr and "raise ValueError('no such depth: 7')" in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: --model '.*raises.py:build': build\(\) raised ValueError: no such depth: 7; fix the "
+                        r"function \(--verbose shows the traceback\)", last), last

@@ -64,7 +64,7 @@ def _check_forward(model: torch.nn.Module, splits: Splits, label: str) -> None:
     except Exception as e:  # noqa: BLE001 - any failure here means the model cannot take the data
         raise ModelError(f"model {label!r} cannot take inputs of shape {tuple(splits.input_shape)}: "
                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
-                         "choose another --input-size or model") from None
+                         "choose another --input-size or model") from e
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < splits.num_classes:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(f"model {label!r} returns {shape} for one image, but the data has {splits.num_classes} "
@@ -86,7 +86,7 @@ def _space(config: SearchConfig, model: torch.nn.Module, splits: Splits) -> Sear
     except Exception as e:  # noqa: BLE001 - an export failure is a property of the user's model
         raise ModelError(f"cannot export model {config.model!r} to ONNX: {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}; autocompress needs a model torch.onnx can export"
-                         ) from None
+                         ) from e
     untraceable = {}
     try:
         groups = find_groups(model, example)
@@ -108,6 +108,8 @@ def _run_dir(config: SearchConfig, resume: bool) -> tuple[Path, str]:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_name = config.run_name or f"{Path(config.model).name.replace(':', '-')}-{config.dataset}-{stamp}"
     run_dir = Path(config.out) if config.out else Path("reports") / run_name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--out {run_dir} is a file; pass a directory for the run (it is created if missing)")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"run directory {str(run_dir)!r} already exists and is not empty; pass another --out, "
                        f"remove it, or continue it with --resume {run_dir}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +129,7 @@ def _load_callable(ref: str) -> Callable[..., nn.Module]:
     except Exception as e:  # noqa: BLE001 - any import failure is the user's module
         raise ModelError(
             f"cannot import {target!r} for --model {ref!r}: {type(e).__name__}: {e}; check the path and that it imports"
-        ) from None
+        ) from e
     # Ray workers cannot import a module loaded from a file path (or one off their sys.path):
     # have cloudpickle ship the model's classes by value.
     try:
@@ -145,16 +146,29 @@ def _load_callable(ref: str) -> Callable[..., nn.Module]:
     return fn
 
 
+def _call_builder(fn: Callable[..., nn.Module], ref: str, num_classes: int) -> nn.Module:
+    """The user's function, called with num_classes= when it takes it; what it raises is one ModelError line (the
+    traceback stays attached as the cause, for --verbose)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+        takes_classes = any(p.name == "num_classes" or p.kind is p.VAR_KEYWORD for p in params)
+    except (TypeError, ValueError):  # a callable without a signature: try it both ways
+        takes_classes = True
+    try:
+        return fn(num_classes=num_classes) if takes_classes else fn()
+    except Exception as e:  # noqa: BLE001 - any failure here is in the user's own code
+        where = getattr(fn, "__name__", ref.rpartition(":")[2])
+        text = " ".join(str(e).split())[:300]
+        raise ModelError(f"--model {ref!r}: {where}() raised {type(e).__name__}: {text}; fix the function "
+                         "(--verbose shows the traceback)") from e
+
+
 def build_model(name: str, *, num_classes: int, in_channels: int = 3) -> nn.Module:
     """Build a model by registry name, torchvision name, or `module:function` / `file.py:function`."""
     if name in _REGISTRY:
         return _REGISTRY[name].builder(num_classes=num_classes, in_channels=in_channels)
     if ":" in name:
-        fn = _load_callable(name)
-        try:
-            model = fn(num_classes=num_classes)
-        except TypeError:
-            model = fn()
+        model = _call_builder(_load_callable(name), name, num_classes)
         if not isinstance(model, nn.Module):
             raise ModelError(f"--model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
         return model

@@ -122,6 +122,8 @@ def _check_fits(sd: dict[str, torch.Tensor], own: dict, path: Path) -> None:
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load `path` into `model` strictly; a mismatch names the first differing keys and shapes."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"--weights {path} is a directory; pass the checkpoint file in it (saved with torch.save)")
     if not path.is_file():
         raise ModelError(
             f"--weights {path} does not exist; pass a file saved with torch.save(model.state_dict(), path)"
