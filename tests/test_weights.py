@@ -137,3 +137,20 @@ def test_a_dict_without_a_state_dict_is_named(tmp_path):
     torch.save({"epoch": 3, "optimizer": {}}, path)
     with pytest.raises(ModelError, match=r"holds a dict, not a state_dict or a model"):
         load_weights(_resnet20(3), path)
+
+
+def test_an_old_dataparallel_checkpoint_loads_through_the_cli(tmp_path, trained):
+    """As a user brings it: saved by an older PyTorch (no num_batches_tracked) from a DataParallel model, wrapped
+    with training state. --dry-run loads the weights (and checks them) without searching."""
+    import json
+
+    from tests.conftest import run_cli
+
+    sd = {k: v for k, v in nn.DataParallel(trained).state_dict().items() if not k.endswith(BATCH_COUNT)}
+    path = tmp_path / "old.pth"
+    torch.save({"epoch": 90, "best_acc": 91.3, "state_dict": sd}, path)
+    res = run_cli("search", "--budget", "1", "--weights", str(path), "--out", str(tmp_path / "run"), "--dry-run",
+                  timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["config"]["weights"] == str(path)
+    assert not (tmp_path / "run").exists()
