@@ -1,5 +1,5 @@
 """The report's "How these numbers were measured" list: device, latency method, confirmation rounds, contended
-measurements, splits, quantization format and excluded layers."""
+measurements, splits (and where validation came from), quantization format and excluded layers."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ def measurement_notes(data: ReportData, rounds: int) -> list[str]:
         notes.append(contended)
     notes.append("The search ranks on the validation split; the test split is reported only. Accuracy is the ONNX "
                  "Runtime artifact's; 'PyTorch test %' is the fake-quantized PyTorch model it was exported from.")
+    split = _split_note(data.meta)
+    if split:
+        notes.append(split)
     notes.append(_quant_format_note(data))
     if data.meta.get("pruning_limits"):
         notes.append("Pruning limited (each group was pruned alone before the search; what failed to run or export "
@@ -86,6 +89,18 @@ def _contended_note(data: ReportData) -> str:
         return ""
     return (f"<span class='bad'>Latency of {', '.join(spoilt)} was measured beside other load that did not "
             "go away (column latency_other_load_cores): re-measure before relying on it.</span>")
+
+
+def _split_note(meta: dict) -> str:
+    """Where the validation images came from, and the warning when they look like training images; "" for a run
+    from before the rule was recorded."""
+    rule, warning = meta.get("split_rule"), meta.get("split_warning")
+    if not rule and not warning:
+        return ""
+    text = f"Validation split: {html.escape(rule)}." if rule else ""
+    if warning:
+        text += f" <span class='bad'>Warning: {html.escape(warning)}.</span>"
+    return text.strip()
 
 
 def _quant_format_note(data: ReportData) -> str:

@@ -43,7 +43,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
     rd.path.mkdir(parents=True, exist_ok=True)
     with run_lock(rd):
         baseline = _baseline(prep, log, progress)
-        state = _open_state(prep, rd, baseline.info)
+        state = _open_state(prep, rd, baseline.info, baseline.warning)
         executor, reduce_range = _start_device(prep, state, baseline.model)
         latency = _latency_book(cfg, state)
         make_spec = _spec_maker(prep, reduce_range)
@@ -68,9 +68,39 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
 class _Baseline:
     model: torch.nn.Module
     info: dict
+    warning: str = ""  # the validation split looks leaked (meta.json split_warning); "" when not
+
+
+# Validation this far above test (points, and beyond sampling noise) means validation images the model has seen.
+_LEAK_POINTS = 3.0
+
+
+def _leak_warning(val_acc: float, test_acc: float, n_val: int, n_test: int) -> str:
+    """One line when validation accuracy is more than _LEAK_POINTS above test accuracy, else "".
+
+    Why the noise term: on a few dozen images one image moves accuracy by points, so a gap counts only when it
+    is also over two standard errors of the difference of two binomial proportions."""
+    gap = val_acc - test_acc
+    p = (val_acc * n_val + test_acc * n_test) / max(1, n_val + n_test) / 100
+    noise = 200 * (p * (1 - p) * (1 / max(1, n_val) + 1 / max(1, n_test))) ** 0.5
+    if gap <= max(_LEAK_POINTS, noise):
+        return ""
+    return (f"validation accuracy {val_acc:.1f}% is {gap:.1f} points above test accuracy {test_acc:.1f}%: "
+            "validation images look like training images; give validation images the model was not trained on")
 
 
 def _baseline(prep: Prepared, log: Callable[[str], None], progress: bool) -> _Baseline:
+    """The FP32 model (`_fp32`), and a warning when its validation accuracy is far above its test accuracy."""
+    model, info = _fp32(prep, log, progress)
+    splits = prep.splits
+    val, test = info.get("val_accuracy_torch"), info.get("test_accuracy_torch")
+    warning = _leak_warning(val, test, len(splits.val_x), len(splits.test_x)) if None not in (val, test) else ""
+    if warning:
+        log(f"  warning: {warning}")
+    return _Baseline(model, info, warning)
+
+
+def _fp32(prep: Prepared, log: Callable[[str], None], progress: bool) -> tuple[torch.nn.Module, dict]:
     """The FP32 model: given (an object or --weights), or trained on the data and cached."""
     from autocompress.pipeline.finetune import evaluate
     from autocompress.tasks.baseline import get_baseline
@@ -82,7 +112,7 @@ def _baseline(prep: Prepared, log: Callable[[str], None], progress: bool) -> _Ba
                 "from_weights": True, "val_accuracy_torch": evaluate(prep.model, splits.val_x, splits.val_y),
                 "test_accuracy_torch": evaluate(prep.model, splits.test_x, splits.test_y)}
         log(f"  baseline given: {info['path']} (val {info['val_accuracy_torch']:.2f}%, PyTorch)")
-        return _Baseline(prep.model, info)
+        return prep.model, info
     epochs = cfg.baseline.epochs
 
     def on_epoch(e: int, loss: float) -> None:
@@ -93,10 +123,10 @@ def _baseline(prep: Prepared, log: Callable[[str], None], progress: bool) -> _Ba
                                on_epoch=on_epoch)
     how = "loaded from cache" if info["cached"] else f"trained in {info['train_seconds']} s"
     log(f"  baseline {how} ({info['path']})")
-    return _Baseline(model, info)
+    return model, info
 
 
-def _open_state(prep: Prepared, rd: RunDir, baseline_info: dict) -> RunState:
+def _open_state(prep: Prepared, rd: RunDir, baseline_info: dict, split_warning: str) -> RunState:
     cfg, splits = prep.config, prep.splits
     if prep.resume:
         meta = rd.read_json(rd.meta)
@@ -118,6 +148,11 @@ def _open_state(prep: Prepared, rd: RunDir, baseline_info: dict) -> RunState:
         }
         state = RunState(rd, meta)
     state.meta["baseline"] = baseline_info
+    # A resumed run states the rule and warning of the data it goes on with.
+    state.meta["split_rule"] = splits.rule
+    state.meta.pop("split_warning", None)
+    if split_warning:
+        state.meta["split_warning"] = split_warning
     return state
 
 

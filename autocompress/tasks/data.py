@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from autocompress.config import DEFAULT_MAX_IMAGES
-from autocompress.errors import DataError
+from autocompress.errors import ConfigError, DataError
 from autocompress.tasks.sources import data_root, imagefolder_parts, torchvision_parts
-from autocompress.tasks.splitting import Splits, assemble, resolve_caps
+from autocompress.tasks.splitting import RULES, Splits, ValFrom, assemble, resolve_caps
 
 __all__ = ["Splits", "load_dataset", "DATASETS", "DEFAULT_MAX_IMAGES"]
 
@@ -45,7 +45,7 @@ def _split(x: np.ndarray, y: np.ndarray, *, seed: int, name: str, num_classes: i
         name=name,
         train_x=x[train_idx], train_y=y[train_idx], calib_x=x[calib_idx],
         val_x=x[val_idx], val_y=y[val_idx], test_x=x[test_idx], test_y=y[test_idx],
-        num_classes=num_classes,
+        num_classes=num_classes, rule=RULES["train"],
     )
 
 
@@ -70,6 +70,7 @@ def load_dataset(
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     max_images: Mapping[str, int | None] | None = None,
+    val_from: ValFrom = "train",
 ) -> Splits:
     """Load `name` as four disjoint, stratified, seeded splits of float32 N x C x input_size x input_size.
 
@@ -78,13 +79,19 @@ def load_dataset(
         ignored, and so is `max_images` unless given (then each split is cut to its cap).
       - `cifar10`, `cifar100`, `mnist`, `fashionmnist`, `svhn`: torchvision's files under `data_dir` (the
         layout torchvision uses, e.g. data_dir/cifar-10-batches-py/, data_dir/MNIST/raw/); downloaded there
-        only with `download=True`. train/calib/val come from the train files, test from the test files.
+        only with `download=True`. train/calib come from the train files, test from the test files, val as
+        `val_from` says.
       - `imagefolder`: data_dir/train/<class>/<image>, with optional data_dir/val/ and data_dir/test/ (same
-        class folders); or data_dir/<class>/<image> (flat). A split without its own folder is carved out
-        of the training images.
+        class folders); or data_dir/<class>/<image> (flat). A val/ folder is the val split; another split
+        without its own folder is carved out of the training images (val: as `val_from` says).
     For all but digits: images are resized (bilinear, antialiased) to input_size, grayscale data keeps one
     channel, and every split is normalized with the per-channel mean/std of the train split. A carved split
     takes 20% (test, val) or 10% (calib) of the training images before the caps.
+
+    `val_from` (ignored by digits and when there is a val/ folder): "train" carves validation from the training
+    images, disjoint from the train split (for a baseline trained on that split); "test" carves it from the test
+    images, half of them before the caps, and the test split is the rest (for trained weights, which may have
+    seen every training image; with no test images at all it falls back to "train"). `Splits.rule` says which.
 
     `max_images` caps the images kept per split, e.g. {"train": 20000, "test": None} (None = no cap); keys
     not given keep `DEFAULT_MAX_IMAGES`: train 5000, calib 500, val 1000, test 1000. Only the chosen images
@@ -94,6 +101,8 @@ def load_dataset(
     `digits`. Raises `DataError` (one line: the problem and the fix) for anything wrong with the data.
     """
     caps = resolve_caps(max_images)
+    if val_from not in ("train", "test"):
+        raise ConfigError(f"val_from={val_from!r}; use 'train' or 'test'")
     if name == "digits":
         splits = _digits(input_size, seed)
         if max_images:
@@ -110,4 +119,4 @@ def load_dataset(
         parts, num_classes = imagefolder_parts(root, input_size)
     else:
         parts, num_classes = torchvision_parts(name, root, input_size, download)
-    return assemble(name, parts, num_classes, caps, seed, str(root))
+    return assemble(name, parts, num_classes, caps, seed, str(root), val_from)

@@ -137,4 +137,5 @@ def splits_from_data(train: DataLike, val: DataLike, *, test: DataLike | None = 
         digest.update(np.ascontiguousarray(a).tobytes())
     return Splits(name=f"{name}-{digest.hexdigest()[:10]}", train_x=np.ascontiguousarray(train_x), train_y=train_y,
                   calib_x=np.ascontiguousarray(calib_x), val_x=np.ascontiguousarray(val_x), val_y=val_y,
-                  test_x=np.ascontiguousarray(test_x), test_y=test_y, num_classes=classes)
+                  test_x=np.ascontiguousarray(test_x), test_y=test_y, num_classes=classes,
+                  rule=getattr(val, "split_rule", Splits.rule))  # set by Splits.datasets() (the CLI's data)

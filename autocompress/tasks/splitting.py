@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Literal, Mapping
 
 import numpy as np
 import torch
@@ -16,11 +16,24 @@ import torch
 from autocompress.config import DEFAULT_MAX_IMAGES
 from autocompress.errors import ConfigError, DataError
 
-__all__ = ["Splits", "Part", "assemble", "resolve_caps"]
+__all__ = ["Splits", "Part", "assemble", "resolve_caps", "RULES", "ValFrom"]
 
 # Share of the training pool carved out for a split the dataset does not ship (before the caps).
 _CARVE = {"test": 0.2, "val": 0.2, "calib": 0.1}
+# Share of the test images that becomes validation when it is carved from them (the rest stays test).
+_CARVE_FROM_TEST = 0.5
 _ORDER = ("train", "calib", "val", "test")
+
+ValFrom = Literal["train", "test"]
+# Where the validation images came from, in words (Splits.rule; meta.json split_rule; the report).
+RULES = {
+    "given": "validation as given",
+    "folder": "validation from the val/ folder",
+    "train": "validation carved from the training images, disjoint from the training split",
+    "test": "validation carved from the test images: the weights may have seen the training images",
+    "train-only": "validation carved from the training images, as there are no test images to carve it from: "
+                  "the weights may have seen them",
+}
 
 
 @dataclass
@@ -36,6 +49,7 @@ class Splits:
     test_x: np.ndarray
     test_y: np.ndarray
     num_classes: int
+    rule: str = RULES["given"]  # where the validation images came from (RULES)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -57,8 +71,11 @@ class Splits:
             labels = y if y is not None else np.zeros(len(x), np.int64)
             return TensorDataset(torch.from_numpy(x), torch.from_numpy(labels))
 
-        return {"train": ds(self.train_x, self.train_y), "val": ds(self.val_x, self.val_y),
-                "test": ds(self.test_x, self.test_y), "calib": ds(self.calib_x, None)}
+        out = {"train": ds(self.train_x, self.train_y), "val": ds(self.val_x, self.val_y),
+               "test": ds(self.test_x, self.test_y), "calib": ds(self.calib_x, None)}
+        # The CLI hands these Datasets to the library, which makes Splits of them again: the rule travels along.
+        out["val"].split_rule = self.rule
+        return out
 
 
 @dataclass
@@ -97,29 +114,45 @@ def _take(idx: np.ndarray, y: np.ndarray, k: int, rng: np.random.Generator, *,
     return picked, np.setdiff1d(idx, picked)
 
 
-def _plan(parts: dict[str, Part], caps: Mapping[str, int | None], rng: np.random.Generator,
-          where: str) -> dict[str, tuple[str, np.ndarray]]:
-    """Which items of which shipped part go to each of the four splits (disjoint, stratified, seeded)."""
-    def cap(split: str, n: int) -> int:
-        c = caps.get(split)
-        return n if c is None else min(c, n)
+def _cap(caps: Mapping[str, int | None], split: str, n: int) -> int:
+    c = caps.get(split)
+    return n if c is None else min(c, n)
 
+
+def _val_from_test(y: np.ndarray, caps: Mapping[str, int | None], rng: np.random.Generator,
+                   where: str) -> dict[str, tuple[str, np.ndarray]]:
+    """Validation and test both from the shipped test part (disjoint, stratified, seeded)."""
+    n = len(y)
+    if n < 2:
+        raise DataError(f"too few test images in {where} to carve validation from: {n} cannot fill val and test "
+                        "(with trained weights, validation comes from the test images: the weights may have seen "
+                        "the training images); add test images, a few per class (imagefolder: or a val/ folder)")
+    want = _cap(caps, "val", min(n - 1, max(1, int(round(_CARVE_FROM_TEST * n)))))
+    val, rest = _take(np.arange(n), y, want, rng, min_count=2)  # leave test one of every class
+    return {"val": ("test", val), "test": ("test", _take(rest, y, _cap(caps, "test", len(rest)), rng)[0])}
+
+
+def _plan(parts: dict[str, Part], caps: Mapping[str, int | None], rng: np.random.Generator,
+          where: str, val_from: ValFrom) -> dict[str, tuple[str, np.ndarray]]:
+    """Which items of which shipped part go to each of the four splits (disjoint, stratified, seeded)."""
     plan: dict[str, tuple[str, np.ndarray]] = {}
+    if val_from == "test" and "val" not in parts and "test" in parts:
+        plan.update(_val_from_test(parts["test"].y, caps, rng, where))
     for split in ("val", "test"):
-        if split in parts:
+        if split in parts and split not in plan:
             y = parts[split].y
-            plan[split] = (split, _take(np.arange(len(y)), y, cap(split, len(y)), rng)[0])
+            plan[split] = (split, _take(np.arange(len(y)), y, _cap(caps, split, len(y)), rng)[0])
     y = parts["train"].y
     rest = np.arange(len(y))
     carve = [s for s in ("test", "val", "calib") if s not in plan]
-    want = {s: cap(s, max(1, int(round(_CARVE[s] * len(rest))))) for s in carve}
+    want = {s: _cap(caps, s, max(1, int(round(_CARVE[s] * len(rest))))) for s in carve}
     if len(rest) - sum(want.values()) < 1:
         raise DataError(f"too few training images in {where}: {len(rest)} cannot fill train, {', '.join(carve)}; "
                         f"add images (at least {len(carve) + 1}, a few per class)")
     for s in carve:
         taken, rest = _take(rest, y, want[s], rng, min_count=2)  # leave train one of every class
         plan[s] = ("train", taken)
-    plan["train"] = ("train", _take(rest, y, cap("train", len(rest)), rng)[0])
+    plan["train"] = ("train", _take(rest, y, _cap(caps, "train", len(rest)), rng)[0])
     return plan
 
 
@@ -136,9 +169,19 @@ def _normalize(xs: dict[str, np.ndarray]) -> None:
         x /= s
 
 
+def split_rule(parts: dict[str, Part], val_from: ValFrom) -> str:
+    """Where `_plan` takes the validation images from, in words (a key of RULES)."""
+    if "val" in parts:
+        return RULES["folder"]
+    if val_from == "test":
+        return RULES["test"] if "test" in parts else RULES["train-only"]
+    return RULES["train"]
+
+
 def assemble(name: str, parts: dict[str, Part], num_classes: int, caps: Mapping[str, int | None],
-             seed: int, where: str) -> Splits:
-    """The four Splits of `parts` (decoded, normalized, named by a digest); `where` names the files in errors."""
+             seed: int, where: str, val_from: ValFrom = "train") -> Splits:
+    """The four Splits of `parts` (decoded, normalized, named by a digest); `where` names the files in errors.
+    `val_from`: carve validation (when there is no val part) from the training images or from the test part."""
     if num_classes < 2:
         raise DataError(f"{name} in {where} has {num_classes} class; a classifier needs at least 2 classes, "
                         "add images of another class")
@@ -146,7 +189,7 @@ def assemble(name: str, parts: dict[str, Part], num_classes: int, caps: Mapping[
         if len(part.y) and (part.y.min() < 0 or part.y.max() >= num_classes):
             raise DataError(f"{name} files in {where} have labels outside 0..{num_classes - 1}; replace the files")
     rng = np.random.default_rng(seed)
-    plan = _plan(parts, caps, rng, where)
+    plan = _plan(parts, caps, rng, where, val_from)
     xs: dict[str, np.ndarray] = {}
     ys: dict[str, np.ndarray] = {}
     gray = True
@@ -175,7 +218,7 @@ def assemble(name: str, parts: dict[str, Part], num_classes: int, caps: Mapping[
         name=f"{name}-{h.hexdigest()[:10]}",
         train_x=xs["train"], train_y=ys["train"], calib_x=xs["calib"],
         val_x=xs["val"], val_y=ys["val"], test_x=xs["test"], test_y=ys["test"],
-        num_classes=num_classes,
+        num_classes=num_classes, rule=split_rule(parts, val_from),
     )
 
 
