@@ -10,6 +10,8 @@ def report_markdown(data: ReportData) -> str:
     md = [f"# autocompress report: {meta['run_name']}", "",
           f"Model `{meta['model']}` on `{meta['dataset']}`; {len(data.done)} trials done, {len(data.failed)} failed; "
           f"device: {dev.get('cpu', '?')}, ORT {dev.get('onnxruntime', '?')}, {dev.get('threads', '?')} thread(s).", "",
+          *([f"Validation split: {meta['split_rule']}.", ""] if meta.get("split_rule") else []),
+          *([f"**Warning: {meta['split_warning']}**", ""] if meta.get("split_warning") else []),
           "| model | val acc % | test acc % | latency ms | p90 ms | speed-up | size MB | file |",
           "|---|---|---|---|---|---|---|---|"]
     for name, b in data.baselines.items():

@@ -138,4 +138,10 @@ def splits_from_data(train: DataLike, val: DataLike, *, test: DataLike | None = 
     return Splits(name=f"{name}-{digest.hexdigest()[:10]}", train_x=np.ascontiguousarray(train_x), train_y=train_y,
                   calib_x=np.ascontiguousarray(calib_x), val_x=np.ascontiguousarray(val_x), val_y=val_y,
                   test_x=np.ascontiguousarray(test_x), test_y=test_y, num_classes=classes,
-                  rule=getattr(val, "split_rule", Splits.rule))  # set by Splits.datasets() (the CLI's data)
+                  rule=_rule(val, test))
+
+
+def _rule(val: DataLike, test: DataLike | None) -> str:
+    """Where validation came from: the CLI's Datasets carry their loader's rule (Splits.datasets)."""
+    rule = getattr(val, "split_rule", Splits.rule)
+    return rule if test is not None else f"{rule}; half of it held out as the test split (no test_data)"
