@@ -93,3 +93,6 @@ def test_a_search_on_an_option_a_resnet_completes_with_real_pruning(tmp_path):
     assert "conv1" in result.meta["pruning_limits"] and "Pruning limited" in result.report.read_text()
     assert result.baselines["prune50-int8"].state.value == "COMPLETE"  # uniform 50% of the groups that may be cut
     assert "cached" in result.meta["sensitivity"] and len(result.trials) >= 4
+    import ray
+
+    assert not ray.is_initialized()  # the Ray it started is shut down: nothing stays behind in the caller's process

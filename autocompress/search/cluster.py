@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
+from typing import Iterator
 
 from autocompress.errors import ClusterError
 
-__all__ = ["init_ray", "check_ray_address", "check_device", "place_device", "describe_error"]
+__all__ = ["ray_session", "init_ray", "check_ray_address", "check_device", "place_device", "describe_error"]
 
 
 def check_ray_address(address: str) -> None:
@@ -68,6 +70,21 @@ def describe_error(e: BaseException) -> str:
     # RayTaskError text starts with the Ray wrapper; keep the user-facing last line
     last = next((l for l in reversed(text) if l.strip()), type(e).__name__)
     return last[:500]
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Ray for one search, left as it was found: joined or started here, and a Ray this search started is shut
+    down at the end (no processes stay behind in the caller's Python session); one already running stays up."""
+    import ray
+
+    started = not ray.is_initialized()
+    init_ray(address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def init_ray(address: str | None) -> None:

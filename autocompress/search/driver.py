@@ -37,31 +37,32 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
     cfg = prep.config
     t_start = time.perf_counter()
     torch.set_num_threads(os.cpu_count() or 1)
-    cluster.init_ray(cfg.ray_address)  # before anything is written: a cluster that cannot be joined leaves no run dir
-    cluster.check_device(cfg.device)
-    rd = RunDir(prep.run_dir)
-    rd.path.mkdir(parents=True, exist_ok=True)
-    with run_lock(rd):
-        baseline = _baseline(prep, log, progress)
-        state = _open_state(prep, rd, baseline.info, baseline.warning)
-        executor, reduce_range = _start_device(prep, state, baseline.model)
-        latency = _latency_book(cfg, state)
-        make_spec = _spec_maker(prep, reduce_range)
-        run_baselines(cfg.baselines, state=state, executor=executor, space=prep.space, latency=latency,
-                      make_spec=lambda b: baseline_spec(b, prep.space, cfg.finetune, cfg.seed, reduce_range),
-                      concurrency=cfg.concurrency, log=log)
-        warm = _guarded_sensitivity(prep, state, executor, baseline.model, reduce_range, log)
-        scheduler = _scheduler(prep, state, executor, latency, make_spec, warm, log)
-        with Interrupt(log) as interrupt, Progress(cfg.budget.trials, cfg.budget.seconds, progress, log) as bar:
-            scheduler.line = bar.trial_line
-            _run_trials(scheduler, state, interrupt, bar)
-            if cfg.confirm_rounds and not interrupt.stopping:
-                _confirm(state, cfg, interrupt, bar.trial_line, executor, latency)
-        _finish(state, scheduler, cfg, interrupt.stopping, time.perf_counter() - t_start)
-        from autocompress.report import write_report
+    # before anything is written: a cluster that cannot be joined leaves no run directory
+    with cluster.ray_session(cfg.ray_address):
+        cluster.check_device(cfg.device)
+        rd = RunDir(prep.run_dir)
+        rd.path.mkdir(parents=True, exist_ok=True)
+        with run_lock(rd):
+            baseline = _baseline(prep, log, progress)
+            state = _open_state(prep, rd, baseline.info, baseline.warning)
+            executor, reduce_range = _start_device(prep, state, baseline.model)
+            latency = _latency_book(cfg, state)
+            make_spec = _spec_maker(prep, reduce_range)
+            run_baselines(cfg.baselines, state=state, executor=executor, space=prep.space, latency=latency,
+                          make_spec=lambda b: baseline_spec(b, prep.space, cfg.finetune, cfg.seed, reduce_range),
+                          concurrency=cfg.concurrency, log=log)
+            warm = _guarded_sensitivity(prep, state, executor, baseline.model, reduce_range, log)
+            scheduler = _scheduler(prep, state, executor, latency, make_spec, warm, log)
+            with Interrupt(log) as interrupt, Progress(cfg.budget.trials, cfg.budget.seconds, progress, log) as bar:
+                scheduler.line = bar.trial_line
+                _run_trials(scheduler, state, interrupt, bar)
+                if cfg.confirm_rounds and not interrupt.stopping:
+                    _confirm(state, cfg, interrupt, bar.trial_line, executor, latency)
+            _finish(state, scheduler, cfg, interrupt.stopping, time.perf_counter() - t_start)
+            from autocompress.report import write_report
 
-        write_report(rd)
-        return load_run(rd.path)
+            write_report(rd)
+            return load_run(rd.path)
 
 
 @dataclass
