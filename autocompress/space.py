@@ -112,6 +112,7 @@ class GroupChoice:
     members: tuple[str, ...]
     ratios: list[float]  # one ratio per distinct kept-channel count
     kept: list[int]
+    channel_groups: int = 1  # see pipeline.prune.kept_channels
 
 
 @dataclass
@@ -151,7 +152,8 @@ class SearchSpace:
         params = {}
         for g in self.groups:
             if len(g.ratios) > 1:  # the allowed choice that keeps the closest channel count to `ratio`'s own
-                target = kept_channels(g.channels, ratio, round_to=self.round_to, min_channels=self.min_channels)
+                target = kept_channels(g.channels, ratio, round_to=self.round_to, min_channels=self.min_channels,
+                                        channel_groups=g.channel_groups)
                 k, r = min(zip(g.kept, g.ratios, strict=True), key=lambda kr: (abs(kr[0] - target), -kr[0]))
                 params[f"prune:{g.name}"] = r
         for l in self.layers:
@@ -186,9 +188,10 @@ def build_space(spec: SpaceFile, groups: list[PruneGroup], layers: list[str], *,
     for g in groups:
         seen: dict[int, float] = {}
         for r in rule_for(g.name, "ratios", spec.prune.ratios):
-            k = kept_channels(g.channels, r, round_to=spec.prune.round_to, min_channels=spec.prune.min_channels)
+            k = kept_channels(g.channels, r, round_to=spec.prune.round_to, min_channels=spec.prune.min_channels,
+                              channel_groups=g.channel_groups)
             seen.setdefault(k, r)
         kept = sorted(seen, reverse=True)
-        out_groups.append(GroupChoice(g.name, g.channels, g.members, [seen[k] for k in kept], kept))
+        out_groups.append(GroupChoice(g.name, g.channels, g.members, [seen[k] for k in kept], kept, g.channel_groups))
     out_layers = [LayerChoice(l, list(rule_for(l, "precisions", spec.quantize.precisions))) for l in layers]
     return SearchSpace(out_groups, out_layers, spec.prune.round_to, spec.prune.min_channels)

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from autocompress.pipeline.hooks import run_hooked
+
 __all__ = ["fold_batchnorm", "export_onnx", "layer_nodes", "QUANTIZABLE_OPS"]
 
 QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul")
@@ -43,12 +45,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> list[tuple[str, s
                 if id(inp[0]) in produced:
                     pairs.append((produced[id(inp[0])], name))
             hooks.append(m.register_forward_pre_hook(bn_hook))
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, example, hooks)
     modules = dict(model.named_modules())
     for conv_name, bn_name in pairs:
         fused = fuse_conv_bn_eval(modules[conv_name], modules[bn_name])

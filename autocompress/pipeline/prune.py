@@ -7,12 +7,15 @@ a multiple of `round_to`, because ONNX Runtime's CPU convolutions work on blocks
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+
+from autocompress.pipeline.hooks import run_hooked
 
 __all__ = ["PruneGroup", "find_groups", "kept_channels", "prune_model", "output_layers", "channel_counts"]
 
@@ -22,6 +25,8 @@ class PruneGroup:
     name: str  # the group's first member in module order: the key its ratio is stored under
     channels: int
     members: tuple[str, ...]  # layers whose output channels this group removes
+    channel_groups: int = 1  # a grouped convolution splits the channels in this many equal parts (see kept_channels)
+    part: str = ""  # the part of the model it was traced in, when torch-pruning cannot trace the whole model
 
 
 def output_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
@@ -32,50 +37,121 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
         for name, m in model.named_modules()
         if isinstance(m, (nn.Conv2d, nn.Linear))
     ]
-    try:
-        with torch.no_grad():
-            out = model.eval()(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    out = run_hooked(model, example, hooks)
     if id(out) in produced:
         return [produced[id(out)]]
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     return linears[-1:]
 
 
-def _graph(model: nn.Module, example: torch.Tensor) -> tuple[tp.DependencyGraph, dict[nn.Module, str], list[nn.Module]]:
-    names = {m: n for n, m in model.named_modules()}
-    ignored = [dict(model.named_modules())[n] for n in output_layers(model, example)]
+@dataclass
+class _Scope:
+    """A module torch-pruning traced: the whole model, or (when it cannot trace the whole) one of its parts."""
+    prefix: str  # "" for the whole model, else the part's name and a dot
+    dg: tp.DependencyGraph
+    names: dict[nn.Module, str]  # module -> its name in the whole model
+    ignored: list[nn.Module]  # layers whose output is the scope's output: never a group's root
+    module: nn.Module
+    example: torch.Tensor
+
+
+def _scope(module: nn.Module, example: torch.Tensor, prefix: str = "") -> _Scope:
+    names = {m: prefix + n for n, m in module.named_modules()}
+    ignored = [dict(module.named_modules())[n] for n in output_layers(module, example)]
     # The classifier stays in the graph (its inputs are pruned with the last stage); it is only never a root.
-    dg = tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example, verbose=False)
-    return dg, names, ignored
+    dg = tp.DependencyGraph().build_dependency(module.eval(), example_inputs=example, verbose=False)
+    return _Scope(prefix, dg, names, ignored, module, example)
+
+
+def _scopes(model: nn.Module, example: torch.Tensor) -> list[_Scope]:
+    """The whole model's graph or, when torch-pruning cannot trace it (e.g. ShuffleNet's channel shuffle), the
+    graphs of the largest parts it can trace, each traced on the input it receives in the model."""
+    try:
+        return [_scope(model, example)]
+    except Exception:
+        parts = _traceable_parts(model, "", _first_inputs(model, example))
+        if not parts:
+            raise
+        return parts
+
+
+def _first_inputs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
+    seen: dict[nn.Module, torch.Tensor] = {}
+
+    def hook(mod, args):
+        if args and isinstance(args[0], torch.Tensor):
+            seen.setdefault(mod, args[0].detach())
+    run_hooked(model, example, [m.register_forward_pre_hook(hook) for m in model.modules()])
+    return seen
+
+
+def _traceable_parts(module: nn.Module, prefix: str, inputs: dict[nn.Module, torch.Tensor]) -> list[_Scope]:
+    out = []
+    for name, child in module.named_children():
+        if child not in inputs or not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in child.modules()):
+            continue
+        try:
+            out.append(_scope(child, inputs[child], f"{prefix}{name}."))
+        except Exception:  # noqa: BLE001 - untraceable as a whole: try its parts
+            out += _traceable_parts(child, f"{prefix}{name}.", inputs)
+    return out
+
+
+def _keeps_boundary(scope: _Scope, root: str) -> bool:
+    """A part's group may be cut only if the part still takes its input and gives an output of the same shape:
+    the layers outside it were not traced with it."""
+    part = copy.deepcopy(scope.module).eval()
+    try:
+        with torch.no_grad():
+            expected = tuple(part(scope.example).shape)
+        _prune_in(_scope(part, scope.example), {root[len(scope.prefix):]: 0.5}, round_to=1, min_channels=1, prefix="")
+        with torch.no_grad():
+            return tuple(part(scope.example).shape) == expected
+    except Exception:  # noqa: BLE001 - a group that breaks its part is no group of the model
+        return False
 
 
 def find_groups(model: nn.Module, example: torch.Tensor) -> list[PruneGroup]:
     """The model's prunable channel groups, in module order."""
-    dg, names, ignored = _graph(model, example)
-    order = {n: i for i, n in enumerate(names.values())}
+    scopes = _scopes(model, example)
+    order = {n: i for i, n in enumerate(dict(model.named_modules()))}
+    modules = dict(model.named_modules())
     groups = []
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
-        members = sorted(
-            {names[dep.target.module] for dep, _ in group
-             if dg.is_out_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))},
-            key=order.__getitem__,
-        )
-        if not members:
-            continue
-        root = dict(model.named_modules())[members[0]]
-        channels = dg.get_out_channels(root)
-        groups.append(PruneGroup(members[0], int(channels), tuple(members)))
+    for sc in scopes:
+        for group in sc.dg.get_all_groups(ignored_layers=sc.ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+            members = sorted(
+                {sc.names[dep.target.module] for dep, _ in group if sc.dg.is_out_channel_pruning_fn(dep.handler)
+                 and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))},
+                key=order.__getitem__,
+            )
+            if not members or (sc.prefix and not _keeps_boundary(sc, members[0])):
+                continue
+            channels = sc.dg.get_out_channels(modules[members[0]])
+            groups.append(PruneGroup(members[0], int(channels), tuple(members), _channel_groups(group),
+                                     sc.prefix.rstrip(".")))
     groups.sort(key=lambda g: order[g.name])
     return groups
 
 
-def kept_channels(channels: int, ratio: float, *, round_to: int, min_channels: int) -> int:
-    """Channels left after pruning `ratio` of them, rounded to a multiple of `round_to` (nearest)."""
+def _channel_groups(group) -> int:
+    """How many equal parts a grouped convolution in `group` splits its channels into (1 if none). Depthwise
+    convolutions (a group per channel) shrink with the channels; other grouped ones keep their group count, so
+    each part must lose the same channels (as torch-pruning's own pruners do)."""
+    parts = [m.groups for m in (dep.target.module for dep, _ in group)
+             if isinstance(m, nn.Conv2d) and 1 < m.groups != m.out_channels]
+    return max(parts, default=1)
+
+
+def kept_channels(channels: int, ratio: float, *, round_to: int, min_channels: int, channel_groups: int = 1) -> int:
+    """Channels left after pruning `ratio` of them, rounded to a multiple of `round_to` (nearest). With
+    `channel_groups` parts, every part keeps the same count and the total stays a multiple of `round_to`."""
     if ratio <= 0:
         return channels
+    if channel_groups > 1:
+        step = round_to // math.gcd(round_to, channel_groups)  # parts x step is a multiple of round_to
+        per_part = kept_channels(channels // channel_groups, ratio, round_to=step,
+                                 min_channels=math.ceil(min_channels / channel_groups))
+        return per_part * channel_groups
     target = channels * (1.0 - ratio)
     keep = int(math.floor(target / round_to + 0.5)) * round_to if round_to > 1 else int(round(target))
     floor = max(round_to, math.ceil(min_channels / round_to) * round_to)  # the minimum, on the grid too
@@ -94,31 +170,56 @@ def prune_model(
 
     Returns {group name: (channels before, channels after)}.
     """
-    dg, names, ignored = _graph(model, example)
     modules = dict(model.named_modules())
-    protected = {names[m] for m in ignored}
+    for name in ratios:
+        if name not in modules:
+            raise KeyError(f"no layer named {name!r} in the model")
+    if not any(r > 0 for r in ratios.values()):  # nothing to cut: no graph to trace
+        return {name: (_out_channels(modules[name]),) * 2 for name in ratios}
+    result: dict[str, tuple[int, int]] = {}
+    for sc in _scopes(model, example):
+        mine = {n: r for n, r in ratios.items() if modules[n] in sc.names}
+        result.update(_prune_in(sc, mine, round_to=round_to, min_channels=min_channels, prefix=sc.prefix))
+    for name in ratios.keys() - result.keys():
+        raise KeyError(f"layer {name!r} is in no part of the model that torch-pruning can trace")
+    return result
+
+
+def _prune_in(sc: _Scope, ratios: dict[str, float], *, round_to: int, min_channels: int,
+              prefix: str) -> dict[str, tuple[int, int]]:
+    modules = {prefix + n: m for n, m in sc.module.named_modules()}
+    protected = {sc.names[m] for m in sc.ignored}
     importance = tp.importance.GroupMagnitudeImportance(p=2)
     result: dict[str, tuple[int, int]] = {}
     for name, ratio in ratios.items():
-        if name not in modules:
-            raise KeyError(f"no layer named {name!r} in the model")
         if name in protected:
             raise KeyError(f"layer {name!r} produces the model's output and cannot be pruned")
         root = modules[name]
-        pruner = dg.get_pruner_of_module(root)
-        channels = int(dg.get_out_channels(root))
-        keep = kept_channels(channels, ratio, round_to=round_to, min_channels=min_channels)
+        pruner = sc.dg.get_pruner_of_module(root)
+        channels = int(sc.dg.get_out_channels(root))
+        full = sc.dg.get_pruning_group(root, pruner.prune_out_channels, idxs=list(range(channels)))
+        parts = _channel_groups(full)
+        keep = kept_channels(channels, ratio, round_to=round_to, min_channels=min_channels, channel_groups=parts)
         result[name] = (channels, keep)
         if keep >= channels:
             continue
-        full = dg.get_pruning_group(root, pruner.prune_out_channels, idxs=list(range(channels)))
-        scores = importance(full)
-        drop = torch.argsort(scores)[: channels - keep].tolist()
-        group = dg.get_pruning_group(root, pruner.prune_out_channels, idxs=sorted(drop))
-        if not dg.check_pruning_group(group):
+        drop = _lowest(importance(full), channels - keep, parts)
+        group = sc.dg.get_pruning_group(root, pruner.prune_out_channels, idxs=sorted(drop))
+        if not sc.dg.check_pruning_group(group):
             raise RuntimeError(f"pruning group {name!r} to {keep} channels would remove a whole layer")
         group.prune()
     return result
+
+
+def _lowest(scores: torch.Tensor, n: int, parts: int) -> list[int]:
+    """The `n` least important channels; with `parts`, the same positions in every part (scores averaged)."""
+    size = len(scores) // parts
+    local = torch.argsort(scores.view(parts, size).mean(dim=0))[: n // parts].tolist()
+    return sorted(i + p * size for p in range(parts) for i in local)
+
+
+def _out_channels(m: nn.Module) -> int:
+    return int(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
 
 
 def channel_counts(model: nn.Module) -> dict[str, int]:

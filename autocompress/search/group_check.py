@@ -2,9 +2,14 @@
 
 Torch-pruning follows the operators it can trace. A shortcut that subsamples and zero-pads channels to a fixed
 count (the "option A" ResNet shortcut) is invisible to it: pruning the groups around it leaves channel counts the
-padding no longer matches, and the forward pass fails. So before a search each group is pruned alone at its
-largest ratio, and the model must still run on the example input, export, and give an output of the same shape;
-a group that fails keeps only the ratios that pass (checked from the largest down), or leaves the space.
+padding no longer matches, and the forward pass fails. So before a search every group is pruned at its largest
+ratio, and the model must still run on the example input, export, and give an output of the same shape.
+
+The groups are checked together first, then in halves, down to the single groups that fail alone (group
+testing): one export per model instead of one per group, which is what made the check cost minutes on a
+DenseNet. A group that fails alone keeps only the ratios that pass alone (checked from the largest down), or
+leaves the space. A group that breaks only in company with others is not caught here; a trial that builds that
+company fails with its error, like any other failing configuration.
 """
 
 from __future__ import annotations
@@ -30,16 +35,16 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
 
 
-def check_group(model: torch.nn.Module, example: torch.Tensor, group: GroupChoice, ratio: float, *, round_to: int,
+def check_group(model: torch.nn.Module, example: torch.Tensor, ratios: dict[str, float], *, round_to: int,
                 min_channels: int, export: bool) -> str | None:
-    """None if `group` pruned alone by `ratio` leaves a model that runs (and, with `export`, exports) and gives an
-    output of the unpruned model's shape; otherwise why not, in one line."""
+    """None if the groups of `ratios` pruned together leave a model that runs (and, with `export`, exports) and
+    gives an output of the unpruned model's shape; otherwise why not, in one line."""
     m = copy.deepcopy(model).eval()
     try:
         with torch.no_grad():
             expected = tuple(m(example).shape)
         with torch.enable_grad():  # torch-pruning traces with autograd
-            prune_model(m, example, {group.name: ratio}, round_to=round_to, min_channels=min_channels)
+            prune_model(m, example, ratios, round_to=round_to, min_channels=min_channels)
         with torch.no_grad():
             got = tuple(m(example).shape)
         if got != expected:
@@ -51,28 +56,35 @@ def check_group(model: torch.nn.Module, example: torch.Tensor, group: GroupChoic
     return None
 
 
-def _safe_ratios(model: torch.nn.Module, example: torch.Tensor, g: GroupChoice, space: SearchSpace) -> tuple[list, str]:
-    """The group's ratios that pass, and the first failure's reason ('' if none). The largest ratio is checked
-    first (with export); only when it fails are the smaller ones checked, each by running the model."""
-    ratios = sorted((r for r in g.ratios if r > 0), reverse=True)
-    why = check_group(model, example, g, ratios[0], round_to=space.round_to, min_channels=space.min_channels,
-                      export=True)
+def _failing_alone(model: torch.nn.Module, example: torch.Tensor, groups: list[GroupChoice],
+                   space: SearchSpace) -> dict[str, str]:
+    """{group: why} for the groups of `groups` that fail pruned alone at their largest ratio, found by checking
+    the whole set, then its halves, recursively (a set that passes clears all its groups at once)."""
+    why = check_group(model, example, {g.name: max(g.ratios) for g in groups}, round_to=space.round_to,
+                      min_channels=space.min_channels, export=True)
     if why is None:
-        return list(g.ratios), ""
-    ok = [r for r in ratios[1:] if check_group(model, example, g, r, round_to=space.round_to,
-                                                 min_channels=space.min_channels, export=False) is None]
-    return [r for r in g.ratios if r <= 0 or r in ok], f"pruned alone by {ratios[0]:g}: {why}"
+        return {}
+    if len(groups) == 1:
+        return {groups[0].name: why}
+    half = len(groups) // 2
+    return {**_failing_alone(model, example, groups[:half], space),
+            **_failing_alone(model, example, groups[half:], space)}
+
+
+def _safe_ratios(model: torch.nn.Module, example: torch.Tensor, g: GroupChoice, space: SearchSpace) -> list[float]:
+    """The ratios of a group that failed at its largest one that pass alone, each checked with export."""
+    return [r for r in g.ratios if r <= 0 or r != max(g.ratios) and check_group(
+        model, example, {g.name: r}, round_to=space.round_to, min_channels=space.min_channels, export=True) is None]
 
 
 def find_limits(space: SearchSpace, model: torch.nn.Module, example: torch.Tensor) -> dict[str, dict]:
     """{group: {"ratios": the ratios that pass, "reason": the first failure}} for every group that fails a check."""
-    limits = {}
-    for g in space.groups:
-        if any(r > 0 for r in g.ratios):
-            ratios, reason = _safe_ratios(model, example, g, space)
-            if reason:
-                limits[g.name] = {"ratios": ratios, "reason": reason}
-    return limits
+    groups = [g for g in space.groups if any(r > 0 for r in g.ratios)]
+    failing = _failing_alone(model, example, groups, space) if groups else {}
+    by_name = {g.name: g for g in groups}
+    return {name: {"ratios": _safe_ratios(model, example, by_name[name], space),
+                   "reason": f"pruned alone by {max(by_name[name].ratios):g}: {why}"}
+            for name, why in failing.items()}
 
 
 def apply_limits(space: SearchSpace, limits: dict[str, dict]) -> dict[str, str]:
@@ -91,7 +103,8 @@ def apply_limits(space: SearchSpace, limits: dict[str, dict]) -> dict[str, str]:
             continue
         said[g.name] = f"ratios limited to {', '.join(f'{r:g}' for r in ratios)}: {limit['reason']}"
         pairs = [(r, k) for r, k in zip(g.ratios, g.kept, strict=True) if r in ratios]
-        kept.append(GroupChoice(g.name, g.channels, g.members, [r for r, _ in pairs], [k for _, k in pairs]))
+        kept.append(GroupChoice(g.name, g.channels, g.members, [r for r, _ in pairs], [k for _, k in pairs],
+                                g.channel_groups))
     space.groups = kept
     return said
 

@@ -95,6 +95,10 @@ def _space(config: SearchConfig, model: torch.nn.Module, splits: Splits) -> Sear
         untraceable["(all groups)"] = (f"torch-pruning cannot trace the model ({type(e).__name__}: "
                                        f"{' '.join(str(e).split())[:200]}); "
                                        "no layer is pruned, precisions are still searched")
+    parts = sorted({g.part for g in groups if g.part})
+    if parts:
+        untraceable["(whole model)"] = (f"torch-pruning cannot trace the model as a whole; channels are cut only "
+                                        f"within the {len(parts)} parts it can trace ({', '.join(parts[:3])}, ...)")
     space = build_space(space_file, groups, layers, source=str(config.space or "the default search space"))
     space.excluded = excluded
     space.pruning_limits = {**untraceable, **limit_to_safe_groups(space, model, example, cache_dir())}

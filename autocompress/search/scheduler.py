@@ -35,7 +35,8 @@ def model_key(space: SearchSpace, ratios: dict[str, float], precisions: dict[str
     """Identity of the model a configuration builds: kept channels of every group, precision of every layer
     (two ratios that round to the same channel count build the same model)."""
     kept = {g.name: kept_channels(g.channels, float(ratios.get(g.name, 0.0)), round_to=space.round_to,
-                                  min_channels=space.min_channels) for g in space.groups}
+                                  min_channels=space.min_channels, channel_groups=g.channel_groups)
+            for g in space.groups}
     return json.dumps({"kept": kept, "precision": {layer.name: precisions.get(layer.name, "fp32")
                                                    for layer in space.layers}}, sort_keys=True)
 
