@@ -33,7 +33,7 @@ def _limits(row: zoo.ZooRow) -> str:
         return "none"
     reasons: dict[str, list[str]] = {}
     for group, why in row.limits.items():
-        reasons.setdefault(why.split(": ", 1)[-1][:90], []).append(group)
+        reasons.setdefault(why.split(": ", 1)[-1][:120], []).append(group)
     return "; ".join(f"{len(g)} ({', '.join(g[:2])}{', ...' if len(g) > 2 else ''}): {why}"
                      for why, g in reasons.items()).replace("|", "/")
 

@@ -31,15 +31,16 @@ class PruneGroup:
 
 def output_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     """Names of the leaf layers whose output is the model's output (the classifier): never pruned."""
-    produced: dict[int, str] = {}
+    # each output is kept alive with its name: a freed tensor's id can be reused by the model's own output
+    produced: dict[int, tuple[str, torch.Tensor]] = {}
     hooks = [
-        m.register_forward_hook(lambda mod, inp, out, name=name: produced.__setitem__(id(out), name))
+        m.register_forward_hook(lambda mod, inp, out, name=name: produced.__setitem__(id(out), (name, out)))
         for name, m in model.named_modules()
         if isinstance(m, (nn.Conv2d, nn.Linear))
     ]
     out = run_hooked(model, example, hooks)
     if id(out) in produced:
-        return [produced[id(out)]]
+        return [produced[id(out)][0]]
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     return linears[-1:]
 

@@ -111,8 +111,11 @@ def apply_limits(space: SearchSpace, limits: dict[str, dict]) -> dict[str, str]:
 
 def architecture_key(model: torch.nn.Module, example: torch.Tensor, space: SearchSpace) -> str:
     """What the checks depend on: the modules, the code of their forward passes, the input shape and the space
-    (not the weights: which channels go changes, the shapes do not)."""
+    (not the weights: which channels go changes, the shapes do not), and the code that prunes and checks (a new
+    version of either may answer differently)."""
     h = hashlib.sha256(repr(model).encode())
+    for ours in (prune_model, find_limits):
+        h.update(inspect.getsource(inspect.getmodule(ours)).encode())
     for cls in sorted({type(m) for m in model.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
         h.update(f"{cls.__module__}.{cls.__qualname__}".encode())
         try:
