@@ -232,17 +232,22 @@ def _log(text: str) -> None:
     typer.echo(text, err=True)
 
 
-def _run(prep, *, progress: bool, verbose: bool = False) -> None:
-    from autocompress.search.driver import run_search
-
+def _guarded(work, verbose: bool = False):
+    """`work()`, for long work: stopped at once by the user (a second Ctrl-C) it exits 130 saying so; bad input is
+    one line and exit 2."""
     try:
-        result = run_search(prep, progress=progress, log=_log)
+        return work()
     except Interrupted as e:
         typer.echo(f"stopped: {e}", err=True)
         raise typer.Exit(130) from None
     except AutocompressError as e:
         _fail(e, verbose)
-        return
+
+
+def _run(prep, *, progress: bool, verbose: bool = False) -> None:
+    from autocompress.search.driver import run_search
+
+    result = _guarded(lambda: run_search(prep, progress=progress, log=_log), verbose)
     states = result.trials["state"] if len(result.trials) else None
     n_total = len(result.trials)
 
@@ -315,6 +320,35 @@ def pick(
                f"({b.latency_ms / c.latency_ms:.2f}x faster than FP32 {b.latency_ms:.3f} ms), "
                f"{c.size_bytes / 1e6:.3f} MB")
     typer.echo(f"onnx: {export.resolve() if export is not None else c.onnx}")
+
+
+@app.command()
+def finalize(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `autocompress search`."),
+    trial: Optional[int] = typer.Option(None, "--trial", "-t", help="The trial to finalize (see `autocompress pick`)."),
+    max_latency_ms: Optional[float] = typer.Option(
+        None, "--max-latency-ms", help="Instead of --trial: the model `pick` chooses under this latency (ms)."),
+    min_accuracy: Optional[float] = typer.Option(
+        None, "--min-accuracy", help="Instead of --trial: ... or above this validation accuracy (%)."),
+    epochs: Optional[int] = typer.Option(
+        None, "--epochs", help="Fine-tuning epochs (default: about 100,000 images seen, 10 to 30 epochs)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Its folder under RUN/final/ (default: trial<N>)."),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="Latency rounds of the final model, FP32 and the trial."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No line per epoch."),
+    verbose: bool = typer.Option(False, "--verbose", help="On an error, also print the traceback underneath."),
+) -> None:
+    """Fine-tune a searched model for longer (all training images, distillation, quantization-aware), then export,
+    quantize and measure it like a trial: RUN/final/<name>/model.onnx. Ctrl-C stops and keeps the best epoch;
+    the same command resumes a stopped or killed run from its last epoch."""
+    from autocompress.final import finalize as do_finalize
+
+    f = _guarded(lambda: do_finalize(run_dir, trial, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy,
+                                     epochs=epochs, name=name, rounds=rounds, progress=not no_progress, log=_log),
+                 verbose)
+    typer.echo(f"final {f.name} (trial {f.trial}): test {f.final.test_accuracy:.2f}% "
+               f"(as searched {f.searched.test_accuracy:.2f}%), {f.final.latency_ms:.4f} ms "
+               f"({f.fp32.latency_ms / f.final.latency_ms:.2f}x faster than FP32), {f.final.size_bytes / 1e6:.3f} MB")
+    typer.echo(f"onnx: {f.onnx}")
 
 
 @app.command()

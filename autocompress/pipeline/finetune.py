@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from autocompress.config import TrainConfig
 
-__all__ = ["MOMENTUM", "WEIGHT_DECAY", "train", "evaluate", "TrainingDiverged"]
+__all__ = ["MOMENTUM", "WEIGHT_DECAY", "Trainer", "train", "evaluate", "TrainingDiverged"]
 
 # what every run trains with besides its TrainConfig (epochs, lr, batch size, distillation): SGD with Nesterov momentum
 # and weight decay, and random shifts of up to 1/8 of the image side
@@ -31,6 +31,73 @@ def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return padded[..., dy : dy + x.shape[-2], dx : dx + x.shape[-1]]
 
 
+class Trainer:
+    """Training in place, one epoch at a time: SGD with Nesterov momentum and a one-cycle cosine schedule over
+    `settings.epochs`, random shifts, distillation from `teacher` when given. `state_dict()` holds everything
+    the next epoch depends on (optimizer, schedule, random generator, position), so a run resumed from it goes on
+    exactly as the uninterrupted one would."""
+
+    def __init__(self, model: nn.Module, n: int, *, settings: TrainConfig, seed: int,
+                 teacher: nn.Module | None = None) -> None:
+        self.model, self.n, self.settings, self.teacher = model, n, settings, teacher
+        self.gen = torch.Generator().manual_seed(seed)
+        steps_per_epoch = max(1, math.ceil(n / settings.batch_size))
+        self.total_steps = max(1, round(settings.epochs * steps_per_epoch))
+        self.opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+                                   nesterov=True)
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=settings.lr, total_steps=self.total_steps,
+                                                         pct_start=0.15, anneal_strategy="cos")
+        self.step, self.epochs_done = 0, 0
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    def epoch(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One pass over (a permutation of) the data, or what is left of the schedule; the mean loss."""
+        s, teacher = self.settings, self.teacher
+        if teacher is not None:
+            teacher.eval()
+        self.model.train()
+        perm = torch.randperm(self.n, generator=self.gen)
+        running, count = 0.0, 0
+        for i in range(0, self.n, s.batch_size):
+            if self.done:
+                break
+            idx = perm[i : i + s.batch_size]
+            xb, yb = _shift(x[idx], self.gen), y[idx]
+            logits = self.model(xb)
+            loss = F.cross_entropy(logits, yb)
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(xb)
+                T = s.temperature
+                kd = F.kl_div(F.log_softmax(logits / T, 1), F.softmax(t_logits / T, 1), reduction="batchmean") * T * T
+                loss = s.kd_alpha * kd + (1 - s.kd_alpha) * loss
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss became {loss.item()} at step {self.step}")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            self.step += 1
+            running += loss.item() * len(idx)
+            count += len(idx)
+        self.epochs_done += 1
+        self.model.eval()
+        return running / max(count, 1)
+
+    def state_dict(self) -> dict:
+        return {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "gen": self.gen.get_state(),
+                "step": self.step, "epochs_done": self.epochs_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.gen.set_state(state["gen"])
+        self.step, self.epochs_done = int(state["step"]), int(state["epochs_done"])
+
+
 def train(
     model: nn.Module,
     x: np.ndarray,
@@ -41,52 +108,15 @@ def train(
     teacher: nn.Module | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Train in place with SGD + cosine schedule and random shifts; distil from `teacher` when given. Returns mean loss
-    per epoch."""
-    gen = torch.Generator().manual_seed(seed)
+    """Train in place (a `Trainer` run to its end); returns the mean loss per epoch. `on_epoch(epoch, loss)` is
+    called after each."""
+    trainer = Trainer(model, len(x), settings=settings, seed=seed, teacher=teacher)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    n = len(xt)
-    steps_per_epoch = max(1, math.ceil(n / settings.batch_size))
-    total_steps = max(1, round(settings.epochs * steps_per_epoch))
-    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
-                          nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=total_steps,
-                                                pct_start=0.15, anneal_strategy="cos")
-    if teacher is not None:
-        teacher.eval()
-    model.train()
     losses: list[float] = []
-    step, epoch = 0, 0
-    while step < total_steps:
-        perm = torch.randperm(n, generator=gen)
-        running, count = 0.0, 0
-        for i in range(0, n, settings.batch_size):
-            if step >= total_steps:
-                break
-            idx = perm[i : i + settings.batch_size]
-            xb, yb = xt[idx], yt[idx]
-            xb = _shift(xb, gen)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logits = teacher(xb)
-                T = settings.temperature
-                kd = F.kl_div(F.log_softmax(logits / T, 1), F.softmax(t_logits / T, 1), reduction="batchmean") * T * T
-                loss = settings.kd_alpha * kd + (1 - settings.kd_alpha) * loss
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            running += loss.item() * len(idx)
-            count += len(idx)
-        losses.append(running / max(count, 1))
+    while not trainer.done:
+        losses.append(trainer.epoch(xt, yt))
         if on_epoch:
-            on_epoch(epoch, losses[-1])
-        epoch += 1
+            on_epoch(trainer.epochs_done - 1, losses[-1])
     model.eval()
     return losses
 

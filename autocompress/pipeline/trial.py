@@ -24,7 +24,7 @@ from autocompress.pipeline.prune import channel_counts, prune_model
 from autocompress.pipeline.quantize import calibrate_activations, fake_quantized, quantize_static_onnx
 from autocompress.tasks.data import Splits
 
-__all__ = ["TrialSpec", "TrialOutput", "StoppedEarly", "run_pipeline"]
+__all__ = ["TrialSpec", "TrialOutput", "StoppedEarly", "Laps", "run_pipeline", "build_artifact"]
 
 
 @dataclass
@@ -73,19 +73,25 @@ class _Stop(Exception):
     pass
 
 
+class Laps:
+    """Seconds per stage, each stage timed from the end of the one before: `lap("export")`, then `.times`."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.times[stage] = round(now - self._t, 3)
+        self._t = now
+
+
 def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *,
                  threads: int | None = None) -> TrialOutput | StoppedEarly:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(spec.seed)
-    times: dict[str, float] = {}
-    t = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        times[stage] = round(now - t, 3)
-        t = now
+    lap = Laps()
 
     example = torch.from_numpy(splits.val_x[:1])
     model = copy.deepcopy(baseline).eval()
@@ -113,9 +119,18 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *,
                       on_epoch=check)
             except _Stop:
                 lap("finetune")
-                return StoppedEarly(first[0], check_after, float(spec.stop_below), times)
+                return StoppedEarly(first[0], check_after, float(spec.stop_below), lap.times)
         lap("finetune")
 
+    return build_artifact(model, splits, spec, kept, lap=lap, threads=threads)
+
+
+def build_artifact(model: torch.nn.Module, splits: Splits, spec: TrialSpec, kept: dict[str, tuple[int, int]], *,
+                   lap: Laps | None = None, threads: int | None = None) -> TrialOutput:
+    """The fine-tuned (pruned) float `model` -> its ONNX Runtime artifact with spec's precisions, verified and
+    evaluated: the second half of every trial, and of `autocompress finalize`."""
+    lap = lap if lap is not None else Laps()
+    example = torch.from_numpy(splits.val_x[:1])
     # The PyTorch counterpart of the artifact is the fine-tuned model with BatchNorm folded into its convs, as
     # exported, fake-quantized and calibrated on the folded float model, as ONNX Runtime calibrates it. (Evaluated
     # before folding, it differed from the artifact by float rounding at quantization-step boundaries: on one mixed
@@ -158,5 +173,5 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *,
         float_layers=kernels["float_layers"],
         requested_int8=sorted(l for l, p in spec.precisions.items() if p == "int8"),
         op_counts=kernels["op_counts"],
-        stage_seconds=times,
+        stage_seconds=lap.times,
     )

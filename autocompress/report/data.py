@@ -3,7 +3,7 @@ HTML and the Markdown report share."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +27,7 @@ class ReportData:
     pareto: pd.DataFrame
     done: pd.DataFrame  # completed trials
     failed: pd.DataFrame  # neither completed nor a duplicate: failed or stopped early
+    finals: list[dict] = field(default_factory=list)  # final.json of each model `autocompress finalize` wrote
 
     @property
     def fp32(self) -> dict:
@@ -48,8 +49,10 @@ def load_report_data(rd: RunDir) -> ReportData:
     pareto = pareto_front(table) if len(table) else table
     done = table[table["state"] == "COMPLETE"] if len(table) else table
     failed = table[~table["state"].isin(["COMPLETE", "DUPLICATE"])] if len(table) else table
+    from autocompress.final import final_models
+
     return ReportData(path=rd.path, meta=meta, baselines=baselines, table=table, pareto=pareto, done=done,
-                      failed=failed)
+                      failed=failed, finals=final_models(rd.path))
 
 
 def confirm_rounds(rd: RunDir) -> int:

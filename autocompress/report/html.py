@@ -56,6 +56,7 @@ def report_page(data: ReportData, rounds: int) -> str:
         f"own fine-tune.</p>{_baselines_table(data, cols)}",
         f'<p class="sub">Choose one with <code>autocompress pick {html.escape(str(data.path))} '
         "--max-latency-ms X</code>.</p>",
+        _finals_section(data),
         f"<h2>Per-layer configuration of the Pareto models</h2>{_layer_table(data)}",
         _parity_section(data),
         _failures_section(data),
@@ -207,6 +208,27 @@ def _parity_section(data: ReportData) -> str:
                           ("pt", "PyTorch test %", lambda r: _f(r["torch_test_accuracy"])),
                           ("gap", "gap (points)", lambda r: f"<span class='bad'>{r['gap']:+.2f}</span>"),
                           ("pareto", "Pareto", lambda r: "yes" if int(r["trial"]) in on_front else "")]))
+
+
+def _finals_section(data: ReportData) -> str:
+    """The models `autocompress finalize` fine-tuned for longer, beside their trial as searched."""
+    if not data.finals:
+        return ""
+    rows = []
+    for f in data.finals:
+        rows.append({"model": f"trial {f['trial']} as searched", "epochs": "", "onnx": "", **f["searched"]})
+        rows.append({"model": f"final <code>{html.escape(f['name'])}</code>", "onnx": f["onnx"], **f["final"],
+                     "epochs": f"{f['epochs_done']}/{f['epochs']} (kept {f['best_epoch']})"})
+        for r in rows[-2:]:
+            r["speed"] = f"{f['fp32']['latency_ms'] / r['latency_ms']:.2f}x"
+    cols: list[Column] = [
+        ("model", "model", lambda r: r["model"]), ("epochs", "epochs", lambda r: r["epochs"]),
+        ("val", "val %", lambda r: _f(r["val_accuracy"])), ("test", "test %", lambda r: _f(r["test_accuracy"])),
+        ("lat", "latency ms", lambda r: _f(r["latency_ms"], 4)), ("speed", "vs FP32", lambda r: r["speed"]),
+        ("size", "MB", lambda r: _f(r["size_bytes"] / 1e6, 3)), ("onnx", "file", lambda r: html.escape(r["onnx"]))]
+    return ('<h2>Finalized models</h2><p class="sub">Each fine-tuned for longer on every training image by '
+            "<code>autocompress finalize</code>; its latency, the trial's and FP32's were measured together, in "
+            "alternating rounds.</p>" + _table(pd.DataFrame(rows), cols, left={"model", "onnx"}))
 
 
 def _failures_section(data: ReportData) -> str:

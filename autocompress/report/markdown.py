@@ -24,4 +24,6 @@ def report_markdown(data: ReportData) -> str:
         md.append(f"| trial {int(r['trial'])} | {r['val_accuracy']:.2f} | {r['test_accuracy']:.2f} | "
                   f"{r['latency_ms']:.3f} | {r['latency_p90_ms']:.3f} | {data.speed(r)} | "
                   f"{r['size_bytes'] / 1e6:.3f} | {r['onnx']} |")
+    for f in data.finals:  # `autocompress finalize`: each final model's own section
+        md += ["", (data.path / "final" / f["name"] / "report.md").read_text().rstrip()]
     return "\n".join(md) + "\n"

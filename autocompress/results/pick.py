@@ -12,7 +12,7 @@ from autocompress.errors import ConfigError
 from autocompress.results.pareto import pareto_front
 from autocompress.results.rundir import RunDir
 
-__all__ = ["ModelConfig", "PickedModel", "Pick", "choose", "pick"]
+__all__ = ["ModelConfig", "PickedModel", "Pick", "choose", "pick", "with_finals"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PickedModel:
-    trial: int | str  # a trial number, or `baseline-<name>`
+    trial: int | str  # a trial number, `baseline-<name>`, or `final-<name>` (autocompress finalize)
     val_accuracy: float  # %, of the ONNX file on the validation split (what the search optimized)
     test_accuracy: float  # %, of the ONNX file on the test split (reported only)
     latency_ms: float  # median on the device
@@ -60,6 +60,20 @@ class Pick:
     chosen: PickedModel | None
     nearest: list[PickedModel]  # when nothing meets the constraints: the closest Pareto models
     baseline: PickedModel  # FP32
+
+
+def with_finals(table: pd.DataFrame, run_path: Path) -> pd.DataFrame:
+    """The trials and the run's finalized models (`autocompress finalize`), which `pick` may choose as well."""
+    import json
+
+    rows = [json.loads(p.read_text())["row"] for p in sorted(Path(run_path).glob("final/*/final.json"))]
+    return pd.concat([table, pd.DataFrame(rows)], ignore_index=True) if rows else table
+
+
+def _label(row: pd.Series | dict):
+    """A trial's number, or `final-<name>` for a finalized model."""
+    kind = str(row.get("kind", ""))
+    return kind if kind.startswith("final-") else int(row["trial"])
 
 
 def _picked(row: pd.Series | dict, trial, run_path: Path, channels_before: dict[str, int]) -> PickedModel:
@@ -100,9 +114,9 @@ def choose(table: pd.DataFrame, fp32: dict, run_path: Path, channels_before: dic
             return m
 
         near = front.assign(_miss=front.apply(miss, axis=1)).sort_values("_miss").head(3) if len(front) else front
-        return Pick(None, [_picked(r, int(r["trial"]), run_path, channels_before) for _, r in near.iterrows()], base)
+        return Pick(None, [_picked(r, _label(r), run_path, channels_before) for _, r in near.iterrows()], base)
     r = ok.sort_values(["val_accuracy", "latency_ms"], ascending=[False, True]).iloc[0]
-    return Pick(_picked(r, int(r["trial"]), run_path, channels_before), [], base)
+    return Pick(_picked(r, _label(r), run_path, channels_before), [], base)
 
 
 def channels_before(meta: dict) -> dict[str, int]:
@@ -114,7 +128,7 @@ def pick(run_dir: str | Path, *, max_latency_ms: float | None = None, min_accura
          max_size_mb: float | None = None, export: str | Path | None = None) -> Pick:
     """`choose` on a run directory; with `export`, the chosen ONNX file is copied there."""
     rd = RunDir.open(run_dir)
-    res = choose(rd.read_table(), rd.read_json(rd.baselines_json)["fp32"], rd.path,
+    res = choose(with_finals(rd.read_table(), rd.path), rd.read_json(rd.baselines_json)["fp32"], rd.path,
                  channels_before(rd.read_json(rd.meta)), max_latency_ms=max_latency_ms,
                  min_accuracy=min_accuracy, max_size_mb=max_size_mb)
     if export is not None and res.chosen is not None:

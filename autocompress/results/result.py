@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from autocompress.results.pareto import pareto_front
-from autocompress.results.pick import PickedModel, channels_before, choose
+from autocompress.results.pick import PickedModel, channels_before, choose, with_finals
 from autocompress.results.records import TrialRecord
 from autocompress.results.rundir import RunDir
 
@@ -29,8 +29,15 @@ class SearchResult:
         """The most accurate Pareto model (validation accuracy; ties: faster) within every given constraint, with
         its configuration; None if no Pareto model meets them."""
         fp32 = self.baselines["fp32"].to_row()
-        return choose(self.trials, fp32, self.run_dir, channels_before(self.meta), max_latency_ms=max_latency_ms,
-                      min_accuracy=min_accuracy, max_size_mb=max_size_mb).chosen
+        return choose(with_finals(self.trials, self.run_dir), fp32, self.run_dir, channels_before(self.meta),
+                      max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_mb=max_size_mb).chosen
+
+    def finalize(self, trial: int | None = None, **kwargs):
+        """`autocompress.final.finalize` on this run: the trial's configuration fine-tuned for longer, measured like
+        a trial, written to `run_dir/final/<name>/`. Returns a `FinalModel`."""
+        from autocompress.final import finalize
+
+        return finalize(self.run_dir, trial, **kwargs)
 
 
 def load_run(run_dir: str | Path) -> SearchResult:
