@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from autocompress.config import TrainConfig
-from autocompress.errors import ConfigError, Interrupted
+from autocompress.errors import ConfigError, Interrupted, RunError
 from autocompress.fileio import atomic_write_bytes, atomic_write_text
 from autocompress.pipeline.finetune import Trainer, evaluate
 from autocompress.pipeline.prune import prune_model
@@ -174,9 +174,17 @@ def _prepared(rd: RunDir, model, train_data, val_data, test_data, calib_data, lo
 
 
 def _baseline_model(prep, log: Callable[[str], None]) -> torch.nn.Module:
-    from autocompress.search.driver import fp32_model
-
-    return fp32_model(prep, log, progress=False)[0]
+    """The run's own FP32 model: the object or weights it was given, or the model it trained, read back from where
+    the run recorded it (training again on every training image would give another model than the trials')."""
+    if prep.trained:
+        return prep.model
+    path = Path(_meta(prep).get("baseline", {}).get("path", ""))
+    if not path.is_file():
+        raise RunError(f"the FP32 model {prep.run_dir} trained is no longer at {path}; finalize needs that very "
+                       "model: search again, or search with --weights to keep the baseline yourself")
+    prep.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+    log(f"baseline: the run's own, {path}")
+    return prep.model.eval()
 
 
 def _spec(prep, record: TrialRecord, epochs: int) -> TrialSpec:

@@ -21,9 +21,9 @@ from tests.conftest import FAST_FLAGS, run_cli
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory) -> Path:
-    """A 2-trial demo search; trial 0 is the uniform 50%-pruned + int8 configuration (the warm start)."""
+    """A 1-trial demo search: trial 0 is the uniform 50%-pruned + int8 configuration (the warm start)."""
     run = tmp_path_factory.mktemp("finalize") / "run"
-    res = run_cli("search", "--budget", "2", "--out", str(run), *FAST_FLAGS)
+    res = run_cli("search", "--budget", "1", "--out", str(run), *FAST_FLAGS)
     assert res.returncode == 0, res.stderr[-3000:]
     return run
 
@@ -53,27 +53,36 @@ def test_finalize_rebuilds_the_trials_architecture_and_precisions_exactly(search
     integer = kernel_report(final_onnx)["integer_layers"]
     assert integer and integer == kernel_report(searched_onnx)["integer_layers"]
     assert final["epochs_done"] == 2 and [h["epoch"] for h in final["history"]] == [1, 2]
+    assert "baseline: the run's own" in res.stderr  # the model the run trained, not one trained again
     assert not (out / "checkpoint.pt").exists()  # finished: nothing left to resume
     assert "Finalized models" in (searched / "report.html").read_text()
     assert "Final model `trial0`" in (searched / "report.md").read_text()
     picked = json.loads(run_cli("pick", str(searched), "--json").stdout)  # pick may choose the final model
-    assert picked["trial"] in (0, 1, "final-trial0", "baseline-fp32")
+    assert picked["trial"] in (0, "final-trial0", "baseline-fp32")
 
 
 @pytest.mark.slow
 def test_a_trial_that_does_not_exist_or_did_not_complete_is_one_line_and_exit_2(searched, tmp_path):
     res = run_cli("finalize", str(searched), "--trial", "99")
     assert res.returncode == 2 and res.stderr.count("\n") == 1
-    assert "trial 99 does not exist" in res.stderr and "its trials are 0-1" in res.stderr
+    assert "trial 99 does not exist" in res.stderr and "its trials are 0-0" in res.stderr
     broken = tmp_path / "run"
     shutil.copytree(searched, broken, ignore=shutil.ignore_patterns("final"))
-    row = _trial(broken, 1)
+    row = _trial(broken, 0)
     row.update(state="FAIL", error="RuntimeError: out of memory")
-    (broken / "trials" / "0001.json").write_text(json.dumps(row))
-    res = run_cli("finalize", str(broken), "--trial", "1")
+    (broken / "trials" / "0000.json").write_text(json.dumps(row))
+    res = run_cli("finalize", str(broken), "--trial", "0")
     assert res.returncode == 2 and res.stderr.count("\n") == 1
-    assert "trial 1 of" in res.stderr and "did not complete (FAIL: RuntimeError: out of memory)" in res.stderr
+    assert "trial 0 of" in res.stderr and "did not complete (FAIL: RuntimeError: out of memory)" in res.stderr
     assert not (broken / "final").exists()
+    gone = tmp_path / "gone"
+    shutil.copytree(searched, gone, ignore=shutil.ignore_patterns("final"))
+    meta = json.loads((gone / "meta.json").read_text())
+    meta["baseline"]["path"] = str(tmp_path / "evicted.pt")  # the cache entry of the run's baseline was removed
+    (gone / "meta.json").write_text(json.dumps(meta))
+    res = run_cli("finalize", str(gone), "--trial", "0")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "is no longer at" in res.stderr, res.stderr
+    assert not (gone / "final").exists()
 
 
 def _start(*args: str) -> subprocess.Popen:
@@ -91,7 +100,7 @@ def _wait_for(pred, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 @pytest.mark.slow
 def test_ctrl_c_keeps_the_best_epoch_and_a_kill_resumes_from_the_last(searched):
-    args = ("finalize", str(searched), "--trial", "0", "--epochs", "6", "--rounds", "1", "--name", "long")
+    args = ("finalize", str(searched), "--trial", "0", "--epochs", "5", "--rounds", "1", "--name", "long")
     ck = searched / "final" / "long" / "checkpoint.pt"
     proc = _start(*args)
     _wait_for(ck.exists, proc)
@@ -109,9 +118,9 @@ def test_ctrl_c_keeps_the_best_epoch_and_a_kill_resumes_from_the_last(searched):
     assert "resumed after epoch" in res.stderr
     final = json.loads((searched / "final" / "long" / "final.json").read_text())
     # every epoch exactly once across the three processes, the weights of the best one kept
-    assert [h["epoch"] for h in final["history"]] == [1, 2, 3, 4, 5, 6]
+    assert [h["epoch"] for h in final["history"]] == [1, 2, 3, 4, 5]
     best = max(final["history"], key=lambda h: h["val_accuracy"])
-    assert final["best_epoch"] == best["epoch"] and final["epochs_done"] == 6
+    assert final["best_epoch"] == best["epoch"] and final["epochs_done"] == 5
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ from autocompress.search.scheduler import Limits, Scheduler
 from autocompress.search.state import LatencyBook, RunState, run_lock
 from autocompress.search.study import distributions, grid_configs, make_sampler, open_study, warm_start_configs
 
-__all__ = ["run_search", "fp32_model"]
+__all__ = ["run_search"]
 
 
 def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], None] = print) -> SearchResult:
@@ -91,8 +91,8 @@ def _leak_warning(val_acc: float, test_acc: float, n_val: int, n_test: int) -> s
 
 
 def _baseline(prep: Prepared, log: Callable[[str], None], progress: bool) -> _Baseline:
-    """The FP32 model (`fp32_model`), and a warning when its validation accuracy is far above its test accuracy."""
-    model, info = fp32_model(prep, log, progress)
+    """The FP32 model (`_fp32`), and a warning when its validation accuracy is far above its test accuracy."""
+    model, info = _fp32(prep, log, progress)
     splits = prep.splits
     val, test = info.get("val_accuracy_torch"), info.get("test_accuracy_torch")
     warning = _leak_warning(val, test, len(splits.val_x), len(splits.test_x)) if None not in (val, test) else ""
@@ -101,7 +101,7 @@ def _baseline(prep: Prepared, log: Callable[[str], None], progress: bool) -> _Ba
     return _Baseline(model, info, warning)
 
 
-def fp32_model(prep: Prepared, log: Callable[[str], None], progress: bool) -> tuple[torch.nn.Module, dict]:
+def _fp32(prep: Prepared, log: Callable[[str], None], progress: bool) -> tuple[torch.nn.Module, dict]:
     """The FP32 model: given (an object or --weights), or trained on the data and cached."""
     from autocompress.pipeline.finetune import evaluate
     from autocompress.tasks.baseline import get_baseline
