@@ -97,6 +97,11 @@ _SEARCH_HELP = {
         "compared come from one window of time (default 2; 0: keep the figures from the search)."
     ),
     "no_latency_cache": "Measure every artifact, even one whose graph this device has measured before.",
+    "train_device": (
+        "Where trials fine-tune: auto (a GPU when torch, or the Ray cluster, has one), cpu or cuda. Export, "
+        "quantization, accuracy and latency stay on the CPU."
+    ),
+    "gpus_per_trial": "GPUs one trial asks Ray for when fine-tuning on CUDA; a fraction (0.5) lets trials share one.",
     "dry_run": "Print the resolved config and the search space (groups, layers, choices) as JSON, and exit.",
     "verbose": "On an error, also print the traceback of what raised it (e.g. your model's own code).",
 }
@@ -121,6 +126,8 @@ def search(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=_SEARCH_HELP["ray_address"]),
     concurrency: int = typer.Option(1, "--concurrency", help=_SEARCH_HELP["concurrency"]),
     device: str = typer.Option("local", "--device", help=_SEARCH_HELP["device"]),
+    train_device: str = typer.Option("auto", "--train-device", help=_SEARCH_HELP["train_device"]),
+    gpus_per_trial: float = typer.Option(1.0, "--gpus-per-trial", help=_SEARCH_HELP["gpus_per_trial"]),
     latency_threads: Optional[int] = typer.Option(None, "--latency-threads", help=_SEARCH_HELP["latency_threads"]),
     latency_batch: Optional[int] = typer.Option(None, "--latency-batch", help=_SEARCH_HELP["latency_batch"]),
     sampler: str = typer.Option("tpe", "--sampler", help=_SEARCH_HELP["sampler"]),
@@ -145,7 +152,8 @@ def search(
         else:
             flags = dict(model=model, weights=weights, num_classes=num_classes, dataset=dataset, data_dir=data_dir,
                          download=download, input_size=input_size, space=space, out=out, seed=seed,
-                         ray_address=ray_address, concurrency=concurrency, sampler=sampler, device=device)
+                         ray_address=ray_address, concurrency=concurrency, sampler=sampler, device=device,
+                         train_device=train_device, gpus_per_trial=gpus_per_trial)
             overrides = dict(latency_cache=False if no_latency_cache else None, early_stop_points=early_stop,
                              confirm_rounds=confirm_rounds, sensitivity=False if no_sensitivity else None,
                              trial_timeout_s=trial_timeout,

@@ -144,6 +144,8 @@ class SearchConfig(_Strict):
     ray_address: str | None = None
     concurrency: int = Field(default=1, ge=1, le=256)
     device: str = "local"  # `local` or a Ray custom resource naming the device
+    train_device: Literal["auto", "cpu", "cuda"] = "auto"  # where trials fine-tune (auto: CUDA when there is one)
+    gpus_per_trial: float = Field(default=1.0, gt=0, le=64)  # a fraction lets trials share a GPU
 
     @field_validator("device")
     @classmethod

@@ -26,6 +26,7 @@ import torch
 from autocompress.config import TrainConfig
 from autocompress.errors import ConfigError, Interrupted, RunError
 from autocompress.fileio import atomic_write_bytes, atomic_write_text
+from autocompress.pipeline.devices import resolve_train_device
 from autocompress.pipeline.finetune import Trainer, evaluate
 from autocompress.pipeline.prune import prune_model
 from autocompress.pipeline.quantize import fake_quantized
@@ -88,7 +89,8 @@ def finalize(run_dir: str | Path, trial: int | None = None, *, max_latency_ms: f
     baseline = _baseline_model(prep, log)
     epochs = epochs or default_epochs(len(prep.splits.train_x))
     spec = _spec(prep, record, epochs)
-    log(f"finalize trial {record.trial} -> {out}: {epochs} epochs on {len(prep.splits.train_x)} training images")
+    log(f"finalize trial {record.trial} -> {out}: {epochs} epochs on {len(prep.splits.train_x)} training images "
+        f"({spec.train_device})")
     t0 = time.perf_counter()
     tuned = _fine_tune(baseline, prep.splits, spec, out, log, progress)
     artifact = build_artifact(tuned.model, prep.splits, spec, tuned.kept)
@@ -194,8 +196,9 @@ def _spec(prep, record: TrialRecord, epochs: int) -> TrialSpec:
     precisions = {k.split(":", 1)[1]: str(v) for k, v in record.choices.items() if k.startswith("quant:")}
     reduce_range = bool(_meta(prep)["quant_format"]["reduce_range"])
     finetune = TrainConfig(**{**cfg.finetune.model_dump(), "epochs": epochs})
+    device = resolve_train_device(cfg.train_device, torch.cuda.device_count())  # this machine's GPU, if any
     return TrialSpec(ratios, precisions, finetune, round_to=prep.space.round_to, min_channels=prep.space.min_channels,
-                     seed=cfg.seed, reduce_range=reduce_range)
+                     seed=cfg.seed, reduce_range=reduce_range, train_device=device)
 
 
 def _fine_tune(baseline: torch.nn.Module, splits, spec: TrialSpec, out: Path, log: Callable[[str], None],
@@ -207,7 +210,8 @@ def _fine_tune(baseline: torch.nn.Module, splits, spec: TrialSpec, out: Path, lo
                        min_channels=spec.min_channels)
     path = out / CHECKPOINT
     with fake_quantized(model, spec.precisions, reduce_range=spec.reduce_range) as qmodel:
-        trainer = Trainer(qmodel, len(splits.train_x), settings=spec.finetune, seed=spec.seed, teacher=baseline)
+        trainer = Trainer(qmodel, len(splits.train_x), settings=spec.finetune, seed=spec.seed, teacher=baseline,
+                          device=spec.train_device)
         best: dict = {"epoch": 0, "val": -1.0, "state": None}
         history: list[dict] = []
         if path.is_file():

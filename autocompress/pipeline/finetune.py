@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable
 
@@ -38,7 +39,12 @@ class Trainer:
     exactly as the uninterrupted one would."""
 
     def __init__(self, model: nn.Module, n: int, *, settings: TrainConfig, seed: int,
-                 teacher: nn.Module | None = None) -> None:
+                 teacher: nn.Module | None = None, device: str = "cpu") -> None:
+        """On `device`, the model is moved there for each epoch and back to the CPU after it; the teacher is
+        copied there once (another trial may be using the same teacher object)."""
+        self.device = torch.device(device)
+        if teacher is not None and self.device.type != "cpu":
+            teacher = copy.deepcopy(teacher).to(self.device)
         self.model, self.n, self.settings, self.teacher = model, n, settings, teacher
         self.gen = torch.Generator().manual_seed(seed)
         steps_per_epoch = max(1, math.ceil(n / settings.batch_size))
@@ -58,14 +64,15 @@ class Trainer:
         s, teacher = self.settings, self.teacher
         if teacher is not None:
             teacher.eval()
-        self.model.train()
+        self.model.to(self.device).train()
+        _optimizer_to(self.opt, self.device)
         perm = torch.randperm(self.n, generator=self.gen)
         running, count = 0.0, 0
         for i in range(0, self.n, s.batch_size):
             if self.done:
                 break
             idx = perm[i : i + s.batch_size]
-            xb, yb = _shift(x[idx], self.gen), y[idx]
+            xb, yb = _shift(x[idx], self.gen).to(self.device), y[idx].to(self.device)
             logits = self.model(xb)
             loss = F.cross_entropy(logits, yb)
             if teacher is not None:
@@ -84,7 +91,8 @@ class Trainer:
             running += loss.item() * len(idx)
             count += len(idx)
         self.epochs_done += 1
-        self.model.eval()
+        self.model.to("cpu").eval()
+        _optimizer_to(self.opt, torch.device("cpu"))
         return running / max(count, 1)
 
     def state_dict(self) -> dict:
@@ -98,6 +106,14 @@ class Trainer:
         self.step, self.epochs_done = int(state["step"]), int(state["epochs_done"])
 
 
+def _optimizer_to(opt: torch.optim.Optimizer, device: torch.device) -> None:
+    """The optimizer's state (momentum buffers) beside the parameters it updates."""
+    for state in opt.state.values():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor):
+                state[k] = v.to(device)
+
+
 def train(
     model: nn.Module,
     x: np.ndarray,
@@ -107,10 +123,11 @@ def train(
     seed: int,
     teacher: nn.Module | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    device: str = "cpu",
 ) -> list[float]:
-    """Train in place (a `Trainer` run to its end); returns the mean loss per epoch. `on_epoch(epoch, loss)` is
-    called after each."""
-    trainer = Trainer(model, len(x), settings=settings, seed=seed, teacher=teacher)
+    """Train in place (a `Trainer` run to its end, on `device`); returns the mean loss per epoch.
+    `on_epoch(epoch, loss)` is called after each (with the model back on the CPU)."""
+    trainer = Trainer(model, len(x), settings=settings, seed=seed, teacher=teacher, device=device)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     losses: list[float] = []
     while not trainer.done:

@@ -39,6 +39,7 @@ class TrialSpec:
     stop_below: float | None = None  # early stop: validation accuracy (%) after the first fine-tune epoch below this
     # also evaluate the PyTorch counterpart on val (benchmarks/parity.py); a search checks test only
     parity_val: bool = False
+    train_device: str = "cpu"  # where the fine-tune runs (pipeline/devices.py); everything else stays on the CPU
 
 
 @dataclass
@@ -116,7 +117,7 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *,
 
             try:
                 train(qmodel, splits.train_x, splits.train_y, settings=spec.finetune, seed=spec.seed, teacher=baseline,
-                      on_epoch=check)
+                      on_epoch=check, device=spec.train_device)
             except _Stop:
                 lap("finetune")
                 return StoppedEarly(first[0], check_after, float(spec.stop_below), lap.times)

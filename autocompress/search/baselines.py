@@ -24,11 +24,12 @@ __all__ = ["baseline_spec", "run_baselines"]
 
 
 def baseline_spec(b: Baseline, space: SearchSpace, finetune: TrainConfig | None, seed: int,
-                  reduce_range: bool) -> TrialSpec:
+                  reduce_range: bool, *, train_device: str = "cpu") -> TrialSpec:
     """The trial spec of a uniform reference (it ignores the space's choices: every group, every layer)."""
     ratios = {g.name: b.ratio for g in space.groups} if b.ratio else {}
     return TrialSpec(ratios, {layer.name: b.precision for layer in space.layers},
-                     finetune if b.fine_tuned else None, space.round_to, space.min_channels, seed, reduce_range)
+                     finetune if b.fine_tuned else None, space.round_to, space.min_channels, seed, reduce_range,
+                     train_device=train_device)
 
 
 def run_baselines(wanted: list[str], *, state: RunState, executor: Executor, space: SearchSpace,

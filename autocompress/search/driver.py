@@ -45,11 +45,12 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         with run_lock(rd):
             baseline = _baseline(prep, log, progress)
             state = _open_state(prep, rd, baseline.info, baseline.warning)
-            executor, reduce_range = _start_device(prep, state, baseline.model)
+            executor, reduce_range, train_device = _start_device(prep, state, baseline.model)
             latency = _latency_book(cfg, state)
-            make_spec = _spec_maker(prep, reduce_range)
+            make_spec = _spec_maker(prep, reduce_range, train_device)
             run_baselines(cfg.baselines, state=state, executor=executor, space=prep.space, latency=latency,
-                          make_spec=lambda b: baseline_spec(b, prep.space, cfg.finetune, cfg.seed, reduce_range),
+                          make_spec=lambda b: baseline_spec(b, prep.space, cfg.finetune, cfg.seed, reduce_range,
+                                                            train_device=train_device),
                           concurrency=cfg.concurrency, log=log)
             warm = _guarded_sensitivity(prep, state, executor, baseline.model, reduce_range, log)
             scheduler = _scheduler(prep, state, executor, latency, make_spec, warm, log)
@@ -158,8 +159,11 @@ def _open_state(prep: Prepared, rd: RunDir, baseline_info: dict, split_warning: 
 
 
 def _start_device(prep: Prepared, state: RunState, baseline: torch.nn.Module):
-    """The measuring actor and the trial executor; the quantization format chosen for the device's CPU."""
+    """The measuring actor and the trial executor; the quantization format chosen for the device's CPU; where
+    trials fine-tune (a GPU when the cluster has one and the config allows it)."""
     import ray
+
+    from autocompress.pipeline.devices import resolve_train_device, trial_resources
 
     cfg = prep.config
     total_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
@@ -167,11 +171,14 @@ def _start_device(prep: Prepared, state: RunState, baseline: torch.nn.Module):
     device, fp = cluster.place_device(cfg.device, cfg.latency.model_dump())
     state.meta["device"] = {**fp, "name": cfg.device}
     state.meta["quant_format"] = quant_format_for(state.meta["device"])
+    train_device = resolve_train_device(cfg.train_device, ray.cluster_resources().get("GPU", 0))
+    resources = trial_resources(train_device, threads, cfg.gpus_per_trial)
     state.meta["ray"] = {"address": cfg.ray_address or "local", "cpus": total_cpus, "threads_per_trial": threads,
-                         "concurrency": cfg.concurrency}
+                         "concurrency": cfg.concurrency, "train_device": train_device,
+                         "gpus_per_trial": resources["num_gpus"]}
     state.rd.write_json(state.rd.meta, state.meta)
-    executor = RayExecutor(baseline, prep.splits, threads, device, tuple(prep.splits.input_shape))
-    return executor, bool(state.meta["quant_format"]["reduce_range"])
+    executor = RayExecutor(baseline, prep.splits, threads, device, tuple(prep.splits.input_shape), resources)
+    return executor, bool(state.meta["quant_format"]["reduce_range"]), train_device
 
 
 def _latency_book(cfg: SearchConfig, state: RunState) -> LatencyBook:
@@ -181,13 +188,13 @@ def _latency_book(cfg: SearchConfig, state: RunState) -> LatencyBook:
     return LatencyBook(cache)
 
 
-def _spec_maker(prep: Prepared, reduce_range: bool) -> Callable[[dict], TrialSpec]:
+def _spec_maker(prep: Prepared, reduce_range: bool, train_device: str) -> Callable[[dict], TrialSpec]:
     cfg, space = prep.config, prep.space
 
     def make_spec(params: dict, stop_below: float | None = None) -> TrialSpec:
         ratios, precisions = space.decode(params)
         return TrialSpec(ratios, precisions, cfg.finetune, space.round_to, space.min_channels, cfg.seed,
-                         reduce_range, stop_below)
+                         reduce_range, stop_below, train_device=train_device)
 
     return make_spec
 

@@ -73,7 +73,9 @@ def ship_user_code(model: torch.nn.Module) -> list[str]:
 class RayExecutor:
     """Trials as Ray tasks (`threads` CPUs each), measurements by the device actor, one at a time."""
 
-    def __init__(self, baseline: torch.nn.Module, splits: Splits, threads: int, device, input_shape: tuple) -> None:
+    def __init__(self, baseline: torch.nn.Module, splits: Splits, threads: int, device, input_shape: tuple,
+                 resources: dict[str, float] | None = None) -> None:
+        """`resources`: what one trial asks Ray for (pipeline.devices.trial_resources; default `threads` CPUs)."""
         import ray
 
         self.ray = ray
@@ -83,7 +85,8 @@ class RayExecutor:
         self.threads = threads
         self.device = device
         self.input_shape = input_shape
-        self._trial = ray.remote(autocompress_trial).options(num_cpus=threads, max_retries=0)
+        self.resources = resources or {"num_cpus": threads}
+        self._trial = ray.remote(autocompress_trial).options(**self.resources, max_retries=0)
 
     def submit_trial(self, spec: TrialSpec):
         return self._trial.remote(self.base_ref, self.splits_ref, spec, self.threads)

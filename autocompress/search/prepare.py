@@ -141,5 +141,9 @@ def prepare(config: SearchConfig, splits: Splits, model: torch.nn.Module | str, 
     space = _space(config, model, splits)
     if config.ray_address:
         cluster.check_ray_address(config.ray_address)
+    elif config.train_device == "cuda":  # a cluster's GPUs are known once joined (search/driver.py checks them)
+        from autocompress.pipeline.devices import resolve_train_device
+
+        resolve_train_device("cuda", torch.cuda.device_count())
     run_dir, run_name = _run_dir(config, resume)
     return Prepared(config, splits, space, model, trained, run_dir, run_name, resume=resume)
