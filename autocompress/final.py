@@ -334,4 +334,4 @@ def report_lines(f: FinalModel) -> list[str]:
 
 def final_models(run_dir: str | Path) -> list[dict]:
     """The final.json of every finalized model of a run (finished ones only), by name."""
-    return [json.loads(p.read_text()) for p in sorted(Path(run_dir).glob("final/*/final.json"))]
+    return RunDir(Path(run_dir)).final_docs()

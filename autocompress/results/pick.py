@@ -64,9 +64,7 @@ class Pick:
 
 def with_finals(table: pd.DataFrame, run_path: Path) -> pd.DataFrame:
     """The trials and the run's finalized models (`autocompress finalize`), which `pick` may choose as well."""
-    import json
-
-    rows = [json.loads(p.read_text())["row"] for p in sorted(Path(run_path).glob("final/*/final.json"))]
+    rows = [doc["row"] for doc in RunDir(Path(run_path)).final_docs()]
     return pd.concat([table, pd.DataFrame(rows)], ignore_index=True) if rows else table
 
 

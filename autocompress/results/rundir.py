@@ -55,6 +55,10 @@ class RunDir:
     def model_path(self, name: str) -> Path:
         return self.path / "models" / f"{name}.onnx"
 
+    def final_docs(self) -> list[dict]:
+        """final.json of every model `autocompress finalize` finished (final/<name>/), by name."""
+        return [json.loads(p.read_text()) for p in sorted(self.path.glob("final/*/final.json"))]
+
     # ---- io
     def write_json(self, path: Path, obj) -> None:
         atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
