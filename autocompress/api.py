@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # torch, pandas and Ray load when a search starts, not when a
 
     from autocompress.results.result import SearchResult
     from autocompress.tasks.datasets import DataLike
+    from autocompress.tasks.preprocess import Preprocessing
 
 __all__ = ["search", "plan", "load_run", "make_config"]
 
@@ -72,7 +73,8 @@ def _model_label(model: torch.nn.Module | str) -> str:
 
 def plan(model: torch.nn.Module | str, train_data: DataLike, val_data: DataLike, *, test_data: DataLike | None = None,
          calib_data: DataLike | None = None, budget: int | str | Budget | None = 40, space: str | Path | None = None,
-         out: str | Path | None = None, resume: bool = False, log: Callable[[str], None] = print, **options: Any):
+         out: str | Path | None = None, resume: bool = False, log: Callable[[str], None] = print,
+         preprocessing: Preprocessing | dict | None = None, **options: Any):
     """Everything `search` checks before it writes anything: the config, the data, the model and the search space.
     Returns the `Prepared` search (`.describe()` is what `autocompress search --dry-run` prints)."""
     from autocompress.search.prepare import load_resume_config, prepare
@@ -90,8 +92,25 @@ def plan(model: torch.nn.Module | str, train_data: DataLike, val_data: DataLike,
         config = make_config(budget=budget, space=space, out=out, **options)
     splits = splits_from_data(train_data, val_data, test=test_data, calib=calib_data, caps=config.max_images,
                               seed=config.seed, num_classes=_outputs(model, train_data),
-                              name=config.dataset, log=log)
+                              name=config.dataset, log=log, workers=config.data_workers, augment=config.augment)
+    if preprocessing is not None:  # what the user's Datasets do to an image: recorded, and written by pick --export
+        splits.preprocessing = _preprocessing(preprocessing)
     return prepare(config, splits, config.model if isinstance(model, str) else model, resume=resume)
+
+
+def _preprocessing(given: Preprocessing | dict) -> Preprocessing:
+    from autocompress.tasks.preprocess import Preprocessing
+
+    if isinstance(given, Preprocessing):
+        return given
+    try:
+        return Preprocessing(resize=int(given["resize"]), crop=int(given["crop"]), mean=tuple(given["mean"]),
+                             std=tuple(given["std"]), channels=len(given["mean"]), normalize="given",
+                             scale=float(given.get("scale", 255.0)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"preprocessing={given!r} is not a preprocessing ({type(e).__name__}: {e}); give a dict "
+                          "with resize, crop, mean, std (e.g. resize=146, crop=128, mean=[0.485, 0.456, 0.406], "
+                          "std=[0.229, 0.224, 0.225]) or an autocompress Preprocessing") from None
 
 
 def _outputs(model: torch.nn.Module | str, data: DataLike) -> int | None:
@@ -114,7 +133,7 @@ def search(model: torch.nn.Module | str, train_data: DataLike, val_data: DataLik
            test_data: DataLike | None = None, calib_data: DataLike | None = None,
            budget: int | str | Budget | None = 40, space: str | Path | None = None, out: str | Path | None = None,
            resume: bool = False, progress: bool = True, log: Callable[[str], None] = print,
-           **options: Any) -> SearchResult:
+           preprocessing: Preprocessing | dict | None = None, **options: Any) -> SearchResult:
     """Search per-layer pruning and precision for `model`; every figure measured on the exported ONNX file.
 
     model: the trained FP32 model (an `nn.Module`; nothing is retrained), or a name / 'file.py:function' as on the
@@ -125,6 +144,8 @@ def search(model: torch.nn.Module | str, train_data: DataLike, val_data: DataLik
         calib_data (none: training images). Never validate on images the model was trained on.
     budget: trials (40) or a duration ('30m', '1h30m'). space: a search-space YAML (default: the packaged one).
     out: the run directory (default reports/<model>-<dataset>-<time>). resume: continue the run in `out`.
+    preprocessing: what your Datasets do to an image (a dict with resize, crop, mean, std, or a `Preprocessing`),
+        recorded in the run and written beside the model by `pick --export`: the deployed model needs the same.
     options: the other keys of `SearchConfig` (e.g. seed=1, concurrency=2, finetune={"epochs": 3}).
 
     Raises AutocompressError (one line: the problem and the fix) for bad input, before anything is written.
@@ -132,5 +153,5 @@ def search(model: torch.nn.Module | str, train_data: DataLike, val_data: DataLik
     from autocompress.search.driver import run_search
 
     prepared = plan(model, train_data, val_data, test_data=test_data, calib_data=calib_data, budget=budget,
-                    space=space, out=out, resume=resume, log=log, **options)
+                    space=space, out=out, resume=resume, log=log, preprocessing=preprocessing, **options)
     return run_search(prepared, progress=progress, log=log)

@@ -55,7 +55,24 @@ _SEARCH_HELP = {
     ),
     "data_dir": "Folder of a file-based dataset (cifar10, cifar100, mnist, fashionmnist, svhn, imagefolder).",
     "download": "Let torchvision download a named dataset into --data-dir (off: read local files only).",
-    "input_size": "Images are resized to this many pixels square.",
+    "input_size": "The model's input side: images are center-cropped to this many pixels square (same as --crop).",
+    "crop": "Center crop, in pixels square: the model's input (and the latency input shape). Same as --input-size.",
+    "resize": "Resize the short side to this many pixels before the center crop (default: the crop; e.g. 146 for 128).",
+    "normalize": (
+        "Per-channel normalization: dataset (the training images' mean/std), imagenet (ImageNet's, for models "
+        "trained on it) or none. --mean/--std override it."
+    ),
+    "mean": "Per-channel mean the model was trained with, on the 0-1 scale, e.g. 0.485,0.456,0.406 (with --std).",
+    "std": "Per-channel std the model was trained with, on the 0-1 scale, e.g. 0.229,0.224,0.225 (with --mean).",
+    "augment": (
+        "Fine-tuning augmentation: auto (crop-flip for natural images, shift for digits), crop-flip (random "
+        "resized crop + horizontal flip), shift (random shifts, never flipped) or none."
+    ),
+    "data_workers": "Processes decoding images for each reader of a file dataset (0: decode in the reader itself).",
+    "max_images": (
+        "Images kept per split, a speed setting recorded in the run: e.g. train=20000,val=2000 (others keep "
+        "their defaults: train 5000, calib 500, val 1000, test 1000), train=all, or all (no cap at all)."
+    ),
     "space": (
         "Search-space YAML (default: the one shipped in the package, autocompress/search_spaces/default.yaml;"
         " examples to copy in search_spaces/)."
@@ -120,6 +137,14 @@ def search(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_SEARCH_HELP["data_dir"]),
     download: bool = typer.Option(False, "--download", help=_SEARCH_HELP["download"]),
     input_size: int = typer.Option(32, "--input-size", help=_SEARCH_HELP["input_size"]),
+    crop: Optional[int] = typer.Option(None, "--crop", help=_SEARCH_HELP["crop"]),
+    resize: Optional[int] = typer.Option(None, "--resize", help=_SEARCH_HELP["resize"]),
+    normalize: Optional[str] = typer.Option(None, "--normalize", help=_SEARCH_HELP["normalize"]),
+    mean: Optional[str] = typer.Option(None, "--mean", help=_SEARCH_HELP["mean"]),
+    std: Optional[str] = typer.Option(None, "--std", help=_SEARCH_HELP["std"]),
+    augment: Optional[str] = typer.Option(None, "--augment", help=_SEARCH_HELP["augment"]),
+    data_workers: Optional[int] = typer.Option(None, "--data-workers", help=_SEARCH_HELP["data_workers"]),
+    max_images: Optional[str] = typer.Option(None, "--max-images", help=_SEARCH_HELP["max_images"]),
     space: Optional[Path] = typer.Option(None, "--space", help=_SEARCH_HELP["space"]),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help=_SEARCH_HELP["out"]),
     seed: int = typer.Option(0, "--seed", help=_SEARCH_HELP["seed"]),
@@ -156,7 +181,10 @@ def search(
                          train_device=train_device, gpus_per_trial=gpus_per_trial)
             overrides = dict(latency_cache=False if no_latency_cache else None, early_stop_points=early_stop,
                              confirm_rounds=confirm_rounds, sensitivity=False if no_sensitivity else None,
-                             trial_timeout_s=trial_timeout,
+                             trial_timeout_s=trial_timeout, input_size=_crop(crop, input_size, ctx),
+                             resize=resize, normalize=normalize, mean=_floats("--mean", mean),
+                             std=_floats("--std", std), augment=augment, data_workers=data_workers,
+                             max_images=_caps(max_images),
                              baselines=[b.strip() for b in baselines.split(",") if b.strip()] if baselines else None)
             sections = {"latency": {"threads": latency_threads, "batch": latency_batch},
                         "finetune": {"epochs": finetune_epochs}, "baseline": {"epochs": baseline_epochs}}
@@ -169,6 +197,49 @@ def search(
         typer.echo(json.dumps(prep.describe(), indent=2))
         return
     _run(prep, progress=not no_progress, verbose=verbose)
+
+
+def _crop(crop: int | None, input_size: int, ctx: typer.Context) -> int | None:
+    """--crop is --input-size by another name; both given must agree."""
+    src = ctx.get_parameter_source("input_size")
+    if crop is not None and src is not None and src.name == "COMMANDLINE" and crop != input_size:
+        raise ConfigError(f"--crop {crop} and --input-size {input_size} disagree; they are the same setting, "
+                          "give one of them")
+    return crop
+
+
+def _floats(flag: str, text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not a list of numbers; give one per channel, e.g. "
+                          f"{flag} {'0.485,0.456,0.406' if flag == '--mean' else '0.229,0.224,0.225'}") from None
+
+
+def _caps(text: str | None) -> dict[str, int | None] | None:
+    """--max-images: `all`, or split=N|all pairs."""
+    from autocompress.config import DEFAULT_MAX_IMAGES
+
+    if text is None:
+        return None
+    if text.strip().lower() in ("all", "none"):
+        return {k: None for k in DEFAULT_MAX_IMAGES}
+    caps: dict[str, int | None] = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        key, value = key.strip(), value.strip().lower()
+        if key not in DEFAULT_MAX_IMAGES or not value:
+            raise ConfigError(f"--max-images {text!r}: {item.strip()!r} is not split=N; use e.g. "
+                              f"train=20000,val=2000 (splits: {', '.join(DEFAULT_MAX_IMAGES)}) or all")
+        if value in ("all", "none"):
+            caps[key] = None
+        elif value.isdigit() and int(value) >= 1:
+            caps[key] = int(value)
+        else:
+            raise ConfigError(f"--max-images {text!r}: {key}={value} is not a positive number of images or 'all'")
+    return caps
 
 
 def _config_from_flags(ctx: typer.Context, config: Path | None, budget: str | None, flags: dict, overrides: dict,
@@ -208,12 +279,9 @@ def _config_from_flags(ctx: typer.Context, config: Path | None, budget: str | No
 
 
 def _datasets(cfg) -> dict:
-    from autocompress.tasks.data import load_dataset
+    from autocompress.tasks.data import dataset_of_config
 
-    # Weights trained elsewhere may have seen every training image: then validation comes from the test images.
-    return load_dataset(cfg.dataset, input_size=cfg.input_size, seed=cfg.seed, data_dir=cfg.data_dir,
-                        download=cfg.download, max_images=cfg.max_images,
-                        val_from="test" if cfg.weights is not None else "train").datasets()
+    return dataset_of_config(cfg).datasets()
 
 
 def _plan(cfg):
@@ -291,7 +359,9 @@ def pick(
     min_accuracy: Optional[float] = typer.Option(
         None, "--min-accuracy", help="Lower bound on validation accuracy (%)."),
     max_size_mb: Optional[float] = typer.Option(None, "--max-size-mb", help="Upper bound on the ONNX file size (MB)."),
-    export: Optional[Path] = typer.Option(None, "--export", help="Copy the chosen ONNX file here."),
+    export: Optional[Path] = typer.Option(
+        None, "--export", help="Copy the chosen ONNX file here, with the preprocessing its input needs beside it "
+                               "(model.onnx -> model.preprocessing.json)."),
     as_json: bool = typer.Option(
         False, "--json",
         help="Print one JSON object: the figures (accuracy = test accuracy %), the ONNX file and the configuration "
@@ -328,6 +398,10 @@ def pick(
                f"({b.latency_ms / c.latency_ms:.2f}x faster than FP32 {b.latency_ms:.3f} ms), "
                f"{c.size_bytes / 1e6:.3f} MB")
     typer.echo(f"onnx: {export.resolve() if export is not None else c.onnx}")
+    if export is not None:
+        from autocompress.results.pick import preprocessing_path
+
+        typer.echo(f"preprocessing: {preprocessing_path(export).resolve()}")
 
 
 @app.command()

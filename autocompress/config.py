@@ -123,7 +123,13 @@ class SearchConfig(_Strict):
     dataset: str = "digits"
     data_dir: Path | None = None  # where a file-based dataset (cifar10, mnist, imagefolder, ...) lives
     download: bool = False  # let torchvision download a named dataset into data_dir
-    input_size: int = Field(default=32, ge=8, le=1024)
+    input_size: int = Field(default=32, ge=8, le=1024)  # the model's input side: the center crop (--crop)
+    resize: int | None = Field(default=None, ge=8, le=4096)  # short side before the crop (None: input_size)
+    normalize: Literal["dataset", "imagenet", "none"] = "dataset"  # per-channel mean/std, unless mean/std are given
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    augment: Literal["auto", "shift", "crop-flip", "none"] = "auto"  # of fine-tuning batches (pipeline/augment.py)
+    data_workers: int = Field(default=2, ge=0, le=64)  # DataLoader processes decoding images for each reader
     max_images: dict[str, int | None] = Field(default_factory=lambda: dict(DEFAULT_MAX_IMAGES))  # per split; None: all
 
     @field_validator("max_images")

@@ -87,9 +87,9 @@ def finalize(run_dir: str | Path, trial: int | None = None, *, max_latency_ms: f
     out = rd.path / "final" / name
     prep = _prepared(rd, model, train_data, val_data, test_data, calib_data, log)
     baseline = _baseline_model(prep, log)
-    epochs = epochs or default_epochs(len(prep.splits.train_x))
+    epochs = epochs or default_epochs(len(prep.splits.train))
     spec = _spec(prep, record, epochs)
-    log(f"finalize trial {record.trial} -> {out}: {epochs} epochs on {len(prep.splits.train_x)} training images "
+    log(f"finalize trial {record.trial} -> {out}: {epochs} epochs on {len(prep.splits.train)} training images "
         f"({spec.train_device})")
     t0 = time.perf_counter()
     tuned = _fine_tune(baseline, prep.splits, spec, out, log, progress)
@@ -167,10 +167,9 @@ def _prepared(rd: RunDir, model, train_data, val_data, test_data, calib_data, lo
                               "(train_data=, val_data=, and test_data= if the search had it)")
         data = {"train": train_data, "val": val_data, "test": test_data, "calib": calib_data}
     else:
-        from autocompress.tasks.data import load_dataset
+        from autocompress.tasks.data import dataset_of_config
 
-        data = load_dataset(cfg.dataset, input_size=cfg.input_size, seed=cfg.seed, data_dir=cfg.data_dir,
-                            max_images=caps, val_from="test" if cfg.weights is not None else "train").datasets()
+        data = dataset_of_config(cfg, max_images=caps).datasets()
     return plan(model if model is not None else cfg.model, data["train"], data["val"], test_data=data["test"],
                 calib_data=data["calib"], budget=None, out=rd.path, resume=True, log=log, max_images=caps)
 
@@ -206,12 +205,12 @@ def _fine_tune(baseline: torch.nn.Module, splits, spec: TrialSpec, out: Path, lo
     """Prune the baseline as the trial did, then fine-tune with fake quantization and distillation, one epoch at a
     time: each epoch's state is checkpointed (a killed run resumes from it), the best epoch's weights are kept."""
     model = copy.deepcopy(baseline).eval()
-    kept = prune_model(model, torch.from_numpy(splits.val_x[:1]), spec.ratios, round_to=spec.round_to,
+    kept = prune_model(model, splits.val.images(1), spec.ratios, round_to=spec.round_to,
                        min_channels=spec.min_channels)
     path = out / CHECKPOINT
     with fake_quantized(model, spec.precisions, reduce_range=spec.reduce_range) as qmodel:
-        trainer = Trainer(qmodel, len(splits.train_x), settings=spec.finetune, seed=spec.seed, teacher=baseline,
-                          device=spec.train_device)
+        trainer = Trainer(qmodel, len(splits.train), settings=spec.finetune, seed=spec.seed, teacher=baseline,
+                          device=spec.train_device, augment=splits.augment)
         best: dict = {"epoch": 0, "val": -1.0, "state": None}
         history: list[dict] = []
         if path.is_file():
@@ -220,12 +219,11 @@ def _fine_tune(baseline: torch.nn.Module, splits, spec: TrialSpec, out: Path, lo
             trainer.load_state_dict(ck["trainer"])
             best, history = ck["best"], ck["history"]
             log(f"  resumed after epoch {trainer.epochs_done} ({path})")
-        x, y = torch.from_numpy(splits.train_x), torch.from_numpy(splits.train_y)
         total = math.ceil(spec.finetune.epochs)
         try:
             while not trainer.done:
-                loss = trainer.epoch(x, y)
-                val = evaluate(qmodel, splits.val_x, splits.val_y)
+                loss = trainer.epoch(splits.train)
+                val = evaluate(qmodel, splits.val)
                 history.append({"epoch": trainer.epochs_done, "loss": round(loss, 5), "val_accuracy": round(val, 4)})
                 if val > best["val"]:
                     best = {"epoch": trainer.epochs_done, "val": val,

@@ -34,7 +34,7 @@ def main() -> None:
     torch.set_num_threads(2)
     splits = load_dataset("digits")
     base, _ = get_baseline(model_name="resnet20", splits=splits, settings=TrainConfig(epochs=15, lr=0.1), seed=0)
-    example = torch.from_numpy(splits.val_x[:1])
+    example = splits.val.images(1)
     groups, layers = find_groups(base, example), list(channel_counts(base))
     reduce_range = bool(quant_format_for(fingerprint(1))["reduce_range"])  # the format a search here uses
     rng = random.Random(args.seed)

@@ -114,8 +114,8 @@ def check_splits(s: Splits, *, channels: int, size: int, num_classes: int, sizes
     assert isinstance(s, Splits)
     assert s.num_classes == num_classes
     assert s.input_shape == (channels, size, size)
-    xs = {"train": s.train_x, "calib": s.calib_x, "val": s.val_x, "test": s.test_x}
-    ys = {"train": s.train_y, "val": s.val_y, "test": s.test_y}
+    xs = {k: getattr(s, k).arrays()[0] for k in SPLITS}
+    ys = {"train": s.train.labels, "val": s.val.labels, "test": s.test.labels}
     for k, x in xs.items():
         assert x.dtype == np.float32 and x.ndim == 4 and x.shape[1:] == (channels, size, size), k
         assert len(x) > 0, k
@@ -132,8 +132,8 @@ def check_splits(s: Splits, *, channels: int, size: int, num_classes: int, sizes
         for b in SPLITS[i + 1:]:
             assert not hashes[a] & hashes[b], f"{a} and {b} overlap"
     # normalized with the train split's per-channel statistics
-    np.testing.assert_allclose(s.train_x.mean(axis=(0, 2, 3)), 0.0, atol=1e-4)
-    np.testing.assert_allclose(s.train_x.std(axis=(0, 2, 3)), 1.0, atol=1e-3)
+    np.testing.assert_allclose(s.train.arrays()[0].mean(axis=(0, 2, 3)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(s.train.arrays()[0].std(axis=(0, 2, 3)), 1.0, atol=1e-3)
     if sizes is not None:
         assert s.sizes() == sizes
 
@@ -161,10 +161,12 @@ def test_cifar10_resized_capped_and_seeded(tmp_path):
     check_splits(a, channels=3, size=16, num_classes=10, sizes=caps, all_classes_in=("train", "val", "test"))
     b = load_dataset("cifar10", data_dir=root, input_size=16, seed=1, max_images=caps)
     c = load_dataset("cifar10", data_dir=root, input_size=16, seed=2, max_images=caps)
-    for k in ("train_x", "train_y", "calib_x", "val_x", "val_y", "test_x", "test_y"):
-        np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+    for k in ("train", "calib", "val", "test"):
+        for got, want in zip(getattr(a, k).arrays(), getattr(b, k).arrays(), strict=True):
+            np.testing.assert_array_equal(got, want)
     assert a.name == b.name != c.name
-    assert not np.array_equal(a.test_y, c.test_y) or not np.array_equal(a.test_x, c.test_x)
+    assert not np.array_equal(a.test.labels, c.test.labels) or \
+        not np.array_equal(a.test.arrays()[0], c.test.arrays()[0])
     # None = no cap on that split
     full = load_dataset("cifar10", data_dir=root, max_images={"test": None, "val": 5})
     assert full.sizes() == {"train": 85, "calib": 10, "val": 5, "test": 30}
@@ -184,7 +186,7 @@ def test_mnist_idx(tmp_path, name, folder):
                  all_classes_in=("train", "val", "test"))
     # data_dir may also point at the dataset's own folder
     t = load_dataset(name, data_dir=root / folder)
-    np.testing.assert_array_equal(s.train_x, t.train_x)
+    np.testing.assert_array_equal(s.train.arrays()[0], t.train.arrays()[0])
 
 
 def test_svhn(tmp_path):
@@ -253,8 +255,9 @@ def test_digits_unchanged():
     tr, ca = train_test_split(rest, test_size=0.08 / 0.6, random_state=0, stratify=y[rest])
     s = load_dataset("digits", input_size=32, seed=0)
     assert s.name == "digits" and s.num_classes == 10
-    for got, want in ((s.train_x, x[tr]), (s.train_y, y[tr]), (s.calib_x, x[ca]), (s.val_x, x[va]),
-                      (s.val_y, y[va]), (s.test_x, x[te]), (s.test_y, y[te])):
+    for got, want in ((s.train.arrays()[0], x[tr]), (s.train.labels, y[tr]), (s.calib.arrays()[0], x[ca]),
+                      (s.val.arrays()[0], x[va]),
+                      (s.val.labels, y[va]), (s.test.arrays()[0], x[te]), (s.test.labels, y[te])):
         assert got.dtype == want.dtype and np.array_equal(got, want)
     assert s.sizes() == {"train": 933, "calib": 144, "val": 360, "test": 360}
 

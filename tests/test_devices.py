@@ -11,6 +11,7 @@ from autocompress.config import TrainConfig
 from autocompress.errors import ConfigError
 from autocompress.pipeline.devices import resolve_train_device, trial_resources
 from autocompress.pipeline.finetune import Trainer
+from autocompress.tasks.splitting import Split, TensorImages
 from tests.conftest import run_cli
 
 
@@ -65,7 +66,7 @@ def _epoch_on(device: str) -> tuple[float, str]:
     x, y = torch.randn(64, 1, 8, 8), torch.arange(64) % 3
     trainer = Trainer(model, 64, settings=TrainConfig(epochs=1, lr=0.05, batch_size=16), seed=0,
                       teacher=model, device=device)
-    loss = trainer.epoch(x, y)
+    loss = trainer.epoch(Split(TensorImages(x, y), y.numpy()))
     return loss, str(next(model.parameters()).device)
 
 

@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 
 def _busy_cores(seconds: float = 1.0) -> float:
@@ -72,7 +71,7 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
     from autocompress.search.executor import autocompress_trial
 
     m = copy.deepcopy(trained_resnet20).eval()
-    example = torch.from_numpy(digits.val_x[:1])
+    example = digits.val.images(1)
     fold_batchnorm(m, example)
     onnx_bytes = export_onnx(m, example).SerializeToString()
     shape = tuple(digits.input_shape)

@@ -60,6 +60,13 @@ def _randomize_bn(model: nn.Module, seed: int = 0) -> None:
                 m.bias.copy_(torch.randn(n, generator=g) * 0.2)
 
 
+def _noise_split(n: int, shape: tuple[int, ...]):
+    from autocompress.tasks.splitting import Split, TensorImages
+
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((n, *shape), np.float32))
+    return Split(TensorImages(x, torch.zeros(n, dtype=torch.long)), np.zeros(n, np.int64))
+
+
 def _ort_run(path_or_bytes, x: np.ndarray) -> np.ndarray:
     src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
     sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
@@ -314,7 +321,7 @@ def artifacts(trained_resnet20, digits, tmp_path_factory):
     """fp32, mixed (int8 / fp32 / int4) and all-int8 artifacts of the trained ResNet-20."""
     tmp = tmp_path_factory.mktemp("artifacts")
     model = copy.deepcopy(trained_resnet20).eval()
-    example = torch.from_numpy(digits.val_x[:1])
+    example = digits.val.images(1)
     fold_batchnorm(model, example)
     proto = export_onnx(model, example, tmp / "fp32.onnx")
     layers = list(channel_counts(model))
@@ -322,11 +329,11 @@ def artifacts(trained_resnet20, digits, tmp_path_factory):
     mix = {l: "int8" for l in layers}
     mix.update({l: "fp32" for l in FP32_LAYERS})
     mix[INT4_LAYER] = "int4"
-    got_mix = quantize_static_onnx(proto, tmp / "mix.onnx", precisions=mix, nodes=nodes, calib_x=digits.calib_x)
+    got_mix = quantize_static_onnx(proto, tmp / "mix.onnx", precisions=mix, nodes=nodes, calib=digits.calib)
     all8 = {l: "int8" for l in layers}
-    got_all8 = quantize_static_onnx(proto, tmp / "int8.onnx", precisions=all8, nodes=nodes, calib_x=digits.calib_x)
+    got_all8 = quantize_static_onnx(proto, tmp / "int8.onnx", precisions=all8, nodes=nodes, calib=digits.calib)
     got_fp32 = quantize_static_onnx(proto, tmp / "fp32_passthrough.onnx", precisions={l: "fp32" for l in layers},
-                                    nodes=nodes, calib_x=digits.calib_x)
+                                    nodes=nodes, calib=digits.calib)
     return dict(dir=tmp, model=model, layers=layers, mix=mix, got_mix=got_mix, got_all8=got_all8, got_fp32=got_fp32)
 
 
@@ -350,11 +357,11 @@ def test_calibrated_activation_ranges_are_minmax_of_the_calibration_split(digits
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).eval()
     with fake_quantized(net, {"0": "int8", "2": "int8"}) as qnet:
-        calibrate_activations(qnet, digits.calib_x)
+        calibrate_activations(qnet, digits.calib)
         # ORT's points: the input, the Relu's output (the conv before it is fused), the last conv's output
         obs = qnet._autocompress_act_observers
         assert len(obs) == 3
-        x = torch.from_numpy(digits.calib_x)
+        x = digits.calib.images()
         with torch.no_grad():  # float weights: ORT calibrates the float model
             hidden = torch.relu(nn.functional.conv2d(x, net[0].parametrizations.weight.original, net[0].bias))
             out = nn.functional.conv2d(hidden, net[2].parametrizations.weight.original, net[2].bias)
@@ -386,7 +393,7 @@ def test_pytorch_fake_quant_computes_what_the_ort_artifact_computes(trained_resn
     """Same quantized tensors with the same ranges, and the same predictions as the artifact on ORT's
     optimized integer kernels (7-bit weights, as chosen for this CPU when it lacks VNNI)."""
     model = copy.deepcopy(trained_resnet20).eval()
-    example = torch.from_numpy(digits.val_x[:1])
+    example = digits.val.images(1)
     fold_batchnorm(model, example)
     layers = list(channel_counts(model))
     prec = {l: "int8" for l in layers}
@@ -395,16 +402,16 @@ def test_pytorch_fake_quant_computes_what_the_ort_artifact_computes(trained_resn
         prec[INT4_LAYER] = "int4"
     proto = export_onnx(model, example)
     quantize_static_onnx(proto, tmp_path / "q.onnx", precisions=prec, nodes=layer_nodes(proto, layers),
-                         calib_x=digits.calib_x, reduce_range=True)
+                         calib=digits.calib, reduce_range=True)
     with fake_quantized(model, prec, reduce_range=True) as qm:
-        calibrate_activations(qm, digits.calib_x)
+        calibrate_activations(qm, digits.calib)
         ranges = sorted(_scale_zp(o.lo, o.hi) for o in qm._autocompress_act_observers)
         with torch.no_grad():
-            torch_logits = qm(torch.from_numpy(digits.val_x)).numpy()
+            torch_logits = qm(digits.val.images()).numpy()
     ort_ranges = _activation_ranges(tmp_path / "q.onnx")  # (scale, zero point) of every QuantizeLinear
     assert len(ranges) == len(ort_ranges)
     np.testing.assert_allclose(np.array(ranges), np.array(ort_ranges), rtol=1e-4, atol=0)
-    ort_logits = _ort_run(tmp_path / "q.onnx", digits.val_x)
+    ort_logits = _ort_run(tmp_path / "q.onnx", digits.val.arrays()[0])
     agree = (ort_logits.argmax(1) == torch_logits.argmax(1)).mean()
     assert agree >= 0.97, agree  # the rest: integer rounding (requantization, int32 bias) on near-ties
     # logits agree closely (this briefly trained model has many near-ties, so argmax is a weak check alone)
@@ -479,7 +486,7 @@ def test_all_int8_is_smaller_and_about_as_accurate(artifacts, digits):
     assert report["op_counts"].get("Conv", 0) == 0
     fp32_size, int8_size = (d / "fp32.onnx").stat().st_size, (d / "int8.onnx").stat().st_size
     assert int8_size < 0.5 * fp32_size
-    val = {"val": (digits.val_x, digits.val_y)}
+    val = {"val": digits.val}
     acc32 = onnx_accuracy(d / "fp32.onnx", val)["val"]
     acc8 = onnx_accuracy((d / "int8.onnx").read_bytes(), val, threads=2)["val"]
     assert acc32 > 30.0  # the fixture is trained: far above chance (10%)
@@ -572,7 +579,7 @@ def test_quantizing_drops_only_orts_notices_and_leaves_the_root_logger_as_it_was
     try:
         # int4 as well: ORT says int4 QDQ goes to the com.microsoft domain (one of the notices)
         quantize_static_onnx(proto, tmp_path / "q.onnx", precisions={"0": "int8", "2": "int4", "4": "int8"},
-                             nodes=nodes, calib_x=np.random.default_rng(0).standard_normal((4, 3, 8, 8), np.float32))
+                             nodes=nodes, calib=_noise_split(4, (3, 8, 8)))
         logging.warning("a warning of the user's own")
     finally:
         root.removeHandler(keep)
@@ -584,7 +591,7 @@ def test_quantizing_drops_only_orts_notices_and_leaves_the_root_logger_as_it_was
 
 # ============================================================================ trial
 def test_run_pipeline_prunes_quantizes_and_measures(trained_resnet20, digits):
-    example = torch.from_numpy(digits.val_x[:1])
+    example = digits.val.images(1)
     baseline_counts = channel_counts(trained_resnet20)
     baseline_state = {k: v.clone() for k, v in trained_resnet20.state_dict().items()}
     groups = find_groups(trained_resnet20, example)
@@ -614,9 +621,9 @@ def test_run_pipeline_prunes_quantizes_and_measures(trained_resnet20, digits):
     # the PyTorch counterpart (BN folded, fake-quantized as exported) predicts like the artifact; val only on request
     assert abs(out.torch_test_accuracy - out.test_accuracy) <= 1.0 and out.torch_val_accuracy is None
     # the reported accuracy is the artifact's own, under ONNX Runtime
-    again = onnx_accuracy(out.onnx_bytes, {"val": (digits.val_x, digits.val_y)})
+    again = onnx_accuracy(out.onnx_bytes, {"val": digits.val})
     assert again["val"] == pytest.approx(out.val_accuracy)
-    assert _ort_run(out.onnx_bytes, digits.val_x[:3]).shape == (3, 10)
+    assert _ort_run(out.onnx_bytes, digits.val.images(3).numpy()).shape == (3, 10)
     assert set(out.stage_seconds) >= {"prune", "finetune", "export", "quantize", "verify", "evaluate_onnx"}
     # the shared baseline is untouched
     assert channel_counts(trained_resnet20) == baseline_counts
@@ -966,7 +973,7 @@ def test_parse_budget_rejects(text, pattern):
 def test_run_pipeline_stops_a_hopeless_fine_tune_after_its_first_epoch(trained_resnet20, digits):
     from autocompress.pipeline.trial import StoppedEarly
 
-    groups = find_groups(trained_resnet20, torch.from_numpy(digits.val_x[:1]))
+    groups = find_groups(trained_resnet20, digits.val.images(1))
     spec = dict(ratios={g.name: 0.5 for g in groups}, precisions={}, finetune=TrainConfig(epochs=3, lr=0.02))
     stopped = run_pipeline(trained_resnet20, digits, TrialSpec(**spec, stop_below=101.0), threads=2)
     assert isinstance(stopped, StoppedEarly) and stopped.epochs_done == 1  # halfway of 3

@@ -25,7 +25,7 @@ from autocompress.search.scheduler import Limits, Scheduler, model_key
 from autocompress.search.state import LatencyBook, RunState
 from autocompress.search.study import distributions
 from autocompress.space import SpaceFile, build_space
-from autocompress.tasks.data import Splits
+from autocompress.tasks.splitting import Split, Splits, TensorImages
 
 LIGHT = LatencyConfig(sessions=1, max_sessions=1, warmup=2, min_reps=5, max_reps=20, probe=False, max_contended=0,
                       burst_wait_s=0, session_gap_s=0, min_session_seconds=0)
@@ -52,7 +52,9 @@ def setup():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 96).astype(np.int64)
     x = (rng.normal(size=(96, 1, 12, 12)) + y[:, None, None, None]).astype(np.float32)
-    splits = Splits("toy", x[:48], y[:48], x[48:64], x[64:80], y[64:80], x[80:], y[80:], 4)
+    source = TensorImages(torch.from_numpy(x), torch.from_numpy(y))
+    parts = {"train": np.arange(48), "calib": np.arange(48, 64), "val": np.arange(64, 80), "test": np.arange(80, 96)}
+    splits = Splits("toy", **{k: Split(source, y, idx) for k, idx in parts.items()}, num_classes=4)
     model = SmallNet().eval()
     example = torch.from_numpy(x[:1])
     layers, _ = quantizable_layers(model, example)

@@ -41,13 +41,12 @@ def test_warm_configs_prune_the_tolerant_groups_and_int8_the_tolerant_layers():
 
 
 def test_scan_measures_every_choice_of_the_demo_network(trained_resnet20, digits):
-    import torch
 
     from autocompress.pipeline.export import layer_nodes  # noqa: F401  (the space comes from the real model)
     from autocompress.pipeline.prune import find_groups
     from autocompress.space import SpaceFile, build_space
 
-    example = torch.from_numpy(digits.val_x[:1])
+    example = digits.val.images(1)
     layers = ["conv1", "layer1.0.conv1", "fc"]
     space = build_space(SpaceFile.model_validate({"prune": {"ratios": [0.0, 0.5, 0.75]},
                                                   "quantize": {"precisions": ["fp32", "int8", "int4"]}}),

@@ -55,23 +55,23 @@ def test_val_from_test_carves_validation_from_the_test_images(tmp_path):
     _marked_tree(tmp_path, {"train": 10, "test": 6})
     s = load_dataset("imagefolder", data_dir=tmp_path, input_size=12, val_from="test")
     # train/ has red 0 (normalized: 0, its std is 0), test/ red 255 (normalized: 1)
-    assert _red(s.train_x) == {0.0} and _red(s.calib_x) == {0.0}
-    assert _red(s.val_x) == {1.0} and _red(s.test_x) == {1.0}
-    val, test = _greens(s.val_x), _greens(s.test_x)
+    assert _red(s.train.arrays()[0]) == {0.0} and _red(s.calib.arrays()[0]) == {0.0}
+    assert _red(s.val.arrays()[0]) == {1.0} and _red(s.test.arrays()[0]) == {1.0}
+    val, test = _greens(s.val.arrays()[0]), _greens(s.test.arrays()[0])
     assert len(set(val)) == len(val) and len(set(test)) == len(test)  # each image once
     assert not set(val) & set(test)  # the test split is disjoint from validation
     assert s.sizes() == {"train": 27, "calib": 3, "val": 9, "test": 9}  # 18 test images halved, calib 10% of 30
-    assert sorted(np.bincount(s.val_y)) == [3, 3, 3]  # stratified
+    assert sorted(np.bincount(s.val.labels)) == [3, 3, 3]  # stratified
     assert s.rule == RULES["test"] == "validation carved from the test images: the weights may have seen the " \
                                       "training images"
-    assert s.datasets()["val"].split_rule == s.rule  # travels with the CLI's Datasets into the library
+    assert s.datasets()["val"].origin is s  # the CLI's Datasets bring their Splits (and rule) into the library
 
 
 def test_val_from_train_carves_validation_from_the_training_images(tmp_path):
     _marked_tree(tmp_path, {"train": 10, "test": 6})
     s = load_dataset("imagefolder", data_dir=tmp_path, input_size=12, val_from="train")
-    assert _red(s.val_x) == {0.0} and _red(s.test_x) == {1.0}
-    assert not set(_greens(s.val_x)) & set(_greens(s.train_x))
+    assert _red(s.val.arrays()[0]) == {0.0} and _red(s.test.arrays()[0]) == {1.0}
+    assert not set(_greens(s.val.arrays()[0])) & set(_greens(s.train.arrays()[0]))
     assert s.sizes() == {"train": 21, "calib": 3, "val": 6, "test": 18}
     assert s.rule == RULES["train"] == load_dataset("imagefolder", data_dir=tmp_path, input_size=12).rule
 

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from autocompress.measure.latency import make_session
+
+if TYPE_CHECKING:
+    from autocompress.tasks.splitting import Split
 
 __all__ = ["onnx_accuracy"]
 
 
-def onnx_accuracy(path: str | Path | bytes, splits: dict[str, tuple[np.ndarray, np.ndarray]], *,
-                  threads: int = 1, batch_size: int = 128) -> dict[str, float]:
-    """Top-1 accuracy in percent for each named (x, y) split."""
+def onnx_accuracy(path: str | Path | bytes, splits: dict[str, Split], *, threads: int = 1,
+                  batch_size: int = 128) -> dict[str, float]:
+    """Top-1 accuracy in percent on each named split."""
     sess = make_session(path, threads=threads)
     name = sess.get_inputs()[0].name
     out = {}
-    for split, (x, y) in splits.items():
+    for split, data in splits.items():
         correct = 0
-        for i in range(0, len(x), batch_size):
-            logits = sess.run(None, {name: x[i : i + batch_size]})[0]
-            correct += int((logits.argmax(1) == y[i : i + batch_size]).sum())
-        out[split] = 100.0 * correct / max(len(x), 1)
+        for x, y in data.batches(batch_size):
+            logits = sess.run(None, {name: x.numpy()})[0]
+            correct += int((logits.argmax(1) == y.numpy()).sum())
+        out[split] = 100.0 * correct / max(len(data), 1)
     return out

@@ -6,17 +6,18 @@ import copy
 import math
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from autocompress.config import TrainConfig
+from autocompress.pipeline.augment import augment
+from autocompress.tasks.splitting import Split
 
 __all__ = ["MOMENTUM", "WEIGHT_DECAY", "Trainer", "train", "evaluate", "TrainingDiverged"]
 
-# what every run trains with besides its TrainConfig (epochs, lr, batch size, distillation): SGD with Nesterov momentum
-# and weight decay, and random shifts of up to 1/8 of the image side
+# what every run trains with besides its TrainConfig (epochs, lr, batch size, distillation) and the data's
+# augmentation (pipeline/augment.py): SGD with Nesterov momentum and weight decay
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 
@@ -25,27 +26,21 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    pad = max(1, x.shape[-1] // 8)
-    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
-    return padded[..., dy : dy + x.shape[-2], dx : dx + x.shape[-1]]
-
-
 class Trainer:
     """Training in place, one epoch at a time: SGD with Nesterov momentum and a one-cycle cosine schedule over
-    `settings.epochs`, random shifts, distillation from `teacher` when given. `state_dict()` holds everything
+    `settings.epochs`, the data's augmentation (`augment`), distillation from `teacher` when given. `state_dict()`
+    holds everything
     the next epoch depends on (optimizer, schedule, random generator, position), so a run resumed from it goes on
     exactly as the uninterrupted one would."""
 
     def __init__(self, model: nn.Module, n: int, *, settings: TrainConfig, seed: int,
-                 teacher: nn.Module | None = None, device: str = "cpu") -> None:
+                 teacher: nn.Module | None = None, device: str = "cpu", augment: str = "shift") -> None:
         """On `device`, the model is moved there for each epoch and back to the CPU after it; the teacher is
         copied there once (another trial may be using the same teacher object)."""
         self.device = torch.device(device)
         if teacher is not None and self.device.type != "cpu":
             teacher = copy.deepcopy(teacher).to(self.device)
-        self.model, self.n, self.settings, self.teacher = model, n, settings, teacher
+        self.model, self.n, self.settings, self.teacher, self.augment = model, n, settings, teacher, augment
         self.gen = torch.Generator().manual_seed(seed)
         steps_per_epoch = max(1, math.ceil(n / settings.batch_size))
         self.total_steps = max(1, round(settings.epochs * steps_per_epoch))
@@ -59,8 +54,8 @@ class Trainer:
     def done(self) -> bool:
         return self.step >= self.total_steps
 
-    def epoch(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One pass over (a permutation of) the data, or what is left of the schedule; the mean loss."""
+    def epoch(self, data: Split) -> float:
+        """One pass over (a permutation of) `data`, or what is left of the schedule; the mean loss."""
         s, teacher = self.settings, self.teacher
         if teacher is not None:
             teacher.eval()
@@ -68,11 +63,10 @@ class Trainer:
         _optimizer_to(self.opt, self.device)
         perm = torch.randperm(self.n, generator=self.gen)
         running, count = 0.0, 0
-        for i in range(0, self.n, s.batch_size):
+        for xb, yb in data.batches(s.batch_size, order=perm):
             if self.done:
                 break
-            idx = perm[i : i + s.batch_size]
-            xb, yb = _shift(x[idx], self.gen).to(self.device), y[idx].to(self.device)
+            xb, yb = augment(xb.to(self.device), self.augment, self.gen), yb.to(self.device)
             logits = self.model(xb)
             loss = F.cross_entropy(logits, yb)
             if teacher is not None:
@@ -88,8 +82,8 @@ class Trainer:
             self.opt.step()
             self.sched.step()
             self.step += 1
-            running += loss.item() * len(idx)
-            count += len(idx)
+            running += loss.item() * len(yb)
+            count += len(yb)
         self.epochs_done += 1
         self.model.to("cpu").eval()
         _optimizer_to(self.opt, torch.device("cpu"))
@@ -116,22 +110,21 @@ def _optimizer_to(opt: torch.optim.Optimizer, device: torch.device) -> None:
 
 def train(
     model: nn.Module,
-    x: np.ndarray,
-    y: np.ndarray,
+    data: Split,
     *,
     settings: TrainConfig,
     seed: int,
     teacher: nn.Module | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
     device: str = "cpu",
+    augment: str = "shift",
 ) -> list[float]:
-    """Train in place (a `Trainer` run to its end, on `device`); returns the mean loss per epoch.
+    """Train in place on `data` (a `Trainer` run to its end, on `device`); returns the mean loss per epoch.
     `on_epoch(epoch, loss)` is called after each (with the model back on the CPU)."""
-    trainer = Trainer(model, len(x), settings=settings, seed=seed, teacher=teacher, device=device)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    trainer = Trainer(model, len(data), settings=settings, seed=seed, teacher=teacher, device=device, augment=augment)
     losses: list[float] = []
     while not trainer.done:
-        losses.append(trainer.epoch(xt, yt))
+        losses.append(trainer.epoch(data))
         if on_epoch:
             on_epoch(trainer.epochs_done - 1, losses[-1])
     model.eval()
@@ -139,11 +132,10 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
-    """Top-1 accuracy in percent of a PyTorch model."""
+def evaluate(model: nn.Module, data: Split, batch_size: int = 256) -> float:
+    """Top-1 accuracy in percent of a PyTorch model on a split."""
     model.eval()
     correct = 0
-    for i in range(0, len(x), batch_size):
-        logits = model(torch.from_numpy(x[i : i + batch_size]))
-        correct += int((logits.argmax(1).numpy() == y[i : i + batch_size]).sum())
-    return 100.0 * correct / max(len(x), 1)
+    for x, y in data.batches(batch_size):
+        correct += int((model(x).argmax(1) == y).sum())
+    return 100.0 * correct / max(len(data), 1)

@@ -94,7 +94,7 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *,
     torch.manual_seed(spec.seed)
     lap = Laps()
 
-    example = torch.from_numpy(splits.val_x[:1])
+    example = splits.val.images(1)
     model = copy.deepcopy(baseline).eval()
     kept = prune_model(model, example, dict(spec.ratios),  # ratio 0 groups are recorded, not pruned
                        round_to=spec.round_to, min_channels=spec.min_channels)
@@ -110,14 +110,14 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *,
             def check(epoch: int, loss: float) -> None:
                 # the cheap check: halfway through, a model this far below the baseline is not worth the rest
                 if epoch + 1 == check_after and spec.stop_below is not None and spec.finetune.epochs > check_after:
-                    first.append(evaluate(qmodel, splits.val_x, splits.val_y))
+                    first.append(evaluate(qmodel, splits.val))
                     qmodel.train()
                     if first[0] < spec.stop_below:
                         raise _Stop
 
             try:
-                train(qmodel, splits.train_x, splits.train_y, settings=spec.finetune, seed=spec.seed, teacher=baseline,
-                      on_epoch=check, device=spec.train_device)
+                train(qmodel, splits.train, settings=spec.finetune, seed=spec.seed, teacher=baseline,
+                      on_epoch=check, device=spec.train_device, augment=splits.augment)
             except _Stop:
                 lap("finetune")
                 return StoppedEarly(first[0], check_after, float(spec.stop_below), lap.times)
@@ -131,7 +131,7 @@ def build_artifact(model: torch.nn.Module, splits: Splits, spec: TrialSpec, kept
     """The fine-tuned (pruned) float `model` -> its ONNX Runtime artifact with spec's precisions, verified and
     evaluated: the second half of every trial, and of `autocompress finalize`."""
     lap = lap if lap is not None else Laps()
-    example = torch.from_numpy(splits.val_x[:1])
+    example = splits.val.images(1)
     # The PyTorch counterpart of the artifact is the fine-tuned model with BatchNorm folded into its convs, as
     # exported, fake-quantized and calibrated on the folded float model, as ONNX Runtime calibrates it. (Evaluated
     # before folding, it differed from the artifact by float rounding at quantization-step boundaries: on one mixed
@@ -139,11 +139,11 @@ def build_artifact(model: torch.nn.Module, splits: Splits, spec: TrialSpec, kept
     model.eval()
     fold_batchnorm(model, example)
     with fake_quantized(model, spec.precisions, reduce_range=spec.reduce_range) as qmodel:
-        calibrate_activations(qmodel, splits.calib_x)
+        calibrate_activations(qmodel, splits.calib)
         # parity is checked on the test split only: the search ranks on the artifact's val accuracy and never needs
         # PyTorch's, and one more evaluation of the fake-quant model was a third of this stage (0.25 s a trial)
-        torch_val = evaluate(qmodel, splits.val_x, splits.val_y) if spec.parity_val else None
-        torch_test = evaluate(qmodel, splits.test_x, splits.test_y)
+        torch_val = evaluate(qmodel, splits.val) if spec.parity_val else None
+        torch_test = evaluate(qmodel, splits.test)
         lap("evaluate_torch")
     proto = export_onnx(model, example)
     layers = list(channel_counts(model))
@@ -151,14 +151,13 @@ def build_artifact(model: torch.nn.Module, splits: Splits, spec: TrialSpec, kept
     lap("export")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
-        quantize_static_onnx(proto, path, precisions=spec.precisions, nodes=nodes, calib_x=splits.calib_x,
+        quantize_static_onnx(proto, path, precisions=spec.precisions, nodes=nodes, calib=splits.calib,
                              reduce_range=spec.reduce_range)
         lap("quantize")
         data = open(path, "rb").read()
         kernels = kernel_report(path)
         lap("verify")
-    acc = onnx_accuracy(data, {"val": (splits.val_x, splits.val_y), "test": (splits.test_x, splits.test_y)},
-                        threads=threads or 1)
+    acc = onnx_accuracy(data, {"val": splits.val, "test": splits.test}, threads=threads or 1)
     lap("evaluate_onnx")
     return TrialOutput(
         onnx_bytes=data,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autocompress.report.data import ReportData, completed
+from autocompress.tasks.preprocess import recorded_preprocessing
 
 
 def report_markdown(data: ReportData) -> str:
@@ -12,6 +13,7 @@ def report_markdown(data: ReportData) -> str:
           f"device: {dev.get('cpu', '?')}, ORT {dev.get('onnxruntime', '?')}, {dev.get('threads', '?')} thread(s).", "",
           *([f"Validation split: {meta['split_rule']}.", ""] if meta.get("split_rule") else []),
           *([f"**Warning: {meta['split_warning']}**", ""] if meta.get("split_warning") else []),
+          *([recorded_preprocessing(meta), ""] if meta.get("preprocessing") else []),
           "| model | val acc % | test acc % | latency ms | p90 ms | speed-up | size MB | file |",
           "|---|---|---|---|---|---|---|---|"]
     for name, b in data.baselines.items():

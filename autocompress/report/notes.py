@@ -7,6 +7,7 @@ import html
 import statistics
 
 from autocompress.report.data import ReportData
+from autocompress.tasks.preprocess import recorded_preprocessing
 
 
 def measurement_notes(data: ReportData, rounds: int) -> list[str]:
@@ -23,6 +24,9 @@ def measurement_notes(data: ReportData, rounds: int) -> list[str]:
     split = _split_note(data.meta)
     if split:
         notes.append(split)
+    preprocessing = recorded_preprocessing(data.meta)
+    if preprocessing:
+        notes.append(html.escape(preprocessing))
     notes.append(_quant_format_note(data))
     if data.meta.get("pruning_limits"):
         notes.append("Pruning limited (each group was pruned alone before the search; what failed to run or export "

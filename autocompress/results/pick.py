@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from autocompress.errors import ConfigError
+from autocompress.fileio import atomic_write_text
 from autocompress.results.pareto import pareto_front
 from autocompress.results.rundir import RunDir
 
@@ -124,13 +126,31 @@ def channels_before(meta: dict) -> dict[str, int]:
 
 def pick(run_dir: str | Path, *, max_latency_ms: float | None = None, min_accuracy: float | None = None,
          max_size_mb: float | None = None, export: str | Path | None = None) -> Pick:
-    """`choose` on a run directory; with `export`, the chosen ONNX file is copied there."""
+    """`choose` on a run directory; with `export`, the chosen ONNX file is copied there, and the preprocessing its
+    input needs is written beside it (`preprocessing_path`)."""
     rd = RunDir.open(run_dir)
+    meta = rd.read_json(rd.meta)
     res = choose(with_finals(rd.read_table(), rd.path), rd.read_json(rd.baselines_json)["fp32"], rd.path,
-                 channels_before(rd.read_json(rd.meta)), max_latency_ms=max_latency_ms,
+                 channels_before(meta), max_latency_ms=max_latency_ms,
                  min_accuracy=min_accuracy, max_size_mb=max_size_mb)
     if export is not None and res.chosen is not None:
         dst = Path(export)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(res.chosen.onnx, dst)
+        atomic_write_text(preprocessing_path(dst), json.dumps(_deployment(meta), indent=2) + "\n")
+        tmp = dst.with_name(dst.name + ".part")
+        shutil.copyfile(res.chosen.onnx, tmp)
+        tmp.replace(dst)
     return res
+
+
+def preprocessing_path(onnx: Path) -> Path:
+    """Where `pick --export` writes the input preprocessing: model.onnx -> model.preprocessing.json."""
+    return onnx.with_name(onnx.stem + ".preprocessing.json")
+
+
+def _deployment(meta: dict) -> dict:
+    """What the exported file's input must be: its shape and the preprocessing that makes it from an image."""
+    pre = meta.get("preprocessing")
+    return {"input_name": "input", "input_shape": [1, *meta.get("input_shape", [])], "preprocessing": pre,
+            **({} if pre else {"note": "the search was given Datasets that did their own preprocessing: apply the "
+                                       "same transform as those Datasets"})}

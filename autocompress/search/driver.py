@@ -96,7 +96,7 @@ def _baseline(prep: Prepared, log: Callable[[str], None], progress: bool) -> _Ba
     model, info = _fp32(prep, log, progress)
     splits = prep.splits
     val, test = info.get("val_accuracy_torch"), info.get("test_accuracy_torch")
-    warning = _leak_warning(val, test, len(splits.val_x), len(splits.test_x)) if None not in (val, test) else ""
+    warning = _leak_warning(val, test, len(splits.val), len(splits.test)) if None not in (val, test) else ""
     if warning:
         log(f"  warning: {warning}")
     return _Baseline(model, info, warning)
@@ -109,10 +109,12 @@ def _fp32(prep: Prepared, log: Callable[[str], None], progress: bool) -> tuple[t
 
     cfg, splits = prep.config, prep.splits
     log(f"baseline: {cfg.model} on {cfg.dataset} ({splits.sizes()})")
+    if splits.preprocessing is not None:
+        log(f"  preprocessing: {splits.preprocessing.describe()}; fine-tuning augmentation: {splits.augment}")
     if prep.trained:
         info = {"cached": True, "path": str(cfg.weights) if cfg.weights else "(the model object given)",
-                "from_weights": True, "val_accuracy_torch": evaluate(prep.model, splits.val_x, splits.val_y),
-                "test_accuracy_torch": evaluate(prep.model, splits.test_x, splits.test_y)}
+                "from_weights": True, "val_accuracy_torch": evaluate(prep.model, splits.val),
+                "test_accuracy_torch": evaluate(prep.model, splits.test)}
         log(f"  baseline given: {info['path']} (val {info['val_accuracy_torch']:.2f}%, PyTorch)")
         return prep.model, info
     epochs = cfg.baseline.epochs
@@ -152,6 +154,8 @@ def _open_state(prep: Prepared, rd: RunDir, baseline_info: dict, split_warning: 
     state.meta["baseline"] = baseline_info
     # A resumed run states the rule and warning of the data it goes on with.
     state.meta["split_rule"] = splits.rule
+    state.meta["preprocessing"] = splits.preprocessing.as_dict() if splits.preprocessing else None
+    state.meta["augment"] = splits.augment
     state.meta.pop("split_warning", None)
     if split_warning:
         state.meta["split_warning"] = split_warning
@@ -220,7 +224,7 @@ def _sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: 
     from autocompress.measure.cache import cache_dir
     from autocompress.search.sensitivity import cache_key, cached_scan, narrow, warm_configs
 
-    key = cache_key(baseline, space, prep.splits.val_x, reduce_range)
+    key = cache_key(baseline, space, prep.splits, reduce_range)
     t0 = time.perf_counter()
 
     def compute() -> dict:

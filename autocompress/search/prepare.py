@@ -60,7 +60,7 @@ def load_resume_config(run_dir: str | Path, *, budget=None) -> SearchConfig:
 def _check_forward(model: torch.nn.Module, splits: Splits, label: str) -> None:
     try:
         with torch.no_grad():
-            out = model.eval()(torch.from_numpy(splits.val_x[:1]))
+            out = model.eval()(splits.val.images(1))
     except Exception as e:  # noqa: BLE001 - any failure here means the model cannot take the data
         raise ModelError(f"model {label!r} cannot take inputs of shape {tuple(splits.input_shape)}: "
                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
@@ -80,7 +80,7 @@ def _space(config: SearchConfig, model: torch.nn.Module, splits: Splits) -> Sear
     from autocompress.search.layers import quantizable_layers
 
     space_file = load_space_file(config.space)
-    example = torch.from_numpy(splits.val_x[:1])
+    example = splits.val.images(1)
     try:
         layers, excluded = quantizable_layers(model, example)
     except Exception as e:  # noqa: BLE001 - an export failure is a property of the user's model

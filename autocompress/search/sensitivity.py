@@ -16,7 +16,6 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from autocompress.fileio import atomic_write_text
@@ -24,19 +23,23 @@ from autocompress.pipeline.finetune import evaluate
 from autocompress.pipeline.prune import prune_model
 from autocompress.pipeline.quantize import calibrate_activations, fake_quantized
 from autocompress.space import SearchSpace
+from autocompress.tasks.splitting import Splits
 
 __all__ = ["scan", "cache_key", "narrow", "warm_configs", "QUANT_HOPELESS"]
 
+# Validation images each scanned configuration is evaluated on: the scan is a few dozen evaluations, a ranking
+# that needs no more, and an uncapped validation split would make it the longest stage of a search.
+SCAN_IMAGES = 1000
 QUANT_HOPELESS = 10.0  # points lost by one layer's precision alone (calibrated, no fine-tune)
 
 
-def cache_key(baseline: torch.nn.Module, space: SearchSpace, val_x: np.ndarray, reduce_range: bool) -> str:
+def cache_key(baseline: torch.nn.Module, space: SearchSpace, splits: Splits, reduce_range: bool) -> str:
     h = hashlib.sha256()
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in baseline.state_dict().items()}, buf)
     h.update(buf.getvalue())
     h.update(json.dumps([space.describe(), space.round_to, space.min_channels, reduce_range]).encode())
-    h.update(np.ascontiguousarray(val_x).tobytes())
+    h.update(f"{splits.name}:{splits.val.fingerprint}:{splits.calib.fingerprint}:{SCAN_IMAGES}".encode())
     return h.hexdigest()[:20]
 
 
@@ -46,8 +49,9 @@ def scan(baseline: torch.nn.Module, splits, space: SearchSpace, *, reduce_range:
     """{"base": val acc, "chance": %, "prune": {group: {ratio: acc}}, "quant": {layer: {precision: acc}}}."""
     if threads:
         torch.set_num_threads(threads)
-    example = torch.from_numpy(splits.val_x[:1])
-    base = evaluate(baseline, splits.val_x, splits.val_y)
+    val = splits.val.head(SCAN_IMAGES)
+    example = val.images(1)
+    base = evaluate(baseline, val)
     out: dict = {"base": base, "chance": 100.0 / max(1, int(splits.num_classes)), "prune": {}, "quant": {}}
     for g in space.groups:
         out["prune"][g.name] = {}
@@ -57,7 +61,7 @@ def scan(baseline: torch.nn.Module, splits, space: SearchSpace, *, reduce_range:
             m = copy.deepcopy(baseline).eval()
             with torch.enable_grad():  # torch-pruning traces with autograd
                 prune_model(m, example, {g.name: r}, round_to=space.round_to, min_channels=space.min_channels)
-            out["prune"][g.name][str(r)] = evaluate(m, splits.val_x, splits.val_y)
+            out["prune"][g.name][str(r)] = evaluate(m, val)
     for layer in space.layers:
         out["quant"][layer.name] = {}
         for p in layer.precisions:
@@ -65,8 +69,8 @@ def scan(baseline: torch.nn.Module, splits, space: SearchSpace, *, reduce_range:
                 continue
             m = copy.deepcopy(baseline).eval()
             with fake_quantized(m, {layer.name: p}, reduce_range=reduce_range) as qm:
-                calibrate_activations(qm, splits.calib_x)
-                out["quant"][layer.name][p] = evaluate(qm, splits.val_x, splits.val_y)
+                calibrate_activations(qm, splits.calib)
+                out["quant"][layer.name][p] = evaluate(qm, val)
     return out
 
 

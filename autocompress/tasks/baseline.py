@@ -41,11 +41,12 @@ def get_baseline(
         load_weights(model, weights)
         model.eval()
         return model, {"cached": True, "path": str(weights), "from_weights": True,
-                       "val_accuracy_torch": evaluate(model, splits.val_x, splits.val_y),
-                       "test_accuracy_torch": evaluate(model, splits.test_x, splits.test_y)}
+                       "val_accuracy_torch": evaluate(model, splits.val),
+                       "test_accuracy_torch": evaluate(model, splits.test)}
     # momentum, weight decay and augmentation were settings once and are fixed now: still in the key, so that the
-    # baselines cached before keep their keys
-    trained_with = {**settings.model_dump(), "weight_decay": WEIGHT_DECAY, "momentum": MOMENTUM, "augment": True}
+    # baselines cached before keep their keys (`augment: True` was the batch shift, the only augmentation then)
+    augment = True if splits.augment == "shift" else splits.augment
+    trained_with = {**settings.model_dump(), "weight_decay": WEIGHT_DECAY, "momentum": MOMENTUM, "augment": augment}
     key = json.dumps(
         {"model": model_name, "data": splits.name, "shape": splits.input_shape, "classes": splits.num_classes,
          "sizes": splits.sizes(), "settings": trained_with, "seed": seed, "v": 1},
@@ -62,11 +63,11 @@ def get_baseline(
     torch.manual_seed(seed)
     model = build_model(model_name, num_classes=splits.num_classes, in_channels=in_ch)
     t0 = time.perf_counter()
-    train(model, splits.train_x, splits.train_y, settings=settings, seed=seed, on_epoch=on_epoch)
+    train(model, splits.train, settings=settings, seed=seed, on_epoch=on_epoch, augment=splits.augment)
     info = {
         "train_seconds": round(time.perf_counter() - t0, 1),
-        "val_accuracy_torch": evaluate(model, splits.val_x, splits.val_y),
-        "test_accuracy_torch": evaluate(model, splits.test_x, splits.test_y),
+        "val_accuracy_torch": evaluate(model, splits.val),
+        "test_accuracy_torch": evaluate(model, splits.test),
     }
     buf = io.BytesIO()
     torch.save({"state_dict": model.state_dict(), "info": info}, buf)

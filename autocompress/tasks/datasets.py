@@ -1,8 +1,8 @@
 """A user's own data: `torch.utils.data.Dataset`s (or DataLoaders) of (image_tensor, label) made into `Splits`.
 
-The images are used as the Datasets give them (their own transforms and normalization). Each split is read once
-into memory, up to its cap (`max_images`): a seeded random choice of that many items when the Dataset is longer,
-the first that many batches of a DataLoader (a shuffling loader gives a random choice).
+The images are used as the Datasets give them (their own transforms and normalization), read when a split is
+read, in DataLoader worker processes: no split is held in memory. A split longer than its cap (`max_images`) is a
+seeded random choice of that many items. A DataLoader stands for its Dataset (and its number of workers).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from autocompress.errors import DataError
-from autocompress.tasks.data import Splits
+from autocompress.tasks.splitting import Split, Splits
 
 __all__ = ["splits_from_data", "DataLike"]
 
@@ -32,43 +32,71 @@ def _pair(item: Any, where: str) -> tuple[torch.Tensor, int]:
     if x.dim() != 3:
         raise DataError(f"{where} gives an image of shape {tuple(x.shape)}; autocompress needs C x H x W tensors "
                         "(add torchvision.transforms.ToTensor() to the Dataset's transform)")
+    return x.float(), _label(y, where)
+
+
+def _dataset(data: DataLike, where: str) -> tuple[Dataset, int]:
+    """The map-style Dataset behind `data` (a DataLoader's own), and the reader processes to use for it."""
+    if isinstance(data, DataLoader):
+        return data.dataset, int(data.num_workers)
     try:
-        label = int(y)
+        len(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise DataError(f"{where} has no length; give a map-style Dataset or a DataLoader over one") from None
+    return data, 0
+
+
+def _labels(ds: Dataset, where: str, workers: int, log) -> np.ndarray:
+    """Every item's label: from `targets` / a TensorDataset's labels when the Dataset has them, else read once."""
+    n = len(ds)  # type: ignore[arg-type]
+    if isinstance(ds, Subset):
+        inner = _known_labels(ds.dataset)
+        if inner is not None:
+            return inner[np.asarray(ds.indices, dtype=np.int64)]
+    known = _known_labels(ds)
+    if known is not None and len(known) == n:
+        return known
+    if n > 2000:
+        log(f"reading the labels of {where} ({n} items; a Dataset with a `targets` list is not read for them)")
+    loader = DataLoader(ds, batch_size=256, num_workers=workers, collate_fn=lambda items: [it[1] for it in items])
+    labels: list[int] = []
+    for i, batch in enumerate(loader):
+        for j, y in enumerate(batch):
+            labels.append(_label(y, f"{where}[{i * 256 + j}]"))
+    return np.asarray(labels, dtype=np.int64)
+
+
+def _known_labels(ds) -> np.ndarray | None:
+    if isinstance(ds, TensorDataset) and len(ds.tensors) >= 2:
+        return ds.tensors[1].numpy().astype(np.int64)
+    targets = getattr(ds, "targets", None)
+    if targets is None:
+        return None
+    try:
+        return np.asarray(targets, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        return None
+
+
+def _label(y: Any, where: str) -> int:
+    try:
+        return int(y)
     except (TypeError, ValueError):
         raise DataError(f"{where} gives a label {y!r}; labels must be class indices (int)") from None
-    return x.float(), label
 
 
-def _batches(data: DataLike, cap: int | None, seed: int, where: str):
-    """(images N x C x H x W, labels N) chunks of `data`, at most `cap` items in all."""
-    if isinstance(data, DataLoader):
-        taken = 0
-        for batch in data:
-            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                raise DataError(f"{where} yields a {type(batch).__name__}, not (images, labels) batches; "
-                                "give a DataLoader over (image, label) items")
-            x, y = torch.as_tensor(batch[0]).float(), torch.as_tensor(batch[1]).long()
-            if x.dim() != 4:
-                raise DataError(f"{where} yields image batches of shape {tuple(x.shape)}; need N x C x H x W")
-            keep = len(x) if cap is None else min(len(x), cap - taken)
-            yield x[:keep], y[:keep]
-            taken += keep
-            if cap is not None and taken >= cap:
-                return
-        return
-    if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) >= 2:  # already in memory
-        idx = _choose(len(data), cap, seed)
-        yield data.tensors[0][idx].float(), data.tensors[1][idx].long()
-        return
-    try:
-        n = len(data)  # type: ignore[arg-type]
-    except TypeError:
-        raise DataError(f"{where} has no length; give a map-style Dataset or a DataLoader") from None
-    idx = _choose(n, cap, seed)
-    loader = DataLoader(Subset(data, idx.tolist()), batch_size=256, collate_fn=lambda items: items)
-    for items in loader:
-        pairs = [_pair(it, f"{where}[{i}]") for i, it in zip(idx, items, strict=False)]
-        yield torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs], dtype=torch.long)
+class _Checked(Dataset):
+    """A user's Dataset whose items are made (float image C x H x W, int label) as they are read."""
+
+    def __init__(self, ds: Dataset, where: str) -> None:
+        self.ds, self.where = ds, where
+        self.cheap = isinstance(ds, TensorDataset)  # in memory: read without worker processes
+
+    def __len__(self) -> int:
+        return len(self.ds)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return _pair(self.ds[i], f"{self.where}[{i}]")
 
 
 def _choose(n: int, cap: int | None, seed: int) -> np.ndarray:
@@ -77,71 +105,78 @@ def _choose(n: int, cap: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
 
 
-def _read(data: DataLike, cap: int | None, seed: int, where: str) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = [], []
-    try:
-        for x, y in _batches(data, cap, seed, where):
-            xs.append(x)
-            ys.append(y)
-    except DataError:
-        raise
-    except RuntimeError as e:  # e.g. torch.stack of images of different sizes
-        raise DataError(f"cannot read {where}: {str(e).splitlines()[0]}; give images of one size "
-                        "(resize them in the Dataset's transform)") from None
-    if not xs or sum(len(x) for x in xs) == 0:
+def _split(data: DataLike, cap: int | None, seed: int, where: str, workers: int, log) -> Split:
+    """A capped (seeded choice), checked Split of a user's data."""
+    ds, own_workers = _dataset(data, where)
+    if len(ds) == 0:  # type: ignore[arg-type]
         raise DataError(f"{where} is empty; give at least one (image, label) item")
-    return torch.cat(xs).numpy().astype(np.float32, copy=False), torch.cat(ys).numpy().astype(np.int64)
+    _pair(ds[0], f"{where}[0]")  # a Dataset that gives no (image, label) pairs fails before any work
+    labels = _labels(ds, where, own_workers or workers, log)
+    if labels.min() < 0:
+        raise DataError(f"{where} has a negative label ({int(labels.min())}); labels must be class indices 0, 1, ...")
+    return Split(_Checked(ds, where), labels, _choose(len(labels), cap, seed), workers=own_workers or workers)
 
 
-def _halve(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[tuple, tuple]:
+def _halve(split: Split, seed: int) -> tuple[Split, Split]:
     """Validation and test halves of one split (stratified when every class has two items)."""
     from sklearn.model_selection import train_test_split
 
-    idx = np.arange(len(x))
+    y = split.labels
     counts = np.bincount(y)
-    stratify = y if len(x) >= 2 * len(np.unique(y)) and counts[counts > 0].min() >= 2 else None
-    a, b = train_test_split(idx, test_size=0.5, random_state=seed, stratify=stratify)
-    return (x[a], y[a]), (x[b], y[b])
+    stratify = y if len(y) >= 2 * len(np.unique(y)) and counts[counts > 0].min() >= 2 else None
+    a, b = train_test_split(np.arange(len(y)), test_size=0.5, random_state=seed, stratify=stratify)
+    return split.take(np.sort(a)), split.take(np.sort(b))
+
+
+def _fingerprint(splits: dict[str, Split], num_classes: int, name: str) -> str:
+    """A digest of what the baseline cache must tell apart: every label, the split sizes, and the pixels of a few
+    items per split (reading every image to name the data would cost a pass over all of it)."""
+    h = hashlib.sha256(f"{name}:{num_classes}".encode())
+    for key, split in splits.items():
+        h.update(f"{key}:{len(split)}:{type(split.source).__name__}".encode())
+        h.update(split.labels.tobytes())
+        for i in np.unique(np.linspace(0, len(split) - 1, num=min(len(split), 16)).astype(np.int64)):
+            h.update(np.ascontiguousarray(split[int(i)][0].numpy()).tobytes())
+    return h.hexdigest()[:10]
 
 
 def splits_from_data(train: DataLike, val: DataLike, *, test: DataLike | None = None, calib: DataLike | None = None,
                      caps: Mapping[str, int | None], seed: int = 0, num_classes: int | None = None,
-                     name: str = "custom", log=print) -> Splits:
-    """The four splits from a user's data; `num_classes` (the model's outputs, when known) or the largest label + 1
-    classes. No test data: half of the validation data is held out as test (reported
-    only, never used to select). No calibration data: a seeded choice of training images."""
-    train_x, train_y = _read(train, caps.get("train"), seed, "train_data")
-    val_x, val_y = _read(val, None if test is None else caps.get("val"), seed, "val_data")
+                     name: str = "custom", log=print, workers: int = 0, augment: str = "auto") -> Splits:
+    """The four splits of a user's data, read on demand (nothing is loaded here but the labels); `num_classes` (the
+    model's outputs, when known) or the largest label + 1 classes. No test data: half of the validation data is
+    held out as test (reported only, never used to select). No calibration data: a seeded choice of training
+    images. `workers`: reader processes for a Dataset (a DataLoader brings its own num_workers). `augment: auto` is
+    `shift` (never flips: the data may be digits); pass crop-flip for natural images.
+    The CLI's own splits (`Splits.datasets()`) come back as they were."""
+    own = getattr(val, "origin", None)
+    if isinstance(own, Splits) and own.datasets() == {"train": train, "val": val, "test": test, "calib": calib}:
+        if augment != "auto":
+            own.augment = augment
+        return own
+    made = {"train": _split(train, caps.get("train"), seed, "train_data", workers, log)}
     if test is None:
-        if len(val_x) < 2:
+        whole = _split(val, None, seed, "val_data", workers, log)
+        if len(whole) < 2:
             raise DataError("val_data has fewer than 2 items and no test_data was given; give more validation data")
-        (val_x, val_y), (test_x, test_y) = _halve(val_x, val_y, seed)
-        val_x, val_y = val_x[:caps.get("val") or len(val_x)], val_y[:caps.get("val") or len(val_y)]
-        test_x, test_y = test_x[:caps.get("test") or len(test_x)], test_y[:caps.get("test") or len(test_y)]
-        log(f"no test_data: half of val_data ({len(test_x)} items) is held out as the test split (reported only)")
+        made["val"], made["test"] = _halve(whole, seed)
+        made["val"], made["test"] = made["val"].head(caps.get("val") or len(whole)), \
+            made["test"].head(caps.get("test") or len(whole))
+        log(f"no test_data: half of val_data ({len(made['test'])} items) is held out as the test split (reported only)")
     else:
-        test_x, test_y = _read(test, caps.get("test"), seed, "test_data")
-    calib_x = (_read(calib, caps.get("calib"), seed, "calib_data")[0] if calib is not None
-               else train_x[_choose(len(train_x), caps.get("calib"), seed + 1)])
-    shapes = {k: v.shape[1:] for k, v in (("train_data", train_x), ("val_data", val_x), ("test_data", test_x),
-                                          ("calib_data", calib_x))}
+        made["val"] = _split(val, caps.get("val"), seed, "val_data", workers, log)
+        made["test"] = _split(test, caps.get("test"), seed, "test_data", workers, log)
+    made["calib"] = (_split(calib, caps.get("calib"), seed, "calib_data", workers, log) if calib is not None
+                     else made["train"].take(_choose(len(made["train"]), caps.get("calib"), seed + 1)))
+    shapes = {f"{k}_data": tuple(v[0][0].shape) for k, v in made.items()}
     if len(set(shapes.values())) > 1:
-        listed = ", ".join(f"{k} {tuple(v)}" for k, v in shapes.items())
+        listed = ", ".join(f"{k} {v}" for k, v in shapes.items())
         raise DataError(f"the splits' images differ in shape ({listed}); give every split the same preprocessing")
-    classes = max(num_classes or 0, int(max(train_y.max(), val_y.max(), test_y.max())) + 1)
-    for where, y in (("train_data", train_y), ("val_data", val_y), ("test_data", test_y)):
-        if y.min() < 0:
-            raise DataError(f"{where} has a negative label ({int(y.min())}); labels must be class indices 0, 1, ...")
-    digest = hashlib.sha256()
-    for a in (train_x, train_y, calib_x, val_x, val_y, test_x, test_y):
-        digest.update(np.ascontiguousarray(a).tobytes())
-    return Splits(name=f"{name}-{digest.hexdigest()[:10]}", train_x=np.ascontiguousarray(train_x), train_y=train_y,
-                  calib_x=np.ascontiguousarray(calib_x), val_x=np.ascontiguousarray(val_x), val_y=val_y,
-                  test_x=np.ascontiguousarray(test_x), test_y=test_y, num_classes=classes,
-                  rule=_rule(val, test))
+    classes = max(num_classes or 0, int(max(made[k].labels.max() for k in ("train", "val", "test"))) + 1)
+    return Splits(name=f"{name}-{_fingerprint(made, classes, name)}", **made, num_classes=classes,
+                  rule=_rule(val, test), augment="shift" if augment == "auto" else augment)
 
 
 def _rule(val: DataLike, test: DataLike | None) -> str:
-    """Where validation came from: the CLI's Datasets carry their loader's rule (Splits.datasets)."""
-    rule = getattr(val, "split_rule", Splits.rule)
-    return rule if test is not None else f"{rule}; half of it held out as the test split (no test_data)"
+    """Where validation came from."""
+    return Splits.rule if test is not None else f"{Splits.rule}; half of it held out as the test split (no test_data)"

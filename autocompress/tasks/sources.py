@@ -1,19 +1,22 @@
 """Readers of the dataset files under `data_dir` (torchvision's formats and a folder of class folders).
 
 Each gives the dataset's shipped parts (train, and test/val when they exist) with labels read up front and
-pixels decoded on demand, so only the images the sampling picks are decoded (see `splitting`).
+pixels decoded when a split is read, image by image (see `splitting`): nothing holds a decoded split.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from autocompress.errors import DataError
+from autocompress.tasks.preprocess import Preprocessing
 from autocompress.tasks.splitting import Part
 
 __all__ = ["data_root", "torchvision_parts", "imagefolder_parts"]
@@ -37,24 +40,51 @@ _TV_FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", 
 # --------------------------------------------------------------------------------- torchvision datasets
 
 
-def _array_part(data: np.ndarray, labels: np.ndarray, layout: str, size: int) -> Part:
-    """A part backed by a uint8 array in `layout` (nhwc, nchw or nhw); resized in chunks on load."""
-    channels = 1 if layout == "nhw" else (data.shape[3] if layout == "nhwc" else data.shape[1])
+class ArrayImages(Dataset):
+    """The images of a torchvision dataset whose files hold one uint8 array (CIFAR, MNIST, SVHN), each converted
+    when read. The array is opened from the files on first use in each process and never pickled: a Ray worker
+    reads the files itself instead of receiving the pixels."""
 
-    def load(idx: np.ndarray) -> tuple[np.ndarray, bool, list[str]]:
-        out = np.empty((len(idx), channels, size, size), dtype=np.float32)
-        for s in range(0, len(idx), 1024):
-            chunk = torch.from_numpy(np.ascontiguousarray(data[idx[s:s + 1024]])).float().div_(255.0)
-            if layout == "nhw":
-                chunk = chunk.unsqueeze(1)
-            elif layout == "nhwc":
-                chunk = chunk.permute(0, 3, 1, 2)
-            if chunk.shape[-2:] != (size, size):
-                chunk = F.interpolate(chunk, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-            out[s:s + len(chunk)] = chunk.numpy()
-        return out, channels == 1, []
+    cheap = True  # an item is a slice of an array in memory: read without worker processes
 
-    return Part(np.asarray(labels, dtype=np.int64), load)
+    def __init__(self, name: str, root: Path, which: str, pre: Preprocessing) -> None:
+        self.name, self.root, self.which, self.pre = name, root, which, pre
+        self._data: tuple[np.ndarray, str] | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_data": None}
+
+    def __len__(self) -> int:
+        return len(self._array()[0])
+
+    def _array(self) -> tuple[np.ndarray, str]:
+        if self._data is None:
+            ds = _open_torchvision(self.name, self.root, self.which, download=False)
+            self._data = _pixels(ds)
+        return self._data
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        data, layout = self._array()
+        x = torch.from_numpy(np.ascontiguousarray(data[i])).float().div_(255.0)
+        if layout == "nhw":
+            x = x.unsqueeze(0)
+        elif layout == "nhwc":
+            x = x.permute(2, 0, 1)
+        return self.pre.apply(x), 0
+
+
+def _pixels(ds) -> tuple[np.ndarray, str]:
+    """(uint8 array, its layout) of a torchvision dataset object."""
+    cls = type(ds).__name__
+    if cls == "SVHN":
+        return ds.data, "nchw"
+    if cls in ("MNIST", "FashionMNIST"):
+        return ds.data.numpy(), "nhw"
+    return ds.data, "nhwc"
+
+
+def _labels(ds) -> np.ndarray:
+    return np.asarray(ds.labels if type(ds).__name__ == "SVHN" else ds.targets, dtype=np.int64)
 
 
 def _local_only(cls: type) -> type:
@@ -78,24 +108,18 @@ def _local_only(cls: type) -> type:
     return type(cls.__name__, (cls,), attrs)
 
 
-def torchvision_parts(name: str, root: Path, size: int, download: bool) -> tuple[dict[str, Part], int]:
-    """The train and test parts of torchvision dataset `name` under `root`, and its number of classes."""
+def _open_torchvision(name: str, root: Path, which: str, download: bool):
+    """The torchvision dataset object of `name`'s `which` part ("train" or "test") under `root`."""
     import torchvision.datasets as tvd
 
     cls_name, layout = _TORCHVISION[name]
-    folder = _TV_FOLDER.get(name)
-    if folder and not (root / folder).exists() and root.name == folder and not download:
-        root = root.parent  # data_dir points at the dataset's own folder
     cls = getattr(tvd, cls_name)
     if not download and cls_name in ("CIFAR10", "CIFAR100", "SVHN"):
         cls = _local_only(cls)
     try:
         if cls_name == "SVHN":
-            train = cls(str(root), split="train", download=download)
-            test = cls(str(root), split="test", download=download)
-        else:
-            train = cls(str(root), train=True, download=download)
-            test = cls(str(root), train=False, download=download)
+            return cls(str(root), split=which, download=download)
+        return cls(str(root), train=which == "train", download=download)
     except RuntimeError as e:
         if "not found" not in str(e):
             raise DataError(f"cannot read the {name} files in {root}: {str(e).splitlines()[0]}; replace them "
@@ -113,15 +137,30 @@ def torchvision_parts(name: str, root: Path, size: int, download: bool) -> tuple
                         f"{str(e).splitlines()[0] if str(e) else ''}; "
                         "replace them (or pass --download to fetch fresh copies)") from e
 
-    def part(ds) -> Part:
-        if cls_name == "SVHN":
-            return _array_part(ds.data, ds.labels, "nchw", size)
-        if cls_name in ("MNIST", "FashionMNIST"):
-            return _array_part(ds.data.numpy(), ds.targets.numpy(), "nhw", size)
-        return _array_part(ds.data, np.asarray(ds.targets), "nhwc", size)
 
-    num_classes = 10 if cls_name == "SVHN" else len(train.classes)
-    return {"train": part(train), "test": part(test)}, num_classes
+def _array_fingerprint(data: np.ndarray, labels: np.ndarray) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(data).tobytes())
+    h.update(labels.tobytes())
+    return h.hexdigest()[:16]
+
+
+def torchvision_parts(name: str, root: Path, download: bool) -> tuple[dict[str, Part], int]:
+    """The train and test parts of torchvision dataset `name` under `root`, and its number of classes."""
+    folder = _TV_FOLDER.get(name)
+    if folder and not (root / folder).exists() and root.name == folder and not download:
+        root = root.parent  # data_dir points at the dataset's own folder
+    parts: dict[str, Part] = {}
+    num_classes = 10
+    for which in ("train", "test"):
+        ds = _open_torchvision(name, root, which, download)
+        data, layout = _pixels(ds)
+        labels = _labels(ds)
+        channels = 1 if layout == "nhw" else (data.shape[3] if layout == "nhwc" else data.shape[1])
+        parts[which] = Part(labels, functools.partial(ArrayImages, name, root, which),
+                            _array_fingerprint(data, labels), channels)
+        if type(ds).__name__ != "SVHN":
+            num_classes = len(ds.classes)
+    return parts, num_classes
 
 
 # -------------------------------------------------------------------------------------------- imagefolder
@@ -157,29 +196,58 @@ def _image_folder(folder: Path, classes: list[str]):
     return _Folder(str(folder))
 
 
-def _file_part(samples: list[tuple[str, int]], size: int, root: Path) -> Part:
+class FileImages(Dataset):
+    """Image files, each decoded and preprocessed when read (in the DataLoader's worker processes)."""
+
+    def __init__(self, paths: list[str], pre: Preprocessing) -> None:
+        self.paths, self.pre = paths, pre
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        try:
+            with Image.open(self.paths[i]) as im:
+                pixels = np.asarray(im.convert("L" if self.pre.channels == 1 else "RGB"))
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for a broken file
+            raise DataError(f"cannot decode image file {self.paths[i]} ({type(e).__name__}); "
+                            "delete or replace it") from None
+        x = torch.from_numpy(pixels.copy()).float().div_(255.0)
+        x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
+        return self.pre.apply(x), 0
+
+
+def _scan(paths: list[str], root: Path) -> bool:
+    """Read every file's header (fast: no pixels decoded): all grayscale? A file that is not an image is a DataError."""
     from PIL import Image
 
+    gray, bad = True, []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                gray &= im.mode in _GRAY_MODES
+        except Exception:  # noqa: BLE001 - PIL raises many types for a broken file
+            bad.append(os.path.relpath(p, root))
+    if bad:
+        raise DataError(f"cannot decode {len(bad)} image file(s) in {root}: {', '.join(sorted(bad)[:3])}"
+                        f"{' ...' if len(bad) > 3 else ''}; delete or replace them")
+    return gray
+
+
+def _file_part(samples: list[tuple[str, int]], root: Path, gray: bool) -> Part:
     paths = [p for p, _ in samples]
-
-    def load(idx: np.ndarray) -> tuple[np.ndarray, bool, list[str]]:
-        out = np.empty((len(idx), 3, size, size), dtype=np.float32)
-        bad: list[str] = []
-        gray = True
-        for i, j in enumerate(idx):
-            try:
-                with Image.open(paths[j]) as im:
-                    gray &= im.mode in _GRAY_MODES
-                    rgb = im.convert("RGB").resize((size, size), Image.BILINEAR)
-                out[i] = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
-            except Exception:  # noqa: BLE001 - PIL raises many types for a broken file
-                bad.append(os.path.relpath(paths[j], root))
-        return out, gray, bad
-
-    return Part(np.array([t for _, t in samples], dtype=np.int64), load)
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.relpath(p, root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    labels = np.array([t for _, t in samples], dtype=np.int64)
+    h.update(labels.tobytes())
+    return Part(labels, functools.partial(FileImages, paths), h.hexdigest()[:16], 1 if gray else 3)
 
 
-def imagefolder_parts(root: Path, size: int) -> tuple[dict[str, Part], int]:
+def imagefolder_parts(root: Path) -> tuple[dict[str, Part], int]:
     """The parts (train, and val/test if their folders exist) of the imagefolder at `root`, and its class count."""
     present = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
     if "train" not in present:
@@ -194,7 +262,7 @@ def imagefolder_parts(root: Path, size: int) -> tuple[dict[str, Part], int]:
     if len(classes) == 1:
         raise DataError(f"imagefolder {present['train']} has only one class folder ({classes[0]!r}); a classifier "
                         "needs at least 2 classes, add another class folder")
-    parts: dict[str, Part] = {}
+    samples: dict[str, list[tuple[str, int]]] = {}
     for split, folder in present.items():
         if split != "train":
             other = _class_dirs(folder)
@@ -204,8 +272,9 @@ def imagefolder_parts(root: Path, size: int) -> tuple[dict[str, Part], int]:
                 raise DataError(f"class folders differ between {present['train']} and {folder}: only in train: "
                                 f"{', '.join(only_t[:5]) or '-'}; only in {split}: {', '.join(only_o[:5]) or '-'}; "
                                 "use the same class folders in every split")
-        parts[split] = _file_part(_image_folder(folder, classes).samples, size, root)
-    return parts, len(classes)
+        samples[split] = _image_folder(folder, classes).samples
+    gray = all(_scan([p for p, _ in items], root) for items in samples.values())
+    return {split: _file_part(items, root, gray) for split, items in samples.items()}, len(classes)
 
 
 # --------------------------------------------------------------------------------------------- data_dir

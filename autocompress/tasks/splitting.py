@@ -7,22 +7,31 @@ normalization, content-digest names) live in one place whatever the data source.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Callable, Literal, Mapping
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator, Literal, Mapping
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from autocompress.config import DEFAULT_MAX_IMAGES
 from autocompress.errors import ConfigError, DataError
+from autocompress.tasks.preprocess import (
+    STATS_IMAGES,
+    Preprocessing,
+    PreprocessOptions,
+    channel_stats,
+    resolve_normalization,
+)
 
-__all__ = ["Splits", "Part", "assemble", "resolve_caps", "RULES", "ValFrom"]
+__all__ = ["Split", "Splits", "TensorImages", "Part", "assemble", "resolve_caps", "RULES", "ValFrom"]
 
 # Share of the training pool carved out for a split the dataset does not ship (before the caps).
 _CARVE = {"test": 0.2, "val": 0.2, "calib": 0.1}
 # Share of the test images that becomes validation when it is carved from them (the rest stays test).
 _CARVE_FROM_TEST = 0.5
 _ORDER = ("train", "calib", "val", "test")
+_FEW = 64  # items read without worker processes (an example input, a tiny split)
 
 ValFrom = Literal["train", "test"]
 # Where the validation images came from, in words (Splits.rule; meta.json split_rule; the report).
@@ -36,55 +45,124 @@ RULES = {
 }
 
 
-@dataclass
-class Splits:
-    """The train / calib / val / test arrays (float32 N x C x H x W; int64 labels) of one dataset."""
+class TensorImages(Dataset):
+    """Images already in memory (float32 N x C x H x W, normalized) and their labels: the built-in demo."""
 
-    name: str
-    train_x: np.ndarray
-    train_y: np.ndarray
-    calib_x: np.ndarray
-    val_x: np.ndarray
-    val_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    num_classes: int
-    rule: str = RULES["given"]  # where the validation images came from (RULES)
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.x[i], int(self.y[i])
+
+
+class Split(Dataset):
+    """One split: the (image float32 C x H x W, label) items of `source` at `indices`, read when asked for.
+
+    Nothing is held but the indices and labels: a split of files is decoded batch by batch in `workers` processes
+    (torch's DataLoader), so no split has to fit in memory, and the object pickles small (Ray workers read the
+    files themselves). `fingerprint` names the content (the baseline cache is keyed on it)."""
+
+    def __init__(self, source: Dataset, labels: np.ndarray, indices: np.ndarray | None = None, *,
+                 fingerprint: str = "", workers: int = 0) -> None:
+        self.source = source
+        self.indices = np.arange(len(labels), dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)[self.indices]
+        self.fingerprint = fingerprint
+        self.workers = workers
+        self.origin: Splits | None = None  # the Splits this is one of (set by Splits)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x, _ = self.source[int(self.indices[i])]
+        return x, int(self.labels[i])
+
+    def take(self, positions: np.ndarray) -> "Split":
+        """The sub-split of these positions (in this order)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        sub = Split(self.source, np.zeros(0, np.int64), np.zeros(0, np.int64), workers=self.workers,
+                    fingerprint=f"{self.fingerprint}[{hashlib.sha256(positions.tobytes()).hexdigest()[:8]}]")
+        sub.indices, sub.labels = self.indices[positions], self.labels[positions]
+        return sub
+
+    def head(self, n: int) -> "Split":
+        return self.take(np.arange(min(n, len(self))))
+
+    def batches(self, batch_size: int = 128, order: torch.Tensor | np.ndarray | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images N x C x H x W, labels N) in `order` (positions; default: as stored)."""
+        order = np.arange(len(self)) if order is None else np.asarray(order, dtype=np.int64)
+        if isinstance(self.source, TensorImages):  # in memory: slicing beats a loader
+            for s in range(0, len(order), batch_size):
+                pos = order[s:s + batch_size]
+                yield self.source.x[torch.from_numpy(self.indices[pos])], torch.from_numpy(self.labels[pos])
+            return
+        # a source whose items cost microseconds (`cheap`), or a few items, are read here: forking readers would
+        # cost more
+        workers = 0 if getattr(self.source, "cheap", False) or len(order) < _FEW else self.workers
+        loader = DataLoader(self, batch_size=batch_size, sampler=order.tolist(), num_workers=workers,
+                            collate_fn=_collate)
+        yield from loader
+
+    def images(self, n: int | None = None) -> torch.Tensor:
+        """The first n images (all by default) as one tensor: for an example input or a small split."""
+        return torch.cat([x for x, _ in self.head(len(self) if n is None else n).batches(256)])
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 images, int64 labels) of the whole split in memory: for small splits and tests only."""
+        return self.images().numpy(), self.labels.copy()
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+        return tuple(self[0][0].shape)  # type: ignore[return-value]
+
+
+def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([x for x, _ in items]).float(), torch.tensor([y for _, y in items], dtype=torch.long)
+
+
+@dataclass
+class Splits:
+    """The train / calib / val / test splits of one dataset (four disjoint `Split`s)."""
+
+    name: str
+    train: Split
+    calib: Split
+    val: Split
+    test: Split
+    num_classes: int
+    rule: str = RULES["given"]  # where the validation images came from (RULES)
+    preprocessing: Preprocessing | None = None  # None: the user's Datasets did their own
+    augment: str = "shift"  # the fine-tune's augmentation (pipeline/augment.py), resolved from `auto`
+
+    def __post_init__(self) -> None:
+        for s in _ORDER:
+            getattr(self, s).origin = self
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.val.input_shape
 
     def sizes(self) -> dict[str, int]:
-        return {
-            "train": len(self.train_x),
-            "calib": len(self.calib_x),
-            "val": len(self.val_x),
-            "test": len(self.test_x),
-        }
+        return {s: len(getattr(self, s)) for s in _ORDER}
 
-    def datasets(self) -> dict[str, torch.utils.data.TensorDataset]:
-        """The four splits as in-memory Datasets of (image, label) (the calibration split's labels are 0)."""
-        from torch.utils.data import TensorDataset
-
-        def ds(x: np.ndarray, y: np.ndarray | None) -> TensorDataset:
-            labels = y if y is not None else np.zeros(len(x), np.int64)
-            return TensorDataset(torch.from_numpy(x), torch.from_numpy(labels))
-
-        out = {"train": ds(self.train_x, self.train_y), "val": ds(self.val_x, self.val_y),
-               "test": ds(self.test_x, self.test_y), "calib": ds(self.calib_x, None)}
-        # The CLI hands these Datasets to the library, which makes Splits of them again: the rule travels along.
-        out["val"].split_rule = self.rule
-        return out
+    def datasets(self) -> dict[str, Split]:
+        """The four splits as Datasets (for the library's own `search`, which keeps them as they are)."""
+        return {s: getattr(self, s) for s in _ORDER}
 
 
 @dataclass
 class Part:
-    """One split as the dataset ships it: labels known up front, pixels decoded only for chosen indices."""
+    """One split as the dataset ships it: labels known up front, pixels decoded only when read."""
 
     y: np.ndarray  # int64 labels of every item
-    # indices -> (float32 N,C,S,S in [0,1], all grayscale?, files that failed to decode)
-    load: Callable[[np.ndarray], tuple[np.ndarray, bool, list[str]]]
+    make: Callable[[Preprocessing], Dataset]  # a Dataset of every item, decoded with that preprocessing
+    fingerprint: str  # of the files' content
+    channels: int  # 1 when every image is grayscale, else 3 (or the array's own)
 
 
 def _quota(counts: np.ndarray, k: int, min_count: int) -> np.ndarray:
@@ -156,19 +234,6 @@ def _plan(parts: dict[str, Part], caps: Mapping[str, int | None], rng: np.random
     return plan
 
 
-def _normalize(xs: dict[str, np.ndarray]) -> None:
-    """In place: per-channel mean/std of the train split, applied to every split."""
-    tr = xs["train"]
-    mean = tr.mean(axis=(0, 2, 3), dtype=np.float64)
-    std = tr.std(axis=(0, 2, 3), dtype=np.float64)
-    std = np.where(std < 1e-6, 1.0, std)
-    m = mean.astype(np.float32)[None, :, None, None]
-    s = std.astype(np.float32)[None, :, None, None]
-    for x in xs.values():
-        x -= m
-        x /= s
-
-
 def split_rule(parts: dict[str, Part], val_from: ValFrom) -> str:
     """Where `_plan` takes the validation images from, in words (a key of RULES)."""
     if "val" in parts:
@@ -179,9 +244,12 @@ def split_rule(parts: dict[str, Part], val_from: ValFrom) -> str:
 
 
 def assemble(name: str, parts: dict[str, Part], num_classes: int, caps: Mapping[str, int | None],
-             seed: int, where: str, val_from: ValFrom = "train") -> Splits:
-    """The four Splits of `parts` (decoded, normalized, named by a digest); `where` names the files in errors.
-    `val_from`: carve validation (when there is no val part) from the training images or from the test part."""
+             seed: int, where: str, val_from: ValFrom = "train", *, options: PreprocessOptions | None = None,
+             workers: int = 0) -> Splits:
+    """The four Splits of `parts` (read on demand with the preprocessing `options` resolve to, named by a digest);
+    `where` names the files in errors. `val_from`: carve validation (when there is no val part) from the training
+    images or from the test part."""
+    options = options or PreprocessOptions()
     if num_classes < 2:
         raise DataError(f"{name} in {where} has {num_classes} class; a classifier needs at least 2 classes, "
                         "add images of another class")
@@ -190,36 +258,38 @@ def assemble(name: str, parts: dict[str, Part], num_classes: int, caps: Mapping[
             raise DataError(f"{name} files in {where} have labels outside 0..{num_classes - 1}; replace the files")
     rng = np.random.default_rng(seed)
     plan = _plan(parts, caps, rng, where, val_from)
-    xs: dict[str, np.ndarray] = {}
-    ys: dict[str, np.ndarray] = {}
-    gray = True
-    bad: list[str] = []
+    for split in _ORDER:
+        if len(plan[split][1]) == 0:
+            raise DataError(f"the {split} split of {name} in {where} is empty; add images to {where}")
+    channels = max(p.channels for p in parts.values())
+    pre = _preprocessing(parts["train"], plan["train"][1], options, channels, seed)
+    # The baseline cache is keyed on Splits.name: make it name these exact items (files, seed, caps, preprocessing).
+    h = hashlib.sha256(f"{name}:{num_classes}:{sorted(asdict(pre).items())}".encode())
     for split in _ORDER:
         part_name, idx = plan[split]
-        x, g, b = parts[part_name].load(idx)
-        xs[split], ys[split] = x, parts[part_name].y[idx].astype(np.int64)
-        gray &= g
-        bad += b
-    if bad:
-        raise DataError(f"cannot decode {len(bad)} image file(s) in {where}: {', '.join(sorted(bad)[:3])}"
-                        f"{' ...' if len(bad) > 3 else ''}; delete or replace them")
-    if gray:  # every decoded image was grayscale: one channel
-        xs = {k: np.ascontiguousarray(v[:, :1]) for k, v in xs.items()}
-    for split in _ORDER:
-        if len(xs[split]) == 0:
-            raise DataError(f"the {split} split of {name} in {where} is empty; add images to {where}")
-    _normalize(xs)
-    # The baseline cache is keyed on Splits.name: make it name these exact arrays (files, seed, caps, size).
-    h = hashlib.sha256(f"{name}:{num_classes}".encode())
-    for split in _ORDER:
-        h.update(xs[split].tobytes())
-        h.update(ys[split].tobytes())
-    return Splits(
-        name=f"{name}-{h.hexdigest()[:10]}",
-        train_x=xs["train"], train_y=ys["train"], calib_x=xs["calib"],
-        val_x=xs["val"], val_y=ys["val"], test_x=xs["test"], test_y=ys["test"],
-        num_classes=num_classes, rule=split_rule(parts, val_from),
-    )
+        h.update(f"{split}:{part_name}:{parts[part_name].fingerprint}".encode())
+        h.update(idx.tobytes())
+    digest = h.hexdigest()[:10]
+    sources = {k: p.make(pre) for k, p in parts.items()}
+    made = {split: Split(sources[part_name], parts[part_name].y, idx, fingerprint=f"{digest}:{split}",
+                         workers=workers) for split, (part_name, idx) in plan.items()}
+    return Splits(name=f"{name}-{digest}", **made, num_classes=num_classes, rule=split_rule(parts, val_from),
+                  preprocessing=pre)
+
+
+def _preprocessing(train: Part, idx: np.ndarray, options: PreprocessOptions, channels: int,
+                   seed: int) -> Preprocessing:
+    """`options` made concrete; `normalize: dataset` takes the mean/std of a seeded sample of the train split."""
+    fixed = resolve_normalization(options.normalize, options.mean, options.std, channels)
+    pre = Preprocessing(resize=options.resize or options.crop, crop=options.crop, mean=(0.0,) * channels,
+                        std=(1.0,) * channels, channels=channels,
+                        normalize="given" if options.mean is not None else options.normalize)
+    if fixed is not None:
+        return pre.with_stats(*fixed)
+    sample = np.random.default_rng(seed + 7).permutation(idx)[:STATS_IMAGES]
+    raw = Split(train.make(pre), train.y, np.sort(sample), workers=options.stats_workers)
+    mean, std = channel_stats(x for x, _ in raw.batches(256))
+    return pre.with_stats(mean, std)
 
 
 def resolve_caps(max_images: Mapping[str, int | None] | None) -> dict[str, int | None]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as P
@@ -13,6 +12,7 @@ import torch.nn.utils.parametrize as P
 from autocompress.pipeline.quantize.format import weight_range
 from autocompress.pipeline.quantize.fx_graph import _insert_ort_fake_quant
 from autocompress.pipeline.quantize.quantizers import _ActFakeQuant, _WeightFakeQuant
+from autocompress.tasks.splitting import Split
 
 
 @contextlib.contextmanager
@@ -56,8 +56,8 @@ def fake_quantized(model: nn.Module, precisions: dict[str, str], *, reduce_range
 
 
 @torch.no_grad()
-def calibrate_activations(model: nn.Module, x: np.ndarray, batch_size: int = 16) -> None:
-    """Inside `fake_quantized`: set every activation range to the min/max over `x` (ORT's MinMax).
+def calibrate_activations(model: nn.Module, data: Split, batch_size: int = 16) -> None:
+    """Inside `fake_quantized`: set every activation range to the min/max over the images of `data` (ORT's MinMax).
 
     The observers see the float activations (no quantization while calibrating), exactly like
     ORT's calibration pass on the float model, so the PyTorch model then predicts what the artifact will.
@@ -73,8 +73,8 @@ def calibrate_activations(model: nn.Module, x: np.ndarray, batch_size: int = 16)
         w.enabled = False
     try:
         model.eval()
-        for i in range(0, len(x), batch_size):
-            model(torch.from_numpy(x[i : i + batch_size]))
+        for x, _ in data.batches(batch_size):
+            model(x)
     finally:
         for o in observers:
             o.calibrating = False

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from autocompress.pipeline.quantize.regions import _regions
+from autocompress.tasks.splitting import Split
 
 
 def _nodes_to_exclude(proto: onnx.ModelProto, *, quantized_nodes: set[str], layer_nodes: set[str]) -> list[str]:
@@ -44,20 +45,18 @@ def _nodes_to_exclude(proto: onnx.ModelProto, *, quantized_nodes: set[str], laye
 
 
 class _Reader:
-    """CalibrationDataReader over a numpy array, a few images per batch."""
+    """CalibrationDataReader over a split's images, a few per batch, read as ORT asks for them."""
 
-    def __init__(self, x: np.ndarray, batch: int = 16) -> None:
-        self._batches = [x[i : i + batch] for i in range(0, len(x), batch)]
-        self._i = 0
+    def __init__(self, data: Split, batch: int = 16) -> None:
+        self._data, self._batch = data, batch
+        self.rewind()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._i >= len(self._batches):
-            return None
-        self._i += 1
-        return {"input": self._batches[self._i - 1]}
+        x = next(self._batches, None)
+        return None if x is None else {"input": x[0].numpy()}
 
     def rewind(self) -> None:
-        self._i = 0
+        self._batches = iter(self._data.batches(self._batch))
 
 
 def quantize_static_onnx(
@@ -66,13 +65,13 @@ def quantize_static_onnx(
     *,
     precisions: dict[str, str],
     nodes: dict[str, str],
-    calib_x: np.ndarray,
+    calib: Split,
     reduce_range: bool = False,
 ) -> dict[str, str]:
     """Write the deployable artifact to `out_path` and return {layer: precision actually requested}.
 
     All-fp32 configurations are saved unchanged. Otherwise U8S8 static QDQ (per-channel weights),
-    calibrated with MinMax on `calib_x`; fp32 layers are excluded by node name, int4 layers get a
+    calibrated with MinMax on the images of `calib`; fp32 layers are excluded by node name, int4 layers get a
     per-channel QInt4 override on their weight.
     """
     from onnxruntime.quantization import QuantType
@@ -88,16 +87,16 @@ def quantize_static_onnx(
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "float.onnx")
         onnx.save(float_model, src)
-        _quantize(src, str(out_path), calib_x, exclude, overrides, reduce_range)
+        _quantize(src, str(out_path), calib, exclude, overrides, reduce_range)
     return quantized
 
 
-def _quantize(src: str, dst: str, calib_x: np.ndarray, exclude: list[str], overrides: dict, reduce_range: bool) -> None:
+def _quantize(src: str, dst: str, calib: Split, exclude: list[str], overrides: dict, reduce_range: bool) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with quiet_ort_quantization():
         quantize_static(
-            src, dst, _Reader(calib_x),
+            src, dst, _Reader(calib),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
