@@ -132,10 +132,14 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Split, batch_size: int = 256) -> float:
-    """Top-1 accuracy in percent of a PyTorch model on a split."""
+def evaluate(model: nn.Module, data: Split, batch_size: int | None = None) -> float:
+    """Top-1 accuracy in percent of a PyTorch model on a split (default batch: 256 images of 32 x 32, fewer of
+    larger ones, so that activations stay within some hundred MB)."""
     model.eval()
     correct = 0
+    if batch_size is None:
+        h, w = data.input_shape[-2:]
+        batch_size = max(16, min(256, 256 * 32 * 32 // (h * w)))
     for x, y in data.batches(batch_size):
         correct += int((model(x).argmax(1) == y).sum())
     return 100.0 * correct / max(len(data), 1)

@@ -104,8 +104,12 @@ def _baseline(prep: Prepared, log: Callable[[str], None], progress: bool) -> _Ba
 
 def _fp32(prep: Prepared, log: Callable[[str], None], progress: bool) -> tuple[torch.nn.Module, dict]:
     """The FP32 model: given (an object or --weights), or trained on the data and cached."""
+    import ray
+
+    from autocompress.pipeline.devices import resolve_train_device
     from autocompress.pipeline.finetune import evaluate
-    from autocompress.tasks.baseline import get_baseline
+    from autocompress.search.executor import train_baseline_in_worker
+    from autocompress.tasks.baseline import baseline_path, load_cached, save_baseline
 
     cfg, splits = prep.config, prep.splits
     log(f"baseline: {cfg.model} on {cfg.dataset} ({splits.sizes()})")
@@ -123,8 +127,14 @@ def _fp32(prep: Prepared, log: Callable[[str], None], progress: bool) -> tuple[t
         if progress:
             log(f"  baseline epoch {e + 1}/{epochs:g}: loss {loss:.3f}")
 
-    model, info = get_baseline(model_name=cfg.model, splits=splits, settings=cfg.baseline, seed=cfg.seed,
-                               on_epoch=on_epoch)
+    path = baseline_path(cfg.model, splits, cfg.baseline, cfg.seed)
+    cached = load_cached(path, cfg.model, splits)
+    if cached is not None:
+        model, info = cached
+    else:
+        device = resolve_train_device(cfg.train_device, ray.cluster_resources().get("GPU", 0))
+        model, info = train_baseline_in_worker(cfg.model, splits, cfg.baseline, cfg.seed, device, on_epoch)
+        info = save_baseline(path, model, info)
     how = "loaded from cache" if info["cached"] else f"trained in {info['train_seconds']} s"
     log(f"  baseline {how} ({info['path']})")
     return model, info

@@ -52,6 +52,47 @@ def _scan_task(baseline: torch.nn.Module, splits: Splits, space, reduce_range: b
     return scan(baseline, splits, space, reduce_range=reduce_range, threads=threads)
 
 
+def _baseline_task(model_name: str, splits: Splits, settings, seed: int, device: str, progress) -> tuple[dict, dict]:
+    """Runs in a Ray worker: the FP32 model trained from scratch, as (state_dict, info)."""
+    import os
+
+    from autocompress.tasks.baseline import train_baseline
+
+    torch.set_num_threads(os.cpu_count() or 1)  # nothing else runs while the baseline trains
+    model, info = train_baseline(model_name, splits, settings, seed, device=device,
+                                 on_epoch=lambda e, loss: progress.put((e, loss)))
+    return model.state_dict(), info
+
+
+def train_baseline_in_worker(model_name: str, splits: Splits, settings, seed: int, train_device: str,
+                             on_epoch: Callable[[int, float], None]) -> tuple[torch.nn.Module, dict]:
+    """Train the baseline in a Ray worker (on its GPU when `train_device` is cuda), not in the driver: training
+    a network on large images takes gigabytes the driver would then keep for the whole search. Epochs are
+    reported to `on_epoch` here as they end."""
+    import ray
+    from ray.util.queue import Queue
+
+    from autocompress.tasks.models import build_model
+
+    progress = Queue(actor_options={"num_cpus": 0})
+    task = ray.remote(_baseline_task).options(num_cpus=1, num_gpus=1 if train_device == "cuda" else 0,
+                                              max_retries=0)
+    ref = task.remote(model_name, splits, settings, seed, train_device, progress)
+    try:
+        while True:
+            ready, _ = ray.wait([ref], timeout=1.0)
+            while not progress.empty():
+                on_epoch(*progress.get())
+            if ready:
+                break
+        state, info = ray.get(ref)
+    finally:
+        ray.kill(progress.actor)
+    model = build_model(model_name, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
+    model.load_state_dict(state)
+    return model.eval(), info
+
+
 def ship_user_code(model: torch.nn.Module) -> list[str]:
     """Make the modules that define the model's classes travel with it when no installed package provides them (a
     user's own file): Ray workers, on this machine or another, could not import them by name. Returns their names."""

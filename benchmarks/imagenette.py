@@ -1,0 +1,90 @@
+"""Imagenette (issue 17): a torchvision ResNet-18 trained by autocompress's own baseline training, then searched.
+
+Stage `baseline` trains (or loads from the cache) the FP32 ResNet-18 exactly as `autocompress search` with the same
+flags would: Imagenette's train/ folder at short side 146, center crop 128, normalized with the training images'
+mean/std, random-resized-crop + flip, SGD one-cycle. Every training image is used (train=all); validation is the
+whole val/ folder (3,925 images), the test split a fifth of train/ carved off before training. The model is cached
+under benchmarks/runs/cache (AUTOCOMPRESS_CACHE), so the search stage finds it.
+
+    python benchmarks/imagenette.py baseline [--epochs 18]
+
+Writes benchmarks/imagenette.md and imagenette.json (with the command and the host's fingerprint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+DATA = HERE.parent.parent / "shared" / "data" / "imagenette2-160"
+# The CLI flags of the benchmark's search: the baseline stage resolves the same config, so its cache key matches.
+FLAGS = ["--model", "resnet18", "--dataset", "imagefolder", "--data-dir", str(DATA), "--resize", "146", "--crop", "128",
+         "--max-images", "train=all,val=all,test=all"]
+
+
+def config(epochs: float):
+    from autocompress.api import make_config
+
+    return make_config(budget=None, space=None, out=None, model="resnet18", dataset="imagefolder", data_dir=DATA,
+                       input_size=128, resize=146, max_images={"train": None, "val": None, "test": None},
+                       baseline={"epochs": epochs})
+
+
+def baseline(epochs: float) -> dict:
+    from autocompress.tasks.baseline import get_baseline
+    from autocompress.tasks.data import dataset_of_config
+
+    cfg = config(epochs)
+    splits = dataset_of_config(cfg)
+    print(f"splits {splits.sizes()}; {splits.preprocessing.describe()}; augment {splits.augment}", flush=True)
+    t0 = time.perf_counter()
+
+    def on_epoch(e: int, loss: float) -> None:
+        print(f"epoch {e + 1}/{epochs:g}: loss {loss:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    _, info = get_baseline(model_name=cfg.model, splits=splits, settings=cfg.baseline, seed=cfg.seed,
+                           on_epoch=on_epoch)
+    return {"splits": splits.sizes(), "preprocessing": splits.preprocessing.as_dict(), "augment": splits.augment,
+            "settings": cfg.baseline.model_dump(), **info}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("stage", choices=["baseline"])
+    ap.add_argument("--epochs", type=float, default=18)
+    args = ap.parse_args()
+    os.environ.setdefault("AUTOCOMPRESS_CACHE", str(HERE / "runs" / "cache"))
+    from autocompress.search.device import fingerprint
+
+    result = baseline(args.epochs)
+    fp = fingerprint(1)
+    out = HERE / "imagenette.json"
+    record = json.loads(out.read_text()) if out.is_file() else {}
+    record["baseline"] = {"date": str(dt.date.today()), "command": f"python benchmarks/imagenette.py baseline "
+                          f"--epochs {args.epochs:g}", "host": fp, **result}
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    b = record["baseline"]
+    lines = ["# Imagenette: ResNet-18 trained and searched by autocompress", "",
+             "## The FP32 baseline", "",
+             f"`{b['command']}` ({b['date']}) on {fp['cpu']} ({', '.join(fp['isa'])}), {os.cpu_count()} cores: "
+             f"torchvision ResNet-18 from scratch, {b['settings']['epochs']:g} epochs, lr {b['settings']['lr']}, "
+             f"batch {b['settings']['batch_size']}, augmentation {b['augment']}; preprocessing: short side "
+             f"{b['preprocessing']['resize']}, center crop {b['preprocessing']['crop']}, mean/std of the training "
+             "images.", "",
+             "| split | images | top-1 % (PyTorch FP32) |", "|---|---|---|",
+             f"| train (fitted) | {b['splits']['train']} | - |",
+             f"| val: Imagenette's val/ folder, all of it | {b['splits']['val']} | {b['val_accuracy_torch']:.2f} |",
+             f"| test: carved from train/, never trained on | {b['splits']['test']} | {b['test_accuracy_torch']:.2f} |",
+             "", f"Training took {b.get('train_seconds', '(cached)')} s"
+             f"{'' if not b.get('cached') else ' (loaded from the cache: the figure is from when it was trained)'}."]
+    (HERE / "imagenette.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
