@@ -7,6 +7,13 @@ whole val/ folder (3,925 images), the test split a fifth of train/ carved off be
 under benchmarks/runs/cache (AUTOCOMPRESS_CACHE), so the search stage finds it.
 
     python benchmarks/imagenette.py baseline [--epochs 18]
+    python benchmarks/imagenette.py search --budget 3h [--finetune-epochs N]
+
+Stage `search` runs `autocompress search` with the same flags (the baseline comes from the cache) into
+benchmarks/runs/imagenette-search (resumed if it is there), watching its memory as benchmarks/memory.py does, and
+reports the front: speed-up over FP32 and over the best uniform configuration (the run's uniform int8 / pruned
+baselines) at equal validation accuracy (within 0.5 and 1 point of FP32), their test accuracy, time per trial
+and peak memory.
 
 Writes benchmarks/imagenette.md and imagenette.json (with the command and the host's fingerprint).
 """
@@ -53,13 +60,77 @@ def baseline(epochs: float) -> dict:
             "settings": cfg.baseline.model_dump(), **info}
 
 
+def search(budget: str, epochs: float, finetune_epochs: float | None) -> dict:
+    """The default search on the cached baseline; its front against FP32 and the uniform baselines."""
+    import subprocess
+    import sys
+
+    from memory import Watch
+
+    run = HERE / "runs" / "imagenette-search"
+    cmd = [sys.executable, "-m", "autocompress.cli", "search", "--no-progress", *FLAGS, "--baseline-epochs",
+           f"{epochs:g}", *(["--finetune-epochs", f"{finetune_epochs:g}"] if finetune_epochs else [])]
+    cmd += ["--resume", str(run), "--budget", budget] if (run / "meta.json").is_file() else \
+        ["--out", str(run), "--budget", budget]
+    proc = subprocess.Popen(cmd)
+    watch = Watch(proc.pid)
+    while proc.poll() is None:
+        watch.poll()
+        time.sleep(1.0)
+    return {"command": "autocompress " + " ".join(cmd[3:]), **front(run), "memory": watch.summary()}
+
+
+def front(run: Path) -> dict:
+    """FP32's figures, the fastest trial within 0.5 / 1 point of FP32's validation accuracy and its speed-ups over
+    FP32 and over the fastest uniform baseline within the same points, trials done, median seconds per trial."""
+    from autocompress.results.pareto import fastest_within
+    from autocompress.results.result import load_run
+
+    result = load_run(run)
+    fp32 = result.baselines["fp32"].to_row()
+    uniform = pd_rows([{**b.to_row(), "name": k} for k, b in result.baselines.items() if k != "fp32"])
+    done = result.trials[result.trials["state"] == "COMPLETE"]
+    rows = []
+    for points in (0.5, 1.0):
+        best = fastest_within(done, fp32["val_accuracy"], points)
+        ref = fastest_within(uniform, fp32["val_accuracy"], points) if len(uniform) else None
+        rows.append({"within_points": points, "trial": None if best is None else int(best["trial"]),
+                     "val": None if best is None else float(best["val_accuracy"]),
+                     "test": None if best is None else float(best["test_accuracy"]),
+                     "latency_ms": None if best is None else float(best["latency_ms"]),
+                     "vs_fp32": None if best is None else fp32["latency_ms"] / float(best["latency_ms"]),
+                     "uniform": None if ref is None else str(ref["name"]),
+                     "vs_uniform": None if best is None or ref is None
+                     else float(ref["latency_ms"]) / float(best["latency_ms"])})
+    seconds = [sum(v for k, v in r.items() if k.startswith("t_") and v == v) for _, r in done.iterrows()]
+    return {"fp32": {k: fp32[k] for k in ("val_accuracy", "test_accuracy", "latency_ms")}, "front": rows,
+            "trials": len(done), "trial_seconds_median": sorted(seconds)[len(seconds) // 2] if seconds else None}
+
+
+def pd_rows(rows: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=["baseline"])
-    ap.add_argument("--epochs", type=float, default=18)
+    ap.add_argument("stage", choices=["baseline", "search"])
+    ap.add_argument("--epochs", type=float, default=18, help="of the baseline")
+    ap.add_argument("--budget", default="3h")
+    ap.add_argument("--finetune-epochs", type=float, default=None, help="default: the search's own")
     args = ap.parse_args()
     os.environ.setdefault("AUTOCOMPRESS_CACHE", str(HERE / "runs" / "cache"))
     from autocompress.search.device import fingerprint
+
+    if args.stage == "search":
+        out = HERE / "imagenette.json"
+        record = json.loads(out.read_text()) if out.is_file() else {}
+        record["search"] = {"date": str(dt.date.today()), "host": fingerprint(1),
+                            **search(args.budget, args.epochs, args.finetune_epochs)}
+        out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        print(json.dumps(record["search"], indent=2, default=str))
+        return
 
     result = baseline(args.epochs)
     fp = fingerprint(1)
