@@ -104,9 +104,7 @@ def _preprocessing(given: Preprocessing | dict) -> Preprocessing:
     if isinstance(given, Preprocessing):
         return given
     try:
-        return Preprocessing(resize=int(given["resize"]), crop=int(given["crop"]), mean=tuple(given["mean"]),
-                             std=tuple(given["std"]), channels=len(given["mean"]), normalize="given",
-                             scale=float(given.get("scale", 255.0)))
+        return Preprocessing.from_dict(given)
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"preprocessing={given!r} is not a preprocessing ({type(e).__name__}: {e}); give a dict "
                           "with resize, crop, mean, std (e.g. resize=146, crop=128, mean=[0.485, 0.456, 0.406], "

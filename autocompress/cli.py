@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from pydantic import ValidationError
 
-from autocompress.errors import AutocompressError, ConfigError, Interrupted
+from autocompress.cli_flags import SEARCH_HELP, caps_flag, config_from_flags, crop_flag, floats_flag
+from autocompress.errors import AutocompressError, Interrupted
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
@@ -30,143 +30,49 @@ def _fail(e: Exception, verbose: bool = False) -> None:
 
 
 # The search command's option help (`autocompress search --help`), kept apart so the command reads in one screen.
-_SEARCH_HELP = {
-    "config": (
-        "A run config YAML holding any of these options (keys as in config.json of a run); flags given here "
-        "override it."
-    ),
-    "budget": (
-        "Trials (e.g. 40) or wall-clock time (e.g. 10m, 1h, 1h30m); new trials start only within it. Required"
-        " unless --resume."
-    ),
-    "resume": (
-        "Continue the search in this run directory (after a kill, Ctrl-C or crash); the budget counts what "
-        "was already spent. --budget raises it."
-    ),
-    "model": "Built-in name (see `autocompress models`), a torchvision model name, or module:function.",
-    "weights": (
-        "Trained weights of the model (a state_dict or a whole saved model): the baseline. Default: train it "
-        "on the data."
-    ),
-    "num_classes": "Classes the model should have; checked against the data.",
-    "dataset": (
-        "digits (scikit-learn's handwritten digits, shipped with it: the demo), cifar10, cifar100, mnist, "
-        "fashionmnist, svhn or imagefolder."
-    ),
-    "data_dir": "Folder of a file-based dataset (cifar10, cifar100, mnist, fashionmnist, svhn, imagefolder).",
-    "download": "Let torchvision download a named dataset into --data-dir (off: read local files only).",
-    "input_size": "The model's input side: images are center-cropped to this many pixels square (same as --crop).",
-    "crop": "Center crop, in pixels square: the model's input (and the latency input shape). Same as --input-size.",
-    "resize": "Resize the short side to this many pixels before the center crop (default: the crop; e.g. 146 for 128).",
-    "normalize": (
-        "Per-channel normalization: dataset (the training images' mean/std), imagenet (ImageNet's, for models "
-        "trained on it) or none. --mean/--std override it."
-    ),
-    "mean": "Per-channel mean the model was trained with, on the 0-1 scale, e.g. 0.485,0.456,0.406 (with --std).",
-    "std": "Per-channel std the model was trained with, on the 0-1 scale, e.g. 0.229,0.224,0.225 (with --mean).",
-    "augment": (
-        "Fine-tuning augmentation: auto (crop-flip for natural images, shift for digits), crop-flip (random "
-        "resized crop + horizontal flip), shift (random shifts, never flipped) or none."
-    ),
-    "data_workers": "Processes decoding images for each reader of a file dataset (0: decode in the reader itself).",
-    "max_images": (
-        "Images kept per split, a speed setting recorded in the run: e.g. train=20000,val=2000 (others keep "
-        "their defaults: train 5000, calib 500, val 1000, test 1000), train=all, or all (no cap at all)."
-    ),
-    "space": (
-        "Search-space YAML (default: the one shipped in the package, autocompress/search_spaces/default.yaml;"
-        " examples to copy in search_spaces/)."
-    ),
-    "out": "Run directory (default: reports/<model>-<dataset>-<time>).",
-    "seed": "Seed for data splits, sampler and fine-tuning.",
-    "ray_address": "Join an existing Ray cluster (HOST:PORT from `ray start --head`); default: start a local Ray.",
-    "concurrency": "Trials running at once (each gets CPUs/concurrency threads).",
-    "device": (
-        "Where latency is measured: local (this machine), or the name of a Ray custom resource carried by the"
-        " target device's node."
-    ),
-    "latency_threads": "ONNX Runtime intra-op threads when measuring latency (default 1).",
-    "latency_batch": "Batch size when measuring latency (default 1).",
-    "sampler": (
-        "tpe (default), nsga2, random, or grid (only the uniform settings: every ratio of the space for all "
-        "groups x fp32/int8 for all layers, each distinct model once)."
-    ),
-    "baselines": (
-        "Uniform references to measure in this run, comma-separated: fp32 (always), int8, prune25-int8, "
-        "prune50-int8 (default: all four; the pruned ones cost a fine-tune each)."
-    ),
-    "finetune_epochs": "Epochs of the KD fine-tune per trial (default 6).",
-    "baseline_epochs": "Epochs to train the baseline when it is not cached (default 15).",
-    "no_progress": "No live progress bar (for logs).",
-    "trial_timeout": "Seconds after which a running trial is stopped and recorded as failed (default 1800).",
-    "early_stop": (
-        "Stop a trial's fine-tune when its validation accuracy halfway through is more than this many points "
-        "below FP32's (default 0: never; off by default because a one-epoch check misjudged trials that "
-        "finished at 99%)."
-    ),
-    "no_sensitivity": (
-        "Skip the per-layer sensitivity scan (each group pruned alone, each layer quantized alone, no "
-        "fine-tune; cached per model) that narrows the space and warm-starts the sampler."
-    ),
-    "confirm_rounds": (
-        "When the budget is spent, measure every Pareto model and baseline again, together, this many rounds "
-        "(2 more for a model whose rounds disagree by over 4%), and report their median, so the figures "
-        "compared come from one window of time (default 2; 0: keep the figures from the search)."
-    ),
-    "no_latency_cache": "Measure every artifact, even one whose graph this device has measured before.",
-    "train_device": (
-        "Where trials fine-tune: auto (a GPU when torch, or the Ray cluster, has one), cpu or cuda. Export, "
-        "quantization, accuracy and latency stay on the CPU."
-    ),
-    "gpus_per_trial": "GPUs one trial asks Ray for when fine-tuning on CUDA; a fraction (0.5) lets trials share one.",
-    "dry_run": "Print the resolved config and the search space (groups, layers, choices) as JSON, and exit.",
-    "verbose": "On an error, also print the traceback of what raised it (e.g. your model's own code).",
-}
-
-
 @app.command()
 def search(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help=_SEARCH_HELP["config"]),
-    budget: Optional[str] = typer.Option(None, "--budget", "-b", help=_SEARCH_HELP["budget"]),
-    resume: Optional[Path] = typer.Option(None, "--resume", help=_SEARCH_HELP["resume"]),
-    model: str = typer.Option("resnet20", "--model", "-m", help=_SEARCH_HELP["model"]),
-    weights: Optional[Path] = typer.Option(None, "--weights", help=_SEARCH_HELP["weights"]),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", help=_SEARCH_HELP["num_classes"]),
-    dataset: str = typer.Option("digits", "--dataset", "-d", help=_SEARCH_HELP["dataset"]),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_SEARCH_HELP["data_dir"]),
-    download: bool = typer.Option(False, "--download", help=_SEARCH_HELP["download"]),
-    input_size: int = typer.Option(32, "--input-size", help=_SEARCH_HELP["input_size"]),
-    crop: Optional[int] = typer.Option(None, "--crop", help=_SEARCH_HELP["crop"]),
-    resize: Optional[int] = typer.Option(None, "--resize", help=_SEARCH_HELP["resize"]),
-    normalize: Optional[str] = typer.Option(None, "--normalize", help=_SEARCH_HELP["normalize"]),
-    mean: Optional[str] = typer.Option(None, "--mean", help=_SEARCH_HELP["mean"]),
-    std: Optional[str] = typer.Option(None, "--std", help=_SEARCH_HELP["std"]),
-    augment: Optional[str] = typer.Option(None, "--augment", help=_SEARCH_HELP["augment"]),
-    data_workers: Optional[int] = typer.Option(None, "--data-workers", help=_SEARCH_HELP["data_workers"]),
-    max_images: Optional[str] = typer.Option(None, "--max-images", help=_SEARCH_HELP["max_images"]),
-    space: Optional[Path] = typer.Option(None, "--space", help=_SEARCH_HELP["space"]),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help=_SEARCH_HELP["out"]),
-    seed: int = typer.Option(0, "--seed", help=_SEARCH_HELP["seed"]),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=_SEARCH_HELP["ray_address"]),
-    concurrency: int = typer.Option(1, "--concurrency", help=_SEARCH_HELP["concurrency"]),
-    device: str = typer.Option("local", "--device", help=_SEARCH_HELP["device"]),
-    train_device: str = typer.Option("auto", "--train-device", help=_SEARCH_HELP["train_device"]),
-    gpus_per_trial: float = typer.Option(1.0, "--gpus-per-trial", help=_SEARCH_HELP["gpus_per_trial"]),
-    latency_threads: Optional[int] = typer.Option(None, "--latency-threads", help=_SEARCH_HELP["latency_threads"]),
-    latency_batch: Optional[int] = typer.Option(None, "--latency-batch", help=_SEARCH_HELP["latency_batch"]),
-    sampler: str = typer.Option("tpe", "--sampler", help=_SEARCH_HELP["sampler"]),
-    baselines: Optional[str] = typer.Option(None, "--baselines", help=_SEARCH_HELP["baselines"]),
-    finetune_epochs: Optional[float] = typer.Option(None, "--finetune-epochs", help=_SEARCH_HELP["finetune_epochs"]),
-    baseline_epochs: Optional[float] = typer.Option(None, "--baseline-epochs", help=_SEARCH_HELP["baseline_epochs"]),
-    no_progress: bool = typer.Option(False, "--no-progress", help=_SEARCH_HELP["no_progress"]),
-    trial_timeout: Optional[float] = typer.Option(None, "--trial-timeout", help=_SEARCH_HELP["trial_timeout"]),
-    early_stop: Optional[float] = typer.Option(None, "--early-stop", help=_SEARCH_HELP["early_stop"]),
-    no_sensitivity: bool = typer.Option(False, "--no-sensitivity", help=_SEARCH_HELP["no_sensitivity"]),
-    confirm_rounds: Optional[int] = typer.Option(None, "--confirm-rounds", help=_SEARCH_HELP["confirm_rounds"]),
-    no_latency_cache: bool = typer.Option(False, "--no-latency-cache", help=_SEARCH_HELP["no_latency_cache"]),
-    dry_run: bool = typer.Option(False, "--dry-run", help=_SEARCH_HELP["dry_run"]),
-    verbose: bool = typer.Option(False, "--verbose", help=_SEARCH_HELP["verbose"]),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=SEARCH_HELP["config"]),
+    budget: Optional[str] = typer.Option(None, "--budget", "-b", help=SEARCH_HELP["budget"]),
+    resume: Optional[Path] = typer.Option(None, "--resume", help=SEARCH_HELP["resume"]),
+    model: str = typer.Option("resnet20", "--model", "-m", help=SEARCH_HELP["model"]),
+    weights: Optional[Path] = typer.Option(None, "--weights", help=SEARCH_HELP["weights"]),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help=SEARCH_HELP["num_classes"]),
+    dataset: str = typer.Option("digits", "--dataset", "-d", help=SEARCH_HELP["dataset"]),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=SEARCH_HELP["data_dir"]),
+    download: bool = typer.Option(False, "--download", help=SEARCH_HELP["download"]),
+    input_size: int = typer.Option(32, "--input-size", help=SEARCH_HELP["input_size"]),
+    crop: Optional[int] = typer.Option(None, "--crop", help=SEARCH_HELP["crop"]),
+    resize: Optional[int] = typer.Option(None, "--resize", help=SEARCH_HELP["resize"]),
+    normalize: Optional[str] = typer.Option(None, "--normalize", help=SEARCH_HELP["normalize"]),
+    mean: Optional[str] = typer.Option(None, "--mean", help=SEARCH_HELP["mean"]),
+    std: Optional[str] = typer.Option(None, "--std", help=SEARCH_HELP["std"]),
+    augment: Optional[str] = typer.Option(None, "--augment", help=SEARCH_HELP["augment"]),
+    data_workers: Optional[int] = typer.Option(None, "--data-workers", help=SEARCH_HELP["data_workers"]),
+    max_images: Optional[str] = typer.Option(None, "--max-images", help=SEARCH_HELP["max_images"]),
+    space: Optional[Path] = typer.Option(None, "--space", help=SEARCH_HELP["space"]),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help=SEARCH_HELP["out"]),
+    seed: int = typer.Option(0, "--seed", help=SEARCH_HELP["seed"]),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=SEARCH_HELP["ray_address"]),
+    concurrency: int = typer.Option(1, "--concurrency", help=SEARCH_HELP["concurrency"]),
+    device: str = typer.Option("local", "--device", help=SEARCH_HELP["device"]),
+    train_device: str = typer.Option("auto", "--train-device", help=SEARCH_HELP["train_device"]),
+    gpus_per_trial: float = typer.Option(1.0, "--gpus-per-trial", help=SEARCH_HELP["gpus_per_trial"]),
+    latency_threads: Optional[int] = typer.Option(None, "--latency-threads", help=SEARCH_HELP["latency_threads"]),
+    latency_batch: Optional[int] = typer.Option(None, "--latency-batch", help=SEARCH_HELP["latency_batch"]),
+    sampler: str = typer.Option("tpe", "--sampler", help=SEARCH_HELP["sampler"]),
+    baselines: Optional[str] = typer.Option(None, "--baselines", help=SEARCH_HELP["baselines"]),
+    finetune_epochs: Optional[float] = typer.Option(None, "--finetune-epochs", help=SEARCH_HELP["finetune_epochs"]),
+    baseline_epochs: Optional[float] = typer.Option(None, "--baseline-epochs", help=SEARCH_HELP["baseline_epochs"]),
+    no_progress: bool = typer.Option(False, "--no-progress", help=SEARCH_HELP["no_progress"]),
+    trial_timeout: Optional[float] = typer.Option(None, "--trial-timeout", help=SEARCH_HELP["trial_timeout"]),
+    early_stop: Optional[float] = typer.Option(None, "--early-stop", help=SEARCH_HELP["early_stop"]),
+    no_sensitivity: bool = typer.Option(False, "--no-sensitivity", help=SEARCH_HELP["no_sensitivity"]),
+    confirm_rounds: Optional[int] = typer.Option(None, "--confirm-rounds", help=SEARCH_HELP["confirm_rounds"]),
+    no_latency_cache: bool = typer.Option(False, "--no-latency-cache", help=SEARCH_HELP["no_latency_cache"]),
+    dry_run: bool = typer.Option(False, "--dry-run", help=SEARCH_HELP["dry_run"]),
+    verbose: bool = typer.Option(False, "--verbose", help=SEARCH_HELP["verbose"]),
 ) -> None:
     """Run a compression search and write reports/<run>/report.html."""
     from autocompress.config import parse_budget
@@ -181,14 +87,14 @@ def search(
                          train_device=train_device, gpus_per_trial=gpus_per_trial)
             overrides = dict(latency_cache=False if no_latency_cache else None, early_stop_points=early_stop,
                              confirm_rounds=confirm_rounds, sensitivity=False if no_sensitivity else None,
-                             trial_timeout_s=trial_timeout, input_size=_crop(crop, input_size, ctx),
-                             resize=resize, normalize=normalize, mean=_floats("--mean", mean),
-                             std=_floats("--std", std), augment=augment, data_workers=data_workers,
-                             max_images=_caps(max_images),
+                             trial_timeout_s=trial_timeout, input_size=crop_flag(crop, input_size, ctx),
+                             resize=resize, normalize=normalize, mean=floats_flag("--mean", mean),
+                             std=floats_flag("--std", std), augment=augment, data_workers=data_workers,
+                             max_images=caps_flag(max_images),
                              baselines=[b.strip() for b in baselines.split(",") if b.strip()] if baselines else None)
             sections = {"latency": {"threads": latency_threads, "batch": latency_batch},
                         "finetune": {"epochs": finetune_epochs}, "baseline": {"epochs": baseline_epochs}}
-            cfg = _config_from_flags(ctx, config, budget, flags, overrides, sections)
+            cfg = config_from_flags(ctx, config, budget, flags, overrides, sections)
             prep = _plan(cfg)
     except AutocompressError as e:
         _fail(e, verbose)
@@ -197,85 +103,6 @@ def search(
         typer.echo(json.dumps(prep.describe(), indent=2))
         return
     _run(prep, progress=not no_progress, verbose=verbose)
-
-
-def _crop(crop: int | None, input_size: int, ctx: typer.Context) -> int | None:
-    """--crop is --input-size by another name; both given must agree."""
-    src = ctx.get_parameter_source("input_size")
-    if crop is not None and src is not None and src.name == "COMMANDLINE" and crop != input_size:
-        raise ConfigError(f"--crop {crop} and --input-size {input_size} disagree; they are the same setting, "
-                          "give one of them")
-    return crop
-
-
-def _floats(flag: str, text: str | None) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} {text!r} is not a list of numbers; give one per channel, e.g. "
-                          f"{flag} {'0.485,0.456,0.406' if flag == '--mean' else '0.229,0.224,0.225'}") from None
-
-
-def _caps(text: str | None) -> dict[str, int | None] | None:
-    """--max-images: `all`, or split=N|all pairs."""
-    from autocompress.config import DEFAULT_MAX_IMAGES
-
-    if text is None:
-        return None
-    if text.strip().lower() in ("all", "none"):
-        return {k: None for k in DEFAULT_MAX_IMAGES}
-    caps: dict[str, int | None] = {}
-    for item in text.split(","):
-        key, _, value = item.partition("=")
-        key, value = key.strip(), value.strip().lower()
-        if key not in DEFAULT_MAX_IMAGES or not value:
-            raise ConfigError(f"--max-images {text!r}: {item.strip()!r} is not split=N; use e.g. "
-                              f"train=20000,val=2000 (splits: {', '.join(DEFAULT_MAX_IMAGES)}) or all")
-        if value in ("all", "none"):
-            caps[key] = None
-        elif value.isdigit() and int(value) >= 1:
-            caps[key] = int(value)
-        else:
-            raise ConfigError(f"--max-images {text!r}: {key}={value} is not a positive number of images or 'all'")
-    return caps
-
-
-def _config_from_flags(ctx: typer.Context, config: Path | None, budget: str | None, flags: dict, overrides: dict,
-                       sections: dict[str, dict]):
-    """The SearchConfig of a new search: the config file, then the flags given on the command line."""
-    from autocompress.config import SearchConfig, config_error, load_config_file, parse_budget
-
-    def given(name: str) -> bool:  # typer vendors click: compare the enum by name
-        src = ctx.get_parameter_source(name)
-        return src is not None and src.name == "COMMANDLINE"
-
-    data = load_config_file(config) if config is not None else {}
-    defaults = SearchConfig().model_dump()
-    unknown = [k for k in data if k not in defaults]
-    if unknown:
-        raise ConfigError(f"{unknown[0]!r} in {config}: unknown key; allowed keys are {', '.join(defaults)}")
-    for section in ("baseline", "finetune", "latency"):  # a partial section keeps the other defaults
-        if isinstance(data.get(section), dict):
-            data[section] = {**defaults[section], **data[section]}
-    for key, value in flags.items():  # flags on the command line win; defaults only fill gaps
-        if given(key) or key not in data:
-            data[key] = value
-    if budget is not None:
-        data["budget"] = parse_budget(budget).model_dump()
-    elif "budget" not in data:
-        raise ConfigError("--budget is required: a trial count (e.g. --budget 40) or a duration (e.g. --budget 30m)")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    for section, values in sections.items():
-        values = {k: v for k, v in values.items() if v is not None}
-        if values:
-            base = data.get(section) if isinstance(data.get(section), dict) else defaults[section]
-            data[section] = {**base, **values}
-    try:
-        return SearchConfig.model_validate(data)
-    except ValidationError as e:
-        raise config_error(e, str(config) if config is not None else "the command line") from None
 
 
 def _datasets(cfg) -> dict:

@@ -70,10 +70,11 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
-        """The record `as_dict` wrote (meta.json)."""
-        return cls(resize=int(d["resize"]), crop=int(d["crop"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
-                   channels=int(d["channels"]), normalize=str(d.get("normalize", "given")),
-                   scale=float(d.get("scale", 255.0)))
+        """The record `as_dict` wrote (meta.json), or a user's dict of resize, crop, mean, std (channels: one per
+        mean value)."""
+        return cls(resize=int(d["resize"]), crop=int(d["crop"]), mean=tuple(float(v) for v in d["mean"]),
+                   std=tuple(float(v) for v in d["std"]), channels=int(d.get("channels", len(d["mean"]))),
+                   normalize=str(d.get("normalize", "given")), scale=float(d.get("scale", 255.0)))
 
     def with_stats(self, mean: Iterable[float], std: Iterable[float]) -> "Preprocessing":
         return replace(self, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))

@@ -67,6 +67,7 @@ class Split(Dataset):
 
     def __init__(self, source: Dataset, labels: np.ndarray, indices: np.ndarray | None = None, *,
                  fingerprint: str = "", workers: int = 0) -> None:
+        """`labels`: of every item of `source`; the split holds those at `indices` (default: every item)."""
         self.source = source
         self.indices = np.arange(len(labels), dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)[self.indices]
@@ -84,10 +85,11 @@ class Split(Dataset):
     def take(self, positions: np.ndarray) -> "Split":
         """The sub-split of these positions (in this order)."""
         positions = np.asarray(positions, dtype=np.int64)
-        sub = Split(self.source, np.zeros(0, np.int64), np.zeros(0, np.int64), workers=self.workers,
-                    fingerprint=f"{self.fingerprint}[{hashlib.sha256(positions.tobytes()).hexdigest()[:8]}]")
-        sub.indices, sub.labels = self.indices[positions], self.labels[positions]
-        return sub
+        # labels as the constructor wants them, of every source item (only the chosen ones are ever read)
+        labels = np.zeros(int(self.indices.max(initial=-1)) + 1, np.int64)
+        labels[self.indices] = self.labels
+        return Split(self.source, labels, self.indices[positions], workers=self.workers,
+                     fingerprint=f"{self.fingerprint}[{hashlib.sha256(positions.tobytes()).hexdigest()[:8]}]")
 
     def head(self, n: int) -> "Split":
         return self.take(np.arange(min(n, len(self))))
