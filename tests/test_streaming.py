@@ -61,6 +61,24 @@ def test_file_splits_are_disjoint_seeded_and_read_the_same_by_worker_processes(t
     np.testing.assert_array_equal(got, s.train.arrays()[0][order])
 
 
+def test_a_copy_of_the_same_folder_names_the_same_splits(tmp_path):
+    """The baseline cache is keyed on Splits.name: a copied folder (new modification times) is the same data, and a
+    changed file is not."""
+    import os
+    import shutil
+
+    root = tmp_path / "tree"
+    write_class_tree(root / "train", dict.fromkeys(("a", "b"), 10), seed=0)
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, copy_function=shutil.copyfile)  # contents only: every file gets a new mtime
+    some = next((copy / "train" / "a").iterdir())
+    assert os.stat(some).st_mtime_ns != os.stat(root / "train" / "a" / some.name).st_mtime_ns
+    name = load_dataset("imagefolder", data_dir=root, input_size=16).name
+    assert load_dataset("imagefolder", data_dir=copy, input_size=16).name == name
+    some.write_bytes(some.read_bytes() + b"\0")  # one file one byte longer: other data
+    assert load_dataset("imagefolder", data_dir=copy, input_size=16).name != name
+
+
 def test_a_split_of_files_pickles_without_its_pixels(tmp_path):
     root = tmp_path / "big"
     for c in ("a", "b"):

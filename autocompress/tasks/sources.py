@@ -238,10 +238,11 @@ def _scan(paths: list[str], root: Path) -> bool:
 
 def _file_part(samples: list[tuple[str, int]], root: Path, gray: bool) -> Part:
     paths = [p for p, _ in samples]
+    # names and sizes, not modification times: a copy of the same folder (a new machine, a restored backup) is the
+    # same data and must find the same cached baseline
     h = hashlib.sha256()
     for p in paths:
-        st = os.stat(p)
-        h.update(f"{os.path.relpath(p, root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        h.update(f"{os.path.relpath(p, root)}:{os.stat(p).st_size}\n".encode())
     labels = np.array([t for _, t in samples], dtype=np.int64)
     h.update(labels.tobytes())
     return Part(labels, functools.partial(FileImages, paths), h.hexdigest()[:16], 1 if gray else 3)
