@@ -71,6 +71,10 @@ def search(
     no_sensitivity: bool = typer.Option(False, "--no-sensitivity", help=SEARCH_HELP["no_sensitivity"]),
     confirm_rounds: Optional[int] = typer.Option(None, "--confirm-rounds", help=SEARCH_HELP["confirm_rounds"]),
     no_latency_cache: bool = typer.Option(False, "--no-latency-cache", help=SEARCH_HELP["no_latency_cache"]),
+    target_latency_ms: Optional[float] = typer.Option(None, "--target-latency-ms",
+                                                      help=SEARCH_HELP["target_latency_ms"]),
+    latency_model: Optional[bool] = typer.Option(None, "--latency-model/--no-latency-model",
+                                                 help=SEARCH_HELP["latency_model"]),
     dry_run: bool = typer.Option(False, "--dry-run", help=SEARCH_HELP["dry_run"]),
     verbose: bool = typer.Option(False, "--verbose", help=SEARCH_HELP["verbose"]),
 ) -> None:
@@ -85,7 +89,9 @@ def search(
                          download=download, input_size=input_size, space=space, out=out, seed=seed,
                          ray_address=ray_address, concurrency=concurrency, sampler=sampler, device=device,
                          train_device=train_device, gpus_per_trial=gpus_per_trial)
-            overrides = dict(latency_cache=False if no_latency_cache else None, early_stop_points=early_stop,
+            overrides = dict(latency_cache=False if no_latency_cache else None,
+                             latency_model=latency_model, target_latency_ms=target_latency_ms,
+                             early_stop_points=early_stop,
                              confirm_rounds=confirm_rounds, sensitivity=False if no_sensitivity else None,
                              trial_timeout_s=trial_timeout, input_size=crop_flag(crop, input_size, ctx),
                              resize=resize, normalize=normalize, mean=floats_flag("--mean", mean),
@@ -157,10 +163,11 @@ def _run(prep, *, progress: bool, verbose: bool = False) -> None:
     def count(state: str) -> int:
         return int((states == state).sum()) if states is not None else 0
 
-    n_done, n_repeat, n_stopped = count("COMPLETE"), count("DUPLICATE"), count("STOPPED")
+    n_done, n_repeat, n_stopped, n_skipped = count("COMPLETE"), count("DUPLICATE"), count("STOPPED"), count("SKIPPED")
     repeats = f" ({n_repeat} repeated configurations reused earlier results)" if n_repeat else ""
     early = f", {n_stopped} stopped early" if n_stopped else ""
-    typer.echo(f"{n_done} trials done, {n_total - n_done - n_repeat - n_stopped} failed{early}, "
+    early += f", {n_skipped} skipped as predicted over the latency target" if n_skipped else ""
+    typer.echo(f"{n_done} trials done, {n_total - n_done - n_repeat - n_stopped - n_skipped} failed{early}, "
                f"{len(result.pareto)} Pareto models{repeats}")
     typer.echo(f"report: {result.report}")
 

@@ -95,6 +95,12 @@ SEARCH_HELP = {
         "compared come from one window of time (default 2; 0: keep the figures from the search)."
     ),
     "no_latency_cache": "Measure every artifact, even one whose graph this device has measured before.",
+    "target_latency_ms": ("Build only configurations the latency model predicts within this latency (ms, with 15%% "
+                          "slack for its error); the others are skipped before they train, at no cost, and the "
+                          "sampler learns to avoid them. Pick among the results with `pick --max-latency-ms`."),
+    "latency_model": ("Predict each trial's latency before it trains (on by default): every layer is timed alone on "
+                      "the device at each channel count and precision the space offers (once per device, cached), "
+                      "fitted to whole models measured, and the prediction is shown beside the measured figure."),
     "train_device": (
         "Where trials fine-tune: auto (a GPU when torch, or the Ray cluster, has one), cpu or cuda. Export, "
         "quantization, accuracy and latency stay on the CPU."

@@ -184,6 +184,17 @@ class SearchConfig(_Strict):
     # a trial still running after this is stopped and recorded as failed
     trial_timeout_s: float = Field(default=1800, gt=0)
     latency_cache: bool = True  # reuse a measurement for an artifact whose graph this device has measured
+    # predict each trial's latency from a table of its layers timed on the device (measure/latency_model.py)
+    latency_model: bool = True
+    # build only configurations the latency model predicts within this (ms, with a margin for its error)
+    target_latency_ms: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _target_needs_the_model(self) -> "SearchConfig":
+        if self.target_latency_ms is not None and not self.latency_model:
+            raise ValueError("target_latency_ms needs the latency model to predict each configuration before it "
+                             "is built; drop --no-latency-model (latency_model: false)")
+        return self
     # at the end, re-measure Pareto models and baselines together (0: off)
     confirm_rounds: int = Field(default=2, ge=0, le=20)
 
@@ -197,6 +208,8 @@ def config_error(e: ValidationError, source: str) -> ConfigError:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+    if not err["loc"] and isinstance(err.get("input"), dict):  # a rule across keys: its message names them
+        return ConfigError(f"in {source}: {msg}")
     return ConfigError(f"{where} in {source}: {msg} (got {err.get('input')!r})")
 
 

@@ -81,6 +81,8 @@ CASES = [
      lambda d: ["--config", _file(d, "run.yaml", "budget: 2\nfinetune: {epochs: -1}\n")]),
     ("sampler", "an unknown sampler", lambda d: ["--budget", "2", "--sampler", "bayes"]),
     ("baselines-no-fp32", "baselines without fp32", lambda d: ["--budget", "2", "--baselines", "int8,prune50-int8"]),
+    ("target-without-model", "a latency target without the latency model",
+     lambda d: ["--budget", "2", "--target-latency-ms", "1", "--no-latency-model"]),
     ("model-function-raises", "a model function that raises",
      lambda d: ["--budget", "2", "--model", f"{_file(d, 'raises.py', RAISING_MODEL)}:build"]),
     ("weights-directory", "a --weights path that is a directory", lambda d: ["--budget", "2", "--weights", str(d)]),

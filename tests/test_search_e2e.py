@@ -58,7 +58,7 @@ def test_search_local_ray_then_report_and_pick(tmp_path):
     run = tmp_path / "run"
     # measured, not taken from the latency cache (earlier tests may have measured the same graphs)
     res = run_cli("search", "--budget", "3", "--out", str(run), "--no-latency-cache", *FAST_FLAGS, "--baselines", ALL,
-                  "--confirm-rounds", "2")
+                  "--confirm-rounds", "2", "--latency-model")
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"report: {run / 'report.html'}" in res.stdout
     _check_run(run, 3)
@@ -84,6 +84,14 @@ def test_search_local_ray_then_report_and_pick(tmp_path):
     assert (overlapped["latency_held_s"] > 0).all() and (overlapped["latency_held_s"] < overlapped["t_measure"]).all()
     # each measured row says how long its measurement paused, waiting for other load to pass (0 when it never had to)
     assert rows.loc[rows["latency_source"] == "measured", "latency_burst_wait_s"].ge(0).all()
+
+    # every trial's latency was predicted before it trained, by a model fitted on the baselines and 12 untrained
+    # random configurations; the margin only catches a broken model (a wrong layer's channels or a lost table entry)
+    lm = json.loads((run / "meta.json").read_text())["latency_model"]
+    assert lm["entries"] > 50 and lm["proxies"] == 12 and lm["fit"]["anchors"] >= 4 + 12
+    assert rows["latency_predicted_ms"].gt(0).all(), rows.get("latency_predicted_ms")
+    assert lm["errors"]["n"] >= 1 and lm["errors"]["worst_pct"] < 50, lm
+    assert "Latency model: predicted vs measured" in (run / "report.html").read_text()
 
     # report rebuilds from stored files alone
     (run / "report.html").unlink()

@@ -121,3 +121,35 @@ def _cache_text(done: pd.DataFrame) -> str:
     return (f" {cached} of these {len(done)} latencies came from this device's cache (an identical graph "
             "measured earlier with the same settings), so their measurement took no time here; see the "
             "latency_source column.")
+
+
+def prediction_figure(done: pd.DataFrame, model: dict) -> tuple[go.Figure, str] | None:
+    """The latency model's prediction for each trial (made before it trained) against its measured latency."""
+    if "latency_predicted_ms" not in done.columns:
+        return None
+    rows = done[done["latency_predicted_ms"].notna()]
+    if "duplicate_of" in rows.columns:
+        rows = rows[rows["duplicate_of"].isna()]
+    if not len(rows):
+        return None
+    lo = float(min(rows["latency_ms"].min(), rows["latency_predicted_ms"].min())) * 0.9
+    hi = float(max(rows["latency_ms"].max(), rows["latency_predicted_ms"].max())) * 1.1
+    fig = go.Figure([
+        go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(color="#9ca3af", dash="dot"), name="exact"),
+        go.Scatter(x=rows["latency_predicted_ms"], y=rows["latency_ms"], mode="markers", name="trials",
+                   marker=dict(color="#2563eb", size=9), hoverinfo="text",
+                   text=[f"trial {int(r.trial)}<br>predicted {r.latency_predicted_ms:.3f} ms<br>"
+                         f"measured {r.latency_ms:.3f} ms" for r in rows.itertuples()]),
+    ])
+    fig.update_layout(xaxis_title="predicted before training, ms", yaxis_title="measured on the device, ms",
+                      template="plotly_white", height=380, width=560, showlegend=False,
+                      margin=dict(l=60, r=20, t=10, b=40))
+    err = model.get("errors", {})
+    summary = (f"Error over {err['n']} trials: median <b>{err['median_pct']:.1f}%</b>, worst "
+               f"<b>{err['worst_pct']:.1f}%</b>. " if err.get("n") else "")
+    text = (f"Before each trial trains, its latency is predicted from a table of its layers, each timed alone on "
+            f"this device at every channel count and precision the space offers ({model.get('entries', '?')} "
+            f"timings, cached per device), fitted to the whole models measured by then (the baselines, "
+            f"{model.get('proxies', 0)} random configurations measured untrained, then each trial). {summary}"
+            "Column latency_predicted_ms of trials.csv.")
+    return fig, text

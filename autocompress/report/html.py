@@ -15,7 +15,7 @@ from autocompress.report.data import (
     dominated_by_baselines,
     pareto_config,
 )
-from autocompress.report.figures import hypervolume_figure, pareto_scatter, stage_figure
+from autocompress.report.figures import hypervolume_figure, pareto_scatter, prediction_figure, stage_figure
 from autocompress.report.notes import measurement_notes
 from autocompress.results.pareto import fastest_within
 
@@ -51,6 +51,7 @@ def report_page(data: ReportData, rounds: int) -> str:
         "over (validation accuracy, latency, size).</p>",
         _pareto_plot(data),
         _search_quality(data) + _where_the_time_went(data),  # one block of the page: no newline between them
+        _latency_model(data),
         f"<h2>Pareto models</h2>{_pareto_table(data, cols)}",
         '<h2>Baselines</h2><p class="sub">Measured exactly like the trials. The uniformly pruned ones get the trials\' '
         f"own fine-tune.</p>{_baselines_table(data, cols)}",
@@ -94,7 +95,9 @@ def _summary_cards(data: ReportData) -> str:
         ("trials", f"{len(data.done)} done · "
                    f"{int((failed['state'] == 'STOPPED').sum()) if len(failed) else 0} stopped early · "
                    f"{int((failed['state'] != 'STOPPED').sum()) if len(failed) else 0} failed",
-         f"{data.meta.get('budget', '')} budget · {data.meta.get('wall_seconds', '?')} s wall"),
+         f"{data.meta.get('budget', '')} budget · {data.meta.get('wall_seconds', '?')} s wall"
+         + (f" · {data.meta['trials_skipped']} skipped, predicted over the "
+            f"{data.meta.get('target_latency_ms')} ms target" if data.meta.get("trials_skipped") else "")),
     ]
     return "".join(f"<div class='card'>{t}<b>{v}</b><span class='sub'>{s}</span></div>"
                    for c in cards if c for t, v, s in [c])
@@ -112,6 +115,25 @@ def _search_quality(data: ReportData) -> str:
         return ""
     fig, text = hypervolume_figure(data.table, data.baselines)
     return f"<h2>Search quality</h2><p class='sub'>{text}</p>" + fig.to_html(full_html=False, include_plotlyjs=False)
+
+
+def _latency_model(data: ReportData) -> str:
+    model = data.meta.get("latency_model")
+    if not isinstance(model, dict) or "failed" in model:
+        return (f"<h2>Latency model</h2><p class='sub'>Not built: {html.escape(model['failed'])}</p>"
+                if isinstance(model, dict) else "")
+    from autocompress.search.predict import SlowChoice
+
+    slow = [SlowChoice(**c).text() for c in model.get("slow_choices", [])]
+    slow_html = ("<p class='sub'>Channel counts not offered to the search because a larger count of the same group "
+                 "ran at least as fast in the layer table (so they could only lose accuracy):</p><ul>"
+                 + "".join(f"<li>{html.escape(t)}</li>" for t in slow) + "</ul>") if slow else ""
+    made = prediction_figure(data.done, model) if len(data.done) else None
+    if made is None:
+        return f"<h2>Latency model</h2>{slow_html}" if slow else ""
+    fig, text = made
+    return (f"<h2>Latency model: predicted vs measured</h2><p class='sub'>{text}</p>"
+            + fig.to_html(full_html=False, include_plotlyjs=False) + slow_html)
 
 
 def _where_the_time_went(data: ReportData) -> str:

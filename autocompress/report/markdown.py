@@ -26,6 +26,10 @@ def report_markdown(data: ReportData) -> str:
         md.append(f"| trial {int(r['trial'])} | {r['val_accuracy']:.2f} | {r['test_accuracy']:.2f} | "
                   f"{r['latency_ms']:.3f} | {r['latency_p90_ms']:.3f} | {data.speed(r)} | "
                   f"{r['size_bytes'] / 1e6:.3f} | {r['onnx']} |")
+    err = (meta.get("latency_model") or {}).get("errors", {})
+    if err.get("n"):
+        md += ["", f"Latency predicted before training (measured latency model of the device): error over "
+                   f"{err['n']} trials median {err['median_pct']:.1f}%, worst {err['worst_pct']:.1f}%."]
     for f in data.finals:  # `autocompress finalize`: each final model's own section
         md += ["", (data.path / "final" / f["name"] / "report.md").read_text().rstrip()]
     return "\n".join(md) + "\n"

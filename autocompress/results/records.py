@@ -20,6 +20,7 @@ class TrialState(str, enum.Enum):
     STOPPED = "STOPPED"  # early-stopped fine-tune (or a repeat of such a model)
     DUPLICATE = "DUPLICATE"  # a repeat of a measured model: its figures at no cost, not counted in the budget
     INTERRUPTED = "INTERRUPTED"  # running when the search was killed; its configuration runs again on resume
+    SKIPPED = "SKIPPED"  # predicted over --target-latency-ms: never built, not counted in the budget
 
     def __str__(self) -> str:
         return self.value
@@ -111,6 +112,7 @@ class TrialRecord:
     duplicate_of: int | None = None
     reused: str | None = None  # `baseline-<name>`: this trial's model is that baseline's
     model_key: str | None = None  # baselines: the identity of the model they built
+    predicted_ms: float | None = None  # the latency model's figure, made before the trial trained
 
     @property
     def measured(self) -> bool:
@@ -145,6 +147,8 @@ class TrialRecord:
         row.update(self.choices)
         if self.latency is not None and self.latency.search_ms is not None:
             row.update({col: getattr(self.latency, f) for f, col in _CONFIRM_COLUMNS})
+        if self.predicted_ms is not None:
+            row["latency_predicted_ms"] = self.predicted_ms
         for key in ("duplicate_of", "reused", "model_key"):
             if getattr(self, key) is not None:
                 row[key] = getattr(self, key)
@@ -164,4 +168,5 @@ class TrialRecord:
             stage_seconds={k[2:]: v for k, v in row.items() if k.startswith("t_")},
             channels={k.split(":", 1)[1]: v for k, v in row.items() if k.startswith("channels:")},
             duplicate_of=row.get("duplicate_of"), reused=row.get("reused"), model_key=row.get("model_key"),
+            predicted_ms=row.get("latency_predicted_ms"),
         )

@@ -94,6 +94,17 @@ class Device:
     def fingerprint(self) -> dict:
         return fingerprint(self.meter.settings.threads)
 
+    def time_graphs(self, graphs: list[tuple[bytes, tuple[int, ...]]]) -> list[float]:
+        """Quick timings (ms) of small graphs: the latency model's layer table (measure/latency_model.py)."""
+        from autocompress.measure.latency_model import time_graph
+
+        s = self.meter.settings
+        out = []
+        for data, shape in graphs:
+            with paused_trials(self.pause_trials):
+                out.append(time_graph(data, shape, threads=s.threads, batch=s.batch))
+        return out
+
     def measure(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> dict:
         # trials are paused during each session and run on in the gaps between sessions
         quiet = functools.partial(paused_trials, self.pause_trials)

@@ -39,6 +39,9 @@ class Executor(Protocol):
     def scan(self, space, reduce_range: bool) -> dict:
         """The sensitivity scan (search/sensitivity.py) of the baseline, where trials run; waits for it."""
 
+    def time_graphs(self, graphs: list[tuple[bytes, tuple[int, ...]]]) -> list[float]:
+        """Quick timings (ms) of small ONNX graphs on the device (the latency model's table); waits for them."""
+
 
 def autocompress_trial(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, threads: int) -> TrialOutput:
     """Runs in a Ray worker; the device finds (and pauses) running trials by this function's name."""
@@ -152,6 +155,9 @@ class RayExecutor:
         task = self.ray.remote(_scan_task).options(num_cpus=self.threads, max_retries=0)
         return self.ray.get(task.remote(self.base_ref, self.splits_ref, space, reduce_range, self.threads))
 
+    def time_graphs(self, graphs: list[tuple[bytes, tuple[int, ...]]]) -> list[float]:
+        return self.ray.get(self.device.time_graphs.remote(graphs))
+
 
 class InProcessExecutor:
     """The same pipeline in threads of this process: `concurrency` trials at once, one measurement at a time by
@@ -187,6 +193,11 @@ class InProcessExecutor:
         from autocompress.search.sensitivity import scan
 
         return scan(self.baseline, self.splits, space, reduce_range=reduce_range, threads=self.threads)
+
+    def time_graphs(self, graphs: list[tuple[bytes, tuple[int, ...]]]) -> list[float]:
+        from autocompress.measure.latency_model import time_graph
+
+        return [time_graph(data, shape, threads=1) for data, shape in graphs]
 
     def close(self) -> None:
         self._trials.shutdown(wait=True, cancel_futures=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from autocompress.pipeline.prune import kept_channels
@@ -28,7 +28,8 @@ from autocompress.space import SearchSpace
 
 __all__ = ["Scheduler", "Limits", "model_key", "config_columns", "MAX_REPEATS"]
 
-MAX_REPEATS = 50  # proposals of already-measured configurations in a row after which the space counts as exhausted
+MAX_REPEATS = 50  # proposals of already-measured (or skipped) configurations in a row: the space counts as exhausted
+TARGET_SLACK = 0.15  # a proposal predicted up to this far over --target-latency-ms is still built: the model's error
 
 
 def model_key(space: SearchSpace, ratios: dict[str, float], precisions: dict[str, str]) -> str:
@@ -64,6 +65,7 @@ class _Proposal:
     t0: float = 0.0
     out: TrialOutput | None = None
     seconds: float = 0.0  # the pipeline's wall time (without the measurement)
+    predicted: float | None = None  # the latency model's figure (ms), made when proposed
 
 
 @dataclass
@@ -78,6 +80,8 @@ class Scheduler:
     latency: LatencyBook
     line: Callable[[str], None] = print  # one line per finished trial
     early_stop_points: float = 0.0  # for the message of an early-stopped trial
+    predictor: Any = None  # search.predict.Predictor: each proposal's latency before it trains, or None
+    target_ms: float | None = None  # --target-latency-ms: proposals predicted over it (with TARGET_SLACK) are skipped
     running: dict = field(default_factory=dict)  # handle -> _Proposal whose pipeline runs
     measuring: dict = field(default_factory=dict)  # handle -> _Proposal whose latency is being measured
     in_flight: dict[str, int] = field(default_factory=dict)  # model key -> the trial running or measured for it
@@ -157,10 +161,22 @@ class Scheduler:
             trial = self.study.ask(self.distributions)
             self.asked.append(trial)
             params = dict(trial.params)
-            self._place(_Proposal(trial, params, model_key(self.space, *self.space.decode(params))))
+            self._place(_Proposal(trial, params, model_key(self.space, *self.space.decode(params)),
+                                  predicted=self._predict(params)))
+
+    def _predict(self, params: dict) -> float | None:
+        if self.predictor is None:
+            return None
+        try:
+            return self.predictor.predict(params)
+        except Exception as e:  # noqa: BLE001 - a prediction is a report figure; the search goes on without it
+            self.line(f"latency model: no prediction ({describe_error(e)}); the search goes on without it")
+            self.predictor = None
+            return None
 
     def _place(self, p: _Proposal) -> None:
-        """Run a new model; or take the result of a baseline or earlier trial that built it; or wait for it."""
+        """Run a new model; or take the result of a baseline or earlier trial that built it; or wait for it; or skip
+        it, unbuilt, when it is predicted over the latency target."""
         owner = self.seen.get(p.key)
         if isinstance(owner, str):  # a baseline built this model: a free, counted trial
             self._record(p, self._reused_baseline(p, owner))
@@ -171,9 +187,19 @@ class Scheduler:
         elif p.key in self.in_flight:
             self.waiting.setdefault(p.key, []).append(p)
             self._count_repeat()
+        elif self._over_target(p):
+            rec = self._record(p, TrialRecord(p.trial.number, TrialState.SKIPPED, config_columns(self.space, p.params),
+                                              error=f"skipped: predicted {p.predicted:.3f} ms, over the target "
+                                                    f"{self.target_ms:g} ms"))
+            self.line(f"trial {rec.trial}: {rec.error}")
+            self._count_repeat()
         else:
             self.repeats_in_a_row = 0
             self._submit(p)
+
+    def _over_target(self, p: _Proposal) -> bool:
+        return (self.target_ms is not None and p.predicted is not None
+                and p.predicted > self.target_ms * (1 + TARGET_SLACK))
 
     def _reused_baseline(self, p: _Proposal, name: str) -> TrialRecord:
         b = self.state.baselines[name]
@@ -185,8 +211,9 @@ class Scheduler:
     def _count_repeat(self) -> None:
         self.repeats_in_a_row += 1
         if self.repeats_in_a_row == MAX_REPEATS:
-            self.line(f"the sampler proposed {MAX_REPEATS} already-measured configurations in a row: the space "
-                      "looks exhausted; stopping (widen it in the search-space YAML)")
+            self.line(f"the sampler proposed {MAX_REPEATS} already-measured or over-target configurations in a row: "
+                      "the space looks exhausted; stopping (widen it in the search-space YAML, or raise "
+                      "--target-latency-ms)")
 
     # ------------------------------------------------------------------ collect
     def _collect(self, ready: set) -> list[tuple[_Proposal, TrialRecord]]:
@@ -245,17 +272,22 @@ class Scheduler:
         return record_of(p.trial.number, out, lat, onnx, p.seconds, choices=config_columns(self.space, p.params))
 
     # ------------------------------------------------------------------ finish and tell
-    def _record(self, p: _Proposal, rec: TrialRecord) -> None:
+    def _record(self, p: _Proposal, rec: TrialRecord) -> TrialRecord:
         """On disk first, then queued for the study."""
+        if p.predicted is not None and rec.predicted_ms is None:
+            rec = replace(rec, predicted_ms=p.predicted)
         self.state.put(rec)
         self.untold[rec.trial] = (p.trial, rec)
+        return rec
 
     def _finish(self, p: _Proposal, rec: TrialRecord) -> None:
         if self.in_flight.get(p.key) == p.trial.number:
             del self.in_flight[p.key]
-        self._record(p, rec)
+        rec = self._record(p, rec)
         if rec.state is TrialState.COMPLETE:
             self.seen.setdefault(p.key, rec.trial)
+            if self.predictor is not None:  # later predictions are calibrated on this model too
+                self.predictor.learn(*self.space.decode(rec.choices), rec.latency.median_ms)
         self.line(self._line(rec))
         self._release_waiters(p.key, rec)
 
@@ -280,7 +312,9 @@ class Scheduler:
             return f"trial {rec.trial}: {'FAILED' if rec.state is TrialState.FAIL else 'STOPPED'}: {rec.error}  {tally}"
         acc, ms, size = rec.objectives
         fp32 = self.state.baselines["fp32"].objectives[1]
-        return f"trial {rec.trial}: val {acc:.2f}%  {ms:.3f} ms ({fp32 / ms:.2f}x)  {size / 1e6:.3f} MB  {tally}"
+        predicted = f" (predicted {rec.predicted_ms:.3f})" if rec.predicted_ms is not None else ""
+        return (f"trial {rec.trial}: val {acc:.2f}%  {ms:.3f} ms{predicted} ({fp32 / ms:.2f}x)  {size / 1e6:.3f} MB  "
+                f"{tally}")
 
     def tell(self, number: int) -> None:
         from optuna.trial import TrialState as OptunaState
@@ -289,7 +323,8 @@ class Scheduler:
         if rec.state in (TrialState.COMPLETE, TrialState.DUPLICATE):
             self.study.tell(trial, list(rec.objectives))
         else:
-            self.study.tell(trial, state=OptunaState.PRUNED if rec.state is TrialState.STOPPED else OptunaState.FAIL)
+            pruned = rec.state in (TrialState.STOPPED, TrialState.SKIPPED)
+            self.study.tell(trial, state=OptunaState.PRUNED if pruned else OptunaState.FAIL)
 
     def tell_up_to(self, k: int) -> bool:
         """Tell the study the results of the first `k` trials asked for; False if one has not finished."""

@@ -109,7 +109,8 @@ def _repair(study, storage, state: RunState, space: SearchSpace, log: Callable[[
         if rec is not None and rec.state in (TrialState.COMPLETE, TrialState.DUPLICATE):
             study.tell(t.number, list(rec.objectives))
         elif rec is not None:
-            study.tell(t.number, state=OptunaState.PRUNED if rec.state is TrialState.STOPPED else OptunaState.FAIL)
+            pruned = rec.state in (TrialState.STOPPED, TrialState.SKIPPED)
+            study.tell(t.number, state=OptunaState.PRUNED if pruned else OptunaState.FAIL)
         else:
             storage.set_trial_user_attr(t._trial_id, "interrupted", True)
             study.tell(t.number, state=OptunaState.FAIL)

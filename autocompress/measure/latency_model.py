@@ -1,0 +1,379 @@
+"""A measured latency model of the device: every layer timed alone at every channel count and precision the
+search space offers, summed per configuration and calibrated on whole models measured the usual way.
+
+Why per layer: a configuration's latency is mostly the sum of its convolutions', and a convolution's time
+depends only on its operator, the input it sees, its channel counts and its precision, so a table of a few
+hundred one-layer graphs predicts millions of configurations before anything is trained. What the table
+misses (residual Adds, pooling, the Quantize/Dequantize pairs a lone int8 layer has at its edges but a chain of
+int8 layers shares) is absorbed by a straight-line fit, `measured = a + b * table sum`, on whole models the
+search measures anyway (its uniform baselines, then every trial).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from autocompress.fileio import atomic_write_text
+
+__all__ = ["LayerSite", "LayerKey", "wire_layers", "layer_keys", "layer_graph", "time_graph", "LatencyTable",
+           "LatencyModel", "Fit", "all_keys", "config_graph"]
+
+
+@dataclass(frozen=True)
+class LayerSite:
+    """One conv / linear layer of the unpruned model and how the space's groups change its channel counts."""
+
+    name: str
+    kind: str  # "conv" or "linear"
+    cin: int
+    cout: int
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    depthwise: bool = False  # groups follows the channel count (groups == cin == cout)
+    hw: tuple[int, int] = (1, 1)  # the input's height and width
+    # channels removed from cin / cout per channel a group removes: {group: per-channel delta} (a conv after a
+    # concatenation loses channels from several groups; a linear layer after a flatten loses H*W per channel)
+    in_per: tuple[tuple[str, float], ...] = ()
+    out_per: tuple[tuple[str, float], ...] = ()
+
+    def channels(self, removed: dict[str, int]) -> tuple[int, int]:
+        """(cin, cout) when each group has lost `removed[group]` channels."""
+        cin = self.cin - sum(d * removed.get(g, 0) for g, d in self.in_per)
+        cout = self.cout - sum(d * removed.get(g, 0) for g, d in self.out_per)
+        return max(1, round(cin)), max(1, round(cout))
+
+
+@dataclass(frozen=True)
+class LayerKey:
+    """What a one-layer graph's time depends on: the table's key."""
+
+    kind: str
+    cin: int
+    cout: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    hw: tuple[int, int]
+    precision: str
+
+    def text(self) -> str:
+        k = "x".join(map(str, self.kernel))
+        return (f"{self.kind} k{k} s{self.stride[0]} p{self.padding[0]} d{self.dilation[0]} g{self.groups} "
+                f"{self.hw[0]}x{self.hw[1]} {self.cin}->{self.cout} {self.precision}")
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _sites_of(model: nn.Module, example: torch.Tensor) -> dict[str, LayerSite]:
+    """Every conv / linear layer with the input size it sees, unpruned."""
+    seen: dict[str, tuple[int, ...]] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, inp, name=name: seen.__setitem__(name, tuple(inp[0].shape)))
+             for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    sites = {}
+    for name, m in model.named_modules():
+        if name not in seen:
+            continue
+        if isinstance(m, nn.Conv2d):
+            shape = seen[name]
+            sites[name] = LayerSite(name, "conv", m.in_channels, m.out_channels, _pair(m.kernel_size),
+                                    _pair(m.stride), _pair(m.padding), _pair(m.dilation), m.groups,
+                                    m.groups > 1 and m.groups == m.in_channels == m.out_channels,
+                                    (int(shape[2]), int(shape[3])))
+        elif len(seen[name]) == 2:  # a linear layer on a flat vector (a classifier); others are left out
+            sites[name] = LayerSite(name, "linear", m.in_features, m.out_features)
+    return sites
+
+
+def _io_channels(model: nn.Module) -> dict[str, tuple[int, int]]:
+    return {n: ((m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features))
+            for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def wire_layers(model: nn.Module, example: torch.Tensor, space) -> list[LayerSite]:
+    """The model's layers, each with the groups that change its channel counts: found by pruning each group alone
+    to its smallest choice and seeing which layers' channel counts move (so no structure is assumed)."""
+    from autocompress.pipeline.prune import prune_model
+
+    sites = _sites_of(model, example)
+    before = _io_channels(model)
+    in_per: dict[str, list] = {n: [] for n in sites}
+    out_per: dict[str, list] = {n: [] for n in sites}
+    for g in space.groups:
+        removed = g.channels - g.kept[-1]
+        if removed <= 0:
+            continue
+        pruned = copy.deepcopy(model)
+        prune_model(pruned, example, {g.name: g.ratios[-1]}, round_to=space.round_to, min_channels=space.min_channels)
+        for name, (cin, cout) in _io_channels(pruned).items():
+            if name not in sites:
+                continue
+            if cin != before[name][0]:
+                in_per[name].append((g.name, (before[name][0] - cin) / removed))
+            if cout != before[name][1]:
+                out_per[name].append((g.name, (before[name][1] - cout) / removed))
+    return [LayerSite(**{**asdict(s), "in_per": tuple(in_per[n]), "out_per": tuple(out_per[n])})
+            for n, s in sites.items()]
+
+
+def _removed(space, ratios: dict[str, float]) -> dict[str, int]:
+    """Channels each group loses at `ratios` (any ratio, not only the space's choices: the uniform baselines)."""
+    from autocompress.pipeline.prune import kept_channels
+
+    return {g.name: g.channels - kept_channels(g.channels, ratios.get(g.name, 0.0), round_to=space.round_to,
+                                               min_channels=space.min_channels, channel_groups=g.channel_groups)
+            for g in space.groups}
+
+
+def layer_keys(sites: list[LayerSite], space, ratios: dict[str, float], precisions: dict[str, str]) -> list[LayerKey]:
+    """The table entries one configuration is made of."""
+    removed = _removed(space, ratios)
+    keys = []
+    for s in sites:
+        cin, cout = s.channels(removed)
+        groups = cin if s.depthwise else s.groups
+        keys.append(LayerKey(s.kind, cin, cout, s.kernel, s.stride, s.padding, s.dilation, groups, s.hw,
+                             precisions.get(s.name, "fp32")))
+    return keys
+
+
+def all_keys(sites: list[LayerSite], space) -> list[LayerKey]:
+    """Every table entry the space can reach: each layer at each channel count its groups offer, at each precision
+    it may take (layers the space does not quantize stay fp32)."""
+    precisions = {l.name: l.precisions for l in space.layers}
+    kept = {g.name: [g.channels - k for k in g.kept] for g in space.groups}
+    out: dict[LayerKey, None] = {}
+    for s in sites:
+        ins = _combos([g for g, _ in s.in_per], kept)
+        outs = _combos([g for g, _ in s.out_per], kept)
+        for rin in ins:
+            for rout in outs:
+                cin, cout = s.channels({**rin, **rout})
+                groups = cin if s.depthwise else s.groups
+                for p in precisions.get(s.name, ["fp32"]):
+                    out[LayerKey(s.kind, cin, cout, s.kernel, s.stride, s.padding, s.dilation, groups, s.hw, p)] = None
+    return list(out)
+
+
+def _combos(groups: list[str], removed: dict[str, list[int]]) -> list[dict[str, int]]:
+    combos: list[dict[str, int]] = [{}]
+    for g in dict.fromkeys(groups):
+        combos = [{**c, g: r} for c in combos for r in removed[g]]
+    return combos
+
+
+class _One(nn.Module):
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+class _RandomImages:
+    """Calibration batches for a one-layer graph: its time does not depend on the values."""
+
+    def __init__(self, shape: tuple[int, ...], n: int = 4) -> None:
+        self.shape, self.n = shape, n
+
+    def batches(self, batch_size: int):
+        g = torch.Generator().manual_seed(0)
+        for _ in range(self.n):
+            yield torch.randn((2, *self.shape), generator=g), None
+
+
+def layer_graph(key: LayerKey, *, reduce_range: bool = False) -> tuple[bytes, tuple[int, ...]]:
+    """The one-layer ONNX graph of `key`, quantized as a trial would quantize that layer, and its input shape
+    (without the batch)."""
+    from autocompress.pipeline.export import export_onnx, layer_nodes
+    from autocompress.pipeline.quantize import quantize_static_onnx
+
+    if key.kind == "conv":
+        layer = nn.Conv2d(key.cin, key.cout, key.kernel, key.stride, key.padding, key.dilation, key.groups, bias=True)
+        shape: tuple[int, ...] = (key.cin, *key.hw)
+    else:
+        layer = nn.Linear(key.cin, key.cout)
+        shape = (key.cin,)
+    model = _One(layer).eval()
+    proto = export_onnx(model, torch.randn(1, *shape))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "layer.onnx"
+        quantize_static_onnx(proto, path, precisions={"layer": key.precision}, nodes=layer_nodes(proto, ["layer"]),
+                             calib=_RandomImages(shape), reduce_range=reduce_range)
+        return path.read_bytes(), shape
+
+
+def time_graph(data: bytes, input_shape: tuple[int, ...], *, threads: int, batch: int = 1, sessions: int = 2,
+               min_reps: int = 30, min_seconds: float = 0.02) -> float:
+    """Median milliseconds of one run, the fastest of `sessions` fresh sessions: a quick timing for table entries
+    (each is a small part of a model; the whole models are measured the careful way)."""
+    from autocompress.measure.latency import make_session
+
+    x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
+    medians = []
+    for _ in range(sessions):
+        sess = make_session(data, threads=threads)
+        feed = {sess.get_inputs()[0].name: x}
+        for _ in range(5):
+            sess.run(None, feed)
+        samples: list[float] = []
+        start = time.perf_counter()
+        while len(samples) < min_reps or time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter_ns()
+            sess.run(None, feed)
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
+        medians.append(statistics.median(samples))
+    return min(medians)
+
+
+def config_graph(model: nn.Module, example: torch.Tensor, space, ratios: dict[str, float],
+                 precisions: dict[str, str], *, reduce_range: bool = False) -> bytes:
+    """The ONNX artifact a trial with this configuration would ship, built from `model` without training: the
+    same graph (operators, shapes, types) and so the same latency; only the weight values differ."""
+    from autocompress.pipeline.export import export_onnx, fold_batchnorm, layer_nodes
+    from autocompress.pipeline.prune import channel_counts, prune_model
+    from autocompress.pipeline.quantize import quantize_static_onnx
+
+    pruned = copy.deepcopy(model).eval()
+    prune_model(pruned, example, {k: v for k, v in ratios.items() if v > 0}, round_to=space.round_to,
+                min_channels=space.min_channels)
+    fold_batchnorm(pruned, example)
+    proto = export_onnx(pruned, example)
+    nodes = layer_nodes(proto, list(channel_counts(pruned)))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        quantize_static_onnx(proto, path, precisions=precisions, nodes=nodes,
+                             calib=_RandomImages(tuple(example.shape[1:])), reduce_range=reduce_range)
+        return path.read_bytes()
+
+
+class LatencyTable:
+    """Milliseconds per LayerKey on one device with one set of latency settings, cached on disk."""
+
+    def __init__(self, path: Path | None = None, entries: dict[str, float] | None = None) -> None:
+        self.path = path
+        self.entries: dict[str, float] = dict(entries or {})
+        if path is not None and path.is_file():
+            self.entries.update(json.loads(path.read_text()).get("entries", {}))
+
+    @staticmethod
+    def file_for(root: Path, device: dict, settings: dict, reduce_range: bool) -> Path:
+        key = json.dumps({"device": device, "settings": settings, "reduce_range": reduce_range, "v": 1},
+                         sort_keys=True)
+        return root / "latency-table" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+    def missing(self, keys: Iterable[LayerKey]) -> list[LayerKey]:
+        return [k for k in dict.fromkeys(keys) if k.text() not in self.entries]
+
+    def record(self, keys: list[LayerKey], times: list[float]) -> None:
+        """Timings of `keys`, saved at once (a killed search keeps what it measured)."""
+        for k, t in zip(keys, times, strict=True):
+            self.entries[k.text()] = round(float(t), 5)
+        if self.path is not None:
+            atomic_write_text(self.path, json.dumps({"entries": self.entries}, indent=0))
+
+    def total(self, keys: list[LayerKey]) -> float:
+        return sum(self.entries[k.text()] for k in keys)
+
+
+# The fit's features, per configuration: a constant (the model's own overhead), the table's sums per precision, and
+# the elements of the tensors that cross between float and integer layers (their Quantize/Dequantize pairs).
+FEATURES = ("overhead_ms", "fp32_sum", "int8_sum", "int4_sum", "crossing_melems")
+_PRIOR = (0.0, 1.0, 1.0, 1.0, 0.0)  # the plain table sum, until measurements say otherwise
+_RIDGE = 0.05  # the prior weighs as much as a twentieth of one measured model
+
+
+@dataclass(frozen=True)
+class Fit:
+    """measured ~= weights . features, least squares on the relative error over the whole models measured, pulled
+    towards the plain table sum (ridge) so that a few anchors cannot swing the coefficients they do not inform."""
+
+    weights: tuple[float, ...] = _PRIOR
+    anchors: int = 0
+
+    @staticmethod
+    def of(points: list[tuple[np.ndarray, float]]) -> Fit:
+        """`points`: (features, measured ms) of whole models."""
+        if not points:
+            return Fit()
+        x = np.array([f for f, _ in points], dtype=float)
+        y = np.array([m for _, m in points], dtype=float)
+        xr = x / y[:, None]  # relative error: a 0.3 ms model counts as much as a 30 ms one
+        a = xr.T @ xr + _RIDGE * np.eye(len(FEATURES))
+        b = xr.T @ np.ones(len(y)) + _RIDGE * np.array(_PRIOR)
+        return Fit(tuple(float(w) for w in np.linalg.solve(a, b)), len(points))
+
+    def __call__(self, features: np.ndarray) -> float:
+        return float(np.dot(self.weights, features))
+
+    def as_dict(self) -> dict:
+        return {"features": list(FEATURES), "weights": [round(w, 5) for w in self.weights], "anchors": self.anchors}
+
+
+@dataclass
+class LatencyModel:
+    """Predicts a configuration's latency (ms) from the table and the fit."""
+
+    sites: list[LayerSite]
+    space: object  # SearchSpace
+    table: LatencyTable
+    fit: Fit = Fit()
+
+    def total(self, ratios: dict[str, float], precisions: dict[str, str]) -> float:
+        """The plain table sum."""
+        return self.table.total(layer_keys(self.sites, self.space, ratios, precisions))
+
+    def features(self, ratios: dict[str, float], precisions: dict[str, str]) -> np.ndarray:
+        keys = layer_keys(self.sites, self.space, ratios, precisions)
+        sums = {p: 0.0 for p in ("fp32", "int8", "int4")}
+        for k in keys:
+            sums[k.precision if k.precision in sums else "fp32"] += self.table.entries[k.text()]
+        crossing = _crossing_elements(self.sites, keys, _removed(self.space, ratios))
+        return np.array([1.0, sums["fp32"], sums["int8"], sums["int4"], crossing / 1e6])
+
+    def predict(self, ratios: dict[str, float], precisions: dict[str, str]) -> float:
+        return self.fit(self.features(ratios, precisions))
+
+    def calibrate(self, measured: list[tuple[dict[str, float], dict[str, str], float]]) -> Fit:
+        """Refit on whole models: (ratios, precisions, measured ms) each."""
+        self.fit = Fit.of([(self.features(r, p), ms) for r, p, ms in measured])
+        return self.fit
+
+
+def _crossing_elements(sites: list[LayerSite], keys: list[LayerKey], removed: dict[str, int]) -> float:
+    """Elements of the channel spaces (groups) written or read by both float and integer layers: where a trial's
+    artifact has Quantize/Dequantize pairs between its layers."""
+    kinds: dict[str, set[bool]] = {}
+    size: dict[str, float] = {}
+    for s, k in zip(sites, keys, strict=True):
+        is_int = k.precision != "fp32"
+        for g, _ in (*s.in_per, *s.out_per):
+            kinds.setdefault(g, set()).add(is_int)
+        for g, _ in s.in_per:  # the tensor a reader sees: its channels of this group at its input size
+            size[g] = max(size.get(g, 0.0), float(k.cin) * k.hw[0] * k.hw[1])
+    return sum(size.get(g, 0.0) for g, seen in kinds.items() if len(seen) > 1)

@@ -1,0 +1,160 @@
+"""The search's latency predictor: the measured latency model (measure/latency_model.py) built for this run's
+model and space, calibrated on the baselines and then on every measured trial.
+
+Each trial's prediction is made when it is proposed, before it trains, from the whole models measured by then,
+and is recorded beside its measured figure (`latency_predicted_ms`), so the report can show how well the model
+of the device predicts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from autocompress.measure.latency_model import LatencyModel, LatencyTable, all_keys, layer_graph, wire_layers
+from autocompress.space import SearchSpace
+
+__all__ = ["Predictor", "build_predictor", "calibrate_on_proxies", "random_configs", "prediction_errors", "CHUNK",
+           "PROXIES", "SlowChoice", "slow_choices", "drop_slow"]
+
+CHUNK = 32  # layer graphs sent to the device per call: progress is logged between calls
+PROXIES = 12  # random whole configurations measured to calibrate the fit before the first trial
+
+
+@dataclass
+class Predictor:
+    model: LatencyModel
+    space: SearchSpace
+    measured: list[tuple[dict, dict, float]] = field(default_factory=list)  # (ratios, precisions, ms) of whole models
+
+    def predict(self, params: dict) -> float:
+        """Milliseconds for Optuna params (or `prune:`/`quant:` columns)."""
+        return round(self.model.predict(*self.space.decode(params)), 4)
+
+    def learn(self, ratios: dict[str, float], precisions: dict[str, str], ms: float) -> None:
+        """A whole model measured on the device: the fit is made again with it."""
+        self.measured.append((ratios, precisions, ms))
+        self.model.calibrate(self.measured)
+
+    def summary(self) -> dict:
+        return {"fit": self.model.fit.as_dict()}
+
+
+def build_predictor(baseline: torch.nn.Module, example: torch.Tensor, space: SearchSpace, table: LatencyTable,
+                    time_graphs: Callable[[list], list[float]], *, reduce_range: bool,
+                    log: Callable[[str], None] = print) -> tuple[Predictor, dict]:
+    """Wire the layers, time the table entries the cache lacks (on the device, through `time_graphs`), and return
+    the (uncalibrated) predictor and what building it cost."""
+    t0 = time.perf_counter()
+    sites = wire_layers(baseline, example, space)
+    keys = all_keys(sites, space)
+    todo = table.missing(keys)
+    if todo:
+        log(f"latency model: timing {len(todo)} one-layer graphs on the device ({len(keys) - len(todo)} cached)")
+    for start in range(0, len(todo), CHUNK):
+        chunk = todo[start:start + CHUNK]
+        graphs = [layer_graph(k, reduce_range=reduce_range) for k in chunk]
+        table.record(chunk, time_graphs(graphs))
+    info = {"layers": len(sites), "entries": len(keys), "timed_now": len(todo),
+            "seconds": round(time.perf_counter() - t0, 1)}
+    return Predictor(LatencyModel(sites, space, table), space), info
+
+
+def random_configs(space: SearchSpace, n: int, seed: int) -> list[tuple[dict, dict]]:
+    """`n` configurations drawn uniformly from the space's choices: (ratios, precisions) each."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    choices = space.params()
+    return [space.decode({k: v[int(rng.integers(len(v)))] for k, v in choices.items()}) for _ in range(n)]
+
+
+def calibrate_on_proxies(predictor: Predictor, baseline: torch.nn.Module, example: torch.Tensor,
+                         measure: Callable[[bytes], float], *, n: int, seed: int, reduce_range: bool) -> float:
+    """Measure `n` random configurations built from the untrained-for-them baseline (the same graphs, so the same
+    latency, as trials of those configurations) and fit on them: the baselines alone are all-int8 or all-fp32 and
+    say nothing of mixed precisions. Returns the seconds spent."""
+    from autocompress.measure.latency_model import config_graph
+
+    t0 = time.perf_counter()
+    for ratios, precisions in random_configs(predictor.space, n, seed):
+        data = config_graph(baseline, example, predictor.space, ratios, precisions, reduce_range=reduce_range)
+        predictor.learn(ratios, precisions, measure(data))
+    return round(time.perf_counter() - t0, 1)
+
+
+@dataclass(frozen=True)
+class SlowChoice:
+    """A group's channel count that a larger one of the same group beats on this device: fewer channels (so no
+    more accurate) and no faster, in every context tried; the search does not offer it."""
+
+    group: str
+    ratio: float
+    kept: int
+    instead_ratio: float  # the larger channel count that is at least as fast
+    instead_kept: int
+    ms: float  # the group's layers at `kept`, summed over the contexts (table figures)
+    instead_ms: float
+
+    def text(self) -> str:
+        return (f"{self.group}: {self.kept} channels ({self.ms:.4f} ms in the table) are no faster than "
+                f"{self.instead_kept} ({self.instead_ms:.4f} ms)")
+
+
+def _group_costs(model: LatencyModel, space: SearchSpace, group, kept: int) -> list[float]:
+    """The table time of `group`'s layers with `kept` channels: one figure per context (the other groups at each
+    uniform level of pruning, every layer at fp32 then at int8 where allowed)."""
+    from autocompress.measure.latency_model import LayerKey
+
+    touching = [s for s in model.sites if group.name in {n for n, _ in (*s.in_per, *s.out_per)}]
+    allowed = {layer.name: layer.precisions for layer in space.layers}
+    costs = []
+    for level in range(max(len(g.kept) for g in space.groups)):
+        removed = {g.name: g.channels - g.kept[min(level, len(g.kept) - 1)] for g in space.groups}
+        removed[group.name] = group.channels - kept
+        for precision in ("fp32", "int8"):
+            total = 0.0
+            for s in touching:
+                cin, cout = s.channels(removed)
+                options = allowed.get(s.name, ["fp32"])
+                p = precision if precision in options else options[0]
+                key = LayerKey(s.kind, cin, cout, s.kernel, s.stride, s.padding, s.dilation,
+                               cin if s.depthwise else s.groups, s.hw, p)
+                total += model.table.entries[key.text()]
+            costs.append(total)
+    return costs
+
+
+def slow_choices(model: LatencyModel, space: SearchSpace) -> list[SlowChoice]:
+    """Channel counts no faster than a larger choice of the same group in every context of `_group_costs`."""
+    out = []
+    for g in space.groups:
+        costs = {k: _group_costs(model, space, g, k) for k in g.kept}
+        for i, (small, r_small) in enumerate(zip(g.kept, g.ratios, strict=True)):
+            # the smallest larger count that is at least as fast in every context
+            for big, r_big in reversed(list(zip(g.kept[:i], g.ratios[:i], strict=True))):
+                if all(b <= s for b, s in zip(costs[big], costs[small], strict=True)):
+                    out.append(SlowChoice(g.name, r_small, small, r_big, big, sum(costs[small]), sum(costs[big])))
+                    break
+    return out
+
+
+def drop_slow(space: SearchSpace, slow: list[SlowChoice]) -> None:
+    """Remove the slow choices from `space` in place."""
+    gone = {(c.group, c.ratio) for c in slow}
+    for g in space.groups:
+        keep = [(r, k) for r, k in zip(g.ratios, g.kept, strict=True) if (g.name, r) not in gone]
+        g.ratios, g.kept = [r for r, _ in keep], [k for _, k in keep]
+
+
+def prediction_errors(pairs: list[tuple[float, float]]) -> dict:
+    """|predicted - measured| / measured (%) over (predicted, measured) pairs: n, median, worst."""
+    errs = sorted(100 * abs(p - m) / m for p, m in pairs if m > 0)
+    if not errs:
+        return {"n": 0}
+    mid = len(errs) // 2
+    median = errs[mid] if len(errs) % 2 else (errs[mid - 1] + errs[mid]) / 2
+    return {"n": len(errs), "median_pct": round(median, 2), "worst_pct": round(errs[-1], 2)}

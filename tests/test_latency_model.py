@@ -1,0 +1,136 @@
+"""The measured latency model (measure/latency_model.py): its wiring of layers to groups, its one-layer graphs, its
+table and its fit. Its accuracy on whole models is measured in benchmarks/latency_model.py and checked loosely in
+tests/test_search_e2e.py."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from autocompress.measure.latency_model import (
+    FEATURES,
+    Fit,
+    LatencyTable,
+    LayerKey,
+    all_keys,
+    layer_graph,
+    layer_keys,
+    time_graph,
+    wire_layers,
+)
+from autocompress.pipeline.prune import find_groups, prune_model
+from autocompress.search.predict import random_configs
+from autocompress.space import SpaceFile, build_space
+from autocompress.tasks.models import build_model
+
+
+def _space(model: nn.Module, example: torch.Tensor):
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    spec = SpaceFile.model_validate({"prune": {"ratios": [0.0, 0.25, 0.5, 0.75]},
+                                     "quantize": {"precisions": ["fp32", "int8", "int4"]}})
+    return build_space(spec, find_groups(model, example), layers)
+
+
+def _io(model: nn.Module) -> dict[str, tuple[int, int]]:
+    return {n: ((m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features))
+            for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+@pytest.mark.parametrize("name,shape", [("resnet20", (1, 32, 32)), ("mobilenet_v2", (3, 64, 64))])
+def test_wiring_gives_every_layer_the_channels_it_has_in_the_pruned_model(name, shape):
+    """Found by pruning each group alone, the wiring must reproduce the channel counts torch-pruning leaves in any
+    configuration: residual stages, downsampling shortcuts, depthwise convolutions and the classifier."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=shape[0]).eval()
+    example = torch.randn(1, *shape)
+    space = _space(model, example)
+    sites = wire_layers(model, example, space)
+    assert {s.name for s in sites} == set(_io(model))
+    changed = 0
+    for ratios, precisions in random_configs(space, 3, seed=1):
+        pruned = copy.deepcopy(model)
+        prune_model(pruned, example, ratios, round_to=space.round_to, min_channels=space.min_channels)
+        actual = _io(pruned)
+        keys = layer_keys(sites, space, ratios, precisions)
+        for s, k in zip(sites, keys, strict=True):
+            assert (k.cin, k.cout) == actual[s.name], s.name
+            assert k.precision == precisions.get(s.name, "fp32")
+            changed += actual[s.name] != _io(model)[s.name]
+    assert changed > 10  # the configurations did prune
+    if name == "mobilenet_v2":  # a depthwise conv's groups follow its channels
+        dw = [k for k in keys if k.groups > 1]
+        assert dw and all(k.groups == k.cin == k.cout for k in dw)
+    # the table covers every configuration: each one's keys are among the keys the space can reach
+    reachable = set(all_keys(sites, space))
+    assert set(keys) <= reachable
+
+
+def test_a_layer_graph_runs_on_the_kernel_its_precision_asks_for(tmp_path):
+    from autocompress.measure.verify import kernel_report
+
+    key = dict(kind="conv", cin=16, cout=24, kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+               hw=(16, 16))
+    seen = {}
+    for precision in ("fp32", "int8", "int4"):
+        data, shape = layer_graph(LayerKey(**key, precision=precision))
+        assert shape == (16, 16, 16)
+        path = tmp_path / f"{precision}.onnx"
+        path.write_bytes(data)
+        seen[precision] = kernel_report(path)
+        assert time_graph(data, shape, threads=1) > 0
+    assert seen["fp32"]["float_layers"] == ["layer"] and "QLinearConv" not in seen["fp32"]["op_counts"]
+    assert seen["int8"]["integer_layers"] == ["layer"] and seen["int8"]["op_counts"].get("QLinearConv") == 1
+    assert seen["int4"]["float_layers"] == ["layer"]  # 4-bit weights are dequantized to a float conv on this EP
+
+
+def test_the_table_keeps_what_it_timed_across_instances(tmp_path):
+    path = tmp_path / "table.json"
+    keys = [LayerKey("conv", c, 8, (1, 1), (1, 1), (0, 0), (1, 1), 1, (4, 4), "fp32") for c in (8, 16)]
+    table = LatencyTable(path)
+    assert table.missing(keys) == keys
+    table.record(keys[:1], [0.25])
+    again = LatencyTable(path)
+    assert again.missing(keys) == keys[1:] and again.total(keys[:1]) == 0.25
+
+
+def test_the_fit_recovers_a_linear_cost_and_starts_from_the_plain_sum():
+    rng = np.random.default_rng(0)
+    weights = np.array([0.05, 0.9, 0.6, 1.3, 0.4])
+    feats = [np.concatenate([[1.0], rng.uniform(0.1, 2.0, size=len(FEATURES) - 1)]) for _ in range(40)]
+    fit = Fit.of([(f, float(weights @ f)) for f in feats])
+    for f in feats:
+        assert fit(f) == pytest.approx(float(weights @ f), rel=0.02)
+    # no measurement yet: the prediction is the table's own sum
+    f = np.array([1.0, 0.3, 0.2, 0.1, 0.05])
+    assert Fit.of([])(f) == pytest.approx(0.6)
+
+
+def test_a_channel_count_no_faster_than_a_larger_one_is_not_offered():
+    """On a device where 24-channel layers run slower than 32-channel ones, a group's 24-channel choice can only
+    lose accuracy: it is dropped, for the smallest larger count that beats it, and nothing else is."""
+    from autocompress.measure.latency_model import LatencyModel
+    from autocompress.search.predict import drop_slow, slow_choices
+
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    example = torch.randn(1, 1, 32, 32)
+    space = _space(model, example)
+    sites = wire_layers(model, example, space)
+    table = LatencyTable()
+    keys = all_keys(sites, space)
+    # time grows with the work, and a layer pays a penalty for each side (in, out) with 24 channels, as a kernel
+    # working on blocks of 16 might
+    table.record(keys, [1e-8 * k.cin * k.cout * k.hw[0] * k.hw[1] * k.kernel[0] ** 2
+                        + 0.5 * ((k.cin == 24) + (k.cout == 24)) for k in keys])
+    slow = slow_choices(LatencyModel(sites, space, table), space)
+    with24 = {g.name for g in space.groups if 24 in g.kept}
+    assert with24 and {c.group for c in slow} == with24
+    assert all(c.kept == 24 and c.instead_kept == 32 and c.ms > c.instead_ms for c in slow)
+    before = {g.name: list(g.kept) for g in space.groups}
+    drop_slow(space, slow)
+    for g in space.groups:
+        assert g.kept == [k for k in before[g.name] if not (k == 24 and g.name in with24)]
+        assert len(g.ratios) == len(g.kept)
