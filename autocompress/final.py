@@ -197,7 +197,8 @@ def _spec(prep, record: TrialRecord, epochs: int) -> TrialSpec:
     finetune = TrainConfig(**{**cfg.finetune.model_dump(), "epochs": epochs})
     device = resolve_train_device(cfg.train_device, torch.cuda.device_count())  # this machine's GPU, if any
     return TrialSpec(ratios, precisions, finetune, round_to=prep.space.round_to, min_channels=prep.space.min_channels,
-                     seed=cfg.seed, reduce_range=reduce_range, train_device=device)
+                     seed=cfg.seed, reduce_range=reduce_range, train_device=device,
+                     criterion=str(record.choices.get("criterion", "l2")))
 
 
 def _fine_tune(baseline: torch.nn.Module, splits, spec: TrialSpec, out: Path, log: Callable[[str], None],
@@ -206,7 +207,7 @@ def _fine_tune(baseline: torch.nn.Module, splits, spec: TrialSpec, out: Path, lo
     time: each epoch's state is checkpointed (a killed run resumes from it), the best epoch's weights are kept."""
     model = copy.deepcopy(baseline).eval()
     kept = prune_model(model, splits.val.images(1), spec.ratios, round_to=spec.round_to,
-                       min_channels=spec.min_channels)
+                       min_channels=spec.min_channels, criterion=spec.criterion, data=splits.train)
     path = out / CHECKPOINT
     with fake_quantized(model, spec.precisions, reduce_range=spec.reduce_range) as qmodel:
         trainer = Trainer(qmodel, len(splits.train), settings=spec.finetune, seed=spec.seed, teacher=baseline,
@@ -296,7 +297,7 @@ def _write(rd: RunDir, out: Path, name: str, record: TrialRecord, spec: TrialSpe
     before = channels_before(rd.read_json(rd.meta))
     config = ModelConfig({g: {"ratio": r, "channels": before.get(g, tuned.kept.get(g, (None,))[0]),
                               "kept": tuned.kept.get(g, (None, None))[1]} for g, r in spec.ratios.items()},
-                         dict(spec.precisions))
+                         dict(spec.precisions), spec.criterion)
     final = FinalModel(
         name=name, trial=record.trial, dir=out, onnx=out / "model.onnx", epochs=math.ceil(spec.finetune.epochs),
         epochs_done=tuned.epochs_done, best_epoch=tuned.best_epoch,

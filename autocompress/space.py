@@ -18,7 +18,7 @@ __all__ = ["SpaceFile", "SearchSpace", "load_space_file", "build_space", "DEFAUL
 
 # shipped inside the package (package data), so a non-editable install has it too; examples to copy: search_spaces/
 DEFAULT_SPACE = files("autocompress") / "search_spaces" / "default.yaml"
-Precision = Literal["fp32", "int8", "int4"]
+Precision = Literal["fp32", "fp16", "int8", "int4"]
 
 
 class _Strict(BaseModel):
@@ -36,12 +36,14 @@ def _check_ratios(v: list[float]) -> list[float]:
 
 def _check_precisions(v: list[str]) -> list[str]:
     if not v:
-        raise ValueError("must list at least one precision of fp32, int8, int4")
+        raise ValueError("must list at least one precision of fp32, fp16, int8, int4")
     return list(dict.fromkeys(v))
 
 
 class PruneSection(_Strict):
     ratios: list[float] = Field(default=[0.0, 0.25, 0.375, 0.5, 0.625, 0.75])
+    # how channels are ranked (pipeline.prune.CRITERIA); more than one: the search picks one per trial
+    criteria: list[Literal["l2", "l1", "bn", "taylor"]] = Field(default=["l2"], min_length=1)
     round_to: int = Field(default=8, ge=1, le=256)
     min_channels: int = Field(default=8, ge=1)
 
@@ -100,8 +102,8 @@ def load_space_file(path: str | Path | None) -> SpaceFile:
         err = e.errors()[0]
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = ("unknown key; allowed keys are prune (ratios, round_to, min_channels), quantize (precisions), "
-                   "rules (match, ratios, precisions)")
+            msg = ("unknown key; allowed keys are prune (ratios, round_to, min_channels, criteria), "
+                   "quantize (precisions), rules (match, ratios, precisions)")
         raise SpaceError(f"{_where(err)} in {path}: {msg} (got {err.get('input')!r})") from None
 
 
@@ -129,10 +131,13 @@ class SearchSpace:
     min_channels: int
     excluded: dict[str, str] = field(default_factory=dict)  # layer -> why it is not searched
     pruning_limits: dict[str, str] = field(default_factory=dict)  # group -> which ratios it lost, and why
+    criteria: list[str] = field(default_factory=lambda: ["l2"])  # pruning criteria; one is chosen per trial
 
     def params(self) -> dict[str, list]:
         """Optuna parameter name -> choices, for every choice with more than one option."""
         out: dict[str, list] = {}
+        if len(self.criteria) > 1:
+            out["criterion"] = list(self.criteria)
         for g in self.groups:
             if len(g.ratios) > 1:
                 out[f"prune:{g.name}"] = g.ratios
@@ -146,6 +151,10 @@ class SearchSpace:
         ratios = {g.name: float(params.get(f"prune:{g.name}", g.ratios[0])) for g in self.groups}
         precisions = {l.name: str(params.get(f"quant:{l.name}", l.precisions[0])) for l in self.layers}
         return ratios, precisions
+
+    def criterion(self, params: dict) -> str:
+        """The pruning criterion of Optuna params (or a row's choice columns)."""
+        return str(params.get("criterion", self.criteria[0]))
 
     def uniform(self, ratio: float, precision: str) -> dict:
         """Params of the uniform configuration closest to (ratio, precision) that the space allows."""
@@ -165,6 +174,8 @@ class SearchSpace:
         rows = [{"kind": "group", "name": g.name, "channels": g.channels, "members": list(g.members),
                  "choices": [f"{r:g}->{k}ch" for r, k in zip(g.ratios, g.kept, strict=True)]} for g in self.groups]
         rows += [{"kind": "layer", "name": l.name, "choices": l.precisions} for l in self.layers]
+        if self.criteria != ["l2"]:  # (the default adds no row: the keys of cached scans stay as they were)
+            rows.append({"kind": "criterion", "name": "criterion", "choices": list(self.criteria)})
         return rows
 
 
@@ -194,4 +205,5 @@ def build_space(spec: SpaceFile, groups: list[PruneGroup], layers: list[str], *,
         kept = sorted(seen, reverse=True)
         out_groups.append(GroupChoice(g.name, g.channels, g.members, [seen[k] for k in kept], kept, g.channel_groups))
     out_layers = [LayerChoice(l, list(rule_for(l, "precisions", spec.quantize.precisions))) for l in layers]
-    return SearchSpace(out_groups, out_layers, spec.prune.round_to, spec.prune.min_channels)
+    return SearchSpace(out_groups, out_layers, spec.prune.round_to, spec.prune.min_channels,
+                       criteria=list(dict.fromkeys(spec.prune.criteria)))

@@ -75,7 +75,7 @@ def test_a_layer_graph_runs_on_the_kernel_its_precision_asks_for(tmp_path):
     key = dict(kind="conv", cin=16, cout=24, kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
                hw=(16, 16))
     seen = {}
-    for precision in ("fp32", "int8", "int4"):
+    for precision in ("fp32", "fp16", "int8", "int4"):
         data, shape = layer_graph(LayerKey(**key, precision=precision))
         assert shape == (16, 16, 16)
         path = tmp_path / f"{precision}.onnx"
@@ -85,6 +85,7 @@ def test_a_layer_graph_runs_on_the_kernel_its_precision_asks_for(tmp_path):
     assert seen["fp32"]["float_layers"] == ["layer"] and "QLinearConv" not in seen["fp32"]["op_counts"]
     assert seen["int8"]["integer_layers"] == ["layer"] and seen["int8"]["op_counts"].get("QLinearConv") == 1
     assert seen["int4"]["float_layers"] == ["layer"]  # 4-bit weights are dequantized to a float conv on this EP
+    assert seen["fp16"]["float_layers"] == ["layer"]  # half-precision weights are cast to float32 on this EP
 
 
 def test_the_table_keeps_what_it_timed_across_instances(tmp_path):
@@ -99,14 +100,14 @@ def test_the_table_keeps_what_it_timed_across_instances(tmp_path):
 
 def test_the_fit_recovers_a_linear_cost_and_starts_from_the_plain_sum():
     rng = np.random.default_rng(0)
-    weights = np.array([0.05, 0.9, 0.6, 1.3, 0.4])
+    weights = np.array([0.05, 0.9, 1.1, 0.6, 1.3, 0.4])
     feats = [np.concatenate([[1.0], rng.uniform(0.1, 2.0, size=len(FEATURES) - 1)]) for _ in range(40)]
     fit = Fit.of([(f, float(weights @ f)) for f in feats])
     for f in feats:
         assert fit(f) == pytest.approx(float(weights @ f), rel=0.02)
     # no measurement yet: the prediction is the table's own sum
-    f = np.array([1.0, 0.3, 0.2, 0.1, 0.05])
-    assert Fit.of([])(f) == pytest.approx(0.6)
+    f = np.array([1.0, 0.3, 0.1, 0.2, 0.1, 0.05])
+    assert Fit.of([])(f) == pytest.approx(0.7)
 
 
 def test_a_channel_count_no_faster_than_a_larger_one_is_not_offered():

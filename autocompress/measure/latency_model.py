@@ -303,8 +303,8 @@ class LatencyTable:
 
 # The fit's features, per configuration: a constant (the model's own overhead), the table's sums per precision, and
 # the elements of the tensors that cross between float and integer layers (their Quantize/Dequantize pairs).
-FEATURES = ("overhead_ms", "fp32_sum", "int8_sum", "int4_sum", "crossing_melems")
-_PRIOR = (0.0, 1.0, 1.0, 1.0, 0.0)  # the plain table sum, until measurements say otherwise
+FEATURES = ("overhead_ms", "fp32_sum", "fp16_sum", "int8_sum", "int4_sum", "crossing_melems")
+_PRIOR = (0.0, 1.0, 1.0, 1.0, 1.0, 0.0)  # the plain table sum, until measurements say otherwise
 _RIDGE = 0.05  # the prior weighs as much as a twentieth of one measured model
 
 
@@ -350,11 +350,11 @@ class LatencyModel:
 
     def features(self, ratios: dict[str, float], precisions: dict[str, str]) -> np.ndarray:
         keys = layer_keys(self.sites, self.space, ratios, precisions)
-        sums = {p: 0.0 for p in ("fp32", "int8", "int4")}
+        sums = {p: 0.0 for p in ("fp32", "fp16", "int8", "int4")}
         for k in keys:
             sums[k.precision if k.precision in sums else "fp32"] += self.table.entries[k.text()]
         crossing = _crossing_elements(self.sites, keys, _removed(self.space, ratios))
-        return np.array([1.0, sums["fp32"], sums["int8"], sums["int4"], crossing / 1e6])
+        return np.array([1.0, sums["fp32"], sums["fp16"], sums["int8"], sums["int4"], crossing / 1e6])
 
     def predict(self, ratios: dict[str, float], precisions: dict[str, str]) -> float:
         return self.fit(self.features(ratios, precisions))
@@ -371,7 +371,7 @@ def _crossing_elements(sites: list[LayerSite], keys: list[LayerKey], removed: di
     kinds: dict[str, set[bool]] = {}
     size: dict[str, float] = {}
     for s, k in zip(sites, keys, strict=True):
-        is_int = k.precision != "fp32"
+        is_int = k.precision not in ("fp32", "fp16")
         for g, _ in (*s.in_per, *s.out_per):
             kinds.setdefault(g, set()).add(is_int)
         for g, _ in s.in_per:  # the tensor a reader sees: its channels of this group at its input size

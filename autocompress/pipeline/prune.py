@@ -17,7 +17,15 @@ import torch_pruning as tp
 
 from autocompress.pipeline.hooks import run_hooked
 
-__all__ = ["PruneGroup", "find_groups", "kept_channels", "prune_model", "output_layers", "channel_counts"]
+__all__ = ["PruneGroup", "find_groups", "kept_channels", "prune_model", "output_layers", "channel_counts", "CRITERIA",
+           "TAYLOR_IMAGES"]
+
+# How a group's channels are ranked before the lowest are removed (torch-pruning's importance classes):
+# l2 / l1: magnitude of the weights the channel touches across the group (the default: l2);
+# bn: the BatchNorm scale of the channel (network slimming; magnitude where a group has no BatchNorm);
+# taylor: |weight x gradient| of the loss on training images (first-order Taylor), needs `data`.
+CRITERIA = ("l2", "l1", "bn", "taylor")
+TAYLOR_IMAGES = 256  # training images whose loss gradient ranks channels for `taylor`
 
 
 @dataclass(frozen=True)
@@ -166,31 +174,69 @@ def prune_model(
     *,
     round_to: int = 8,
     min_channels: int = 8,
+    criterion: str = "l2",
+    data=None,
 ) -> dict[str, tuple[int, int]]:
-    """Prune `model` in place: for each group name -> ratio, remove the lowest-L2 channels of the group.
+    """Prune `model` in place: for each group name -> ratio, remove the group's least important channels by
+    `criterion` (CRITERIA); `data` (a Split of training images) gives `taylor` its gradients.
 
     Returns {group name: (channels before, channels after)}.
     """
+    if criterion not in CRITERIA:
+        raise ValueError(f"pruning criterion {criterion!r} is not one of {', '.join(CRITERIA)}")
     modules = dict(model.named_modules())
     for name in ratios:
         if name not in modules:
             raise KeyError(f"no layer named {name!r} in the model")
     if not any(r > 0 for r in ratios.values()):  # nothing to cut: no graph to trace
         return {name: (_out_channels(modules[name]),) * 2 for name in ratios}
+    if criterion == "taylor":
+        _loss_gradients(model, data)
     result: dict[str, tuple[int, int]] = {}
-    for sc in _scopes(model, example):
-        mine = {n: r for n, r in ratios.items() if modules[n] in sc.names}
-        result.update(_prune_in(sc, mine, round_to=round_to, min_channels=min_channels, prefix=sc.prefix))
+    try:
+        for sc in _scopes(model, example):
+            mine = {n: r for n, r in ratios.items() if modules[n] in sc.names}
+            result.update(_prune_in(sc, mine, round_to=round_to, min_channels=min_channels, prefix=sc.prefix,
+                                    criterion=criterion))
+    finally:
+        if criterion == "taylor":  # the fine-tune starts from clean gradients
+            model.zero_grad(set_to_none=True)
     for name in ratios.keys() - result.keys():
         raise KeyError(f"layer {name!r} is in no part of the model that torch-pruning can trace")
     return result
 
 
+def _loss_gradients(model: nn.Module, data) -> None:
+    """Gradients of the cross-entropy on up to TAYLOR_IMAGES training images, for the Taylor criterion."""
+    if data is None:
+        raise ValueError("the taylor criterion needs training images for its gradients (prune_model(data=...))")
+    model.zero_grad(set_to_none=True)
+    seen = 0
+    with torch.enable_grad():
+        for x, y in data.batches(64):
+            n = min(len(y), TAYLOR_IMAGES - seen)
+            loss = nn.functional.cross_entropy(model(x[:n]), y[:n], reduction="sum") / TAYLOR_IMAGES
+            loss.backward()
+            seen += n
+            if seen >= TAYLOR_IMAGES:
+                break
+
+
+def _importance(criterion: str):
+    if criterion == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if criterion == "bn":
+        return tp.importance.BNScaleImportance()
+    if criterion == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    return tp.importance.GroupMagnitudeImportance(p=2)
+
+
 def _prune_in(sc: _Scope, ratios: dict[str, float], *, round_to: int, min_channels: int,
-              prefix: str) -> dict[str, tuple[int, int]]:
+              prefix: str, criterion: str = "l2") -> dict[str, tuple[int, int]]:
     modules = {prefix + n: m for n, m in sc.module.named_modules()}
     protected = {sc.names[m] for m in sc.ignored}
-    importance = tp.importance.GroupMagnitudeImportance(p=2)
+    importance, magnitude = _importance(criterion), _importance("l2")
     result: dict[str, tuple[int, int]] = {}
     for name, ratio in ratios.items():
         if name in protected:
@@ -204,7 +250,10 @@ def _prune_in(sc: _Scope, ratios: dict[str, float], *, round_to: int, min_channe
         result[name] = (channels, keep)
         if keep >= channels:
             continue
-        drop = _lowest(importance(full), channels - keep, parts)
+        scores = importance(full)
+        if scores is None:  # a criterion with nothing to score in this group (bn: no BatchNorm): magnitude
+            scores = magnitude(full)
+        drop = _lowest(scores, channels - keep, parts)
         group = sc.dg.get_pruning_group(root, pruner.prune_out_channels, idxs=sorted(drop))
         if not sc.dg.check_pruning_group(group):
             raise RuntimeError(f"pruning group {name!r} to {keep} channels would remove a whole layer")

@@ -40,6 +40,7 @@ class TrialSpec:
     # also evaluate the PyTorch counterpart on val (benchmarks/parity.py); a search checks test only
     parity_val: bool = False
     train_device: str = "cpu"  # where the fine-tune runs (pipeline/devices.py); everything else stays on the CPU
+    criterion: str = "l2"  # how channels are ranked for pruning (pipeline.prune.CRITERIA)
 
 
 @dataclass
@@ -97,7 +98,8 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *,
     example = splits.val.images(1)
     model = copy.deepcopy(baseline).eval()
     kept = prune_model(model, example, dict(spec.ratios),  # ratio 0 groups are recorded, not pruned
-                       round_to=spec.round_to, min_channels=spec.min_channels)
+                       round_to=spec.round_to, min_channels=spec.min_channels, criterion=spec.criterion,
+                       data=splits.train)
     lap("prune")
 
     # qmodel computes what the ORT artifact will

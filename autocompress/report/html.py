@@ -28,7 +28,7 @@ th,td{border:1px solid #ddd;padding:4px 8px;text-align:right} th{background:#f5f
 .cards{display:flex;gap:12px;flex-wrap:wrap}
 .card{border:1px solid #ddd;border-radius:6px;padding:10px 14px;min-width:170px}
 .card b{font-size:20px;display:block}.warn{color:#b45309}.bad{color:#b91c1c}.ok{color:#15803d}
-td.fp32{background:#e5e7eb}td.int8{background:#bfdbfe}td.int4{background:#c4b5fd}.scroll{overflow-x:auto}
+td.fp32{background:#e5e7eb}td.fp16{background:#fde68a}td.int8{background:#bfdbfe}td.int4{background:#c4b5fd}.scroll{overflow-x:auto}
 code{background:#f3f4f6;padding:1px 4px;border-radius:3px}
 """
 
@@ -205,6 +205,10 @@ def _layer_table(data: ReportData) -> str:
             cells = "".join(f"<td class='{cfgs[t]['precision'][s['name']]}'>{cfgs[t]['precision'][s['name']]}</td>"
                             for t in trials)
             rows_html.append(f"<tr><td class='l'>layer <code>{html.escape(s['name'])}</code></td>{cells}</tr>")
+    if "criterion" in data.pareto.columns:  # the space offered a choice of pruning criteria
+        by_trial = dict(zip(data.pareto["trial"].astype(int), data.pareto["criterion"].fillna("l2"), strict=True))
+        cells = "".join(f"<td>{html.escape(str(by_trial[t]))}</td>" for t in trials)
+        rows_html.append(f"<tr><td class='l'>pruning criterion</td>{cells}</tr>")
     head = "".join(f"<th>trial {t}</th>" for t in trials)
     return (f"<div class='scroll'><table><tr><th class='l'>kept channels / precision</th>{head}</tr>"
             f"{''.join(rows_html)}</table></div>")

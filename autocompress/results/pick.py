@@ -25,6 +25,7 @@ class ModelConfig:
 
     groups: dict[str, dict]  # group (its first layer's name) -> {"ratio": r, "channels": before, "kept": after}
     precisions: dict[str, str]  # layer -> fp32 / int8 / int4
+    criterion: str = "l2"  # how the channels were ranked (pipeline.prune.CRITERIA)
 
     @classmethod
     def from_row(cls, row: pd.Series | dict, channels_before: dict[str, int]) -> "ModelConfig":
@@ -36,7 +37,8 @@ class ModelConfig:
                 groups[g] = {"ratio": float(v), "channels": channels_before.get(g),
                              "kept": int(kept) if kept is not None and pd.notna(kept) else channels_before.get(g)}
         precisions = {k.split(":", 1)[1]: str(v) for k, v in row.items() if k.startswith("quant:") and pd.notna(v)}
-        return cls(groups, precisions)
+        criterion = row.get("criterion")
+        return cls(groups, precisions, str(criterion) if criterion is not None and pd.notna(criterion) else "l2")
 
 
 @dataclass(frozen=True)

@@ -93,8 +93,9 @@ _ARTIFACT_AFTER_LATENCY = ("size_bytes", "torch_test_accuracy", "sha256", "onnx"
 
 
 def choice_columns(row: dict) -> dict:
-    """The configuration columns of a row: `prune:<group>` ratios and `quant:<layer>` precisions."""
-    return {k: v for k, v in row.items() if k.startswith(("prune:", "quant:"))}
+    """The configuration columns of a row: `prune:<group>` ratios, `quant:<layer>` precisions and, when the space
+    offers a choice of pruning criteria, `criterion`."""
+    return {k: v for k, v in row.items() if k.startswith(("prune:", "quant:")) or k == "criterion"}
 
 
 @dataclass(frozen=True)

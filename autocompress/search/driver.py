@@ -211,7 +211,7 @@ def _spec_maker(prep: Prepared, reduce_range: bool, train_device: str) -> Callab
     def make_spec(params: dict, stop_below: float | None = None) -> TrialSpec:
         ratios, precisions = space.decode(params)
         return TrialSpec(ratios, precisions, cfg.finetune, space.round_to, space.min_channels, cfg.seed,
-                         reduce_range, stop_below, train_device=train_device)
+                         reduce_range, stop_below, train_device=train_device, criterion=space.criterion(params))
 
     return make_spec
 

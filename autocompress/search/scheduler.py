@@ -32,20 +32,25 @@ MAX_REPEATS = 50  # proposals of already-measured (or skipped) configurations in
 TARGET_SLACK = 0.15  # a proposal predicted up to this far over --target-latency-ms is still built: the model's error
 
 
-def model_key(space: SearchSpace, ratios: dict[str, float], precisions: dict[str, str]) -> str:
+def model_key(space: SearchSpace, ratios: dict[str, float], precisions: dict[str, str], criterion: str = "l2") -> str:
     """Identity of the model a configuration builds: kept channels of every group, precision of every layer
     (two ratios that round to the same channel count build the same model)."""
     kept = {g.name: kept_channels(g.channels, float(ratios.get(g.name, 0.0)), round_to=space.round_to,
                                   min_channels=space.min_channels, channel_groups=g.channel_groups)
             for g in space.groups}
-    return json.dumps({"kept": kept, "precision": {layer.name: precisions.get(layer.name, "fp32")
-                                                   for layer in space.layers}}, sort_keys=True)
+    key = {"kept": kept, "precision": {layer.name: precisions.get(layer.name, "fp32") for layer in space.layers}}
+    if criterion != "l2":  # other channels kept: another model (l2, the default, keeps the keys of earlier runs)
+        key["criterion"] = criterion
+    return json.dumps(key, sort_keys=True)
 
 
 def config_columns(space: SearchSpace, params: dict) -> dict:
     """Every group's ratio and layer's precision, the fixed ones included (the table's `prune:` / `quant:`)."""
     ratios, precisions = space.decode(params)
-    return {**{f"prune:{g}": r for g, r in ratios.items()}, **{f"quant:{n}": p for n, p in precisions.items()}}
+    cols = {**{f"prune:{g}": r for g, r in ratios.items()}, **{f"quant:{n}": p for n, p in precisions.items()}}
+    if space.criteria != ["l2"]:
+        cols["criterion"] = space.criterion(params)
+    return cols
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,8 @@ class Scheduler:
                 self.seen[b.model_key] = name
         for n, r in sorted(self.state.records.items()):
             if r.state is TrialState.COMPLETE and not r.reused:
-                self.seen.setdefault(model_key(self.space, *self.space.decode(r.choices)), n)
+                self.seen.setdefault(model_key(self.space, *self.space.decode(r.choices),
+                                               self.space.criterion(r.choices)), n)
 
     # ------------------------------------------------------------------ the loop
     def run(self, stopping: Callable[[], bool], on_update: Callable[[], None] = lambda: None) -> None:
@@ -161,7 +167,8 @@ class Scheduler:
             trial = self.study.ask(self.distributions)
             self.asked.append(trial)
             params = dict(trial.params)
-            self._place(_Proposal(trial, params, model_key(self.space, *self.space.decode(params)),
+            self._place(_Proposal(trial, params, model_key(self.space, *self.space.decode(params),
+                                                           self.space.criterion(params)),
                                   predicted=self._predict(params)))
 
     def _predict(self, params: dict) -> float | None:

@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as P
 
-from autocompress.pipeline.quantize.format import weight_range
+from autocompress.pipeline.quantize.format import FLOAT_PRECISIONS, weight_range
 from autocompress.pipeline.quantize.fx_graph import _insert_ort_fake_quant
-from autocompress.pipeline.quantize.quantizers import _ActFakeQuant, _WeightFakeQuant
+from autocompress.pipeline.quantize.quantizers import _ActFakeQuant, _HalfWeight, _WeightFakeQuant
 from autocompress.tasks.splitting import Split
 
 
@@ -28,12 +28,13 @@ def fake_quantized(model: nn.Module, precisions: dict[str, str], *, reduce_range
     modules = dict(model.named_modules())
     hooks = []
     observers: list[_ActFakeQuant] = []
-    quantized = {n: p for n, p in precisions.items() if p != "fp32"}
+    quantized = {n: p for n, p in precisions.items() if p not in FLOAT_PRECISIONS}
+    halves = [n for n, p in precisions.items() if p == "fp16"]
     target: nn.Module = model
     try:
         if quantized:
             try:
-                target, observers = _insert_ort_fake_quant(model, precisions)
+                target, observers = _insert_ort_fake_quant(model, quantized)
             except Exception:  # noqa: BLE001 - untraceable model: fake-quantize the layers' inputs only
                 target, observers = model, []
                 for name in quantized:
@@ -41,6 +42,8 @@ def fake_quantized(model: nn.Module, precisions: dict[str, str], *, reduce_range
                     hooks.append(modules[name].register_forward_pre_hook(observers[-1].pre_hook))
         for name, prec in quantized.items():
             P.register_parametrization(modules[name], "weight", _WeightFakeQuant(*weight_range(prec, reduce_range)))
+        for name in halves:
+            P.register_parametrization(modules[name], "weight", _HalfWeight())
         target._autocompress_act_observers = observers  # type: ignore[attr-defined]
         target.train(model.training)
         yield target
@@ -65,7 +68,7 @@ def calibrate_activations(model: nn.Module, data: Split, batch_size: int = 16) -
     observers: list[_ActFakeQuant] = getattr(model, "_autocompress_act_observers", [])
     if not observers:
         return
-    weight_fq = [m for m in model.modules() if isinstance(m, _WeightFakeQuant)]
+    weight_fq = [m for m in model.modules() if isinstance(m, (_WeightFakeQuant, _HalfWeight))]
     for o in observers:
         o.lo = o.hi = None
         o.calibrating = True

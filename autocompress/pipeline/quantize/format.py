@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-PRECISIONS = ("fp32", "int8", "int4")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+# Float layers: not quantized by ORT's QDQ pass. An fp16 layer stores its weights in half precision, cast back to
+# float32 for the convolution: the file shrinks; whether it runs faster depends on the execution provider.
+FLOAT_PRECISIONS = ("fp32", "fp16")
 # ORT's symmetric weight ranges: int8 uses the restricted [-127, 127], int4 the full [-8, 7];
 # scale = 2 * absmax / (qmax - qmin), zero point 0 (onnxruntime.quantization.quant_utils).
 _WEIGHT_RANGE = {"int8": (-127, 127), "int4": (-8, 7)}

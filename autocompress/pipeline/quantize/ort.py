@@ -12,6 +12,7 @@ from typing import Iterator
 import numpy as np
 import onnx
 
+from autocompress.pipeline.quantize.format import FLOAT_PRECISIONS
 from autocompress.pipeline.quantize.regions import _regions
 from autocompress.tasks.splitting import Split
 
@@ -76,10 +77,11 @@ def quantize_static_onnx(
     """
     from onnxruntime.quantization import QuantType
 
-    quantized = {l: p for l, p in precisions.items() if p != "fp32" and l in nodes}
+    quantized = {l: p for l, p in precisions.items() if p not in FLOAT_PRECISIONS and l in nodes}
+    halves = [l for l, p in precisions.items() if p == "fp16" and l in nodes]
     if not quantized:
-        onnx.save(float_model, str(out_path))
-        return {}
+        onnx.save(_with_half_weights(float_model, halves), str(out_path))
+        return {l: "fp16" for l in halves}
     overrides = {f"{l}.weight": [{"quant_type": QuantType.QInt4, "axis": 0, "symmetric": True, "reduce_range": False}]
                  for l, p in quantized.items() if p == "int4"}
     exclude = _nodes_to_exclude(float_model, quantized_nodes={nodes[l] for l in quantized},
@@ -88,7 +90,30 @@ def quantize_static_onnx(
         src = os.path.join(tmp, "float.onnx")
         onnx.save(float_model, src)
         _quantize(src, str(out_path), calib, exclude, overrides, reduce_range)
-    return quantized
+    if halves:  # calibrated on the float weights, as the PyTorch side is (fake.calibrate_activations)
+        onnx.save(_with_half_weights(onnx.load(str(out_path)), halves), str(out_path))
+    return {**quantized, **{l: "fp16" for l in halves}}
+
+
+def _with_half_weights(proto: onnx.ModelProto, layers: list[str]) -> onnx.ModelProto:
+    """`<layer>.weight` of each layer stored as float16, cast back to float32 where the layer reads it."""
+    if not layers:
+        return proto
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    names = {f"{l}.weight" for l in layers}
+    casts = []
+    for init in list(graph.initializer):
+        if init.name in names and init.data_type == onnx.TensorProto.FLOAT:
+            half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), f"{init.name}.fp16")
+            graph.initializer.remove(init)
+            graph.initializer.append(half)
+            casts.append(helper.make_node("Cast", [half.name], [init.name], name=f"{init.name}.cast",
+                                          to=onnx.TensorProto.FLOAT))
+    for node in reversed(casts):  # first in the graph: the nodes stay in topological order
+        graph.node.insert(0, node)
+    return proto
 
 
 def _quantize(src: str, dst: str, calib: Split, exclude: list[str], overrides: dict, reduce_range: bool) -> None:

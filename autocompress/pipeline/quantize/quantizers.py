@@ -25,6 +25,19 @@ class _WeightFakeQuant(nn.Module):
         return w + (q * scale - w).detach()  # straight-through gradient
 
 
+class _HalfWeight(nn.Module):
+    """Weights rounded to float16 (what an fp16 layer's file holds), with a straight-through gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled = True
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return w
+        return w + (w.detach().half().float() - w.detach())
+
+
 class _ActFakeQuant(nn.Module):
     """uint8 asymmetric per-tensor fake quantization of one activation tensor (ORT's QuantizeLinear).
 
