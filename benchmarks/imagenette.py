@@ -8,6 +8,7 @@ under benchmarks/runs/cache (AUTOCOMPRESS_CACHE), so the search stage finds it.
 
     python benchmarks/imagenette.py baseline [--epochs 18]
     python benchmarks/imagenette.py search --budget 3h [--finetune-epochs N]
+    python benchmarks/imagenette.py write      # imagenette.md again from imagenette.json and the run's files
 
 Stage `search` runs `autocompress search` with the same flags (the baseline comes from the cache) into
 benchmarks/runs/imagenette-search (resumed if it is there), watching its memory as benchmarks/memory.py does, and
@@ -103,7 +104,10 @@ def front(run: Path) -> dict:
                      "vs_uniform": None if best is None or ref is None
                      else float(ref["latency_ms"]) / float(best["latency_ms"])})
     seconds = [sum(v for k, v in r.items() if k.startswith("t_") and v == v) for _, r in done.iterrows()]
+    baselines = [{"name": r["name"], **{k: float(r[k]) for k in ("val_accuracy", "test_accuracy", "latency_ms")}}
+                 for _, r in uniform.iterrows() if r.get("latency_ms") == r.get("latency_ms")]
     return {"fp32": {k: fp32[k] for k in ("val_accuracy", "test_accuracy", "latency_ms")}, "front": rows,
+            "baselines": baselines,
             "trials": len(done), "trial_seconds_median": sorted(seconds)[len(seconds) // 2] if seconds else None}
 
 
@@ -115,7 +119,7 @@ def pd_rows(rows: list[dict]):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=["baseline", "search"])
+    ap.add_argument("stage", choices=["baseline", "search", "write"], help="write: only rewrite imagenette.md")
     ap.add_argument("--epochs", type=float, default=18, help="of the baseline")
     ap.add_argument("--budget", default="3h")
     ap.add_argument("--finetune-epochs", type=float, default=None, help="default: the search's own")
@@ -123,38 +127,69 @@ def main() -> None:
     os.environ.setdefault("AUTOCOMPRESS_CACHE", str(HERE / "runs" / "cache"))
     from autocompress.search.device import fingerprint
 
-    if args.stage == "search":
-        out = HERE / "imagenette.json"
-        record = json.loads(out.read_text()) if out.is_file() else {}
-        record["search"] = {"date": str(dt.date.today()), "host": fingerprint(1),
-                            **search(args.budget, args.epochs, args.finetune_epochs)}
-        out.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        print(json.dumps(record["search"], indent=2, default=str))
-        return
-
-    result = baseline(args.epochs)
-    fp = fingerprint(1)
     out = HERE / "imagenette.json"
     record = json.loads(out.read_text()) if out.is_file() else {}
-    record["baseline"] = {"date": str(dt.date.today()), "command": f"python benchmarks/imagenette.py baseline "
-                          f"--epochs {args.epochs:g}", "host": fp, **result}
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    b = record["baseline"]
-    lines = ["# Imagenette: ResNet-18 trained and searched by autocompress", "",
-             "## The FP32 baseline", "",
-             f"`{b['command']}` ({b['date']}) on {fp['cpu']} ({', '.join(fp['isa'])}), {os.cpu_count()} cores: "
-             f"torchvision ResNet-18 from scratch, {b['settings']['epochs']:g} epochs, lr {b['settings']['lr']}, "
-             f"batch {b['settings']['batch_size']}, augmentation {b['augment']}; preprocessing: short side "
-             f"{b['preprocessing']['resize']}, center crop {b['preprocessing']['crop']}, mean/std of the training "
-             "images.", "",
-             "| split | images | top-1 % (PyTorch FP32) |", "|---|---|---|",
-             f"| train (fitted) | {b['splits']['train']} | - |",
-             f"| val: Imagenette's val/ folder, all of it | {b['splits']['val']} | {b['val_accuracy_torch']:.2f} |",
-             f"| test: carved from train/, never trained on | {b['splits']['test']} | {b['test_accuracy_torch']:.2f} |",
-             "", f"Training took {b.get('train_seconds', '(cached)')} s"
-             f"{'' if not b.get('cached') else ' (loaded from the cache: the figure is from when it was trained)'}."]
+    if args.stage == "search":
+        record["search"] = {"date": str(dt.date.today()), "host": fingerprint(1),
+                            **search(args.budget, args.epochs, args.finetune_epochs)}
+    elif args.stage == "baseline":
+        record["baseline"] = {"date": str(dt.date.today()), "command": f"python benchmarks/imagenette.py baseline "
+                              f"--epochs {args.epochs:g}", "host": fingerprint(1), **baseline(args.epochs)}
+    elif "search" in record:  # write: the front again from the run's files (e.g. after a change to front())
+        record["search"].update(front(HERE / "runs" / "imagenette-search"))
+    out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    lines = ["# Imagenette: ResNet-18 trained and searched by autocompress", ""]
+    lines += _baseline_lines(record["baseline"]) if "baseline" in record else []
+    lines += _search_lines(record["search"]) if "search" in record else []
     (HERE / "imagenette.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _host(fp: dict) -> str:
+    return f"{fp['cpu']} ({', '.join(fp['isa'])}), {fp['cores']} cores, onnxruntime {fp['onnxruntime']}"
+
+
+def _baseline_lines(b: dict) -> list[str]:
+    return ["## The FP32 baseline", "",
+            f"`{b['command']}` ({b['date']}) on {_host(b['host'])}: "
+            f"torchvision ResNet-18 from scratch, {b['settings']['epochs']:g} epochs, lr {b['settings']['lr']}, "
+            f"batch {b['settings']['batch_size']}, augmentation {b['augment']}; preprocessing: short side "
+            f"{b['preprocessing']['resize']}, center crop {b['preprocessing']['crop']}, mean/std of the training "
+            "images.", "",
+            "| split | images | top-1 % (PyTorch FP32) |", "|---|---|---|",
+            f"| train (fitted) | {b['splits']['train']} | - |",
+            f"| val: Imagenette's val/ folder, all of it | {b['splits']['val']} | {b['val_accuracy_torch']:.2f} |",
+            f"| test: carved from train/, never trained on | {b['splits']['test']} | {b['test_accuracy_torch']:.2f} |",
+            "", f"Training took {b.get('train_seconds', '(cached)')} s"
+            f"{'' if not b.get('cached') else ' (loaded from the cache: the figure is from when it was trained)'}.",
+            ""]
+
+
+def _search_lines(s: dict) -> list[str]:
+    f = s["fp32"]
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    lines = ["## The default search", "",
+             f"`{s['command']}` ({s['date']}) on {_host(s['host'])}; latency: ONNX Runtime, 1 thread, batch 1, "
+             "the medians confirmed together at the end of the run. The baseline is the one above, from the cache.",
+             "", "| model | val % (ONNX) | test % (ONNX) | latency ms | vs FP32 |", "|---|---|---|---|---|",
+             f"| FP32 | {f['val_accuracy']:.2f} | {f['test_accuracy']:.2f} | {f['latency_ms']:.3f} | 1.00x |"]
+    for b in s.get("baselines", []):
+        lines.append(f"| uniform {b['name']} | {b['val_accuracy']:.2f} | {b['test_accuracy']:.2f} | "
+                     f"{b['latency_ms']:.3f} | {f['latency_ms'] / b['latency_ms']:.2f}x |")
+    lines += ["", "| within (points of FP32 val) | fastest trial | val % | test % | latency ms | vs FP32 | "
+              "fastest uniform within | vs it |", "|---|---|---|---|---|---|---|---|"]
+    for r in s["front"]:
+        lines.append(f"| {r['within_points']:g} | {fmt(r['trial'], 'd')} | {fmt(r['val'], '.2f')} | "
+                     f"{fmt(r['test'], '.2f')} | {fmt(r['latency_ms'], '.3f')} | {fmt(r['vs_fp32'], '.2f')}x | "
+                     f"{r['uniform'] or 'none'} | {fmt(r['vs_uniform'], '.2f')}x |")
+    m = s.get("memory", {})
+    workers = m.get("trial_workers", [])
+    lines += ["", f"{s['trials']} trials completed; median {fmt(s['trial_seconds_median'], '.0f')} s per trial "
+              "(all stages). Peak resident memory: driver "
+              f"{m.get('driver_mb', '?')} MB, largest trial worker "
+              f"{max((w['worker_mb'] for w in workers), default='?')} MB (with its image readers, by PSS: "
+              f"{max((w['worker_plus_readers_mb'] for w in workers), default='?')} MB).", ""]
+    return lines
 
 
 if __name__ == "__main__":
