@@ -20,7 +20,7 @@ from autocompress.space import SearchSpace
 __all__ = ["Predictor", "build_predictor", "calibrate_on_proxies", "random_configs", "prediction_errors", "CHUNK",
            "PROXIES", "SlowChoice", "slow_choices", "drop_slow"]
 
-CHUNK = 32  # layer graphs sent to the device per call: progress is logged between calls
+CHUNK = 32  # layer graphs sent to the device per call (saved, and progress logged, between calls)
 PROXIES = 12  # random whole configurations measured to calibrate the fit before the first trial
 
 
@@ -58,6 +58,9 @@ def build_predictor(baseline: torch.nn.Module, example: torch.Tensor, space: Sea
         chunk = todo[start:start + CHUNK]
         graphs = [layer_graph(k, reduce_range=reduce_range) for k in chunk]
         table.record(chunk, time_graphs(graphs))
+        done = start + len(chunk)
+        if done % (8 * CHUNK) == 0 and done < len(todo):
+            log(f"  latency model: {done}/{len(todo)} timed ({time.perf_counter() - t0:.0f} s)")
     info = {"layers": len(sites), "entries": len(keys), "timed_now": len(todo),
             "seconds": round(time.perf_counter() - t0, 1)}
     return Predictor(LatencyModel(sites, space, table), space), info
@@ -74,7 +77,7 @@ def random_configs(space: SearchSpace, n: int, seed: int) -> list[tuple[dict, di
 
 def calibrate_on_proxies(predictor: Predictor, baseline: torch.nn.Module, example: torch.Tensor,
                          measure: Callable[[bytes], float], *, n: int, seed: int, reduce_range: bool) -> float:
-    """Measure `n` random configurations built from the untrained-for-them baseline (the same graphs, so the same
+    """Measure `n` random configurations built from the baseline without training (the same graphs, so the same
     latency, as trials of those configurations) and fit on them: the baselines alone are all-int8 or all-fp32 and
     say nothing of mixed precisions. Returns the seconds spent."""
     from autocompress.measure.latency_model import config_graph
