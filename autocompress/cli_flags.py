@@ -51,8 +51,8 @@ SEARCH_HELP = {
     ),
     "data_workers": "Processes decoding images for each reader of a file dataset (0: decode in the reader itself).",
     "max_images": (
-        "Images kept per split, a speed setting recorded in the run: e.g. train=20000,val=2000 (others keep "
-        "their defaults: train 5000, calib 500, val 1000, test 1000), train=all, or all (no cap at all)."
+        "Images kept per split, a speed setting recorded in the run: e.g. train=5000,val=1000 for faster CPU "
+        "trials. By default every image is used except the calibration sample (calib=500); all: no cap at all."
     ),
     "space": (
         "Search-space YAML (default: the one shipped in the package, autocompress/search_spaces/default.yaml;"

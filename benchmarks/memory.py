@@ -1,8 +1,8 @@
-"""Peak resident memory of a search's driver and of its trial workers, with and without the default image caps.
+"""Peak resident memory of a search's driver and of its trial workers, with and without image caps.
 
 Runs `autocompress search` on real data (Imagenette at 160 px, MNIST) once with `--max-images all` (every image of
-every split) and once with the default caps, and watches every process of the search from outside: the kernel's
-high-water mark of resident memory (VmHWM in /proc/PID/status) of
+every split) and once capped (CAPS: the defaults until the defaults became uncapped), and watches every process of
+the search from outside: the kernel's high-water mark of resident memory (VmHWM in /proc/PID/status) of
   - the driver (the `autocompress` process itself),
   - each Ray worker that ran a trial (or the sensitivity scan), alone, and with the DataLoader processes it forked
     to decode images (the largest sum of their proportional set sizes at one poll: pages a fork shares with the
@@ -32,6 +32,7 @@ from autocompress.search.device import fingerprint
 
 HERE = Path(__file__).parent
 DATA = HERE.parent.parent / "shared" / "data"
+CAPS = "train=5000,calib=500,val=1000,test=1000"
 # One short search per case: a baseline trained for a few steps, one trial of a tenth of an epoch.
 COMMON = ["--budget", "1", "--no-progress", "--no-sensitivity", "--baselines", "fp32", "--confirm-rounds", "0",
           "--baseline-epochs", "0.05", "--finetune-epochs", "0.1"]
@@ -39,10 +40,11 @@ CASES = {
     "imagenette-all": ["--model", "resnet18", "--dataset", "imagefolder", "--data-dir",
                        str(DATA / "imagenette2-160"), "--input-size", "160", "--max-images", "all"],
     "imagenette-capped": ["--model", "resnet18", "--dataset", "imagefolder", "--data-dir",
-                          str(DATA / "imagenette2-160"), "--input-size", "160"],
+                          str(DATA / "imagenette2-160"), "--input-size", "160", "--max-images", CAPS],
     "mnist-all": ["--model", "resnet20", "--dataset", "mnist", "--data-dir", str(DATA / "mnist"),
                   "--max-images", "all"],
-    "mnist-capped": ["--model", "resnet20", "--dataset", "mnist", "--data-dir", str(DATA / "mnist")],
+    "mnist-capped": ["--model", "resnet20", "--dataset", "mnist", "--data-dir", str(DATA / "mnist"),
+                     "--max-images", CAPS],
 }
 
 

@@ -46,6 +46,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             baseline = _baseline(prep, log, progress)
             state = _open_state(prep, rd, baseline.info, baseline.warning)
             executor, reduce_range, train_device = _start_device(prep, state, baseline.model)
+            _speed_hint(prep, train_device, log)
             latency = _latency_book(cfg, state)
             make_spec = _spec_maker(prep, reduce_range, train_device)
             run_baselines(cfg.baselines, state=state, executor=executor, space=prep.space, latency=latency,
@@ -196,6 +197,17 @@ def _start_device(prep: Prepared, state: RunState, baseline: torch.nn.Module):
     state.rd.write_json(state.rd.meta, state.meta)
     executor = RayExecutor(baseline, prep.splits, threads, device, tuple(prep.splits.input_shape), resources)
     return executor, bool(state.meta["quant_format"]["reduce_range"]), train_device
+
+
+# Training images per epoch beyond which a CPU fine-tune is long enough for a search to point at the cap.
+_LARGE_TRAIN = 10_000
+
+
+def _speed_hint(prep: Prepared, train_device: str, log: Callable[[str], None]) -> None:
+    n = len(prep.splits.train)
+    if train_device == "cpu" and n > _LARGE_TRAIN and prep.config.max_images.get("train") is None:
+        log(f"  each trial fine-tunes on all {n} training images on the CPU ({prep.config.finetune.epochs:g} "
+            "epochs); for faster trials cap them, e.g. --max-images train=5000")
 
 
 def _latency_book(cfg: SearchConfig, state: RunState) -> LatencyBook:

@@ -109,7 +109,7 @@ def load_dataset(
     seen every training image; with no test images at all it falls back to "train"). `Splits.rule` says which.
 
     `max_images` caps the images kept per split, e.g. {"train": 20000, "test": None} (None = no cap); keys
-    not given keep `DEFAULT_MAX_IMAGES`: train 5000, calib 500, val 1000, test 1000. Sampling is stratified by
+    not given keep `DEFAULT_MAX_IMAGES`: calibration 500, the others uncapped. Sampling is stratified by
     class and deterministic given `seed`.
 
     `augment` is the fine-tune's augmentation (pipeline/augment.py); "auto" picks crop-flip for natural images
