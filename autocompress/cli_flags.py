@@ -95,7 +95,7 @@ SEARCH_HELP = {
         "compared come from one window of time (default 2; 0: keep the figures from the search)."
     ),
     "no_latency_cache": "Measure every artifact, even one whose graph this device has measured before.",
-    "target_latency_ms": ("Build only configurations the latency model predicts within this latency (ms, with 15%% "
+    "target_latency_ms": ("Build only configurations the latency model predicts within this latency (ms, with 15% "
                           "slack for its error); the others are skipped before they train, at no cost, and the "
                           "sampler learns to avoid them. Pick among the results with `pick --max-latency-ms`."),
     "latency_model": ("Predict each trial's latency before it trains (on by default): every layer is timed alone on "

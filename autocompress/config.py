@@ -196,6 +196,9 @@ class SearchConfig(_Strict):
         if self.target_latency_ms is not None and not self.latency_model:
             raise ValueError("target_latency_ms needs the latency model to predict each configuration before it "
                              "is built; drop --no-latency-model (latency_model: false)")
+        if self.target_latency_ms is not None and self.sampler == "grid":
+            raise ValueError("target_latency_ms does not apply to the grid sampler (every uniform configuration, "
+                             "the reference); drop one of them")
         return self
     # at the end, re-measure Pareto models and baselines together (0: off)
     confirm_rounds: int = Field(default=2, ge=0, le=20)

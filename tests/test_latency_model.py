@@ -135,3 +135,27 @@ def test_a_channel_count_no_faster_than_a_larger_one_is_not_offered():
     for g in space.groups:
         assert g.kept == [k for k in before[g.name] if not (k == 24 and g.name in with24)]
         assert len(g.ratios) == len(g.kept)
+
+
+def test_a_resumed_search_drops_the_same_slow_choices_even_without_its_latency_model(tmp_path):
+    """The first session's study was made on the narrowed space: a resumed one must offer exactly the same choices
+    (Optuna refuses a changed categorical), whether or not its latency model is built again."""
+    from dataclasses import asdict
+
+    from autocompress.config import SearchConfig
+    from autocompress.results.rundir import RunDir
+    from autocompress.search.predict import SlowChoice, setup_predictor
+    from autocompress.search.prepare import Prepared
+    from autocompress.search.state import RunState
+
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    space = _space(model, torch.randn(1, 1, 32, 32))
+    g = next(g for g in space.groups if 24 in g.kept)
+    r24 = g.ratios[g.kept.index(24)]
+    slow = SlowChoice(g.name, r24, 24, g.ratios[g.kept.index(32)], 32, 0.2, 0.1)
+    state = RunState(RunDir(tmp_path), meta={"slow_choices": [asdict(slow)]})
+    prep = Prepared(SearchConfig(latency_model=False), None, space, model, True, tmp_path, "run", resume=True)
+    lines: list[str] = []
+    assert setup_predictor(prep, state, None, model, False, lines.append) is None
+    assert 24 not in g.kept and r24 not in g.ratios and len(g.kept) == len(g.ratios)
+    assert any("not offered, slow on this device" in x for x in lines)

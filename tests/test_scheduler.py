@@ -146,7 +146,8 @@ def test_the_same_seed_proposes_the_same_configurations_whatever_the_timing(tmp_
 
 def test_a_latency_target_skips_what_the_latency_model_predicts_over_it(tmp_path, setup):
     """Proposals predicted over --target-latency-ms (plus the slack for the model's error) are never built: recorded
-    SKIPPED, not counted in the budget, told to the study as pruned; every model built was predicted within it."""
+    SKIPPED with the prediction, not counted in the budget, told to the study as pruned. (How well the model predicts
+    is benchmarks/latency_model.py's subject; this toy network's layers take microseconds.)"""
     from autocompress.measure.latency_model import LatencyTable
     from autocompress.search.predict import build_predictor
     from autocompress.search.scheduler import TARGET_SLACK
@@ -156,19 +157,16 @@ def test_a_latency_target_skips_what_the_latency_model_predicts_over_it(tmp_path
     predictor, _ = build_predictor(model, splits.val.images(1), space, LatencyTable(), executor.time_graphs,
                                    reduce_range=False, log=lambda s: None)
     executor.close()
-    # on layers this small, int8's Quantize/Dequantize can cost more than it saves: take the table's word for it
     uniform = sorted((space.uniform(r, p) for r in (0.0, 0.5) for p in ("fp32", "int8")), key=predictor.predict)
     fast, slow = predictor.predict(uniform[0]), predictor.predict(uniform[-1])
-    assert slow > 1.1 * fast  # (the predictions come from one table: no timing noise between them)
-    target = (fast + slow) / 2 / (1 + TARGET_SLACK)
-    enqueue = [uniform[-1], uniform[0]]
-    scheduler, study, state, lines = _search(tmp_path, setup, budget=2, enqueue=enqueue, predictor=predictor,
-                                             target_ms=target)
+    assert slow > fast
+    target = (fast + slow) / 2 / (1 + TARGET_SLACK)  # between the two, slack included
+    scheduler, study, state, lines = _search(tmp_path, setup, budget=1, enqueue=[uniform[-1], uniform[0]],
+                                             predictor=predictor, target_ms=target)
     recs = state.records
-    assert recs[0].state is TrialState.SKIPPED and "over the target" in recs[0].error
+    assert recs[0].state is TrialState.SKIPPED and "over the target" in recs[0].error and recs[0].artifact is None
+    assert recs[0].predicted_ms == pytest.approx(slow, abs=1e-4)  # predicted before anything was built
     assert study.trials[0].state.name == "PRUNED"
-    skipped = [r for r in recs.values() if r.state is TrialState.SKIPPED]
-    built = [r for r in recs.values() if r.state is TrialState.COMPLETE]
-    assert len(built) == 2  # the budget counts only built models
-    assert all(r.predicted_ms > target * (1 + TARGET_SLACK) for r in skipped)
-    assert all(r.predicted_ms <= target * (1 + TARGET_SLACK) for r in built)
+    assert any(x.startswith("trial 0: skipped: predicted") for x in lines)
+    # a budget of 1: the skipped proposal did not count, the next one was built
+    assert len(recs) == 2 and recs[1].state is TrialState.COMPLETE and recs[1].predicted_ms == pytest.approx(fast)

@@ -74,9 +74,9 @@ class LayerKey:
     precision: str
 
     def text(self) -> str:
-        k = "x".join(map(str, self.kernel))
-        return (f"{self.kind} k{k} s{self.stride[0]} p{self.padding[0]} d{self.dilation[0]} g{self.groups} "
-                f"{self.hw[0]}x{self.hw[1]} {self.cin}->{self.cout} {self.precision}")
+        k, s, p, d = ("x".join(map(str, v)) for v in (self.kernel, self.stride, self.padding, self.dilation))
+        return (f"{self.kind} k{k} s{s} p{p} d{d} g{self.groups} {self.hw[0]}x{self.hw[1]} "
+                f"{self.cin}->{self.cout} {self.precision}")
 
 
 def _pair(v) -> tuple[int, int]:
@@ -124,11 +124,17 @@ def wire_layers(model: nn.Module, example: torch.Tensor, space) -> list[LayerSit
     in_per: dict[str, list] = {n: [] for n in sites}
     out_per: dict[str, list] = {n: [] for n in sites}
     for g in space.groups:
-        removed = g.channels - g.kept[-1]
+        # its smallest choice; a group the space does not prune, by half (a uniform baseline may prune it)
+        ratio = g.ratios[-1] if g.kept[-1] < g.channels else 0.5
+        pruned = copy.deepcopy(model)
+        try:
+            before_after = prune_model(pruned, example, {g.name: ratio}, round_to=space.round_to,
+                                       min_channels=space.min_channels)
+        except Exception:  # noqa: BLE001 - a group that cannot be cut at all changes no layer's channels
+            continue
+        removed = before_after[g.name][0] - before_after[g.name][1]
         if removed <= 0:
             continue
-        pruned = copy.deepcopy(model)
-        prune_model(pruned, example, {g.name: g.ratios[-1]}, round_to=space.round_to, min_channels=space.min_channels)
         for name, (cin, cout) in _io_channels(pruned).items():
             if name not in sites:
                 continue

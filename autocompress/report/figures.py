@@ -128,8 +128,9 @@ def prediction_figure(done: pd.DataFrame, model: dict) -> tuple[go.Figure, str] 
     if "latency_predicted_ms" not in done.columns:
         return None
     rows = done[done["latency_predicted_ms"].notna()]
-    if "duplicate_of" in rows.columns:
-        rows = rows[rows["duplicate_of"].isna()]
+    for col in ("duplicate_of", "reused"):  # a repeat, or a baseline's model the fit was made on: not predictions
+        if col in rows.columns:
+            rows = rows[rows[col].isna()]
     if not len(rows):
         return None
     lo = float(min(rows["latency_ms"].min(), rows["latency_predicted_ms"].min())) * 0.9

@@ -41,7 +41,8 @@ def hypervolume_curve(table: pd.DataFrame, fp32: dict) -> pd.DataFrame:
     """Hypervolume of the completed trials among the first n trials run, for every n (trial-number order)."""
     if not len(table):
         return pd.DataFrame(columns=["trials", "hypervolume"])
-    t = table[table["state"] != "DUPLICATE"].sort_values("trial")  # a repeat reused a result: not a trial run
+    # a repeat reused a result, a skipped proposal was never built: neither is a trial run
+    t = table[~table["state"].isin(["DUPLICATE", "SKIPPED"])].sort_values("trial")
     done = t["state"] == "COMPLETE"
     out, pts = [], []
     for n, (ok, row) in enumerate(zip(done, t.itertuples(), strict=True), start=1):

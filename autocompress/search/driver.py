@@ -24,6 +24,7 @@ from autocompress.results.rundir import RunDir
 from autocompress.search import cluster
 from autocompress.search.baselines import baseline_spec, run_baselines
 from autocompress.search.executor import Executor, RayExecutor
+from autocompress.search.predict import setup_predictor
 from autocompress.search.prepare import Prepared
 from autocompress.search.progress import Interrupt, Progress
 from autocompress.search.scheduler import Limits, Scheduler
@@ -54,7 +55,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                                                             train_device=train_device),
                           concurrency=cfg.concurrency, log=log)
             # the latency model first: it drops channel counts that are slow on this device before the scan ranks
-            predictor = _guarded_latency_model(prep, state, executor, baseline.model, reduce_range, log)
+            predictor = setup_predictor(prep, state, executor, baseline.model, reduce_range, log)
             warm = _guarded_sensitivity(prep, state, executor, baseline.model, reduce_range, log)
             scheduler = _scheduler(prep, state, executor, latency, make_spec, warm, log)
             scheduler.predictor, scheduler.target_ms = predictor, cfg.target_latency_ms
@@ -270,76 +271,6 @@ def _sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: 
     return warm
 
 
-def _guarded_latency_model(prep: Prepared, state: RunState, executor: Executor, baseline: torch.nn.Module,
-                           reduce_range: bool, log: Callable[[str], None]):
-    """The latency predictor (search/predict.py) calibrated on the baselines, or None when it is switched off or
-    fails: it only adds a figure to the report, so a failure never takes the search down."""
-    if not prep.config.latency_model:
-        return None
-    try:
-        return _latency_model(prep, state, executor, baseline, reduce_range, log)
-    except Exception as e:  # noqa: BLE001 - the search runs without predictions
-        log(f"  latency model failed ({cluster.describe_error(e)}): the search goes on without predictions")
-        state.meta["latency_model"] = {"failed": cluster.describe_error(e)}
-        state.rd.write_json(state.rd.meta, state.meta)
-        return None
-
-
-def _latency_model(prep: Prepared, state: RunState, executor: Executor, baseline: torch.nn.Module,
-                   reduce_range: bool, log: Callable[[str], None]):
-    from autocompress.config import BASELINES
-    from autocompress.measure.cache import cache_dir
-    from autocompress.measure.latency_model import LatencyTable
-    from autocompress.search.predict import PROXIES, build_predictor, calibrate_on_proxies
-
-    cfg, space = prep.config, prep.space
-    table = LatencyTable(LatencyTable.file_for(cache_dir(), state.meta["device"], cfg.latency.model_dump(),
-                                               reduce_range))
-    example = prep.splits.val.images(1)
-    predictor, info = build_predictor(baseline, example, space, table, executor.time_graphs,
-                                      reduce_range=reduce_range, log=log)
-    info["slow_choices"] = _drop_slow_choices(prep, state, predictor, log)
-    for b in BASELINES:  # the anchors of the first fit: the uniform models measured already
-        rec = state.baselines.get(b.name)
-        if rec is not None and rec.measured:
-            spec = baseline_spec(b, space, None, cfg.seed, reduce_range)
-            predictor.learn(spec.ratios, spec.precisions, rec.latency.median_ms)
-    if space.params():
-        def measure(data: bytes) -> float:
-            return float(executor.get(executor.submit_measure(data))["median_ms"])
-
-        info["proxies"] = PROXIES
-        info["proxy_seconds"] = calibrate_on_proxies(predictor, baseline, example, measure, n=PROXIES, seed=cfg.seed,
-                                                     reduce_range=reduce_range)
-    state.meta["latency_model"] = {**info, **predictor.summary()}
-    state.rd.write_json(state.rd.meta, state.meta)
-    log(f"  latency model: {info['entries']} layer timings ({info['timed_now']} new, {info['seconds']} s), "
-        f"fit on {predictor.model.fit.anchors} whole models measured ({info.get('proxy_seconds', 0)} s)")
-    return predictor
-
-
-def _drop_slow_choices(prep: Prepared, state: RunState, predictor, log: Callable[[str], None]) -> list[dict]:
-    """Channel counts that a larger count of the same group beats on this device leave the space (not with the
-    grid sampler, which is the uniform reference). A resumed run drops what its first session dropped, so its study
-    keeps the same choices."""
-    from dataclasses import asdict
-
-    from autocompress.search.predict import SlowChoice, drop_slow, slow_choices
-
-    if prep.config.sampler == "grid":
-        return []
-    if prep.resume:  # a run from before the latency model recorded none, and its study has every choice
-        slow = [SlowChoice(**c) for c in (state.meta.get("latency_model") or {}).get("slow_choices", [])]
-    else:
-        slow = slow_choices(predictor.model, prep.space)
-    drop_slow(prep.space, slow)
-    for c in slow:
-        log(f"  not offered, slow on this device: {c.text()}")
-    if not prep.resume:
-        state.meta["space"] = prep.space.describe()
-    return [asdict(c) for c in slow]
-
-
 def _scheduler(prep: Prepared, state: RunState, executor: Executor, latency: LatencyBook,
                make_spec: Callable[..., TrialSpec], warm: list[dict], log: Callable[[str], None]) -> Scheduler:
     cfg, space = prep.config, prep.space
@@ -439,6 +370,6 @@ def _finish(state: RunState, scheduler: Scheduler, cfg: SearchConfig, stopping: 
         from autocompress.search.predict import prediction_errors
 
         pairs = [(r.predicted_ms, r.latency.median_ms) for r in state.records.values()
-                 if r.measured and r.predicted_ms is not None and r.duplicate_of is None]
+                 if r.measured and r.predicted_ms is not None and r.duplicate_of is None and r.reused is None]
         state.meta["latency_model"]["errors"] = prediction_errors(pairs)
     state.save()

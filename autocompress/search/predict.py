@@ -9,16 +9,25 @@ of the device predicts.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
-from autocompress.measure.latency_model import LatencyModel, LatencyTable, all_keys, layer_graph, wire_layers
+from autocompress.measure.latency_model import (
+    Fit,
+    LatencyModel,
+    LatencyTable,
+    all_keys,
+    layer_graph,
+    layer_keys,
+    wire_layers,
+)
 from autocompress.space import SearchSpace
 
 __all__ = ["Predictor", "build_predictor", "calibrate_on_proxies", "random_configs", "prediction_errors", "CHUNK",
-           "PROXIES", "SlowChoice", "slow_choices", "drop_slow"]
+           "PROXIES", "SlowChoice", "slow_choices", "drop_slow", "setup_predictor"]
 
 CHUNK = 32  # layer graphs sent to the device per call (saved, and progress logged, between calls)
 PROXIES = 12  # random whole configurations measured to calibrate the fit before the first trial
@@ -28,16 +37,21 @@ PROXIES = 12  # random whole configurations measured to calibrate the fit before
 class Predictor:
     model: LatencyModel
     space: SearchSpace
-    measured: list[tuple[dict, dict, float]] = field(default_factory=list)  # (ratios, precisions, ms) of whole models
+    points: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (features, ms) of whole models measured
 
     def predict(self, params: dict) -> float:
         """Milliseconds for Optuna params (or `prune:`/`quant:` columns)."""
         return round(self.model.predict(*self.space.decode(params)), 4)
 
+    def covers(self, ratios: dict[str, float], precisions: dict[str, str]) -> bool:
+        """Whether the table holds every layer of this configuration (a uniform baseline may prune a group or set a
+        precision the space does not offer)."""
+        return not self.model.table.missing(layer_keys(self.model.sites, self.space, ratios, precisions))
+
     def learn(self, ratios: dict[str, float], precisions: dict[str, str], ms: float) -> None:
         """A whole model measured on the device: the fit is made again with it."""
-        self.measured.append((ratios, precisions, ms))
-        self.model.calibrate(self.measured)
+        self.points.append((self.model.features(ratios, precisions), ms))
+        self.model.fit = Fit.of(self.points)
 
     def summary(self) -> dict:
         return {"fit": self.model.fit.as_dict()}
@@ -68,8 +82,6 @@ def build_predictor(baseline: torch.nn.Module, example: torch.Tensor, space: Sea
 
 def random_configs(space: SearchSpace, n: int, seed: int) -> list[tuple[dict, dict]]:
     """`n` configurations drawn uniformly from the space's choices: (ratios, precisions) each."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     choices = space.params()
     return [space.decode({k: v[int(rng.integers(len(v)))] for k, v in choices.items()}) for _ in range(n)]
@@ -136,6 +148,8 @@ def slow_choices(model: LatencyModel, space: SearchSpace) -> list[SlowChoice]:
     out = []
     for g in space.groups:
         costs = {k: _group_costs(model, space, g, k) for k in g.kept}
+        if not all(sum(c) > 0 for c in costs.values()):  # no layer of the group in the table: nothing to compare
+            continue
         for i, (small, r_small) in enumerate(zip(g.kept, g.ratios, strict=True)):
             # the smallest larger count that is at least as fast in every context
             for big, r_big in reversed(list(zip(g.kept[:i], g.ratios[:i], strict=True))):
@@ -161,3 +175,85 @@ def prediction_errors(pairs: list[tuple[float, float]]) -> dict:
     mid = len(errs) // 2
     median = errs[mid] if len(errs) % 2 else (errs[mid - 1] + errs[mid]) / 2
     return {"n": len(errs), "median_pct": round(median, 2), "worst_pct": round(errs[-1], 2)}
+
+
+def setup_predictor(prep, state, executor, baseline: torch.nn.Module, reduce_range: bool,
+                    log: Callable[[str], None] = print) -> Predictor | None:
+    """The search's predictor, fitted on the whole models measured so far, or None when it is switched off or fails
+    (it only adds figures to the report and skips over-target proposals: a failure never takes the search down).
+
+    A first session drops the channel counts that are slow on this device from the space (`meta.json`
+    `slow_choices`) before the study is made; a resumed one drops the same, whatever becomes of its latency model,
+    so that its study keeps the same choices."""
+    from autocompress.search.cluster import describe_error
+
+    if prep.resume:
+        _drop(prep.space, [SlowChoice(**c) for c in state.meta.get("slow_choices", [])], log)
+    if not prep.config.latency_model:
+        return None
+    try:
+        return _build(prep, state, executor, baseline, reduce_range, log)
+    except Exception as e:  # noqa: BLE001 - the search runs without predictions
+        log(f"  latency model failed ({describe_error(e)}): the search goes on without predictions"
+            + ("; --target-latency-ms is ignored" if prep.config.target_latency_ms else ""))
+        state.meta["latency_model"] = {"failed": describe_error(e)}
+        state.rd.write_json(state.rd.meta, state.meta)
+        return None
+
+
+def _build(prep, state, executor, baseline: torch.nn.Module, reduce_range: bool,
+           log: Callable[[str], None]) -> Predictor:
+    from autocompress.measure.cache import cache_dir
+
+    cfg, space = prep.config, prep.space
+    table = LatencyTable(LatencyTable.file_for(cache_dir(), state.meta["device"], cfg.latency.model_dump(),
+                                               reduce_range))
+    example = prep.splits.val.images(1)
+    predictor, info = build_predictor(baseline, example, space, table, executor.time_graphs,
+                                      reduce_range=reduce_range, log=log)
+    if not prep.resume and cfg.sampler != "grid":  # (the grid is the uniform reference: all of its choices stay)
+        slow = slow_choices(predictor.model, space)
+        _drop(space, slow, log)
+        state.meta["slow_choices"] = [asdict(c) for c in slow]
+        state.meta["space"] = space.describe()
+        state.rd.write_json(state.rd.meta, state.meta)
+    _learn_measured(predictor, state, cfg.seed, reduce_range)
+    if space.params():
+        def measure(data: bytes) -> float:
+            return float(executor.get(executor.submit_measure(data))["median_ms"])
+
+        info["proxies"] = PROXIES
+        info["proxy_seconds"] = calibrate_on_proxies(predictor, baseline, example, measure, n=PROXIES, seed=cfg.seed,
+                                                     reduce_range=reduce_range)
+    state.meta["latency_model"] = {**info, **predictor.summary()}
+    state.rd.write_json(state.rd.meta, state.meta)
+    log(f"  latency model: {info['entries']} layer timings ({info['timed_now']} new, {info['seconds']} s), "
+        f"fit on {predictor.model.fit.anchors} whole models measured ({info.get('proxy_seconds', 0)} s)")
+    return predictor
+
+
+def _drop(space: SearchSpace, slow: list[SlowChoice], log: Callable[[str], None]) -> None:
+    drop_slow(space, slow)
+    for c in slow:
+        log(f"  not offered, slow on this device: {c.text()}")
+
+
+def _learn_measured(predictor: Predictor, state, seed: int, reduce_range: bool) -> None:
+    """The anchors measured already: the uniform baselines the table covers, then (on resume) the earlier
+    sessions' trials, in trial order."""
+    from autocompress.config import BASELINES
+    from autocompress.results.records import TrialState
+    from autocompress.search.baselines import baseline_spec
+
+    space = predictor.space
+    for b in BASELINES:
+        rec = state.baselines.get(b.name)
+        if rec is not None and rec.measured:
+            spec = baseline_spec(b, space, None, seed, reduce_range)
+            if predictor.covers(spec.ratios, spec.precisions):
+                predictor.learn(spec.ratios, spec.precisions, rec.latency.median_ms)
+    for _, rec in sorted(state.records.items()):
+        if rec.state is TrialState.COMPLETE and rec.measured and rec.reused is None and rec.duplicate_of is None:
+            ratios, precisions = space.decode(rec.choices)
+            if predictor.covers(ratios, precisions):
+                predictor.learn(ratios, precisions, rec.latency.median_ms)

@@ -28,7 +28,10 @@ from autocompress.space import SearchSpace
 
 __all__ = ["Scheduler", "Limits", "model_key", "config_columns", "MAX_REPEATS"]
 
-MAX_REPEATS = 50  # proposals of already-measured (or skipped) configurations in a row: the space counts as exhausted
+MAX_REPEATS = 50  # proposals of already-measured configurations in a row after which the space counts as exhausted
+# proposals skipped as over --target-latency-ms in a row after which the target counts as out of reach (a skip costs
+# no fine-tune: a tight target may miss most of the space and still be met)
+MAX_SKIPS = 500
 TARGET_SLACK = 0.15  # a proposal predicted up to this far over --target-latency-ms is still built: the model's error
 
 
@@ -39,7 +42,8 @@ def model_key(space: SearchSpace, ratios: dict[str, float], precisions: dict[str
                                   min_channels=space.min_channels, channel_groups=g.channel_groups)
             for g in space.groups}
     key = {"kept": kept, "precision": {layer.name: precisions.get(layer.name, "fp32") for layer in space.layers}}
-    if criterion != "l2":  # other channels kept: another model (l2, the default, keeps the keys of earlier runs)
+    pruned = any(k < g.channels for g, k in zip(space.groups, kept.values(), strict=True))
+    if criterion != "l2" and pruned:  # other channels kept: another model (l2 keeps the keys of earlier runs)
         key["criterion"] = criterion
     return json.dumps(key, sort_keys=True)
 
@@ -96,6 +100,7 @@ class Scheduler:
     asked: list = field(default_factory=list)  # optuna trials in the order asked
     untold: dict[int, tuple] = field(default_factory=dict)  # trial number -> (optuna trial, record) not yet told
     repeats_in_a_row: int = 0
+    skips_in_a_row: int = 0
 
     def __post_init__(self) -> None:
         for name, b in self.state.baselines.items():
@@ -135,7 +140,7 @@ class Scheduler:
 
     @property
     def exhausted(self) -> bool:
-        return self.repeats_in_a_row >= MAX_REPEATS
+        return self.repeats_in_a_row >= MAX_REPEATS or self.skips_in_a_row >= MAX_SKIPS
 
     def counted(self) -> int:
         """Trials that count in the budget."""
@@ -199,9 +204,12 @@ class Scheduler:
                                               error=f"skipped: predicted {p.predicted:.3f} ms, over the target "
                                                     f"{self.target_ms:g} ms"))
             self.line(f"trial {rec.trial}: {rec.error}")
-            self._count_repeat()
+            self.skips_in_a_row += 1
+            if self.skips_in_a_row == MAX_SKIPS:
+                self.line(f"the last {MAX_SKIPS} proposals were all predicted over the {self.target_ms:g} ms target: "
+                          "stopping (raise --target-latency-ms, or widen the space)")
         else:
-            self.repeats_in_a_row = 0
+            self.repeats_in_a_row = self.skips_in_a_row = 0
             self._submit(p)
 
     def _over_target(self, p: _Proposal) -> bool:
@@ -218,9 +226,8 @@ class Scheduler:
     def _count_repeat(self) -> None:
         self.repeats_in_a_row += 1
         if self.repeats_in_a_row == MAX_REPEATS:
-            self.line(f"the sampler proposed {MAX_REPEATS} already-measured or over-target configurations in a row: "
-                      "the space looks exhausted; stopping (widen it in the search-space YAML, or raise "
-                      "--target-latency-ms)")
+            self.line(f"the sampler proposed {MAX_REPEATS} already-measured configurations in a row: the space "
+                      "looks exhausted; stopping (widen it in the search-space YAML)")
 
     # ------------------------------------------------------------------ collect
     def _collect(self, ready: set) -> list[tuple[_Proposal, TrialRecord]]:
@@ -293,8 +300,6 @@ class Scheduler:
         rec = self._record(p, rec)
         if rec.state is TrialState.COMPLETE:
             self.seen.setdefault(p.key, rec.trial)
-            if self.predictor is not None:  # later predictions are calibrated on this model too
-                self.predictor.learn(*self.space.decode(rec.choices), rec.latency.median_ms)
         self.line(self._line(rec))
         self._release_waiters(p.key, rec)
 
@@ -327,11 +332,24 @@ class Scheduler:
         from optuna.trial import TrialState as OptunaState
 
         trial, rec = self.untold.pop(number)
+        if rec.state is TrialState.COMPLETE and rec.reused is None:
+            self._learn(rec)
         if rec.state in (TrialState.COMPLETE, TrialState.DUPLICATE):
             self.study.tell(trial, list(rec.objectives))
         else:
             pruned = rec.state in (TrialState.STOPPED, TrialState.SKIPPED)
             self.study.tell(trial, state=OptunaState.PRUNED if pruned else OptunaState.FAIL)
+
+    def _learn(self, rec: TrialRecord) -> None:
+        """The latency model's fit takes in a measured trial. Here, in the order trials were asked (not as they
+        happen to finish), so that a seed predicts, and skips, the same proposals whatever the timing."""
+        if self.predictor is None:
+            return
+        try:
+            self.predictor.learn(*self.space.decode(rec.choices), rec.latency.median_ms)
+        except Exception as e:  # noqa: BLE001 - predictions are a report figure; the search goes on without them
+            self.line(f"latency model: refit failed ({describe_error(e)}); the search goes on without predictions")
+            self.predictor = None
 
     def tell_up_to(self, k: int) -> bool:
         """Tell the study the results of the first `k` trials asked for; False if one has not finished."""

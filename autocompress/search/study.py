@@ -49,7 +49,9 @@ def grid_configs(space: SearchSpace) -> list[dict]:
     for prec in ("fp32", "int8"):
         for r in ratios:
             params = space.uniform(r, prec)
-            key = model_key(space, *space.decode(params))
+            if len(space.criteria) > 1:  # the uniform reference ranks channels one way: the first listed
+                params["criterion"] = space.criteria[0]
+            key = model_key(space, *space.decode(params), space.criterion(params))
             if key not in keys:
                 keys.add(key)
                 grid.append(params)

@@ -95,12 +95,19 @@ def quantize_static_onnx(
     return {**quantized, **{l: "fp16" for l in halves}}
 
 
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
+
+
 def _with_half_weights(proto: onnx.ModelProto, layers: list[str]) -> onnx.ModelProto:
     """`<layer>.weight` of each layer stored as float16, cast back to float32 where the layer reads it."""
     if not layers:
         return proto
     from onnx import helper, numpy_helper
 
+    proto = _copy(proto)  # the caller's float model stays as it was
     graph = proto.graph
     names = {f"{l}.weight" for l in layers}
     casts = []
