@@ -184,6 +184,7 @@ def _search_lines(s: dict) -> list[str]:
                      f"{r['uniform'] or 'none'} | {fmt(r['vs_uniform'], '.2f')}x |")
     m = s.get("memory", {})
     workers = m.get("trial_workers", [])
+    lines += ["", *(f"- {n}" for n in s.get("notes", []))] if s.get("notes") else []
     lines += ["", f"{s['trials']} trials completed; median {fmt(s['trial_seconds_median'], '.0f')} s per trial "
               "(all stages). Peak resident memory: driver "
               f"{m.get('driver_mb', '?')} MB, largest trial worker "
