@@ -103,11 +103,16 @@ def front(run: Path) -> dict:
                      "uniform": None if ref is None else str(ref["name"]),
                      "vs_uniform": None if best is None or ref is None
                      else float(ref["latency_ms"]) / float(best["latency_ms"])})
-    seconds = [sum(v for k, v in r.items() if k.startswith("t_") and v == v) for _, r in done.iterrows()]
+    # a trial that took a baseline's model (the warm start's uniform configurations) ran nothing of its own
+    ran = done[done["reused"].isna()] if "reused" in done.columns else done
+    seconds = [sum(v for k, v in r.items() if k.startswith("t_") and v == v) for _, r in ran.iterrows()]
     baselines = [{"name": r["name"], **{k: float(r[k]) for k in ("val_accuracy", "test_accuracy", "latency_ms")}}
                  for _, r in uniform.iterrows() if r.get("latency_ms") == r.get("latency_ms")]
     return {"fp32": {k: fp32[k] for k in ("val_accuracy", "test_accuracy", "latency_ms")}, "front": rows,
-            "baselines": baselines,
+            "baselines": baselines, "trials_run": len(ran),
+            "built": [{"trial": int(r["trial"]), **{k: float(r[k]) for k in ("val_accuracy", "test_accuracy",
+                                                                              "latency_ms", "size_bytes")}}
+                      for _, r in ran.iterrows()],
             "trials": len(done), "trial_seconds_median": sorted(seconds)[len(seconds) // 2] if seconds else None}
 
 
@@ -176,6 +181,9 @@ def _search_lines(s: dict) -> list[str]:
     for b in s.get("baselines", []):
         lines.append(f"| uniform {b['name']} | {b['val_accuracy']:.2f} | {b['test_accuracy']:.2f} | "
                      f"{b['latency_ms']:.3f} | {f['latency_ms'] / b['latency_ms']:.2f}x |")
+    for b in s.get("built", []):
+        lines.append(f"| trial {b['trial']} | {b['val_accuracy']:.2f} | {b['test_accuracy']:.2f} | "
+                     f"{b['latency_ms']:.3f} | {f['latency_ms'] / b['latency_ms']:.2f}x |")
     lines += ["", "| within (points of FP32 val) | fastest trial | val % | test % | latency ms | vs FP32 | "
               "fastest uniform within | vs it |", "|---|---|---|---|---|---|---|---|"]
     for r in s["front"]:
@@ -185,9 +193,10 @@ def _search_lines(s: dict) -> list[str]:
     m = s.get("memory", {})
     workers = m.get("trial_workers", [])
     lines += ["", *(f"- {n}" for n in s.get("notes", []))] if s.get("notes") else []
-    lines += ["", f"{s['trials']} trials completed; median {fmt(s['trial_seconds_median'], '.0f')} s per trial "
-              "(all stages). Peak resident memory: driver "
-              f"{m.get('driver_mb', '?')} MB, largest trial worker "
+    lines += ["", f"{s['trials']} trials completed, {s.get('trials_run', s['trials'])} of them built and fine-tuned "
+              "(the others were uniform configurations of the warm start, whose models the baselines had built); "
+              f"median {fmt(s['trial_seconds_median'], '.0f')} s per trial built (all stages). Peak resident "
+              f"memory: driver {m.get('driver_mb', '?')} MB, largest trial worker "
               f"{max((w['worker_mb'] for w in workers), default='?')} MB (with its image readers, by PSS: "
               f"{max((w['worker_plus_readers_mb'] for w in workers), default='?')} MB).", ""]
     return lines
