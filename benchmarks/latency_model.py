@@ -79,7 +79,7 @@ def evaluate_run(run: Path, n_random: int, seed: int) -> dict:
     from autocompress.search.predict import PROXIES, build_predictor, random_configs
 
     cfg, model, space, example = _setup(run)
-    device = fingerprint(cfg.latency.threads)
+    device = {**fingerprint(cfg.latency.threads), "name": cfg.device}  # as a search records it: the same table
     reduce_range = bool(quant_format_for(device)["reduce_range"])
     table = LatencyTable(LatencyTable.file_for(cache_dir(), device, cfg.latency.model_dump(), reduce_range))
 
