@@ -84,7 +84,8 @@ def test_a_search_on_an_option_a_resnet_completes_with_real_pruning(tmp_path):
     result = autocompress.search(model, TensorDataset(x[:160], y[:160]), TensorDataset(x[160:], y[160:]), budget=4,
                                  out=tmp_path / "run", progress=False, log=lambda s: None,
                                  baselines=["fp32", "prune50-int8"],
-                                 confirm_rounds=0, sensitivity=True, finetune={"epochs": 1}, latency=fast)
+                                 confirm_rounds=0, sensitivity=True, finetune={"epochs": 1}, latency=fast,
+                                 latency_model=False)
     done = result.trials[result.trials["state"] == "COMPLETE"]
     assert len(done) >= 1, result.trials[["trial", "state", "error"]].to_string()
     channels = [c for c in done.columns if c.startswith("channels:")]

@@ -152,7 +152,7 @@ def test_validation_on_training_images_is_warned_about(tmp_path):
     autocompress.search(model, seen, seen, test_data=unseen, budget=1, out=tmp_path / "run", progress=False,
                         log=lines.append, baselines=["fp32"], confirm_rounds=0, sensitivity=False,
                         latency={"sessions": 2, "max_sessions": 4, "session_gap_s": 0.05, "max_contended": 2,
-                                 "burst_wait_s": 0}, finetune={"epochs": 0.5})
+                                 "burst_wait_s": 0}, finetune={"epochs": 0.5}, latency_model=False)
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())
     assert meta["split_rule"] == RULES["given"]
     warning = meta["split_warning"]
