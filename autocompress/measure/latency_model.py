@@ -365,10 +365,6 @@ class LatencyModel:
     def predict(self, ratios: dict[str, float], precisions: dict[str, str]) -> float:
         return self.fit(self.features(ratios, precisions))
 
-    def calibrate(self, measured: list[tuple[dict[str, float], dict[str, str], float]]) -> Fit:
-        """Refit on whole models: (ratios, precisions, measured ms) each."""
-        self.fit = Fit.of([(self.features(r, p), ms) for r, p, ms in measured])
-        return self.fit
 
 
 def _crossing_elements(sites: list[LayerSite], keys: list[LayerKey], removed: dict[str, int]) -> float:
