@@ -116,6 +116,7 @@ def evaluate_run(run: Path, n_random: int, seed: int) -> dict:
                 ("fit on all others (leave one out)", "predicted_loo_ms"), ("raw table sum", "table_sum_ms"))}
     return {"run": str(run.relative_to(HERE.parent)) if run.is_relative_to(HERE.parent) else str(run),
             "model": cfg.model, "input_shape": list(example.shape[1:]), "layers": info["layers"],
+            "junctions": info["junctions"],
             "table_entries": info["entries"], "table_filled_now": info["timed_now"], "table_fill_s": info["seconds"],
             "fit": fit.as_dict(), "errors": summary,
             "models": df.round(5).to_dict(orient="records")}
@@ -133,11 +134,13 @@ def write(results: list[dict], command: str, wall_s: float, host: dict) -> None:
              f"{host['onnxruntime']}, {host['threads']} thread(s). Wall time {wall_s:.0f} s.", "",
              "Error = |predicted - measured| / measured over the trials' configurations and random ones; the measured "
              "figure is the search's own method (LatencyMeter), all in one window on this host.", "",
-             "| model | input | layers | table entries (filled now, s) | predictor | n | median | p90 | worst |",
+             "| model | input | layers (junctions) | table entries (filled now, s) | predictor | n | median | p90 "
+             "| worst |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for name, e in r["errors"].items():
-            lines.append(f"| {r['model']} ({r['run']}) | {'x'.join(map(str, r['input_shape']))} | {r['layers']} | "
+            lines.append(f"| {r['model']} ({r['run']}) | {'x'.join(map(str, r['input_shape']))} | {r['layers']} "
+                         f"({r['junctions']}) | "
                          f"{r['table_entries']} ({r['table_filled_now']}, {r['table_fill_s']} s) | {name} | {e['n']} | "
                          f"{e['median_pct']}% | {e['p90_pct']}% | {e['max_pct']}% |")
     (HERE / "latency_model.md").write_text("\n".join(lines) + "\n")

@@ -14,9 +14,14 @@ import torch.nn as nn
 from autocompress.measure.latency_model import (
     FEATURES,
     Fit,
+    Junction,
+    JunctionKey,
     LatencyTable,
     LayerKey,
     all_keys,
+    find_junctions,
+    junction_graph,
+    junction_keys,
     layer_graph,
     layer_keys,
     time_graph,
@@ -100,14 +105,14 @@ def test_the_table_keeps_what_it_timed_across_instances(tmp_path):
 
 def test_the_fit_recovers_a_linear_cost_and_starts_from_the_plain_sum():
     rng = np.random.default_rng(0)
-    weights = np.array([0.05, 0.9, 1.1, 0.6, 1.3, 0.4])
-    feats = [np.concatenate([[1.0], rng.uniform(0.1, 2.0, size=len(FEATURES) - 1)]) for _ in range(40)]
+    weights = np.array([0.05, 0.9, 1.1, 0.6, 1.3, 0.4, 1.2])
+    feats = [np.concatenate([[1.0], rng.uniform(0.1, 2.0, size=len(FEATURES) - 1)]) for _ in range(80)]
     fit = Fit.of([(f, float(weights @ f)) for f in feats])
     for f in feats:
         assert fit(f) == pytest.approx(float(weights @ f), rel=0.02)
     # no measurement yet: the prediction is the table's own sum
-    f = np.array([1.0, 0.3, 0.1, 0.2, 0.1, 0.05])
-    assert Fit.of([])(f) == pytest.approx(0.7)
+    f = np.array([1.0, 0.3, 0.1, 0.2, 0.1, 0.05, 0.4])
+    assert Fit.of([])(f) == pytest.approx(1.1)
 
 
 def test_a_channel_count_no_faster_than_a_larger_one_is_not_offered():
@@ -159,3 +164,62 @@ def test_a_resumed_search_drops_the_same_slow_choices_even_without_its_latency_m
     assert setup_predictor(prep, state, None, model, False, lines.append) is None
     assert 24 not in g.kept and r24 not in g.ratios and len(g.kept) == len(g.ratios)
     assert any("not offered, slow on this device" in x for x in lines)
+
+
+@pytest.mark.parametrize("name,shape,expected", [
+    ("resnet18", (3, 64, 64), [Junction("conv1", "layer1.0.conv1", "MaxPool", (3, 3), (2, 2), (1, 1), relu=True)]),
+    ("resnet20", (1, 32, 32), []),
+])
+def test_junctions_are_the_pools_between_two_layers(name, shape, expected):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=shape[0]).eval()
+    example = torch.randn(1, *shape)
+    sites = wire_layers(model, example, _space(model, example))
+    assert find_junctions(model, example, sites) == expected
+
+
+def test_a_junction_follows_the_configuration_and_its_graph_keeps_both_precisions(tmp_path):
+    """The junction's producer has the configuration's channels, its consumer reads them at its own precision (and
+    keeps its full output width), and the pair graph runs each layer on the kernel its precision asks for."""
+    from autocompress.measure.verify import kernel_report
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=10, in_channels=3).eval()
+    example = torch.randn(1, 3, 64, 64)
+    space = _space(model, example)
+    sites = wire_layers(model, example, space)
+    junctions = find_junctions(model, example, sites)
+    stem = next(g for g in space.groups if any(s.name == "conv1" and g.name in dict(s.out_per) for s in sites))
+    ratios = {stem.name: 0.5}
+    keys = layer_keys(sites, space, ratios, {"conv1": "fp32", "layer1.0.conv1": "int8"})
+    (jk,) = junction_keys(sites, junctions, keys)
+    assert jk.producer == keys[0] and jk.producer.cout == jk.consumer.cin < 64
+    assert jk.consumer.precision == "int8" and jk.consumer.cout == 64
+    assert jk in all_keys(sites, space, junctions)
+    data, shape = junction_graph(jk)
+    path = tmp_path / "junction.onnx"
+    path.write_bytes(data)
+    report = kernel_report(path)
+    assert report["float_layers"] == ["a"] and report["integer_layers"] == ["b"]
+    import onnx
+
+    assert [n.op_type for n in onnx.load_from_string(data).graph.node].count("MaxPool") == 1
+    assert shape == (3, 64, 64)
+
+
+def test_a_pool_between_a_float_stem_and_an_int8_block_costs_what_the_pair_graph_shows():
+    """ONNX Runtime runs ResNet's stem pool in plain NCHW floats when the stem is float and the first block int8
+    (several times the stem convolution's own time here), and on integers between two int8 layers. The junction
+    entry shows it and the model's sum adds it; a layer table alone would not (the cost would read about 0)."""
+    conv1 = LayerKey("conv", 3, 64, (7, 7), (2, 2), (3, 3), (1, 1), 1, (96, 96), "fp32")
+    junction = Junction("conv1", "block", "MaxPool", (3, 3), (2, 2), (1, 1), relu=True)
+    table = LatencyTable()
+    costs = {}
+    for producer, consumer in (("fp32", "int8"), ("int8", "int8")):
+        a = LayerKey(**{**conv1.__dict__, "precision": producer})
+        b = LayerKey("conv", 64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, (24, 24), consumer)
+        jk = JunctionKey(junction, a, b)
+        table.record([a, b, jk], [time_graph(*layer_graph(a), threads=1), time_graph(*layer_graph(b), threads=1),
+                                  time_graph(*junction_graph(jk), threads=1)])
+        costs[producer] = table.junction_cost(jk)
+    assert costs["fp32"] > 0.5 * table.entries[conv1.text()] > costs["int8"]

@@ -86,3 +86,30 @@ def test_report_names_trials_whose_latency_was_measured_beside_other_load(tmp_pa
     ])
     html = write_report(rd).read_text()
     assert "Latency of baseline int8, trial 1 was measured beside other load that did not go away" in html
+
+
+def test_a_report_shows_the_pruning_criterion_and_the_fp16_layers_a_search_chose(tmp_path):
+    """A real short search whose space offers two criteria and fp16 / int8 layers: the report's per-layer table
+    names the criterion the trial used and marks its fp16 layers."""
+    import sys
+    from pathlib import Path
+
+    import autocompress
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    from zoo import SHORT, build, digits_rgb
+
+    space = tmp_path / "space.yaml"
+    space.write_text("prune:\n  ratios: [0.25, 0.5]\n  criteria: [l1, taylor]\nquantize:\n  precisions: [fp16, int8]\n")
+    train, val, test = digits_rgb()
+    # no warm start: the first trial is the sampler's own, a mix of fp16 and int8 layers with one criterion
+    result = autocompress.search(build("concat_net").eval(), train, val, test_data=test, out=tmp_path / "run",
+                                 space=space, log=lambda s: None, **{**SHORT, "warm_start": False})
+    (row,) = result.trials[result.trials["kind"] == "search"].to_dict(orient="records")
+    assert row["state"] == "COMPLETE" and row["criterion"] in ("l1", "taylor")
+    chosen = {c.split(":", 1)[1]: v for c, v in row.items() if c.startswith("quant:")}
+    assert "fp16" in chosen.values()
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert f"<td class='l'>pruning criterion</td><td>{row['criterion']}</td>" in page
+    for layer, precision in chosen.items():
+        assert f"<td class='l'>layer <code>{layer}</code></td><td class='{precision}'>{precision}</td>" in page

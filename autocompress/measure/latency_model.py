@@ -5,8 +5,14 @@ Why per layer: a configuration's latency is mostly the sum of its convolutions',
 depends only on its operator, the input it sees, its channel counts and its precision, so a table of a few
 hundred one-layer graphs predicts millions of configurations before anything is trained. What the table
 misses (residual Adds, pooling, the Quantize/Dequantize pairs a lone int8 layer has at its edges but a chain of
-int8 layers shares) is absorbed by a straight-line fit, `measured = a + b * table sum`, on whole models the
-search measures anyway (its uniform baselines, then every trial).
+int8 layers shares) is absorbed by a straight-line fit on whole models the search measures anyway (its uniform
+baselines, random proxies, then every trial).
+
+One thing a layer timed alone cannot show is a pooling layer between two convolutions: ONNX Runtime runs it on
+integers, in its blocked float layout, or in plain NCHW floats depending on the precisions of the layers around it,
+and the last is several times slower (ResNet-18's stem max-pool costs about as much as three stem convolutions
+between a float stem and an int8 first block). So each such junction is timed as the graph producer -> pool ->
+consumer at every precision pair, less the two layers alone.
 """
 
 from __future__ import annotations
@@ -17,18 +23,20 @@ import json
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+import onnx
 import torch
 import torch.nn as nn
 
 from autocompress.fileio import atomic_write_text
 
-__all__ = ["LayerSite", "LayerKey", "wire_layers", "layer_keys", "layer_graph", "time_graph", "LatencyTable",
-           "LatencyModel", "Fit", "all_keys", "config_graph"]
+__all__ = ["LayerSite", "LayerKey", "Junction", "JunctionKey", "wire_layers", "find_junctions", "layer_keys",
+           "junction_keys", "layer_graph", "junction_graph", "graph_of", "time_graph", "LatencyTable", "LatencyModel",
+           "Fit", "all_keys", "config_graph"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,43 @@ class LayerKey:
         k, s, p, d = ("x".join(map(str, v)) for v in (self.kernel, self.stride, self.padding, self.dilation))
         return (f"{self.kind} k{k} s{s} p{p} d{d} g{self.groups} {self.hw[0]}x{self.hw[1]} "
                 f"{self.cin}->{self.cout} {self.precision}")
+
+
+@dataclass(frozen=True)
+class Junction:
+    """A pooling node between a producer layer and the first layer that reads it."""
+
+    producer: str
+    consumer: str
+    op: str  # "MaxPool" or "AveragePool"
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    ceil_mode: bool = False
+    relu: bool = False  # a Relu between the producer and the pool
+    count_include_pad: bool = False  # AveragePool only
+
+    def pool(self) -> nn.Module:
+        if self.op == "MaxPool":
+            return nn.MaxPool2d(self.kernel, self.stride, self.padding, ceil_mode=self.ceil_mode)
+        return nn.AvgPool2d(self.kernel, self.stride, self.padding, ceil_mode=self.ceil_mode,
+                            count_include_pad=self.count_include_pad)
+
+
+@dataclass(frozen=True)
+class JunctionKey:
+    """A junction at one configuration: the producer and the consumer as they are then (the consumer at its full
+    output width: the pool's cost does not depend on it). Its table entry is the pair graph's time."""
+
+    junction: Junction
+    producer: LayerKey
+    consumer: LayerKey
+
+    def text(self) -> str:
+        j = self.junction
+        pool = (f"{j.op} k{'x'.join(map(str, j.kernel))} s{'x'.join(map(str, j.stride))} "
+                f"p{'x'.join(map(str, j.padding))} c{int(j.ceil_mode)} r{int(j.relu)} i{int(j.count_include_pad)}")
+        return f"junction {pool} | {self.producer.text()} | {self.consumer.text()}"
 
 
 def _pair(v) -> tuple[int, int]:
@@ -146,6 +191,64 @@ def wire_layers(model: nn.Module, example: torch.Tensor, space) -> list[LayerSit
             for n, s in sites.items()]
 
 
+# ops a junction's path may pass through: they change neither channels nor layout
+_PASS = {"Relu", "BatchNormalization", "Identity"}
+
+
+def find_junctions(model: nn.Module, example: torch.Tensor, sites: list[LayerSite]) -> list[Junction]:
+    """The pooling nodes (not global ones) of the model's ONNX graph that sit between two of its layers."""
+    from autocompress.pipeline.export import export_onnx, fold_batchnorm, layer_nodes
+
+    folded = copy.deepcopy(model).eval()
+    fold_batchnorm(folded, example)  # as a trial's artifact: its layers keep their weight names
+    proto = export_onnx(folded, example)
+    layer_of = {node: name for name, node in layer_nodes(proto, [s.name for s in sites]).items()}
+    made_by = {out: n for n in proto.graph.node for out in n.output}
+    read_by: dict[str, list] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            read_by.setdefault(i, []).append(n)
+    out = []
+    for n in proto.graph.node:
+        if n.op_type not in ("MaxPool", "AveragePool"):
+            continue
+        producer, relu = _upstream_layer(n, made_by, layer_of)
+        consumer = _downstream_layer(n, read_by, layer_of)
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        if producer is None or consumer is None or len(pads) != 4 or pads[:2] != pads[2:] \
+                or attrs.get("auto_pad", b"NOTSET") != b"NOTSET" \
+                or any(d != 1 for d in attrs.get("dilations", [1, 1])):
+            continue
+        out.append(Junction(producer, consumer, n.op_type, _pair(list(attrs["kernel_shape"])),
+                            _pair(list(attrs.get("strides", [1, 1]))), _pair(pads[:2]),
+                            bool(attrs.get("ceil_mode", 0)), relu, bool(attrs.get("count_include_pad", 0))))
+    return out
+
+
+def _upstream_layer(node, made_by: dict, layer_of: dict) -> tuple[str | None, bool]:
+    relu = False
+    n = made_by.get(node.input[0])
+    while n is not None and n.name not in layer_of:
+        if n.op_type not in _PASS:
+            return None, relu
+        relu = relu or n.op_type == "Relu"
+        n = made_by.get(n.input[0])
+    return (layer_of[n.name] if n is not None else None), relu
+
+
+def _downstream_layer(node, read_by: dict, layer_of: dict) -> str | None:
+    """The first layer reading the pool's output (through pass-through ops only)."""
+    todo = list(read_by.get(node.output[0], []))
+    while todo:
+        n = todo.pop(0)
+        if n.name in layer_of:
+            return layer_of[n.name]
+        if n.op_type in _PASS:
+            todo += read_by.get(n.output[0], [])
+    return None
+
+
 def _removed(space, ratios: dict[str, float]) -> dict[str, int]:
     """Channels each group loses at `ratios` (any ratio, not only the space's choices: the uniform baselines)."""
     from autocompress.pipeline.prune import kept_channels
@@ -167,22 +270,53 @@ def layer_keys(sites: list[LayerSite], space, ratios: dict[str, float], precisio
     return keys
 
 
-def all_keys(sites: list[LayerSite], space) -> list[LayerKey]:
+def junction_keys(sites: list[LayerSite], junctions: list[Junction], keys: list[LayerKey]) -> list[JunctionKey]:
+    """The junction entries of the configuration whose layer entries are `keys` (one per site, in order)."""
+    by_name = {s.name: (s, k) for s, k in zip(sites, keys, strict=True)}
+    out = []
+    for j in junctions:
+        producer = by_name[j.producer][1]
+        consumer_site, consumer = by_name[j.consumer]
+        out.append(JunctionKey(j, producer, _consumer_key(consumer_site, producer.cout, consumer.precision)))
+    return out
+
+
+def _consumer_key(s: LayerSite, cin: int, precision: str) -> LayerKey:
+    cout = cin if s.depthwise else s.cout
+    return LayerKey(s.kind, cin, cout, s.kernel, s.stride, s.padding, s.dilation, cin if s.depthwise else s.groups,
+                    s.hw, precision)
+
+
+def all_keys(sites: list[LayerSite], space, junctions: list[Junction] = ()) -> list[LayerKey | JunctionKey]:
     """Every table entry the space can reach: each layer at each channel count its groups offer, at each precision
-    it may take (layers the space does not quantize stay fp32)."""
-    precisions = {l.name: l.precisions for l in space.layers}
-    kept = {g.name: [g.channels - k for k in g.kept] for g in space.groups}
-    out: dict[LayerKey, None] = {}
+    it may take (layers the space does not quantize stay fp32), and each junction's pairs with the layers alone."""
+    out: dict = {}
     for s in sites:
-        ins = _combos([g for g, _ in s.in_per], kept)
-        outs = _combos([g for g, _ in s.out_per], kept)
-        for rin in ins:
-            for rout in outs:
-                cin, cout = s.channels({**rin, **rout})
-                groups = cin if s.depthwise else s.groups
-                for p in precisions.get(s.name, ["fp32"]):
-                    out[LayerKey(s.kind, cin, cout, s.kernel, s.stride, s.padding, s.dilation, groups, s.hw, p)] = None
+        out.update(dict.fromkeys(_site_keys(s, space)))
+    by_name = {s.name: s for s in sites}
+    for j in junctions:
+        for pk in _site_keys(by_name[j.producer], space):
+            for p in _precisions_of(space).get(j.consumer, ["fp32"]):
+                jk = JunctionKey(j, pk, _consumer_key(by_name[j.consumer], pk.cout, p))
+                out.update(dict.fromkeys((jk.consumer, jk)))
     return list(out)
+
+
+def _precisions_of(space) -> dict[str, list[str]]:
+    return {layer.name: layer.precisions for layer in space.layers}
+
+
+def _site_keys(s: LayerSite, space) -> list[LayerKey]:
+    """`s` at each channel count its groups offer and each precision it may take."""
+    kept = {g.name: [g.channels - k for k in g.kept] for g in space.groups}
+    keys = []
+    for rin in _combos([g for g, _ in s.in_per], kept):
+        for rout in _combos([g for g, _ in s.out_per], kept):
+            cin, cout = s.channels({**rin, **rout})
+            groups = cin if s.depthwise else s.groups
+            for p in _precisions_of(space).get(s.name, ["fp32"]):
+                keys.append(LayerKey(s.kind, cin, cout, s.kernel, s.stride, s.padding, s.dilation, groups, s.hw, p))
+    return list(dict.fromkeys(keys))
 
 
 def _combos(groups: list[str], removed: dict[str, list[int]]) -> list[dict[str, int]]:
@@ -213,25 +347,57 @@ class _RandomImages:
             yield torch.randn((2, *self.shape), generator=g), None
 
 
-def layer_graph(key: LayerKey, *, reduce_range: bool = False) -> tuple[bytes, tuple[int, ...]]:
-    """The one-layer ONNX graph of `key`, quantized as a trial would quantize that layer, and its input shape
-    (without the batch)."""
+def _layer_of(key: LayerKey) -> tuple[nn.Module, tuple[int, ...]]:
+    """A layer of `key`'s shape and its input shape (without the batch)."""
+    if key.kind == "conv":
+        return (nn.Conv2d(key.cin, key.cout, key.kernel, key.stride, key.padding, key.dilation, key.groups, bias=True),
+                (key.cin, *key.hw))
+    return nn.Linear(key.cin, key.cout), (key.cin,)
+
+
+def _quantized(model: nn.Module, shape: tuple[int, ...], precisions: dict[str, str], reduce_range: bool) -> bytes:
+    """`model` exported and quantized as a trial would quantize its layers at `precisions`."""
     from autocompress.pipeline.export import export_onnx, layer_nodes
     from autocompress.pipeline.quantize import quantize_static_onnx
 
-    if key.kind == "conv":
-        layer = nn.Conv2d(key.cin, key.cout, key.kernel, key.stride, key.padding, key.dilation, key.groups, bias=True)
-        shape: tuple[int, ...] = (key.cin, *key.hw)
-    else:
-        layer = nn.Linear(key.cin, key.cout)
-        shape = (key.cin,)
-    model = _One(layer).eval()
-    proto = export_onnx(model, torch.randn(1, *shape))
+    proto = export_onnx(model.eval(), torch.randn(1, *shape))
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "layer.onnx"
-        quantize_static_onnx(proto, path, precisions={"layer": key.precision}, nodes=layer_nodes(proto, ["layer"]),
+        path = Path(tmp) / "graph.onnx"
+        quantize_static_onnx(proto, path, precisions=precisions, nodes=layer_nodes(proto, list(precisions)),
                              calib=_RandomImages(shape), reduce_range=reduce_range)
-        return path.read_bytes(), shape
+        return path.read_bytes()
+
+
+def layer_graph(key: LayerKey, *, reduce_range: bool = False) -> tuple[bytes, tuple[int, ...]]:
+    """The one-layer ONNX graph of `key`, quantized as a trial would quantize that layer, and its input shape
+    (without the batch)."""
+    layer, shape = _layer_of(key)
+    return _quantized(_One(layer), shape, {"layer": key.precision}, reduce_range), shape
+
+
+class _Junction(nn.Module):
+    def __init__(self, a: nn.Module, pool: nn.Module, b: nn.Module, relu: bool) -> None:
+        super().__init__()
+        self.a, self.pool, self.b, self.relu = a, pool, b, relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        return self.b(self.pool(torch.relu(y) if self.relu else y))
+
+
+def junction_graph(key: JunctionKey, *, reduce_range: bool = False) -> tuple[bytes, tuple[int, ...]]:
+    """The graph producer -> pool -> consumer of `key`, quantized as a trial would quantize the two layers."""
+    a, shape = _layer_of(key.producer)
+    b, _ = _layer_of(key.consumer)
+    model = _Junction(a, key.junction.pool(), b, key.junction.relu)
+    return _quantized(model, shape, {"a": key.producer.precision, "b": key.consumer.precision}, reduce_range), shape
+
+
+def graph_of(key: LayerKey | JunctionKey, *, reduce_range: bool = False) -> tuple[bytes, tuple[int, ...]]:
+    """The graph whose time is `key`'s table entry."""
+    if isinstance(key, JunctionKey):
+        return junction_graph(key, reduce_range=reduce_range)
+    return layer_graph(key, reduce_range=reduce_range)
 
 
 def time_graph(data: bytes, input_shape: tuple[int, ...], *, threads: int, batch: int = 1, sessions: int = 2,
@@ -279,7 +445,7 @@ def config_graph(model: nn.Module, example: torch.Tensor, space, ratios: dict[st
 
 
 class LatencyTable:
-    """Milliseconds per LayerKey on one device with one set of latency settings, cached on disk."""
+    """Milliseconds per LayerKey (and JunctionKey) on one device with one set of latency settings, cached on disk."""
 
     def __init__(self, path: Path | None = None, entries: dict[str, float] | None = None) -> None:
         self.path = path
@@ -293,7 +459,7 @@ class LatencyTable:
                          sort_keys=True)
         return root / "latency-table" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
-    def missing(self, keys: Iterable[LayerKey]) -> list[LayerKey]:
+    def missing(self, keys: Iterable[LayerKey | JunctionKey]) -> list[LayerKey | JunctionKey]:
         return [k for k in dict.fromkeys(keys) if k.text() not in self.entries]
 
     def record(self, keys: list[LayerKey], times: list[float]) -> None:
@@ -306,11 +472,16 @@ class LatencyTable:
     def total(self, keys: list[LayerKey]) -> float:
         return sum(self.entries[k.text()] for k in keys)
 
+    def junction_cost(self, key: JunctionKey) -> float:
+        """What the pool adds between its two layers: the pair graph's time less the two layers' alone."""
+        return self.entries[key.text()] - self.entries[key.producer.text()] - self.entries[key.consumer.text()]
 
-# The fit's features, per configuration: a constant (the model's own overhead), the table's sums per precision, and
-# the elements of the tensors that cross between float and integer layers (their Quantize/Dequantize pairs).
-FEATURES = ("overhead_ms", "fp32_sum", "fp16_sum", "int8_sum", "int4_sum", "crossing_melems")
-_PRIOR = (0.0, 1.0, 1.0, 1.0, 1.0, 0.0)  # the plain table sum, until measurements say otherwise
+
+# The fit's features, per configuration: a constant (the model's own overhead), the table's sums per precision, the
+# elements of the tensors that cross between float and integer layers (their Quantize/Dequantize pairs), and what
+# the junctions' pools add.
+FEATURES = ("overhead_ms", "fp32_sum", "fp16_sum", "int8_sum", "int4_sum", "crossing_melems", "junction_ms")
+_PRIOR = (0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0)  # the plain table sum, until measurements say otherwise
 _RIDGE = 0.05  # the prior weighs as much as a twentieth of one measured model
 
 
@@ -349,22 +520,29 @@ class LatencyModel:
     space: object  # SearchSpace
     table: LatencyTable
     fit: Fit = Fit()
+    junctions: list[Junction] = field(default_factory=list)
+
+    def keys(self, ratios: dict[str, float], precisions: dict[str, str]) -> tuple[list[LayerKey], list[JunctionKey]]:
+        """The table entries of a configuration: one per layer, one per junction."""
+        keys = layer_keys(self.sites, self.space, ratios, precisions)
+        return keys, junction_keys(self.sites, self.junctions, keys)
 
     def total(self, ratios: dict[str, float], precisions: dict[str, str]) -> float:
-        """The plain table sum."""
-        return self.table.total(layer_keys(self.sites, self.space, ratios, precisions))
+        """The plain table sum: the layers and what the junctions add."""
+        keys, joints = self.keys(ratios, precisions)
+        return self.table.total(keys) + sum(self.table.junction_cost(k) for k in joints)
 
     def features(self, ratios: dict[str, float], precisions: dict[str, str]) -> np.ndarray:
-        keys = layer_keys(self.sites, self.space, ratios, precisions)
+        keys, joints = self.keys(ratios, precisions)
         sums = {p: 0.0 for p in ("fp32", "fp16", "int8", "int4")}
         for k in keys:
             sums[k.precision if k.precision in sums else "fp32"] += self.table.entries[k.text()]
         crossing = _crossing_elements(self.sites, keys, _removed(self.space, ratios))
-        return np.array([1.0, sums["fp32"], sums["fp16"], sums["int8"], sums["int4"], crossing / 1e6])
+        junction = sum(self.table.junction_cost(k) for k in joints)
+        return np.array([1.0, sums["fp32"], sums["fp16"], sums["int8"], sums["int4"], crossing / 1e6, junction])
 
     def predict(self, ratios: dict[str, float], precisions: dict[str, str]) -> float:
         return self.fit(self.features(ratios, precisions))
-
 
 
 def _crossing_elements(sites: list[LayerSite], keys: list[LayerKey], removed: dict[str, int]) -> float:

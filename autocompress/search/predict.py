@@ -20,8 +20,8 @@ from autocompress.measure.latency_model import (
     LatencyModel,
     LatencyTable,
     all_keys,
-    layer_graph,
-    layer_keys,
+    find_junctions,
+    graph_of,
     wire_layers,
 )
 from autocompress.space import SearchSpace
@@ -46,7 +46,8 @@ class Predictor:
     def covers(self, ratios: dict[str, float], precisions: dict[str, str]) -> bool:
         """Whether the table holds every layer of this configuration (a uniform baseline may prune a group or set a
         precision the space does not offer)."""
-        return not self.model.table.missing(layer_keys(self.model.sites, self.space, ratios, precisions))
+        keys, joints = self.model.keys(ratios, precisions)
+        return not self.model.table.missing([*keys, *joints])
 
     def learn(self, ratios: dict[str, float], precisions: dict[str, str], ms: float) -> None:
         """A whole model measured on the device: the fit is made again with it."""
@@ -64,20 +65,22 @@ def build_predictor(baseline: torch.nn.Module, example: torch.Tensor, space: Sea
     the (uncalibrated) predictor and what building it cost."""
     t0 = time.perf_counter()
     sites = wire_layers(baseline, example, space)
-    keys = all_keys(sites, space)
+    junctions = find_junctions(baseline, example, sites)
+    keys = all_keys(sites, space, junctions)
     todo = table.missing(keys)
     if todo:
-        log(f"latency model: timing {len(todo)} one-layer graphs on the device ({len(keys) - len(todo)} cached)")
+        log(f"latency model: timing {len(todo)} layer and junction graphs on the device "
+            f"({len(keys) - len(todo)} cached)")
     for start in range(0, len(todo), CHUNK):
         chunk = todo[start:start + CHUNK]
-        graphs = [layer_graph(k, reduce_range=reduce_range) for k in chunk]
+        graphs = [graph_of(k, reduce_range=reduce_range) for k in chunk]
         table.record(chunk, time_graphs(graphs))
         done = start + len(chunk)
         if done % (8 * CHUNK) == 0 and done < len(todo):
             log(f"  latency model: {done}/{len(todo)} timed ({time.perf_counter() - t0:.0f} s)")
-    info = {"layers": len(sites), "entries": len(keys), "timed_now": len(todo),
+    info = {"layers": len(sites), "junctions": len(junctions), "entries": len(keys), "timed_now": len(todo),
             "seconds": round(time.perf_counter() - t0, 1)}
-    return Predictor(LatencyModel(sites, space, table), space), info
+    return Predictor(LatencyModel(sites, space, table, junctions=junctions), space), info
 
 
 def random_configs(space: SearchSpace, n: int, seed: int) -> list[tuple[dict, dict]]:
