@@ -2,6 +2,7 @@
 grid of uniform settings, as hypervolume of the (validation accuracy, latency) front vs trials.
 
     python benchmarks/search_quality.py [--budgets 20 40 80] [--seeds 0 1 2] [--runs benchmarks/runs]
+    python benchmarks/search_quality.py --runs benchmarks/runs/sq-imagenette --search-args "--model resnet18 ..."
 
 - default: `autocompress search` as shipped (TPE, warm start from the uniform baselines and the
   sensitivity scan);
@@ -17,8 +18,10 @@ latencies from the cache and show stage times no first search gets.
 
 Each run is a normal run directory under --runs, so an interrupted benchmark continues where it stopped
 (`--resume` of every incomplete run). The hypervolume after n trials comes from the run's own trials
-(in trial order) and its own FP32 baseline (autocompress.results.hypervolume). Writes
-benchmarks/search_quality.md, benchmarks/search_quality.json and benchmarks/search_quality.html (the plot).
+(in trial order) and its own FP32 baseline (autocompress.results.hypervolume). With the grid run, each
+search is also set against the best uniform configuration within 1 point of FP32 (the fastest one): the
+fastest trial at least as accurate, and its speed-up. Writes benchmarks/<--out>.md, .json and .html (the
+plot); --out is search_quality by default.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -68,13 +72,13 @@ def _complete(run: Path) -> bool:
     return meta.is_file() and json.loads(meta.read_text()).get("status") == "complete"
 
 
-def search_run(run: Path, budget: int, seed: int, method: str) -> Path:
+def search_run(run: Path, budget: int, seed: int, method: str, extra: list[str] = ()) -> Path:
     if _complete(run):
         return run
     if (run / "meta.json").is_file():
         _cli("search", "--resume", str(run), run=run)
         return run
-    args = ["search", "--budget", str(budget), "--seed", str(seed), "--out", str(run)]
+    args = ["search", "--budget", str(budget), "--seed", str(seed), "--out", str(run), *extra]
     if method == "random":
         cfg = run.parent / f"{run.name}.yaml"
         cfg.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +89,7 @@ def search_run(run: Path, budget: int, seed: int, method: str) -> Path:
     return run
 
 
-def grid_points(runs: Path, seed: int) -> list[tuple[float, float]]:
+def grid_points(runs: Path, seed: int, extra: list[str] = ()) -> list[tuple[float, float]]:
     """The uniform grid (`--sampler grid` over a space of ratios 0, 0.1, ..., 0.8 and fp32/int8): its points."""
     space = runs / "grid-space.yaml"
     space.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +101,7 @@ def grid_points(runs: Path, seed: int) -> list[tuple[float, float]]:
         else:
             print(f"  autocompress search --sampler grid --space {space} --seed {seed}", flush=True)
             _cli("search", "--sampler", "grid", "--budget", "1000", "--seed", str(seed), "--space", str(space),
-                 "--out", str(run), run=run)
+                 "--out", str(run), *extra, run=run)
     base = json.loads((run / "baselines.json").read_text())["fp32"]
     t = pd.read_csv(run / "trials.csv")
     t = t[t["state"] == "COMPLETE"]
@@ -118,6 +122,36 @@ def baseline_dominance(run: Path) -> list[str]:
     front = [r for r in rows if not any(dom(o, r) for o in rows if o is not r)]
     return [f"{k} > trial {int(r['trial'])}" for r in front for k, b in base.items()
             if b.get("state", "COMPLETE") == "COMPLETE" and dom(b, r)]
+
+
+def _normalised_rows(run: Path, label: str) -> list[dict]:
+    """The run's complete trials as {label, val, rel} with `rel` the latency over the run's own FP32 baseline's (runs
+    are measured in different windows: ratios to their own FP32 compare, milliseconds may not)."""
+    base = json.loads((run / "baselines.json").read_text())["fp32"]
+    t = pd.read_csv(run / "trials.csv")
+    t = t[(t["state"] == "COMPLETE") & (t["kind"] == "search")].dropna(subset=["val_accuracy", "latency_ms"])
+    return [{"label": f"{label} trial {int(r.trial)}", "val": float(r.val_accuracy),
+             "rel": float(r.latency_ms) / base["latency_ms"]} for r in t.itertuples()]
+
+
+def uniform_rows(grid_run: Path | None, run: Path) -> list[dict]:
+    """Every uniform configuration measured: the grid's (same ratio everywhere, fp32 or int8 everywhere) and the run's
+    own uniform baselines (FP32, int8, 25% and 50% pruned + int8)."""
+    base = json.loads((run / "baselines.json").read_text())
+    rows = [{"label": f"baseline {k}", "val": float(b["val_accuracy"]),
+             "rel": float(b["latency_ms"]) / base["fp32"]["latency_ms"]}
+            for k, b in base.items() if b.get("state", "COMPLETE") == "COMPLETE"]
+    return rows + (_normalised_rows(grid_run, "grid") if grid_run is not None else [])
+
+
+def beats_uniform(run: Path, uniform: list[dict], points: float = 1.0) -> dict:
+    """The best uniform configuration within `points` of FP32's validation accuracy (the fastest such), and the
+    fastest of the run's trials at least as accurate as it: the speed-up of that trial over it (FP32-relative)."""
+    fp32 = float(json.loads((run / "baselines.json").read_text())["fp32"]["val_accuracy"])
+    best_u = min((u for u in uniform if u["val"] >= fp32 - points), key=lambda u: u["rel"])
+    better = [r for r in _normalised_rows(run, "") if r["val"] >= best_u["val"]]
+    best = min(better, key=lambda r: r["rel"], default=None)
+    return {"uniform": best_u, "trial": best, "speedup": (best_u["rel"] / best["rel"]) if best else 0.0}
 
 
 def outside_finetune(run: Path) -> list[float]:
@@ -158,10 +192,15 @@ def main() -> None:
     ap.add_argument("--default-budget", type=int, default=None,
                     help="trials of the default search "
                     "(default: the largest budget; half of it is enough for the N vs 2N check)")
+    ap.add_argument("--search-args", default="",
+                    help="more `autocompress search` flags for every run, e.g. another model and dataset "
+                    "(its runs then go under --runs of their own)")
+    ap.add_argument("--out", default="search_quality", help="benchmarks/<out>.md, .json and .html")
     ap.add_argument("--keep-others", action="store_true",
                     help="methods not in --methods: "
                     "keep their results from the last search_quality.json, marked with its date")
     args = ap.parse_args()
+    extra = shlex.split(args.search_args)
     top = max(args.budgets)
     today = str(dt.date.today())
     results: dict = {"budgets": args.budgets, "seeds": args.seeds, "hv": {}, "curves": {},
@@ -170,20 +209,24 @@ def main() -> None:
         for seed in (args.grid_seeds or args.seeds) if method == "grid" else args.seeds:
             print(f"{method}, seed {seed}", flush=True)
             if method == "grid":
-                pts = grid_points(args.runs, seed)
+                pts = grid_points(args.runs, seed, extra)
                 results["hv"].setdefault("grid", {})[seed] = {n: hypervolume(pts) for n in args.budgets}
                 continue
             budget = top if method == "random" else (args.default_budget or top)
-            run = search_run(args.runs / f"{method}-s{seed}-b{budget}", budget, seed, method)
+            run = search_run(args.runs / f"{method}-s{seed}-b{budget}", budget, seed, method, extra)
             c = curve(run)
             results.setdefault("dominated", {}).setdefault(method, {})[seed] = baseline_dominance(run)
             results.setdefault("outside_finetune_s", {}).setdefault(method, {})[seed] = outside_finetune(run)
             results.setdefault("latency_sources", {}).setdefault(method, {})[seed] = latency_sources(run)
             results["curves"].setdefault(method, {})[seed] = c["hypervolume"].tolist()
+            if "grid" in args.methods:
+                grid_seed = seed if seed in (args.grid_seeds or args.seeds) else (args.grid_seeds or args.seeds)[0]
+                results.setdefault("vs_uniform", {}).setdefault(method, {})[seed] = beats_uniform(
+                    run, uniform_rows(args.runs / f"grid-s{grid_seed}", run))
             results["hv"].setdefault(method, {})[seed] = {
                 n: float(c["hypervolume"].iloc[n - 1]) if n <= len(c) else float("nan") for n in args.budgets
             }
-    kept = _keep_others(results, args.methods) if args.keep_others else []
+    kept = _keep_others(results, args.methods, HERE / f"{args.out}.json") if args.keep_others else []
     rows = []
     for method, by_seed in results["hv"].items():
         row = {"method": method}
@@ -192,12 +235,13 @@ def main() -> None:
             row[f"N={n}"] = ("not run" if any(np.isnan(vals))
                              else f"{np.median(vals):.3f} ({', '.join(f'{v:.3f}' for v in vals)})")
         rows.append(row)
-    lines = [f"# Search quality on the demo task ({dt.date.today()})", "",
+    lines = [f"# Search quality on {'the demo task' if not extra else args.search_args} ({dt.date.today()})", "",
              f"`python benchmarks/search_quality.py --budgets {' '.join(map(str, args.budgets))} "
              f"--seeds {' '.join(map(str, args.seeds))}"
              + (f" --grid-seeds {' '.join(map(str, args.grid_seeds))}" if args.grid_seeds else "")
              + (f" --default-budget {args.default_budget}" if args.default_budget else "")
-             + (f" --methods {' '.join(args.methods)} --keep-others" if kept else "") + "`: "
+             + (f" --methods {' '.join(args.methods)} --keep-others" if kept else "")
+             + (f" --runs {args.runs} --search-args {shlex.quote(args.search_args)}" if extra else "") + "`: "
              "hypervolume (median over seeds, then each seed) of the validation-accuracy / latency front "
              "after N trials, normalised "
              "to each run's FP32 baseline (see autocompress/results/hypervolume.py). "
@@ -214,6 +258,7 @@ def main() -> None:
                 r = np.median([results["hv"]["random"][s][2 * n] for s in args.seeds])
                 lines += ["", f"Default with {n} trials: {d:.3f}; random with {2 * n}: {r:.3f} -> "
                               f"{'default reaches it' if d >= r else 'default does NOT reach it'}."]
+    lines += _vs_uniform_lines(results.get("vs_uniform", {}))
     for method, by_seed in results.get("dominated", {}).items():
         found = [f"seed {seed}: {', '.join(d)}" for seed, d in by_seed.items() if d]
         lines += ["", f"Uniform baselines dominating a point of the {method} search's accuracy-latency front: "
@@ -232,22 +277,41 @@ def main() -> None:
             if src:
                 lines[-1] += (" Latencies measured / taken from the run's own cache (a configuration built again): "
                               + "; ".join(f"seed {seed}: {m} / {c}" for seed, (m, c) in src.items()) + ".")
-    (HERE / "search_quality.md").write_text("\n".join(lines) + "\n")
-    (HERE / "search_quality.json").write_text(json.dumps(results, indent=1) + "\n")
-    _plot(results, HERE / "search_quality.html")
+    (HERE / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    (HERE / f"{args.out}.json").write_text(json.dumps(results, indent=1) + "\n")
+    _plot(results, HERE / f"{args.out}.html")
     print("\n".join(lines))
 
 
-def _keep_others(results: dict, methods: list[str]) -> list[str]:
-    """Copy the results of the methods not run now from the last search_quality.json (seeds and budgets back to
+def _vs_uniform_lines(vs: dict) -> list[str]:
+    """Per method and seed: the fastest uniform configuration within 1 point of FP32, and the run's fastest trial at
+    least as accurate; the median speed-up and the 1.2x bar of issue 18."""
+    lines = []
+    for method, by_seed in vs.items():
+        lines += ["", f"**{method} vs the best uniform configuration** (the fastest within 1 point of FP32's "
+                      "validation accuracy; latency relative to each run's own FP32):", "",
+                  "| seed | best uniform | its val % / latency | fastest trial at least as accurate | val % / latency "
+                  "| speed-up |", "|---|---|---|---|---|---|"]
+        for seed, v in by_seed.items():
+            u, t = v["uniform"], v["trial"]
+            lines.append(f"| {seed} | {u['label']} | {u['val']:.2f} / {u['rel']:.3f} | "
+                         + (f"{t['label'].strip()} | {t['val']:.2f} / {t['rel']:.3f} | {v['speedup']:.2f}x |" if t
+                            else "none | - | - |"))
+        med = float(np.median([v["speedup"] for v in by_seed.values()]))
+        lines += ["", f"Median speed-up over the best uniform configuration: {med:.2f}x "
+                      f"({'meets' if med >= 1.2 else 'does NOT meet'} the 1.2x bar)."]
+    return lines
+
+
+def _keep_others(results: dict, methods: list[str], path: Path) -> list[str]:
+    """Copy the results of the methods not run now from the last results at `path` (seeds and budgets back to
     ints, as JSON made them strings); returns the methods kept."""
-    path = HERE / "search_quality.json"
     if not path.is_file():
         return []
     old = json.loads(path.read_text())
     kept = [m for m in old.get("hv", {}) if m not in methods]
     for m in kept:
-        for key in ("hv", "curves", "dominated", "outside_finetune_s", "latency_sources"):
+        for key in ("hv", "curves", "dominated", "outside_finetune_s", "latency_sources", "vs_uniform"):
             if m in old.get(key, {}):
                 results.setdefault(key, {})[m] = {
                     int(seed): ({int(n): v for n, v in val.items()} if key == "hv" else val)
