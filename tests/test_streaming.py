@@ -243,3 +243,37 @@ def test_api_records_the_preprocessing_the_users_datasets_apply(tmp_path):
     assert prep.splits.preprocessing == Preprocessing(9, 8, (0.1,), (0.3,), 1, normalize="given")
     with pytest.raises(ConfigError, match="is not a preprocessing"):
         plan(model, data, data, out=tmp_path / "run2", log=lambda _: None, preprocessing={"crop": 8})
+
+
+class _CollectingSource(torch.utils.data.Dataset):
+    """Each item runs a full garbage collection in the reader process, as a long epoch's allocations do, and is the
+    reader's private memory (kB) after it."""
+
+    def __len__(self) -> int:
+        return 128
+
+    def __getitem__(self, i: int):
+        import gc
+
+        gc.collect()
+        with open("/proc/self/smaps_rollup") as f:
+            private = sum(int(line.split()[1]) for line in f if line.startswith(("Private_Clean", "Private_Dirty")))
+        return torch.tensor([float(private)]), 0
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps_rollup"), reason="Linux /proc only")
+def test_reader_processes_do_not_copy_the_parents_python_heap():
+    """A reader forked from a worker with a large Python heap copies little of it when it collects garbage: the
+    parent's objects are frozen while its readers start. Compared in one run with readers forked the plain way
+    (here ~57 MB each against ~12 MB)."""
+    from torch.utils.data import DataLoader
+
+    from autocompress.tasks.splitting import Split
+
+    heap = [{"k": i, "v": str(i)} for i in range(2_000_000)]  # the parent's Python objects
+    source = _CollectingSource()
+    plain = [float(x) for x, _ in DataLoader(source, batch_size=8, num_workers=2) for x in x.flatten()]
+    split = Split(source, np.zeros(len(source), np.int64), workers=2)
+    frozen = [float(x) for x, _ in split.batches(8) for x in x.flatten()]
+    assert len(heap) == 2_000_000  # alive until the readers have run
+    assert max(frozen) < 0.5 * min(plain), (max(frozen) / 1024, min(plain) / 1024)

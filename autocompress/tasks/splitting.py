@@ -6,6 +6,7 @@ normalization, content-digest names) live in one place whatever the data source.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Literal, Mapping
@@ -108,7 +109,7 @@ class Split(Dataset):
         workers = 0 if getattr(self.source, "cheap", False) or len(order) < _FEW else self.workers
         loader = DataLoader(self, batch_size=batch_size, sampler=order.tolist(), num_workers=workers,
                             collate_fn=_collate)
-        yield from loader
+        yield from (_started_frozen(loader) if workers else loader)
 
     def images(self, n: int | None = None) -> torch.Tensor:
         """The first n images (all by default) as one tensor: for an example input or a small split."""
@@ -121,6 +122,17 @@ class Split(Dataset):
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self[0][0].shape)  # type: ignore[return-value]
+
+
+def _started_frozen(loader: DataLoader) -> Iterator:
+    """`loader`'s iterator, its reader processes forked while the garbage collector's objects are frozen: a full
+    collection in a reader would otherwise visit, and so copy, every page of the parent's Python heap (a trial
+    worker's holds torch, ONNX Runtime, Ray and Optuna), once per reader and epoch."""
+    gc.freeze()
+    try:
+        return iter(loader)
+    finally:
+        gc.unfreeze()  # the parent's objects collectable again; the readers keep their frozen copy
 
 
 def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
