@@ -12,7 +12,8 @@ One thing a layer timed alone cannot show is a pooling layer between two convolu
 integers, in its blocked float layout, or in plain NCHW floats depending on the precisions of the layers around it,
 and the last is several times slower (ResNet-18's stem max-pool costs about as much as three stem convolutions
 between a float stem and an int8 first block). So each such junction is timed as the graph producer -> pool ->
-consumer at every precision pair, less the two layers alone.
+consumer at every precision pair, less the two layers alone, all three timed together in interleaved passes (a
+difference of quick timings is only as good as the worst of them).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ import torch.nn as nn
 from autocompress.fileio import atomic_write_text
 
 __all__ = ["LayerSite", "LayerKey", "Junction", "JunctionKey", "wire_layers", "find_junctions", "layer_keys",
-           "junction_keys", "layer_graph", "junction_graph", "graph_of", "time_graph", "LatencyTable", "LatencyModel",
-           "Fit", "all_keys", "config_graph"]
+           "junction_keys", "layer_graph", "junction_graph", "junction_costs", "time_graph", "LatencyTable",
+           "LatencyModel", "Fit", "all_keys", "config_graph"]
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class Junction:
 @dataclass(frozen=True)
 class JunctionKey:
     """A junction at one configuration: the producer and the consumer as they are then (the consumer at its full
-    output width: the pool's cost does not depend on it). Its table entry is the pair graph's time."""
+    output width: the pool's cost does not depend on it). Its table entry is what the pool adds (`junction_cost`)."""
 
     junction: Junction
     producer: LayerKey
@@ -121,7 +122,7 @@ class JunctionKey:
         j = self.junction
         pool = (f"{j.op} k{'x'.join(map(str, j.kernel))} s{'x'.join(map(str, j.stride))} "
                 f"p{'x'.join(map(str, j.padding))} c{int(j.ceil_mode)} r{int(j.relu)} i{int(j.count_include_pad)}")
-        return f"junction {pool} | {self.producer.text()} | {self.consumer.text()}"
+        return f"junction cost {pool} | {self.producer.text()} | {self.consumer.text()}"
 
 
 def _pair(v) -> tuple[int, int]:
@@ -289,7 +290,8 @@ def _consumer_key(s: LayerSite, cin: int, precision: str) -> LayerKey:
 
 def all_keys(sites: list[LayerSite], space, junctions: list[Junction] = ()) -> list[LayerKey | JunctionKey]:
     """Every table entry the space can reach: each layer at each channel count its groups offer, at each precision
-    it may take (layers the space does not quantize stay fp32), and each junction's pairs with the layers alone."""
+    it may take (layers the space does not quantize stay fp32), and each junction at each producer width and
+    precision pair."""
     out: dict = {}
     for s in sites:
         out.update(dict.fromkeys(_site_keys(s, space)))
@@ -297,8 +299,7 @@ def all_keys(sites: list[LayerSite], space, junctions: list[Junction] = ()) -> l
     for j in junctions:
         for pk in _site_keys(by_name[j.producer], space):
             for p in _precisions_of(space).get(j.consumer, ["fp32"]):
-                jk = JunctionKey(j, pk, _consumer_key(by_name[j.consumer], pk.cout, p))
-                out.update(dict.fromkeys((jk.consumer, jk)))
+                out[JunctionKey(j, pk, _consumer_key(by_name[j.consumer], pk.cout, p))] = None
     return list(out)
 
 
@@ -393,13 +394,6 @@ def junction_graph(key: JunctionKey, *, reduce_range: bool = False) -> tuple[byt
     return _quantized(model, shape, {"a": key.producer.precision, "b": key.consumer.precision}, reduce_range), shape
 
 
-def graph_of(key: LayerKey | JunctionKey, *, reduce_range: bool = False) -> tuple[bytes, tuple[int, ...]]:
-    """The graph whose time is `key`'s table entry."""
-    if isinstance(key, JunctionKey):
-        return junction_graph(key, reduce_range=reduce_range)
-    return layer_graph(key, reduce_range=reduce_range)
-
-
 def time_graph(data: bytes, input_shape: tuple[int, ...], *, threads: int, batch: int = 1, sessions: int = 2,
                min_reps: int = 30, min_seconds: float = 0.02) -> float:
     """Median milliseconds of one run, the fastest of `sessions` fresh sessions: a quick timing for table entries
@@ -421,6 +415,19 @@ def time_graph(data: bytes, input_shape: tuple[int, ...], *, threads: int, batch
             samples.append((time.perf_counter_ns() - t0) / 1e6)
         medians.append(statistics.median(samples))
     return min(medians)
+
+
+JUNCTION_PASSES = 3  # interleaved passes over a chunk's graphs; each graph's fastest pass counts
+
+
+def junction_costs(keys: list[JunctionKey], time_graphs, *, reduce_range: bool = False) -> list[float]:
+    """What each junction's pool adds (ms): its pair graph's time less its producer's and consumer's alone, the
+    three timed in the same passes (`time_graphs`: a list of (graph, input shape) -> ms each)."""
+    graphs = [g for k in keys for g in (junction_graph(k, reduce_range=reduce_range),
+                                        layer_graph(k.producer, reduce_range=reduce_range),
+                                        layer_graph(k.consumer, reduce_range=reduce_range))]
+    best = np.min([time_graphs(graphs) for _ in range(JUNCTION_PASSES)], axis=0)
+    return [float(best[3 * i] - best[3 * i + 1] - best[3 * i + 2]) for i in range(len(keys))]
 
 
 def config_graph(model: nn.Module, example: torch.Tensor, space, ratios: dict[str, float],
@@ -473,8 +480,8 @@ class LatencyTable:
         return sum(self.entries[k.text()] for k in keys)
 
     def junction_cost(self, key: JunctionKey) -> float:
-        """What the pool adds between its two layers: the pair graph's time less the two layers' alone."""
-        return self.entries[key.text()] - self.entries[key.producer.text()] - self.entries[key.consumer.text()]
+        """What the pool adds between its two layers (`junction_costs`)."""
+        return self.entries[key.text()]
 
 
 # The fit's features, per configuration: a constant (the model's own overhead), the table's sums per precision, the

@@ -17,11 +17,13 @@ import torch
 
 from autocompress.measure.latency_model import (
     Fit,
+    JunctionKey,
     LatencyModel,
     LatencyTable,
     all_keys,
     find_junctions,
-    graph_of,
+    junction_costs,
+    layer_graph,
     wire_layers,
 )
 from autocompress.space import SearchSpace
@@ -71,13 +73,17 @@ def build_predictor(baseline: torch.nn.Module, example: torch.Tensor, space: Sea
     if todo:
         log(f"latency model: timing {len(todo)} layer and junction graphs on the device "
             f"({len(keys) - len(todo)} cached)")
-    for start in range(0, len(todo), CHUNK):
-        chunk = todo[start:start + CHUNK]
-        graphs = [graph_of(k, reduce_range=reduce_range) for k in chunk]
-        table.record(chunk, time_graphs(graphs))
+    layers = [k for k in todo if not isinstance(k, JunctionKey)]
+    joints = [k for k in todo if isinstance(k, JunctionKey)]
+    for start in range(0, len(layers), CHUNK):
+        chunk = layers[start:start + CHUNK]
+        table.record(chunk, time_graphs([layer_graph(k, reduce_range=reduce_range) for k in chunk]))
         done = start + len(chunk)
         if done % (8 * CHUNK) == 0 and done < len(todo):
             log(f"  latency model: {done}/{len(todo)} timed ({time.perf_counter() - t0:.0f} s)")
+    for start in range(0, len(joints), CHUNK // 4):  # each junction is 3 graphs timed in 3 passes
+        chunk = joints[start:start + CHUNK // 4]
+        table.record(chunk, junction_costs(chunk, time_graphs, reduce_range=reduce_range))
     info = {"layers": len(sites), "junctions": len(junctions), "entries": len(keys), "timed_now": len(todo),
             "seconds": round(time.perf_counter() - t0, 1)}
     return Predictor(LatencyModel(sites, space, table, junctions=junctions), space), info
