@@ -205,6 +205,7 @@ def main() -> None:
     today = str(dt.date.today())
     results: dict = {"budgets": args.budgets, "seeds": args.seeds, "hv": {}, "curves": {},
                      "dates": {m: today for m in args.methods}}
+    searched: dict[tuple[str, int], Path] = {}  # (method, seed) -> its run
     for method in args.methods:
         for seed in (args.grid_seeds or args.seeds) if method == "grid" else args.seeds:
             print(f"{method}, seed {seed}", flush=True)
@@ -219,13 +220,16 @@ def main() -> None:
             results.setdefault("outside_finetune_s", {}).setdefault(method, {})[seed] = outside_finetune(run)
             results.setdefault("latency_sources", {}).setdefault(method, {})[seed] = latency_sources(run)
             results["curves"].setdefault(method, {})[seed] = c["hypervolume"].tolist()
-            if "grid" in args.methods:
-                grid_seed = seed if seed in (args.grid_seeds or args.seeds) else (args.grid_seeds or args.seeds)[0]
-                results.setdefault("vs_uniform", {}).setdefault(method, {})[seed] = beats_uniform(
-                    run, uniform_rows(args.runs / f"grid-s{grid_seed}", run))
+            searched[(method, seed)] = run
             results["hv"].setdefault(method, {})[seed] = {
                 n: float(c["hypervolume"].iloc[n - 1]) if n <= len(c) else float("nan") for n in args.budgets
             }
+    if "grid" in args.methods:  # each search against the uniform configurations (the grid's run is done now)
+        grid_seeds = args.grid_seeds or args.seeds
+        for (method, seed), run in searched.items():
+            grid_run = args.runs / f"grid-s{seed if seed in grid_seeds else grid_seeds[0]}"
+            results.setdefault("vs_uniform", {}).setdefault(method, {})[seed] = beats_uniform(
+                run, uniform_rows(grid_run, run))
     kept = _keep_others(results, args.methods, HERE / f"{args.out}.json") if args.keep_others else []
     rows = []
     for method, by_seed in results["hv"].items():
