@@ -73,7 +73,8 @@ def _anchors(space) -> list[tuple[str, dict, dict]]:
 def evaluate_run(run: Path, n_random: int, seed: int) -> dict:
     from autocompress.measure.cache import cache_dir
     from autocompress.measure.latency import LatencyMeter
-    from autocompress.measure.latency_model import Fit, LatencyTable, config_graph, time_graph
+    from autocompress.measure.latency_model import Fit, LatencyTable
+    from autocompress.measure.layers import config_graph, time_graph
     from autocompress.pipeline.quantize import quant_format_for
     from autocompress.search.device import fingerprint
     from autocompress.search.predict import PROXIES, build_predictor, random_configs

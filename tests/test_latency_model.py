@@ -5,29 +5,23 @@ tests/test_search_e2e.py."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from autocompress.measure.latency_model import (
-    FEATURES,
-    Fit,
+from autocompress.measure.junctions import (
     Junction,
     JunctionKey,
-    LatencyTable,
-    LayerKey,
-    all_keys,
     find_junctions,
     junction_costs,
     junction_graph,
     junction_keys,
-    layer_graph,
-    layer_keys,
-    time_graph,
-    wire_layers,
 )
+from autocompress.measure.latency_model import FEATURES, Fit, LatencyTable, all_keys
+from autocompress.measure.layers import LayerKey, layer_graph, layer_keys, time_graph, wire_layers
 from autocompress.pipeline.prune import find_groups, prune_model
 from autocompress.search.predict import random_configs
 from autocompress.space import SpaceFile, build_space
@@ -214,7 +208,7 @@ def test_a_pool_between_a_float_stem_and_an_int8_block_costs_what_the_pair_graph
     entry shows it; a layer table alone would not (the cost would read about 0)."""
     conv1 = LayerKey("conv", 3, 64, (7, 7), (2, 2), (3, 3), (1, 1), 1, (96, 96), "fp32")
     junction = Junction("conv1", "block", "MaxPool", (3, 3), (2, 2), (1, 1), relu=True)
-    keys = [JunctionKey(junction, LayerKey(**{**conv1.__dict__, "precision": producer}),
+    keys = [JunctionKey(junction, replace(conv1, precision=producer),
                         LayerKey("conv", 64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, (24, 24), consumer))
             for producer, consumer in (("fp32", "int8"), ("int8", "int8"))]
     table = LatencyTable()

@@ -96,7 +96,7 @@ class Device:
 
     def time_graphs(self, graphs: list[tuple[bytes, tuple[int, ...]]]) -> list[float]:
         """Quick timings (ms) of small graphs: the latency model's layer table (measure/latency_model.py)."""
-        from autocompress.measure.latency_model import time_graph
+        from autocompress.measure.layers import time_graph
 
         s = self.meter.settings
         out = []

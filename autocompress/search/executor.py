@@ -195,7 +195,7 @@ class InProcessExecutor:
         return scan(self.baseline, self.splits, space, reduce_range=reduce_range, threads=self.threads)
 
     def time_graphs(self, graphs: list[tuple[bytes, tuple[int, ...]]]) -> list[float]:
-        from autocompress.measure.latency_model import time_graph
+        from autocompress.measure.layers import time_graph
 
         return [time_graph(data, shape, threads=1) for data, shape in graphs]
 

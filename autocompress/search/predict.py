@@ -15,17 +15,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from autocompress.measure.latency_model import (
-    Fit,
-    JunctionKey,
-    LatencyModel,
-    LatencyTable,
-    all_keys,
-    find_junctions,
-    junction_costs,
-    layer_graph,
-    wire_layers,
-)
+from autocompress.measure.junctions import JunctionKey, find_junctions, junction_costs
+from autocompress.measure.latency_model import Fit, LatencyModel, LatencyTable, all_keys
+from autocompress.measure.layers import layer_graph, wire_layers
 from autocompress.space import SearchSpace
 
 __all__ = ["Predictor", "build_predictor", "calibrate_on_proxies", "random_configs", "prediction_errors", "CHUNK",
@@ -101,7 +93,7 @@ def calibrate_on_proxies(predictor: Predictor, baseline: torch.nn.Module, exampl
     """Measure `n` random configurations built from the baseline without training (the same graphs, so the same
     latency, as trials of those configurations) and fit on them: the baselines alone are all-int8 or all-fp32 and
     say nothing of mixed precisions. Returns the seconds spent."""
-    from autocompress.measure.latency_model import config_graph
+    from autocompress.measure.layers import config_graph
 
     t0 = time.perf_counter()
     for ratios, precisions in random_configs(predictor.space, n, seed):
@@ -131,7 +123,7 @@ class SlowChoice:
 def _group_costs(model: LatencyModel, space: SearchSpace, group, kept: int) -> list[float]:
     """The table time of `group`'s layers with `kept` channels: one figure per context (the other groups at each
     uniform level of pruning, every layer at fp32 then at int8 where allowed)."""
-    from autocompress.measure.latency_model import LayerKey
+    from autocompress.measure.layers import LayerKey
 
     touching = [s for s in model.sites if group.name in {n for n, _ in (*s.in_per, *s.out_per)}]
     allowed = {layer.name: layer.precisions for layer in space.layers}
