@@ -8,10 +8,11 @@ graph the space can reach, timed; its cost is reported), then whole models are m
 - the anchors a search has before its first trial: the 4 uniform baselines (FP32, int8, 25% and 50% pruned +
   int8) and the 12 random configurations the search measures to calibrate (`search/predict.py`, same seed);
 - every configuration the run's trials tried, then `--random` other configurations drawn from the space.
-Each is built from the untrained model (`config_graph`: the same graph as the trial's artifact, so the same
-latency). Reported, over the trials' and random configurations: the error |predicted - measured| / measured of
-the fit on the anchors alone; of the fit on every model measured before (as a search predicts each trial when it
-proposes it); of the fit on all other models (leave one out); and of the raw table sum (no fit).
+Each is built from the run's trained baseline without fine-tuning (`config_graph`: the same graph as the
+trial's artifact, so the same latency). Reported, over the trials' and random configurations: the error
+|predicted - measured| / measured of the fit on the anchors alone; of the fit on every model measured before
+(as a search predicts each trial when it proposes it); of the fit on all other models (leave one out); and of
+the raw table sum (no fit).
 Writes benchmarks/latency_model.md and benchmarks/latency_model.json.
 """
 
@@ -38,7 +39,21 @@ def _setup(run: Path):
     cfg = load_resume_config(run)
     splits = dataset_of_config(cfg)
     prep = prepare(cfg, splits, cfg.model, resume=True)
-    return cfg, prep.model, prep.space, splits.val.images(1)
+    return cfg, _trained(cfg, splits), prep.space, splits.val.images(1)
+
+
+def _trained(cfg, splits) -> torch.nn.Module:
+    """The run's trained FP32 baseline (cached): whole models are built from it, as the search builds its proxies
+    and trials. An untrained model's folded biases are all zero, the exporter shares one initializer among them,
+    and ONNX Runtime then runs the float convolutions that read the shared, dequantized bias outside its blocked
+    layout, twice as slow as in a trial's artifact."""
+    from autocompress.tasks.baseline import baseline_path, load_cached
+
+    cached = load_cached(baseline_path(cfg.model, splits, cfg.baseline, cfg.seed), cfg.model, splits)
+    if cached is None:
+        sys.exit(f"no cached baseline for {cfg.model} on {cfg.dataset}: run the search (or `autocompress search "
+                 f"--resume`) once first, with the same AUTOCOMPRESS_CACHE")
+    return cached[0]
 
 
 def _configs(run: Path, space, n_random: int, seed: int) -> list[tuple[str, dict]]:
