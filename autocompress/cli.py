@@ -68,6 +68,7 @@ def search(
     no_progress: bool = typer.Option(False, "--no-progress", help=SEARCH_HELP["no_progress"]),
     trial_timeout: Optional[float] = typer.Option(None, "--trial-timeout", help=SEARCH_HELP["trial_timeout"]),
     early_stop: Optional[float] = typer.Option(None, "--early-stop", help=SEARCH_HELP["early_stop"]),
+    multi_fidelity: Optional[float] = typer.Option(None, "--multi-fidelity", help=SEARCH_HELP["multi_fidelity"]),
     no_sensitivity: bool = typer.Option(False, "--no-sensitivity", help=SEARCH_HELP["no_sensitivity"]),
     confirm_rounds: Optional[int] = typer.Option(None, "--confirm-rounds", help=SEARCH_HELP["confirm_rounds"]),
     no_latency_cache: bool = typer.Option(False, "--no-latency-cache", help=SEARCH_HELP["no_latency_cache"]),
@@ -91,7 +92,7 @@ def search(
                          train_device=train_device, gpus_per_trial=gpus_per_trial)
             overrides = dict(latency_cache=False if no_latency_cache else None,
                              latency_model=latency_model, target_latency_ms=target_latency_ms,
-                             early_stop_points=early_stop,
+                             early_stop_points=early_stop, multi_fidelity_points=multi_fidelity,
                              confirm_rounds=confirm_rounds, sensitivity=False if no_sensitivity else None,
                              trial_timeout_s=trial_timeout, input_size=crop_flag(crop, input_size, ctx),
                              resize=resize, normalize=normalize, mean=floats_flag("--mean", mean),

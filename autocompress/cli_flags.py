@@ -85,6 +85,12 @@ SEARCH_HELP = {
         "below FP32's (default 0: never; off by default because a one-epoch check misjudged trials that "
         "finished at 99%)."
     ),
+    "multi_fidelity": (
+        "Stop a trial's fine-tune halfway when a finished trial measured at least as fast as this one is predicted "
+        "(by the latency model, which it needs) was more than this many points more accurate at the same point "
+        "(default 0: never). Off by default until benchmarks/search_quality.py shows it finds the same front in "
+        "less time."
+    ),
     "no_sensitivity": (
         "Skip the per-layer sensitivity scan (each group pruned alone, each layer quantized alone, no "
         "fine-tune; cached per model) that narrows the space and warm-starts the sampler."

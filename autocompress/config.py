@@ -178,6 +178,9 @@ class SearchConfig(_Strict):
     warm_start: bool = True  # enqueue uniform configurations first
     # stop a fine-tune this far below FP32 halfway through (0: never)
     early_stop_points: float = Field(default=0.0, ge=0, le=100)
+    # stop a fine-tune halfway when a finished trial measured at least as fast as it is predicted was more than
+    # this many points better at the same point (0: never; needs the latency model)
+    multi_fidelity_points: float = Field(default=0.0, ge=0, le=100)
     # scan each group / layer alone first (cached): narrows the space and warm-starts the sampler
     sensitivity: bool = True
     baseline: TrainConfig = TrainConfig(epochs=15, lr=0.1)
@@ -196,6 +199,12 @@ class SearchConfig(_Strict):
         if self.target_latency_ms is not None and not self.latency_model:
             raise ValueError("target_latency_ms needs the latency model to predict each configuration before it "
                              "is built; drop --no-latency-model (latency_model: false)")
+        if self.multi_fidelity_points > 0 and not self.latency_model:
+            raise ValueError("multi_fidelity_points needs the latency model to predict each trial's latency before it "
+                             "trains; drop --no-latency-model (latency_model: false)")
+        if self.multi_fidelity_points > 0 and self.sampler == "grid":
+            raise ValueError("multi_fidelity_points does not apply to the grid sampler (every uniform configuration "
+                             "finished, the reference); drop one of them")
         if self.target_latency_ms is not None and self.sampler == "grid":
             raise ValueError("target_latency_ms does not apply to the grid sampler (every uniform configuration, "
                              "the reference); drop one of them")

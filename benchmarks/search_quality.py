@@ -3,10 +3,14 @@ grid of uniform settings, as hypervolume of the (validation accuracy, latency) f
 
     python benchmarks/search_quality.py [--budgets 20 40 80] [--seeds 0 1 2] [--runs benchmarks/runs]
     python benchmarks/search_quality.py --runs benchmarks/runs/sq-imagenette --search-args "--model resnet18 ..."
+    python benchmarks/search_quality.py --budgets 20 40 --methods default multifidelity
 
 - default: `autocompress search` as shipped (TPE, warm start from the uniform baselines and the
   sensitivity scan);
 - random: `--sampler random` with no warm start and no scan (pure random search over the same space);
+- multifidelity: the default search with `--multi-fidelity 1.0` (a trial stops halfway when a finished trial
+  measured at least as fast as it is predicted was more than a point better then); compare it with default by
+  the per-run table (hypervolume at the end, trials stopped, seconds), since a stopped trial counts in the budget;
 - grid: `--sampler grid` over a space of ratios {0, 0.1, ..., 0.8} x {fp32, int8}: every group pruned by
   the same ratio and every layer at the same precision, each distinct model once (ratios that round to the
   same channel counts build one model), through the same pipeline and measurement.
@@ -84,6 +88,8 @@ def search_run(run: Path, budget: int, seed: int, method: str, extra: list[str] 
         cfg.parent.mkdir(parents=True, exist_ok=True)
         cfg.write_text("sampler: random\nwarm_start: false\nsensitivity: false\n")
         args += ["--config", str(cfg)]
+    elif method == "multifidelity":
+        args += ["--multi-fidelity", "1.0"]
     print(f"  autocompress {' '.join(args)}", flush=True)
     _cli(*args, run=run)
     return run
@@ -175,6 +181,20 @@ def latency_sources(run: Path) -> list[int]:
     return [int((src == "measured").sum()), int(src.str.startswith("cache").sum())]
 
 
+def run_summary(run: Path) -> dict:
+    """What a run cost and found: trials complete / stopped halfway, its hypervolume at the end, its search seconds
+    (meta.json spent_seconds: every session, after the FP32 baseline), the wall seconds of its last session and the
+    seconds its trials spent fine-tuning."""
+    meta = json.loads((run / "meta.json").read_text())
+    t = pd.read_csv(run / "trials.csv")
+    ran = t[~t["state"].isin(["DUPLICATE", "SKIPPED"])]
+    c = curve(run)
+    return {"complete": int(meta.get("trials_complete", 0)), "stopped": int(meta.get("trials_stopped_early", 0)),
+            "hypervolume": float(c["hypervolume"].iloc[-1]) if len(c) else 0.0,
+            "search_s": float(meta.get("spent_seconds", 0.0)), "wall_s": float(meta.get("wall_seconds", 0.0)),
+            "finetune_s": round(float(ran["t_finetune"].sum()), 1) if "t_finetune" in ran.columns else 0.0}
+
+
 def curve(run: Path) -> pd.DataFrame:
     base = json.loads((run / "baselines.json").read_text())["fp32"]
     return hypervolume_curve(pd.read_csv(run / "trials.csv"), base)
@@ -219,6 +239,7 @@ def main() -> None:
             results.setdefault("dominated", {}).setdefault(method, {})[seed] = baseline_dominance(run)
             results.setdefault("outside_finetune_s", {}).setdefault(method, {})[seed] = outside_finetune(run)
             results.setdefault("latency_sources", {}).setdefault(method, {})[seed] = latency_sources(run)
+            results.setdefault("runs", {}).setdefault(method, {})[seed] = run_summary(run)
             results["curves"].setdefault(method, {})[seed] = c["hypervolume"].tolist()
             searched[(method, seed)] = run
             results["hv"].setdefault(method, {})[seed] = {
@@ -262,6 +283,7 @@ def main() -> None:
                 r = np.median([results["hv"]["random"][s][2 * n] for s in args.seeds])
                 lines += ["", f"Default with {n} trials: {d:.3f}; random with {2 * n}: {r:.3f} -> "
                               f"{'default reaches it' if d >= r else 'default does NOT reach it'}."]
+    lines += _run_lines(results.get("runs", {}))
     lines += _vs_uniform_lines(results.get("vs_uniform", {}))
     for method, by_seed in results.get("dominated", {}).items():
         found = [f"seed {seed}: {', '.join(d)}" for seed, d in by_seed.items() if d]
@@ -285,6 +307,23 @@ def main() -> None:
     (HERE / f"{args.out}.json").write_text(json.dumps(results, indent=1) + "\n")
     _plot(results, HERE / f"{args.out}.html")
     print("\n".join(lines))
+
+
+def _run_lines(runs: dict) -> list[str]:
+    """Per method and seed: trials complete and stopped, the hypervolume at the end and the seconds it took (a
+    multi-fidelity search stops trials that count in its budget: it has to match the hypervolume in less time)."""
+    if not runs:
+        return []
+    lines = ["", "**Each run**: trials complete / stopped halfway, hypervolume after its last trial, search seconds "
+                 "(every session, after the FP32 baseline: uniform baselines, scan, latency model and trials), wall "
+                 "seconds of its last session, seconds its trials spent fine-tuning:", "",
+             "| method | seed | complete | stopped | hypervolume | search s | wall s | fine-tune s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for method, by_seed in runs.items():
+        for seed, r in by_seed.items():
+            lines.append(f"| {method} | {seed} | {r['complete']} | {r['stopped']} | {r['hypervolume']:.3f} | "
+                         f"{r['search_s']:.0f} | {r['wall_s']:.0f} | {r['finetune_s']:.0f} |")
+    return lines
 
 
 def _vs_uniform_lines(vs: dict) -> list[str]:
@@ -315,7 +354,7 @@ def _keep_others(results: dict, methods: list[str], path: Path) -> list[str]:
     old = json.loads(path.read_text())
     kept = [m for m in old.get("hv", {}) if m not in methods]
     for m in kept:
-        for key in ("hv", "curves", "dominated", "outside_finetune_s", "latency_sources", "vs_uniform"):
+        for key in ("hv", "curves", "dominated", "outside_finetune_s", "latency_sources", "vs_uniform", "runs"):
             if m in old.get(key, {}):
                 results.setdefault(key, {})[m] = {
                     int(seed): ({int(n): v for n, v in val.items()} if key == "hv" else val)
@@ -330,7 +369,7 @@ def _plot(results: dict, path: Path) -> None:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    colors = {"default": "#2563eb", "random": "#dc2626"}
+    colors = {"default": "#2563eb", "random": "#dc2626", "multifidelity": "#16a34a"}
     for method, by_seed in results["curves"].items():
         for seed, c in by_seed.items():
             fig.add_trace(go.Scatter(x=list(range(1, len(c) + 1)), y=c, mode="lines",

@@ -978,9 +978,11 @@ def test_run_pipeline_stops_a_hopeless_fine_tune_after_its_first_epoch(trained_r
     stopped = run_pipeline(trained_resnet20, digits, TrialSpec(**spec, stop_below=101.0), threads=2)
     assert isinstance(stopped, StoppedEarly) and stopped.epochs_done == 1  # halfway of 3
     assert 0 <= stopped.val_accuracy <= 100
-    assert stopped.threshold == 101.0 and "finetune" in stopped.stage_seconds
+    assert stopped.threshold == 101.0 and stopped.epochs_planned == 3 and "finetune" in stopped.stage_seconds
     full = run_pipeline(trained_resnet20, digits, TrialSpec(**spec, stop_below=0.0), threads=2)
     assert not isinstance(full, StoppedEarly) and full.val_accuracy > 0
+    # a trial that cleared the bar says where it stood halfway (--multi-fidelity holds later trials to it)
+    assert full.halfway_accuracy is not None and 0 < full.halfway_accuracy <= 100
 
 
 def test_uniform_configuration_keeps_the_channels_the_ratio_itself_would():

@@ -12,16 +12,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from autocompress.config import LatencyConfig
+from autocompress.config import LatencyConfig, TrainConfig
 from autocompress.measure.latency import measure_latency
 from autocompress.pipeline.prune import find_groups
 from autocompress.pipeline.trial import TrialSpec
-from autocompress.results.records import TrialState
+from autocompress.results.records import ArtifactFigures, LatencyFigures, TrialRecord, TrialState
 from autocompress.results.rundir import RunDir
 from autocompress.search.baselines import baseline_spec, run_baselines
 from autocompress.search.executor import InProcessExecutor
 from autocompress.search.layers import quantizable_layers
-from autocompress.search.scheduler import Limits, Scheduler, model_key
+from autocompress.search.scheduler import Limits, Rung, Scheduler, model_key, rung
 from autocompress.search.state import LatencyBook, RunState
 from autocompress.search.study import distributions
 from autocompress.space import SpaceFile, build_space
@@ -65,19 +65,27 @@ def setup():
 
 
 def _search(tmp_path, setup, *, budget: int, concurrency: int = 1, seed: int = 0, enqueue=(), broken=None,
-            predictor=None, target_ms=None):
-    """A search of `budget` trials; `broken` params get a precision the quantizer rejects (a failing trial)."""
+            predictor=None, target_ms=None, finetune=None, multi_fidelity=0.0, bars=None, hopeless=None):
+    """A search of `budget` trials; `broken` params get a precision the quantizer rejects (a failing trial),
+    `hopeless` params a fine-tune at a learning rate of 1e-6 (it learns nothing); `bars`, a list, receives each
+    submitted trial's halfway bar."""
     model, splits, space = setup
     executor = InProcessExecutor(model, splits, concurrency=concurrency,
                                  measure=lambda b: measure_latency(b, splits.input_shape, LIGHT).as_dict())
     state = RunState(RunDir(tmp_path), meta={})
     book = LatencyBook(None)
 
-    def make_spec(params: dict) -> TrialSpec:
+    def make_spec(params: dict, stop_below: float | None) -> TrialSpec:
         ratios, precisions = space.decode(params)
         if broken is not None and all(params.get(k) == v for k, v in broken.items()):
             precisions = {n: "int3" for n in precisions}
-        return TrialSpec(ratios, precisions, None, space.round_to, space.min_channels)
+        ft = finetune
+        if hopeless is not None and all(params.get(k) == v for k, v in hopeless.items()):
+            ft = finetune.model_copy(update={"lr": 1e-6})
+        if bars is not None:
+            bars.append(stop_below)
+        return TrialSpec(ratios, precisions, ft, space.round_to, space.min_channels, stop_below=stop_below,
+                         check_halfway=multi_fidelity > 0)
 
     run_baselines(["fp32"], state=state, executor=executor, space=space, latency=book,
                   make_spec=lambda b: baseline_spec(b, space, None, 0, False), concurrency=1, log=lambda s: None)
@@ -89,7 +97,7 @@ def _search(tmp_path, setup, *, budget: int, concurrency: int = 1, seed: int = 0
     scheduler = Scheduler(study, distributions(space), space, executor, state,
                           Limits(concurrency=concurrency, trials=budget),
                           make_spec=make_spec, latency=book, line=lines.append, predictor=predictor,
-                          target_ms=target_ms)
+                          target_ms=target_ms, multi_fidelity_points=multi_fidelity)
     scheduler.run(lambda: False)
     executor.close()
     return scheduler, study, state, lines
@@ -170,3 +178,72 @@ def test_a_latency_target_skips_what_the_latency_model_predicts_over_it(tmp_path
     assert any(x.startswith("trial 0: skipped: predicted") for x in lines)
     # a budget of 1: the skipped proposal did not count, the next one was built
     assert len(recs) == 2 and recs[1].state is TrialState.COMPLETE and recs[1].predicted_ms == pytest.approx(fast)
+
+
+def _finished(trial: int, ms: float, halfway: float | None, **kw) -> TrialRecord:
+    art = ArtifactFigures(val_accuracy=99.0, test_accuracy=99.0, torch_test_accuracy=99.0, size_bytes=1000, sha256="",
+                          onnx="", int8_requested=0, int8_on_integer_kernel=0, kernels="")
+    return TrialRecord(trial, TrialState.COMPLETE, {}, artifact=art, latency=LatencyFigures(ms, ms, ms, 50),
+                       halfway_accuracy=halfway, **kw)
+
+
+def test_the_rung_is_set_by_the_best_halfway_accuracy_among_finished_trials_at_least_as_fast():
+    """--multi-fidelity's rule: a trial is held to the halfway accuracy (less the margin) of finished trials measured
+    at least as fast as it is predicted; a slower, more accurate trial does not count against it."""
+    fast, slow = _finished(0, 0.20, 97.0), _finished(1, 0.30, 99.5)
+    assert rung([fast, slow], predicted=0.25, margin=1.0) == Rung(96.0, 0, 0.20, 97.0)
+    assert rung([fast, slow], predicted=0.20, margin=1.0).trial == 0  # as fast counts
+    assert rung([fast, slow], predicted=0.35, margin=1.0) == Rung(98.5, 1, 0.30, 99.5)
+    assert rung([fast, slow], predicted=0.19, margin=1.0) is None  # nothing finished is as fast
+    assert rung([fast, slow], predicted=None, margin=1.0) is None  # no prediction: the trial runs in full
+    # what did not fine-tune on this schedule, or has no halfway figure, sets no bar
+    others = [_finished(2, 0.1, 100.0, duplicate_of=0), _finished(3, 0.1, 100.0, reused="baseline-int8"),
+              _finished(4, 0.1, None), TrialRecord(5, TrialState.STOPPED, {}, halfway_accuracy=100.0)]
+    assert rung(others, predicted=0.25, margin=1.0) is None
+    assert rung([*others, fast], predicted=0.25, margin=1.0).trial == 0
+    # recorded on disk, and a row written before the field existed still loads
+    row = fast.to_row()
+    assert row["halfway_accuracy"] == 97.0 and TrialRecord.from_row(row) == fast
+    del row["halfway_accuracy"]
+    assert TrialRecord.from_row(row).halfway_accuracy is None
+
+
+def test_multi_fidelity_stops_a_trial_a_finished_trial_as_fast_beat_halfway(tmp_path, setup):
+    """Every trial fine-tunes (8 epochs) and checks its accuracy after 4. Trial 2 is the first proposed after the
+    study heard of trial 0 (at concurrency 1, trial 1 is proposed while trial 0 is being measured), so it is held to
+    trial 0's halfway accuracy less the margin when the latency model (real, timed on this host) predicts it no
+    faster than trial 0 measured; it learns nothing, so it stops: STOPPED naming trial 0, its halfway accuracy
+    recorded, told to Optuna as pruned, counted in the budget."""
+    from autocompress.measure.latency_model import LatencyTable
+    from autocompress.search.predict import build_predictor
+
+    model, splits, space = setup
+    executor = InProcessExecutor(model, splits, measure=lambda b: {})
+    predictor, _ = build_predictor(model, splits.val.images(1), space, LatencyTable(), executor.time_graphs,
+                                   reduce_range=False, log=lambda s: None)
+    executor.close()
+    # trial 0 the fastest on this toy (pruned fp32), trial 2 the slowest (pruned int8: its Quantize/Dequantize cost
+    # more than its microseconds of convolution)
+    configs = [space.uniform(0.5, "fp32"), space.uniform(0.0, "int8"), space.uniform(0.5, "int8")]
+    bars: list = []
+    _, study, state, lines = _search(tmp_path, setup, budget=3, enqueue=configs, predictor=predictor,
+                                     finetune=TrainConfig(epochs=8, lr=0.3, batch_size=8, kd_alpha=0.0),
+                                     multi_fidelity=1.0, bars=bars, hopeless=configs[2])
+    recs = state.records
+    assert len(recs) == 3 and all(r.halfway_accuracy is not None and 0 <= r.halfway_accuracy <= 100
+                                  for r in recs.values())
+    assert recs[0].state is TrialState.COMPLETE and recs[1].state is TrialState.COMPLETE
+    assert recs[0].halfway_accuracy > 50  # learnt (25% is chance), so the hopeless trial falls short by far
+    assert bars[:2] == [None, None]
+    if recs[0].latency.median_ms > recs[2].predicted_ms:
+        pytest.skip(f"this host measured trial 0 ({recs[0].latency.median_ms:.4f} ms) slower than trial 2 was "
+                    f"predicted ({recs[2].predicted_ms:.4f} ms): the toy's layers take microseconds")
+    assert bars[2] == pytest.approx(recs[0].halfway_accuracy - 1.0)
+    stopped = recs[2]
+    assert stopped.state is TrialState.STOPPED and stopped.halfway_accuracy < bars[2] and stopped.artifact is None
+    assert stopped.error == (f"stopped halfway: val {stopped.halfway_accuracy:.2f}% after 4 of 8 fine-tune epochs; "
+                             f"trial 0, measured {recs[0].latency.median_ms:.3f} ms <= predicted "
+                             f"{stopped.predicted_ms:.3f} ms, had {recs[0].halfway_accuracy:.2f}% then (more than 1 "
+                             "points better)")
+    assert study.trials[2].state.name == "PRUNED"
+    assert lines[-1].startswith("trial 2: STOPPED: stopped halfway")

@@ -56,9 +56,11 @@ def _check_run(run, n_trials: int) -> None:
 @pytest.mark.slow
 def test_search_local_ray_then_report_and_pick(tmp_path):
     run = tmp_path / "run"
-    # measured, not taken from the latency cache (earlier tests may have measured the same graphs)
+    # measured, not taken from the latency cache (earlier tests may have measured the same graphs); with
+    # --multi-fidelity at a margin no trial falls short of (every trial runs in full), and 1.5 fine-tune epochs so
+    # that there is a halfway point (after the first epoch) to check
     res = run_cli("search", "--budget", "3", "--out", str(run), "--no-latency-cache", *FAST_FLAGS, "--baselines", ALL,
-                  "--confirm-rounds", "2", "--latency-model")
+                  "--confirm-rounds", "2", "--latency-model", "--multi-fidelity", "100", "--finetune-epochs", "1.5")
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"report: {run / 'report.html'}" in res.stdout
     _check_run(run, 3)
@@ -92,6 +94,9 @@ def test_search_local_ray_then_report_and_pick(tmp_path):
     assert rows["latency_predicted_ms"].gt(0).all(), rows.get("latency_predicted_ms")
     assert lm["errors"]["n"] >= 1 and lm["errors"]["worst_pct"] < 50, lm
     assert "Latency model: predicted vs measured" in (run / "report.html").read_text()
+    # --multi-fidelity: every trial that fine-tuned recorded its validation accuracy halfway
+    tuned = rows[rows["reused"].isna()] if "reused" in rows.columns else rows
+    assert len(tuned) and tuned["halfway_accuracy"].between(0, 100).all(), rows.get("halfway_accuracy")
 
     # report rebuilds from stored files alone
     (run / "report.html").unlink()

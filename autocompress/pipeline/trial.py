@@ -36,7 +36,9 @@ class TrialSpec:
     min_channels: int = 8
     seed: int = 0
     reduce_range: bool = False  # 7-bit int8 weights (quant_format_for the device)
-    stop_below: float | None = None  # early stop: validation accuracy (%) after the first fine-tune epoch below this
+    stop_below: float | None = None  # early stop: validation accuracy (%) halfway through the fine-tune below this
+    # evaluate validation accuracy halfway even with no stop_below (--multi-fidelity: later trials are held to it)
+    check_halfway: bool = False
     # also evaluate the PyTorch counterpart on val (benchmarks/parity.py); a search checks test only
     parity_val: bool = False
     train_device: str = "cpu"  # where the fine-tune runs (pipeline/devices.py); everything else stays on the CPU
@@ -45,12 +47,13 @@ class TrialSpec:
 
 @dataclass
 class StoppedEarly:
-    """A trial whose fine-tune was stopped after its first epoch: clearly worse than worth finishing."""
+    """A trial whose fine-tune was stopped halfway: clearly worse than worth finishing."""
 
-    val_accuracy: float  # of the PyTorch (fake-quant) model after the first epoch
+    val_accuracy: float  # of the PyTorch (fake-quant) model halfway through the fine-tune
     epochs_done: int
     threshold: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    epochs_planned: float = 0.0  # the fine-tune's full length (TrainConfig.epochs)
 
 
 @dataclass
@@ -69,6 +72,8 @@ class TrialOutput:
     requested_int8: list[str]
     op_counts: dict[str, int]
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # validation accuracy (%) of the PyTorch (fake-quant) model halfway through its fine-tune, when it was checked
+    halfway_accuracy: float | None = None
 
 
 class _Stop(Exception):
@@ -103,18 +108,18 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *,
     lap("prune")
 
     # qmodel computes what the ORT artifact will
+    halfway: list[float] = []  # the halfway validation accuracy, when checked
     with fake_quantized(model, spec.precisions, reduce_range=spec.reduce_range) as qmodel:
         if spec.finetune is not None and spec.finetune.epochs > 0:
-            first: list[float] = []
-
             check_after = max(1, int(spec.finetune.epochs // 2))  # halfway: the one-cycle schedule's peak is past
+            checked = spec.stop_below is not None or spec.check_halfway
 
             def check(epoch: int, loss: float) -> None:
-                # the cheap check: halfway through, a model this far below the baseline is not worth the rest
-                if epoch + 1 == check_after and spec.stop_below is not None and spec.finetune.epochs > check_after:
-                    first.append(evaluate(qmodel, splits.val))
+                # the cheap check: halfway through, a model this far below the bar is not worth the rest
+                if epoch + 1 == check_after and checked and spec.finetune.epochs > check_after:
+                    halfway.append(evaluate(qmodel, splits.val))
                     qmodel.train()
-                    if first[0] < spec.stop_below:
+                    if spec.stop_below is not None and halfway[0] < spec.stop_below:
                         raise _Stop
 
             try:
@@ -122,10 +127,13 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *,
                       on_epoch=check, device=spec.train_device, augment=splits.augment)
             except _Stop:
                 lap("finetune")
-                return StoppedEarly(first[0], check_after, float(spec.stop_below), lap.times)
+                return StoppedEarly(halfway[0], check_after, float(spec.stop_below), lap.times,
+                                    epochs_planned=float(spec.finetune.epochs))
         lap("finetune")
 
-    return build_artifact(model, splits, spec, kept, lap=lap, threads=threads)
+    out = build_artifact(model, splits, spec, kept, lap=lap, threads=threads)
+    out.halfway_accuracy = halfway[0] if halfway else None
+    return out
 
 
 def build_artifact(model: torch.nn.Module, splits: Splits, spec: TrialSpec, kept: dict[str, tuple[int, int]], *,

@@ -114,6 +114,8 @@ class TrialRecord:
     reused: str | None = None  # `baseline-<name>`: this trial's model is that baseline's
     model_key: str | None = None  # baselines: the identity of the model they built
     predicted_ms: float | None = None  # the latency model's figure, made before the trial trained
+    # validation accuracy (%, PyTorch) halfway through the fine-tune, when checked (--early-stop, --multi-fidelity)
+    halfway_accuracy: float | None = None
 
     @property
     def measured(self) -> bool:
@@ -150,6 +152,8 @@ class TrialRecord:
             row.update({col: getattr(self.latency, f) for f, col in _CONFIRM_COLUMNS})
         if self.predicted_ms is not None:
             row["latency_predicted_ms"] = self.predicted_ms
+        if self.halfway_accuracy is not None:
+            row["halfway_accuracy"] = self.halfway_accuracy
         for key in ("duplicate_of", "reused", "model_key"):
             if getattr(self, key) is not None:
                 row[key] = getattr(self, key)
@@ -169,5 +173,5 @@ class TrialRecord:
             stage_seconds={k[2:]: v for k, v in row.items() if k.startswith("t_")},
             channels={k.split(":", 1)[1]: v for k, v in row.items() if k.startswith("channels:")},
             duplicate_of=row.get("duplicate_of"), reused=row.get("reused"), model_key=row.get("model_key"),
-            predicted_ms=row.get("latency_predicted_ms"),
+            predicted_ms=row.get("latency_predicted_ms"), halfway_accuracy=row.get("halfway_accuracy"),
         )

@@ -218,13 +218,16 @@ def _latency_book(cfg: SearchConfig, state: RunState) -> LatencyBook:
     return LatencyBook(cache)
 
 
-def _spec_maker(prep: Prepared, reduce_range: bool, train_device: str) -> Callable[[dict], TrialSpec]:
+def _spec_maker(prep: Prepared, reduce_range: bool, train_device: str) -> Callable[[dict, float | None], TrialSpec]:
+    """(params, halfway bar or None) -> the trial's spec. With --multi-fidelity every trial checks its accuracy
+    halfway, bar or not: later trials are held to it."""
     cfg, space = prep.config, prep.space
 
     def make_spec(params: dict, stop_below: float | None = None) -> TrialSpec:
         ratios, precisions = space.decode(params)
         return TrialSpec(ratios, precisions, cfg.finetune, space.round_to, space.min_channels, cfg.seed,
-                         reduce_range, stop_below, train_device=train_device, criterion=space.criterion(params))
+                         reduce_range, stop_below, check_halfway=cfg.multi_fidelity_points > 0,
+                         train_device=train_device, criterion=space.criterion(params))
 
     return make_spec
 
@@ -287,9 +290,9 @@ def _scheduler(prep: Prepared, state: RunState, executor: Executor, latency: Lat
     deadline = (state.t_search + max(0.0, cfg.budget.seconds - state.spent_before)) if cfg.budget.seconds else None
     limits = Limits(concurrency=cfg.concurrency, trials=cfg.budget.trials, deadline=deadline,
                     max_proposals=len(grid) if grid else None, trial_timeout_s=cfg.trial_timeout_s)
-    return Scheduler(study, distributions(space), space, executor, state, limits,
-                     make_spec=lambda params: make_spec(params, stop_below), latency=latency,
-                     early_stop_points=cfg.early_stop_points)
+    return Scheduler(study, distributions(space), space, executor, state, limits, make_spec=make_spec,
+                     latency=latency, early_stop_points=cfg.early_stop_points, stop_below=stop_below,
+                     multi_fidelity_points=cfg.multi_fidelity_points)
 
 
 def _run_trials(scheduler: Scheduler, state: RunState, interrupt: Interrupt, bar: Progress) -> None:

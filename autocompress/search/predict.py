@@ -196,7 +196,8 @@ def setup_predictor(prep, state, executor, baseline: torch.nn.Module, reduce_ran
         return _build(prep, state, executor, baseline, reduce_range, log)
     except Exception as e:  # noqa: BLE001 - the search runs without predictions
         log(f"  latency model failed ({describe_error(e)}): the search goes on without predictions"
-            + ("; --target-latency-ms is ignored" if prep.config.target_latency_ms else ""))
+            + ("; --target-latency-ms is ignored" if prep.config.target_latency_ms else "")
+            + ("; --multi-fidelity stops no trial" if prep.config.multi_fidelity_points else ""))
         state.meta["latency_model"] = {"failed": describe_error(e)}
         state.rd.write_json(state.rd.meta, state.meta)
         return None

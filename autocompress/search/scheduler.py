@@ -8,7 +8,9 @@ lives on the `Scheduler`. What it guarantees:
   within its sessions), and the record is on disk before the study hears of it;
 - what the sampler knows when it proposes does not depend on timing: the study hears of a result only once
   `concurrency` later trials have been asked for, so a seed proposes the same configurations;
-- a failing trial or measurement, or one past the per-trial timeout, is a FAIL record; the search goes on.
+- a failing trial or measurement, or one past the per-trial timeout, is a FAIL record; the search goes on;
+- with --multi-fidelity, a trial stops halfway through its fine-tune when a finished trial measured at least as
+  fast as it is predicted was clearly more accurate at that point (`rung`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from autocompress.pipeline.prune import kept_channels
 from autocompress.pipeline.trial import StoppedEarly, TrialOutput, TrialSpec
@@ -26,7 +28,7 @@ from autocompress.search.executor import Executor
 from autocompress.search.state import LatencyBook, RunState, record_of
 from autocompress.space import SearchSpace
 
-__all__ = ["Scheduler", "Limits", "model_key", "config_columns", "MAX_REPEATS"]
+__all__ = ["Scheduler", "Limits", "Rung", "rung", "model_key", "config_columns", "MAX_REPEATS"]
 
 MAX_REPEATS = 50  # proposals of already-measured configurations in a row after which the space counts as exhausted
 # proposals skipped as over --target-latency-ms in a row after which the target counts as out of reach (a skip costs
@@ -66,6 +68,36 @@ class Limits:
     trial_timeout_s: float = 1800.0
 
 
+@dataclass(frozen=True)
+class Rung:
+    """The bar a trial's halfway validation accuracy must clear to finish its fine-tune, and the finished trial
+    that set it."""
+
+    threshold: float  # %: a halfway accuracy below this stops the trial
+    trial: int  # the finished trial that set it
+    latency_ms: float  # its measured latency: at most the trial's predicted one
+    accuracy: float  # its own halfway accuracy (the threshold plus the margin)
+
+
+def rung(records: Iterable[TrialRecord], predicted: float | None, margin: float) -> Rung | None:
+    """The halfway bar of a trial predicted to take `predicted` ms: the best halfway accuracy, less `margin` points,
+    of the finished, measured trials at least as fast as that (repeats and reused baselines left out: they did not
+    fine-tune). None without a prediction or such a trial: the trial runs in full.
+
+    Why only those: a trial can only leave the accuracy-latency front if something at least as fast is more
+    accurate, so a more accurate but slower trial says nothing against it. Why halfway: every trial fine-tunes on
+    the same schedule, so accuracies at the same point of it compare fairly (not with the end of another's)."""
+    if predicted is None:
+        return None
+    rivals = [r for r in records
+              if r.state is TrialState.COMPLETE and r.measured and r.duplicate_of is None and r.reused is None
+              and r.halfway_accuracy is not None and r.latency.median_ms <= predicted]
+    if not rivals:
+        return None
+    best = max(rivals, key=lambda r: (r.halfway_accuracy, -r.trial))  # a tie: the earlier trial
+    return Rung(best.halfway_accuracy - margin, best.trial, best.latency.median_ms, best.halfway_accuracy)
+
+
 @dataclass
 class _Proposal:
     trial: Any  # optuna.Trial
@@ -75,6 +107,7 @@ class _Proposal:
     out: TrialOutput | None = None
     seconds: float = 0.0  # the pipeline's wall time (without the measurement)
     predicted: float | None = None  # the latency model's figure (ms), made when proposed
+    rung: Rung | None = None  # --multi-fidelity: its halfway bar, set when proposed
 
 
 @dataclass
@@ -85,10 +118,12 @@ class Scheduler:
     executor: Executor
     state: RunState
     limits: Limits
-    make_spec: Callable[[dict], TrialSpec]
+    make_spec: Callable[[dict, float | None], TrialSpec]  # (params, halfway bar or None) -> the trial to run
     latency: LatencyBook
     line: Callable[[str], None] = print  # one line per finished trial
     early_stop_points: float = 0.0  # for the message of an early-stopped trial
+    stop_below: float | None = None  # --early-stop: one halfway bar for every trial (FP32's val minus the points)
+    multi_fidelity_points: float = 0.0  # --multi-fidelity: the margin of each proposal's `rung` (0: off)
     predictor: Any = None  # search.predict.Predictor: each proposal's latency before it trains, or None
     target_ms: float | None = None  # --target-latency-ms: proposals predicted over it (with TARGET_SLACK) are skipped
     running: dict = field(default_factory=dict)  # handle -> _Proposal whose pipeline runs
@@ -159,8 +194,13 @@ class Scheduler:
     # ------------------------------------------------------------------ propose and submit
     def _submit(self, p: _Proposal) -> None:
         p.t0 = time.perf_counter()
-        self.running[self.executor.submit_trial(self.make_spec(p.params))] = p
+        self.running[self.executor.submit_trial(self.make_spec(p.params, self._stop_below(p)))] = p
         self.in_flight[p.key] = p.trial.number
+
+    def _stop_below(self, p: _Proposal) -> float | None:
+        """A proposal's halfway bar: the higher of --early-stop's and its rung's; None: it runs in full."""
+        bars = [b for b in (self.stop_below, p.rung.threshold if p.rung else None) if b is not None]
+        return max(bars, default=None)
 
     def _submit_queued(self) -> None:
         while self.to_run and len(self.running) < self.limits.concurrency:
@@ -172,9 +212,18 @@ class Scheduler:
             trial = self.study.ask(self.distributions)
             self.asked.append(trial)
             params = dict(trial.params)
+            predicted = self._predict(params)
             self._place(_Proposal(trial, params, model_key(self.space, *self.space.decode(params),
                                                            self.space.criterion(params)),
-                                  predicted=self._predict(params)))
+                                  predicted=predicted, rung=self._rung(predicted)))
+
+    def _rung(self, predicted: float | None) -> Rung | None:
+        """From the trials the study has heard of, not those that happen to have finished: a seed sets the same
+        bars, and so stops the same trials, whatever the timing."""
+        if self.multi_fidelity_points <= 0:
+            return None
+        known = (r for n, r in self.state.records.items() if n not in self.untold)
+        return rung(known, predicted, self.multi_fidelity_points)
 
     def _predict(self, params: dict) -> float | None:
         if self.predictor is None:
@@ -259,7 +308,8 @@ class Scheduler:
             return TrialRecord(p.trial.number, TrialState.FAIL, choices, duration_s=p.seconds, error=describe_error(e))
         if isinstance(out, StoppedEarly):
             return TrialRecord(p.trial.number, TrialState.STOPPED, choices, duration_s=p.seconds,
-                               stage_seconds=dict(out.stage_seconds), error=_stopped_text(out, self.early_stop_points))
+                               stage_seconds=dict(out.stage_seconds), error=self._stopped_text(p, out),
+                               halfway_accuracy=round(out.val_accuracy, 4))
         lat = self.latency.cached(out.onnx_bytes)
         if lat is None:  # measured in the background; the record is written when the figure arrives
             p.out, p.t0 = out, now
@@ -267,6 +317,12 @@ class Scheduler:
             return None
         out.stage_seconds["measure"] = 0.0
         return self._complete(p, out, lat)
+
+    def _stopped_text(self, p: _Proposal, out: StoppedEarly) -> str:
+        """Which bar stopped it: its rung (naming the trial that set it) or --early-stop's."""
+        if p.rung is not None and (self.stop_below is None or p.rung.threshold >= self.stop_below):
+            return _rung_text(out, p.rung, p.predicted, self.multi_fidelity_points)
+        return _stopped_text(out, self.early_stop_points)
 
     def _measured(self, p: _Proposal, handle, ready: set, now: float) -> TrialRecord:
         assert p.out is not None
@@ -370,3 +426,9 @@ class Scheduler:
 def _stopped_text(out: StoppedEarly, points: float) -> str:
     return (f"stopped early: {out.val_accuracy:.2f}% validation accuracy (PyTorch) after {out.epochs_done} "
             f"fine-tune epoch(s), below {out.threshold:.2f}% (FP32 - {points:g} points)")
+
+
+def _rung_text(out: StoppedEarly, r: Rung, predicted: float | None, points: float) -> str:
+    return (f"stopped halfway: val {out.val_accuracy:.2f}% after {out.epochs_done} of {out.epochs_planned:g} "
+            f"fine-tune epochs; trial {r.trial}, measured {r.latency_ms:.3f} ms <= predicted {predicted:.3f} ms, "
+            f"had {r.accuracy:.2f}% then (more than {points:g} points better)")

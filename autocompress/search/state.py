@@ -78,7 +78,8 @@ def record_of(number: int, out: TrialOutput, latency: LatencyFigures, onnx: str,
                       p99_ms=round(latency.p99_ms, 4))
     return TrialRecord(trial=number, state=TrialState.COMPLETE, choices=choices, kind=kind, duration_s=seconds,
                        artifact=artifact, latency=latency, stage_seconds=dict(out.stage_seconds),
-                       channels={g: after for g, (_, after) in out.kept.items()})
+                       channels={g: after for g, (_, after) in out.kept.items()},
+                       halfway_accuracy=None if out.halfway_accuracy is None else round(out.halfway_accuracy, 4))
 
 
 @dataclass(frozen=True)
