@@ -76,6 +76,7 @@ def search(
                                                       help=SEARCH_HELP["target_latency_ms"]),
     latency_model: Optional[bool] = typer.Option(None, "--latency-model/--no-latency-model",
                                                  help=SEARCH_HELP["latency_model"]),
+    screen: Optional[bool] = typer.Option(None, "--screen/--no-screen", help=SEARCH_HELP["screen"]),
     dry_run: bool = typer.Option(False, "--dry-run", help=SEARCH_HELP["dry_run"]),
     verbose: bool = typer.Option(False, "--verbose", help=SEARCH_HELP["verbose"]),
 ) -> None:
@@ -91,7 +92,7 @@ def search(
                          ray_address=ray_address, concurrency=concurrency, sampler=sampler, device=device,
                          train_device=train_device, gpus_per_trial=gpus_per_trial)
             overrides = dict(latency_cache=False if no_latency_cache else None,
-                             latency_model=latency_model, target_latency_ms=target_latency_ms,
+                             latency_model=latency_model, screen=screen, target_latency_ms=target_latency_ms,
                              early_stop_points=early_stop, multi_fidelity_points=multi_fidelity,
                              confirm_rounds=confirm_rounds, sensitivity=False if no_sensitivity else None,
                              trial_timeout_s=trial_timeout, input_size=crop_flag(crop, input_size, ctx),

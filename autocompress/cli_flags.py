@@ -104,6 +104,10 @@ SEARCH_HELP = {
     "target_latency_ms": ("Build only configurations the latency model predicts within this latency (ms, with 15% "
                           "slack for its error); the others are skipped before they train, at no cost, and the "
                           "sampler learns to avoid them. Pick among the results with `pick --max-latency-ms`."),
+    "screen": ("Skip, unbuilt, each proposal the latency model predicts more than 15% slower than a model already "
+               "measured that keeps at least its channels in every group and every layer at least as precise (on by "
+               "default): it could not be more accurate and would be slower, so its fine-tune is saved. Needs the "
+               "latency model; never with --sampler grid."),
     "latency_model": ("Predict each trial's latency before it trains (on by default): every layer is timed alone on "
                       "the device at each channel count and precision the space offers (once per device, cached), "
                       "fitted to whole models measured, and the prediction is shown beside the measured figure."),

@@ -7,7 +7,9 @@ grid of uniform settings, as hypervolume of the (validation accuracy, latency) f
 
 - default: `autocompress search` as shipped (TPE, warm start from the uniform baselines and the
   sensitivity scan);
-- random: `--sampler random` with no warm start and no scan (pure random search over the same space);
+- random: `--sampler random` with no warm start, no scan and no screening (pure random search over the space);
+- noscreen: the default search with `--no-screen` (every proposal built, even one the latency model predicts
+  slower than a measured model with at least its channels and precisions);
 - multifidelity: the default search with `--multi-fidelity 1.0` (a trial stops halfway when a finished trial
   measured at least as fast as it is predicted was more than a point better then); compare it with default by
   the per-run table (hypervolume at the end, trials stopped, seconds), since a stopped trial counts in the budget;
@@ -86,10 +88,12 @@ def search_run(run: Path, budget: int, seed: int, method: str, extra: list[str] 
     if method == "random":
         cfg = run.parent / f"{run.name}.yaml"
         cfg.parent.mkdir(parents=True, exist_ok=True)
-        cfg.write_text("sampler: random\nwarm_start: false\nsensitivity: false\n")
+        cfg.write_text("sampler: random\nwarm_start: false\nsensitivity: false\nscreen: false\n")
         args += ["--config", str(cfg)]
     elif method == "multifidelity":
         args += ["--multi-fidelity", "1.0"]
+    elif method == "noscreen":
+        args += ["--no-screen"]
     print(f"  autocompress {' '.join(args)}", flush=True)
     _cli(*args, run=run)
     return run
@@ -369,7 +373,7 @@ def _plot(results: dict, path: Path) -> None:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    colors = {"default": "#2563eb", "random": "#dc2626", "multifidelity": "#16a34a"}
+    colors = {"default": "#2563eb", "random": "#dc2626", "multifidelity": "#16a34a", "noscreen": "#9333ea"}
     for method, by_seed in results["curves"].items():
         for seed, c in by_seed.items():
             fig.add_trace(go.Scatter(x=list(range(1, len(c) + 1)), y=c, mode="lines",

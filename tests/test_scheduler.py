@@ -65,7 +65,8 @@ def setup():
 
 
 def _search(tmp_path, setup, *, budget: int, concurrency: int = 1, seed: int = 0, enqueue=(), broken=None,
-            predictor=None, target_ms=None, finetune=None, multi_fidelity=0.0, bars=None, hopeless=None):
+            predictor=None, target_ms=None, finetune=None, multi_fidelity=0.0, bars=None, hopeless=None,
+            screen=False):
     """A search of `budget` trials; `broken` params get a precision the quantizer rejects (a failing trial),
     `hopeless` params a fine-tune at a learning rate of 1e-6 (it learns nothing); `bars`, a list, receives each
     submitted trial's halfway bar."""
@@ -97,7 +98,7 @@ def _search(tmp_path, setup, *, budget: int, concurrency: int = 1, seed: int = 0
     scheduler = Scheduler(study, distributions(space), space, executor, state,
                           Limits(concurrency=concurrency, trials=budget),
                           make_spec=make_spec, latency=book, line=lines.append, predictor=predictor,
-                          target_ms=target_ms, multi_fidelity_points=multi_fidelity)
+                          target_ms=target_ms, multi_fidelity_points=multi_fidelity, screen=screen)
     scheduler.run(lambda: False)
     executor.close()
     return scheduler, study, state, lines
@@ -247,3 +248,34 @@ def test_multi_fidelity_stops_a_trial_a_finished_trial_as_fast_beat_halfway(tmp_
                              "points better)")
     assert study.trials[2].state.name == "PRUNED"
     assert lines[-1].startswith("trial 2: STOPPED: stopped halfway")
+
+
+def test_screening_skips_a_proposal_predicted_slower_than_a_measured_model_that_covers_it(tmp_path, setup):
+    """Uniform int8 has FP32's channels at lower precision: if the latency model (real, timed on this host) predicts it
+    more than the slack slower than FP32 measured, it is skipped unbuilt, naming the FP32 baseline, not counted in the
+    budget, told to the study as pruned; with screening off the same proposal is built."""
+    from autocompress.measure.latency_model import LatencyTable
+    from autocompress.search.predict import build_predictor
+    from autocompress.search.screen import SCREEN_SLACK
+
+    model, splits, space = setup
+    executor = InProcessExecutor(model, splits, measure=lambda b: {})
+    predictor, _ = build_predictor(model, splits.val.images(1), space, LatencyTable(), executor.time_graphs,
+                                   reduce_range=False, log=lambda s: None)
+    executor.close()
+    int8 = space.uniform(0.0, "int8")
+    _, study, state, lines = _search(tmp_path / "on", setup, budget=1, enqueue=[int8], predictor=predictor,
+                                     screen=True)
+    fp32_ms, first = state.baselines["fp32"].latency.median_ms, state.records[0]
+    if first.predicted_ms <= fp32_ms * (1 + SCREEN_SLACK):
+        pytest.skip(f"on this host uniform int8 is predicted {first.predicted_ms:.4f} ms, within the slack of FP32's "
+                    f"measured {fp32_ms:.4f} ms: nothing to screen")
+    assert first.state is TrialState.SKIPPED and first.artifact is None
+    assert first.error == (f"skipped: predicted {first.predicted_ms:.3f} ms, slower than baseline fp32 "
+                           f"({fp32_ms:.3f} ms measured), which keeps at least its channels, each layer at least as "
+                           "precise")
+    assert study.trials[0].state.name == "PRUNED" and any(x.startswith("trial 0: skipped") for x in lines)
+    # a budget of 1: the skipped proposal did not count, the next one was built
+    assert len(state.records) >= 2 and state.records[max(state.records)].state is TrialState.COMPLETE
+    _, _, off, _ = _search(tmp_path / "off", setup, budget=1, enqueue=[int8], predictor=predictor, screen=False)
+    assert off.records[0].state is TrialState.COMPLETE

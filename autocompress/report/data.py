@@ -48,7 +48,7 @@ def load_report_data(rd: RunDir) -> ReportData:
     table = rd.read_table() if rd.trials_csv.is_file() else pd.DataFrame(columns=["trial", "state"])
     pareto = pareto_front(table) if len(table) else table
     done = table[table["state"] == "COMPLETE"] if len(table) else table
-    # skipped proposals (over --target-latency-ms) were never built: not failures, counted apart in the report
+    # skipped proposals (over --target-latency-ms, or screened) were never built: not failures, counted apart
     failed = table[~table["state"].isin(["COMPLETE", "DUPLICATE", "SKIPPED"])] if len(table) else table
     from autocompress.final import final_models
 

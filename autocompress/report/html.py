@@ -96,12 +96,19 @@ def _summary_cards(data: ReportData) -> str:
                    f"{int((failed['state'] == 'STOPPED').sum()) if len(failed) else 0} stopped early · "
                    f"{int((failed['state'] != 'STOPPED').sum()) if len(failed) else 0} failed",
          f"{data.meta.get('budget', '')} budget · {data.meta.get('wall_seconds', '?')} s wall"
-         + (f" · {data.meta['trials_skipped']} skipped, predicted over the "
-            f"{data.meta.get('target_latency_ms')} ms target" if data.meta.get("trials_skipped") else "")),
+         + (f" · {data.meta['trials_skipped']} skipped unbuilt ({_skip_reason(data.meta)})"
+            if data.meta.get("trials_skipped") else "")),
     ]
     return "".join(f"<div class='card'>{t}<b>{v}</b><span class='sub'>{s}</span></div>"
                    for c in cards if c for t, v, s in [c])
 
+
+
+def _skip_reason(meta: dict) -> str:
+    """Why proposals were skipped before they were built: over the latency target, or screened (search.screen)."""
+    target = meta.get("target_latency_ms")
+    screened = "slower than a measured model with their channels and precisions"
+    return f"predicted over the {target:g} ms target, or {screened}" if target else f"predicted {screened}"
 
 def _pareto_plot(data: ReportData) -> str:
     if not len(data.done):

@@ -59,6 +59,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             warm = _guarded_sensitivity(prep, state, executor, baseline.model, reduce_range, log)
             scheduler = _scheduler(prep, state, executor, latency, make_spec, warm, log)
             scheduler.predictor, scheduler.target_ms = predictor, cfg.target_latency_ms
+            scheduler.screen = cfg.screen and cfg.sampler != "grid"
             with Interrupt(log) as interrupt, Progress(cfg.budget.trials, cfg.budget.seconds, progress, log) as bar:
                 scheduler.line = bar.trial_line
                 _run_trials(scheduler, state, interrupt, bar)

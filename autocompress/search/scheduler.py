@@ -25,6 +25,7 @@ from autocompress.pipeline.trial import StoppedEarly, TrialOutput, TrialSpec
 from autocompress.results.records import TrialRecord, TrialState
 from autocompress.search.cluster import describe_error
 from autocompress.search.executor import Executor
+from autocompress.search.screen import Dominator, dominator
 from autocompress.search.state import LatencyBook, RunState, record_of
 from autocompress.space import SearchSpace
 
@@ -126,6 +127,7 @@ class Scheduler:
     multi_fidelity_points: float = 0.0  # --multi-fidelity: the margin of each proposal's `rung` (0: off)
     predictor: Any = None  # search.predict.Predictor: each proposal's latency before it trains, or None
     target_ms: float | None = None  # --target-latency-ms: proposals predicted over it (with TARGET_SLACK) are skipped
+    screen: bool = False  # skip proposals predicted slower than a measured model that covers them (search.screen)
     running: dict = field(default_factory=dict)  # handle -> _Proposal whose pipeline runs
     measuring: dict = field(default_factory=dict)  # handle -> _Proposal whose latency is being measured
     in_flight: dict[str, int] = field(default_factory=dict)  # model key -> the trial running or measured for it
@@ -237,7 +239,7 @@ class Scheduler:
 
     def _place(self, p: _Proposal) -> None:
         """Run a new model; or take the result of a baseline or earlier trial that built it; or wait for it; or skip
-        it, unbuilt, when it is predicted over the latency target."""
+        it, unbuilt, when it is predicted over the latency target or slower than a measured model that covers it."""
         owner = self.seen.get(p.key)
         if isinstance(owner, str):  # a baseline built this model: a free, counted trial
             self._record(p, self._reused_baseline(p, owner))
@@ -249,17 +251,35 @@ class Scheduler:
             self.waiting.setdefault(p.key, []).append(p)
             self._count_repeat()
         elif self._over_target(p):
-            rec = self._record(p, TrialRecord(p.trial.number, TrialState.SKIPPED, config_columns(self.space, p.params),
-                                              error=f"skipped: predicted {p.predicted:.3f} ms, over the target "
-                                                    f"{self.target_ms:g} ms"))
-            self.line(f"trial {rec.trial}: {rec.error}")
-            self.skips_in_a_row += 1
-            if self.skips_in_a_row == MAX_SKIPS:
-                self.line(f"the last {MAX_SKIPS} proposals were all predicted over the {self.target_ms:g} ms target: "
-                          "stopping (raise --target-latency-ms, or widen the space)")
+            self._skip(p, f"skipped: predicted {p.predicted:.3f} ms, over the target {self.target_ms:g} ms")
+        elif (dom := self._dominator(p)) is not None:
+            self._skip(p, f"skipped: predicted {p.predicted:.3f} ms, slower than {dom.text()} ({dom.latency_ms:.3f} ms "
+                          "measured), which keeps at least its channels, each layer at least as precise")
         else:
             self.repeats_in_a_row = self.skips_in_a_row = 0
             self._submit(p)
+
+    def _skip(self, p: _Proposal, why: str) -> None:
+        """Recorded SKIPPED, unbuilt: it costs no fine-tune and does not count in the budget."""
+        rec = self._record(p, TrialRecord(p.trial.number, TrialState.SKIPPED, config_columns(self.space, p.params),
+                                          error=why))
+        self.line(f"trial {rec.trial}: {rec.error}")
+        self.skips_in_a_row += 1
+        if self.skips_in_a_row == MAX_SKIPS:
+            self.line(f"the last {MAX_SKIPS} proposals were all skipped unbuilt: stopping (raise --target-latency-ms, "
+                      "or widen the space)")
+
+    def _dominator(self, p: _Proposal) -> Dominator | None:
+        """With screening on: the measured model (baseline, or trial the study has heard of: a seed skips the same
+        proposals whatever the timing) that makes this proposal pointless to build (`search.screen`)."""
+        if not self.screen:
+            return None
+        measured = []
+        for key, owner in self.seen.items():
+            rec = self.state.baselines.get(owner) if isinstance(owner, str) else self.state.records.get(owner)
+            if rec is not None and rec.measured and owner not in self.untold:
+                measured.append((key, owner, rec.latency.median_ms))
+        return dominator(p.key, p.predicted, measured)
 
     def _over_target(self, p: _Proposal) -> bool:
         return (self.target_ms is not None and p.predicted is not None
