@@ -104,7 +104,7 @@ SEARCH_HELP = {
     "target_latency_ms": ("Build only configurations the latency model predicts within this latency (ms, with 15% "
                           "slack for its error); the others are skipped before they train, at no cost, and the "
                           "sampler learns to avoid them. Pick among the results with `pick --max-latency-ms`."),
-    "screen": ("Skip, unbuilt, each proposal the latency model predicts more than 15% slower than a model already "
+    "screen": ("Skip, unbuilt, each proposal the latency model predicts more than 25% slower than a model already "
                "measured that keeps at least its channels in every group and every layer at least as precise (on by "
                "default): it could not be more accurate and would be slower, so its fine-tune is saved. Needs the "
                "latency model; never with --sampler grid."),
