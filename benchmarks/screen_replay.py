@@ -4,7 +4,8 @@
 
 For each run whose trials carry the latency model's prediction (`latency_predicted_ms`), in trial order: the
 models measured so far (its baselines, then its completed trials) and each completed trial's prediction, given to
-the same `dominator` the search calls. A trial it names would have been skipped unbuilt. For those, the measured
+the same `dominator` the search calls, with the latencies the search knew then (before the confirmation rounds
+at the end). A trial it names would have been skipped unbuilt. For those, the measured
 figures say whether skipping was right: was the trial in fact slower than the model that covers it, and no more
 accurate; and was it on the run's accuracy-latency front (or the 3-objective front, file size included)?
 Writes benchmarks/screen_replay.md and .json.
@@ -22,8 +23,16 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 
 
+def _known_ms(row) -> float:
+    """The latency the search knew when it screened: the figure measured during the search (`search_latency_ms`),
+    before any confirmation rounds at the end moved it to `latency_ms`."""
+    v = row.get("search_latency_ms")
+    return float(v) if v is not None and not pd.isna(v) else float(row["latency_ms"])
+
+
 def _keys(t: pd.DataFrame, baselines: dict) -> tuple[list[tuple], dict]:
-    """(key, owner, latency, val) of the completed uniform baselines, and each completed trial's key by number."""
+    """(key, owner, latency known during the search, val, final latency) of the completed uniform baselines, and
+    each completed trial's key by number."""
     channels = [c for c in t.columns if c.startswith("channels:")]
     quant = [c for c in t.columns if c.startswith("quant:")]
     full = {c.split(":", 1)[1]: int(t[c].max()) for c in channels}
@@ -36,7 +45,8 @@ def _keys(t: pd.DataFrame, baselines: dict) -> tuple[list[tuple], dict]:
         if b.get("state") == "COMPLETE" and name in ("fp32", "int8", "prune25-int8", "prune50-int8"):
             kept = {g: int(b.get(f"channels:{g}", n)) for g, n in full.items()}
             precision = {q.split(":", 1)[1]: "fp32" if name == "fp32" else "int8" for q in quant}
-            base.append((key(kept, precision), name, float(b["latency_ms"]), float(b["val_accuracy"])))
+            base.append((key(kept, precision), name, _known_ms(b), float(b["val_accuracy"]),
+                         float(b["latency_ms"])))
     trials = {int(r["trial"]): key({c.split(":", 1)[1]: int(r[c]) for c in channels},
                                    {q.split(":", 1)[1]: str(r[q]) for q in quant})
               for _, r in t.iterrows()}
@@ -55,13 +65,16 @@ def replay(run: Path) -> dict | None:
         t = t[t["reused"].isna()]
     if "latency_predicted_ms" not in t.columns or t["latency_predicted_ms"].isna().all():
         return None
+    if json.loads((run / "config.json").read_text()).get("sampler") == "grid":
+        return None  # a grid search never screens: it builds every uniform configuration by design
     t = t.sort_values("trial")
     base, keys = _keys(t, json.loads((run / "baselines.json").read_text()))
     done = [r for _, r in t.iterrows()]
     front2 = {int(r["trial"]) for r in done if not any(dominates(o, r, OBJECTIVES[:2]) for o in done)}
     front3 = set(pareto_front(t)["trial"].astype(int))
-    measured = [(k, owner, ms) for k, owner, ms, _ in base]
-    val = {owner: v for _, owner, _, v in base}
+    measured = [(k, owner, ms) for k, owner, ms, _, _ in base]
+    val = {owner: v for _, owner, _, v, _ in base}
+    final = {owner: ms for _, owner, _, _, ms in base}  # after the confirmation rounds: the truth to judge a skip by
     rows = []
     for _, r in t.iterrows():
         n = int(r["trial"])
@@ -69,12 +82,13 @@ def replay(run: Path) -> dict | None:
         if dom is not None:
             rows.append({"trial": n, "predicted_ms": float(r["latency_predicted_ms"]),
                          "measured_ms": float(r["latency_ms"]), "val": float(r["val_accuracy"]),
-                         "covered_by": dom.text(), "its_ms": dom.latency_ms, "its_val": val[dom.owner],
-                         "slower": float(r["latency_ms"]) > dom.latency_ms,
+                         "covered_by": dom.text(), "its_ms": final[dom.owner], "its_val": val[dom.owner],
+                         "slower": float(r["latency_ms"]) > final[dom.owner],
                          "no_more_accurate": float(r["val_accuracy"]) <= val[dom.owner],
                          "on_front_2d": n in front2, "on_front_3d": n in front3,
                          "finetune_s": float(r.get("t_finetune", 0.0))})
-        measured.append((keys[n], n, float(r["latency_ms"])))
+        measured.append((keys[n], n, _known_ms(r)))
+        final[n] = float(r["latency_ms"])
         val[n] = float(r["val_accuracy"])
     return {"run": str(run.relative_to(HERE.parent)) if run.is_relative_to(HERE.parent) else str(run),
             "trials": int(len(t)), "finetune_s": round(float(t.get("t_finetune", pd.Series(dtype=float)).sum()), 1),

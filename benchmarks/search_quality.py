@@ -186,17 +186,38 @@ def latency_sources(run: Path) -> list[int]:
 
 
 def run_summary(run: Path) -> dict:
-    """What a run cost and found: trials complete / stopped halfway, its hypervolume at the end, its search seconds
-    (meta.json spent_seconds: every session, after the FP32 baseline), the wall seconds of its last session and the
-    seconds its trials spent fine-tuning."""
+    """What a run cost and found: trials complete / stopped halfway / skipped by screening, its hypervolume at the
+    end, its search seconds (meta.json spent_seconds: every session, after the FP32 baseline), the wall seconds of
+    its last session and the seconds its trials spent fine-tuning."""
     meta = json.loads((run / "meta.json").read_text())
     t = pd.read_csv(run / "trials.csv")
     ran = t[~t["state"].isin(["DUPLICATE", "SKIPPED"])]
     c = curve(run)
     return {"complete": int(meta.get("trials_complete", 0)), "stopped": int(meta.get("trials_stopped_early", 0)),
+            "skipped": int((t["state"] == "SKIPPED").sum()), "host": _host(meta), "started": meta.get("started", ""),
             "hypervolume": float(c["hypervolume"].iloc[-1]) if len(c) else 0.0,
             "search_s": float(meta.get("spent_seconds", 0.0)), "wall_s": float(meta.get("wall_seconds", 0.0)),
             "finetune_s": round(float(ran["t_finetune"].sum()), 1) if "t_finetune" in ran.columns else 0.0}
+
+
+def _host(meta: dict) -> str:
+    """The device a run measured on, from its meta.json fingerprint: CPU, the ISA flags that decide int8 speed, ORT."""
+    d = meta.get("device", {})
+    isa = [f for f in d.get("isa", []) if f.startswith(("avx512", "amx")) or f == "avx2"]
+    return (f"{d.get('cpu', '?')} ({', '.join(isa)}), ONNX Runtime {d.get('onnxruntime', '?')}, "
+            f"{d.get('threads', '?')} thread(s)")
+
+
+def _host_lines(runs: dict) -> list[str]:
+    """Which device each run measured on (runs kept from an earlier session may come from another CPU kind, whose
+    int8 speed-ups differ, so a comparison across them is not a same-host one)."""
+    by_host: dict[str, list[str]] = {}
+    for method, by_seed in runs.items():
+        for seed, r in by_seed.items():
+            name = f"{method} s{seed} ({r.get('started', '')[:10]})"
+            by_host.setdefault(r.get("host", "not recorded"), []).append(name)
+    return ["", "**Hosts** (each run's own fingerprint): "
+            + "; ".join(f"{h}: {', '.join(names)}" for h, names in by_host.items()) + "."]
 
 
 def curve(run: Path) -> pd.DataFrame:
@@ -265,12 +286,7 @@ def main() -> None:
                              else f"{np.median(vals):.3f} ({', '.join(f'{v:.3f}' for v in vals)})")
         rows.append(row)
     lines = [f"# Search quality on {'the demo task' if not extra else args.search_args} ({dt.date.today()})", "",
-             f"`python benchmarks/search_quality.py --budgets {' '.join(map(str, args.budgets))} "
-             f"--seeds {' '.join(map(str, args.seeds))}"
-             + (f" --grid-seeds {' '.join(map(str, args.grid_seeds))}" if args.grid_seeds else "")
-             + (f" --default-budget {args.default_budget}" if args.default_budget else "")
-             + (f" --methods {' '.join(args.methods)} --keep-others" if kept else "")
-             + (f" --runs {args.runs} --search-args {shlex.quote(args.search_args)}" if extra else "") + "`: "
+             f"`python benchmarks/search_quality.py {shlex.join(sys.argv[1:])}`: "
              "hypervolume (median over seeds, then each seed) of the validation-accuracy / latency front "
              "after N trials, normalised "
              "to each run's FP32 baseline (see autocompress/results/hypervolume.py). "
@@ -288,6 +304,7 @@ def main() -> None:
                 lines += ["", f"Default with {n} trials: {d:.3f}; random with {2 * n}: {r:.3f} -> "
                               f"{'default reaches it' if d >= r else 'default does NOT reach it'}."]
     lines += _run_lines(results.get("runs", {}))
+    lines += _host_lines(results.get("runs", {}))
     lines += _vs_uniform_lines(results.get("vs_uniform", {}))
     for method, by_seed in results.get("dominated", {}).items():
         found = [f"seed {seed}: {', '.join(d)}" for seed, d in by_seed.items() if d]
@@ -308,7 +325,7 @@ def main() -> None:
                 lines[-1] += (" Latencies measured / taken from the run's own cache (a configuration built again): "
                               + "; ".join(f"seed {seed}: {m} / {c}" for seed, (m, c) in src.items()) + ".")
     (HERE / f"{args.out}.md").write_text("\n".join(lines) + "\n")
-    (HERE / f"{args.out}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (HERE / f"{args.out}.json").write_text(json.dumps({"command": sys.argv, **results}, indent=1) + "\n")
     _plot(results, HERE / f"{args.out}.html")
     print("\n".join(lines))
 
@@ -318,15 +335,16 @@ def _run_lines(runs: dict) -> list[str]:
     multi-fidelity search stops trials that count in its budget: it has to match the hypervolume in less time)."""
     if not runs:
         return []
-    lines = ["", "**Each run**: trials complete / stopped halfway, hypervolume after its last trial, search seconds "
+    lines = ["", "**Each run**: trials complete / stopped halfway, proposals skipped by screening (not built, not "
+                 "counted in the budget), hypervolume after its last trial, search seconds "
                  "(every session, after the FP32 baseline: uniform baselines, scan, latency model and trials), wall "
                  "seconds of its last session, seconds its trials spent fine-tuning:", "",
-             "| method | seed | complete | stopped | hypervolume | search s | wall s | fine-tune s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | seed | complete | stopped | skipped | hypervolume | search s | wall s | fine-tune s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for method, by_seed in runs.items():
         for seed, r in by_seed.items():
-            lines.append(f"| {method} | {seed} | {r['complete']} | {r['stopped']} | {r['hypervolume']:.3f} | "
-                         f"{r['search_s']:.0f} | {r['wall_s']:.0f} | {r['finetune_s']:.0f} |")
+            lines.append(f"| {method} | {seed} | {r['complete']} | {r['stopped']} | {r.get('skipped', 0)} | "
+                         f"{r['hypervolume']:.3f} | {r['search_s']:.0f} | {r['wall_s']:.0f} | {r['finetune_s']:.0f} |")
     return lines
 
 
@@ -384,7 +402,8 @@ def _plot(results: dict, path: Path) -> None:
                       annotation_text=f"uniform grid (seed {seed})")
     fig.update_layout(xaxis_title="trials", yaxis_title="hypervolume (FP32-normalised)", template="plotly_white",
                       height=480)
-    fig.write_html(str(path), include_plotlyjs=True)
+    # plotly.js from its CDN: a committed benchmark plot read in a browser, not a report shipped offline (4.8 MB each)
+    fig.write_html(str(path), include_plotlyjs="cdn")
 
 
 if __name__ == "__main__":
