@@ -99,11 +99,12 @@ def search_run(run: Path, budget: int, seed: int, method: str, extra: list[str] 
     return run
 
 
-def grid_points(runs: Path, seed: int, extra: list[str] = ()) -> list[tuple[float, float]]:
-    """The uniform grid (`--sampler grid` over a space of ratios 0, 0.1, ..., 0.8 and fp32/int8): its points."""
+def grid_points(runs: Path, seed: int, extra: list[str] = (), precisions: tuple[str, ...] = ("fp32", "int8")
+                ) -> list[tuple[float, float]]:
+    """The uniform grid (`--sampler grid` over a space of ratios 0, 0.1, ..., 0.8 and the precisions): its points."""
     space = runs / "grid-space.yaml"
     space.parent.mkdir(parents=True, exist_ok=True)
-    space.write_text(f"prune:\n  ratios: {GRID}\nquantize:\n  precisions: [fp32, int8]\n")
+    space.write_text(f"prune:\n  ratios: {GRID}\nquantize:\n  precisions: [{', '.join(precisions)}]\n")
     run = runs / f"grid-s{seed}"
     if not _complete(run):
         if (run / "meta.json").is_file():
@@ -237,6 +238,8 @@ def main() -> None:
     ap.add_argument("--default-budget", type=int, default=None,
                     help="trials of the default search "
                     "(default: the largest budget; half of it is enough for the N vs 2N check)")
+    ap.add_argument("--grid-precisions", nargs="+", default=["fp32", "int8"],
+                    help="the grid's precisions (default: fp32 int8)")
     ap.add_argument("--search-args", default="",
                     help="more `autocompress search` flags for every run, e.g. another model and dataset "
                     "(its runs then go under --runs of their own)")
@@ -255,7 +258,7 @@ def main() -> None:
         for seed in (args.grid_seeds or args.seeds) if method == "grid" else args.seeds:
             print(f"{method}, seed {seed}", flush=True)
             if method == "grid":
-                pts = grid_points(args.runs, seed, extra)
+                pts = grid_points(args.runs, seed, extra, tuple(args.grid_precisions))
                 results["hv"].setdefault("grid", {})[seed] = {n: hypervolume(pts) for n in args.budgets}
                 continue
             budget = top if method == "random" else (args.default_budget or top)
