@@ -68,10 +68,18 @@ def test_scan_measures_every_choice_of_the_demo_network(trained_resnet20, digits
 def test_search_runs_the_scan_once_and_reuses_it(tmp_path):
     flags = [f for f in FAST_FLAGS if f != "--no-sensitivity"]
     first = tmp_path / "a"
-    res = run_cli("search", "--budget", "2", "--out", str(first), *flags)
+    res = run_cli("search", "--budget", "3", "--out", str(first), "--latency-model", *flags)
     assert res.returncode == 0, res.stderr[-3000:]
     meta = json.loads((first / "meta.json").read_text())
     assert meta["sensitivity"]["cached"] is False and meta["sensitivity"]["warm_configs"] >= 1
+    # with the latency model, the third trial (after the uniform 50%- and 25%-pruned int8 ones) is the first
+    # configuration allocated from the real scan and layer table: as fast as a uniform int8 one by the table
+    allocated = meta["sensitivity"]["allocated"]
+    assert allocated and allocated[0]["predicted_ms"] <= allocated[0]["like_ms"]
+    trial2 = pd.read_csv(first / "trials.csv").set_index("trial").loc[2]
+    assert all(trial2[k] == v for k, v in allocated[0]["params"].items()), (trial2, allocated[0])
+    assert trial2["latency_predicted_ms"] == pytest.approx(allocated[0]["predicted_ms"], rel=0.2)
+    assert "trial 2: as fast as uniform" in (first / "report.html").read_text()
     second = tmp_path / "b"
     res = run_cli("search", "--budget", "1", "--out", str(second), *flags)  # one trial is enough to show the reuse
     assert res.returncode == 0, res.stderr[-3000:]

@@ -135,12 +135,32 @@ def _latency_model(data: ReportData) -> str:
     slow_html = ("<p class='sub'>Channel counts not offered to the search because a larger count of the same group "
                  "ran at least as fast in the layer table (so they could only lose accuracy):</p><ul>"
                  + "".join(f"<li>{html.escape(t)}</li>" for t in slow) + "</ul>") if slow else ""
+    extra = slow_html + _allocated_html(data)
     made = prediction_figure(data.done, model) if len(data.done) else None
     if made is None:
-        return f"<h2>Latency model</h2>{slow_html}" if slow else ""
+        return f"<h2>Latency model</h2>{extra}" if extra else ""
     fig, text = made
     return (f"<h2>Latency model: predicted vs measured</h2><p class='sub'>{text}</p>"
-            + fig.to_html(full_html=False, include_plotlyjs=False) + slow_html)
+            + fig.to_html(full_html=False, include_plotlyjs=False) + extra)
+
+
+def _allocated_html(data: ReportData) -> str:
+    """The warm-start configurations search.allocate proposed, each with the trial that ran it (if one did)."""
+    from autocompress.search.allocate import Allocated
+
+    allocated = [Allocated(**a) for a in data.meta.get("sensitivity", {}).get("allocated", [])]
+    if not allocated:
+        return ""
+    items = []
+    for a in allocated:
+        ran = data.table
+        for k, v in a.params.items():
+            ran = ran[ran[k] == v] if k in ran.columns else ran.iloc[0:0]
+        who = f"trial {int(ran['trial'].iloc[0])}" if len(ran) else "not run (the budget ended first)"
+        items.append(f"<li>{who}: {html.escape(a.text())}</li>")
+    return ("<p class='sub'>Proposed before the sampler, from the layer table and the sensitivity scan: each as "
+            "fast as a uniform int8 configuration, its pruning placed where the scan lost the fewest points per "
+            "millisecond saved:</p><ul>" + "".join(items) + "</ul>")
 
 
 def _where_the_time_went(data: ReportData) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -56,7 +56,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                           concurrency=cfg.concurrency, log=log)
             # the latency model first: it drops channel counts that are slow on this device before the scan ranks
             predictor = setup_predictor(prep, state, executor, baseline.model, reduce_range, log)
-            warm = _guarded_sensitivity(prep, state, executor, baseline.model, reduce_range, log)
+            warm = _guarded_sensitivity(prep, state, executor, baseline.model, reduce_range, predictor, log)
             scheduler = _scheduler(prep, state, executor, latency, make_spec, warm, log)
             scheduler.predictor, scheduler.target_ms = predictor, cfg.target_latency_ms
             scheduler.screen = cfg.screen and cfg.sampler != "grid"
@@ -234,10 +234,10 @@ def _spec_maker(prep: Prepared, reduce_range: bool, train_device: str) -> Callab
 
 
 def _guarded_sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: torch.nn.Module,
-                         reduce_range: bool, log: Callable[[str], None]) -> list[dict]:
+                         reduce_range: bool, predictor, log: Callable[[str], None]) -> list[dict]:
     """The scan, or (when it fails) none: a failing scan step never takes the search down."""
     try:
-        return _sensitivity(prep, state, executor, baseline, reduce_range, log)
+        return _sensitivity(prep, state, executor, baseline, reduce_range, predictor, log)
     except Exception as e:  # noqa: BLE001 - the search runs without the scan's narrowing and warm start
         log(f"  sensitivity scan failed ({cluster.describe_error(e)}): the search goes on without it")
         state.meta["sensitivity"] = {"failed": cluster.describe_error(e)}
@@ -246,8 +246,9 @@ def _guarded_sensitivity(prep: Prepared, state: RunState, executor: Executor, ba
 
 
 def _sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: torch.nn.Module,
-                 reduce_range: bool, log: Callable[[str], None]) -> list[dict]:
-    """Each group pruned alone, each layer quantized alone (cached): narrows the space, warm-starts the sampler."""
+                 reduce_range: bool, predictor, log: Callable[[str], None]) -> list[dict]:
+    """Each group pruned alone, each layer quantized alone (cached): narrows the space, warm-starts the sampler
+    with the configurations allocated with the latency model (`predictor`, when there is one), then its own."""
     cfg, space = prep.config, prep.space
     if not (cfg.sensitivity and space.params() and cfg.sampler != "grid"):
         return []
@@ -263,16 +264,37 @@ def _sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: 
 
     sens, cached = cached_scan(cache_dir(), key, compute)
     removed = narrow(space, sens)  # deterministic: a resumed run narrows the same way
-    warm = warm_configs(space, sens)
+    # (a resumed study has its warm start queued already, and the first session's allocation is the one reported;
+    # these are queued only by a run killed before its study was made)
+    allocated = _allocated(space, sens, predictor, log)
+    picks = [a.params for a in allocated]
+    warm = picks + [w for w in warm_configs(space, sens) if w not in picks]
+    first_allocated = state.meta.get("sensitivity", {}).get("allocated", []) if prep.resume else []
     state.meta["sensitivity"] = {"cache_key": key, "cached": cached, "seconds": round(time.perf_counter() - t0, 1),
-                                 "base_val_accuracy": sens["base"], "narrowed": removed, "warm_configs": len(warm)}
+                                 "base_val_accuracy": sens["base"], "narrowed": removed, "warm_configs": len(warm),
+                                 "allocated": first_allocated or [asdict(a) for a in allocated]}
     if not prep.resume:
         state.meta["space"] = space.describe()
     state.rd.write_json(state.rd.meta, state.meta)
     how = "from cache" if cached else f"scanned in {state.meta['sensitivity']['seconds']} s"
     log(f"  sensitivity {how}: {sum(len(v) for v in removed.values())} hopeless choices removed, "
-        f"{len(warm)} warm-start configurations")
+        f"{len(warm)} warm-start configurations ({len(allocated)} allocated with the latency model)")
     return warm
+
+
+def _allocated(space, sens: dict, predictor, log: Callable[[str], None]) -> list:
+    """search.allocate's configurations, or none without a latency model or when allocating fails (the scan's own
+    warm start goes on without them)."""
+    if predictor is None:
+        return []
+    from autocompress.search.allocate import allocated_configs
+
+    try:
+        return allocated_configs(space, sens, predictor.predict)
+    except Exception as e:  # noqa: BLE001 - a failing warm-start step never takes the search down
+        log(f"  allocation with the latency model failed ({cluster.describe_error(e)}): the warm start goes on "
+            "without it")
+        return []
 
 
 def _scheduler(prep: Prepared, state: RunState, executor: Executor, latency: LatencyBook,

@@ -30,14 +30,15 @@ OBJECTIVE_NAMES = ["val_accuracy", "latency_ms", "size_bytes"]
 
 
 def warm_start_configs(space: SearchSpace, scan_picks: list[dict], budget_trials: int | None) -> list[dict]:
-    """The configurations a search runs first, in order, distinct, at most a third of a trial budget: the free
-    baseline models, the sensitivity scan's picks, then the other WARM_START configurations."""
+    """The configurations a search runs first, in order, distinct: the two free baseline models, then the
+    sensitivity scan's picks (those allocated with the latency model first) and the other WARM_START
+    configurations, at most a third of a trial budget beyond the free two."""
     uniform = [space.uniform(ratio, prec) for ratio, prec in WARM_START]
     out: list[dict] = []
     for params in uniform[:2] + list(scan_picks) + uniform[2:]:
         if params not in out:
             out.append(params)
-    return out if budget_trials is None else out[:max(1, budget_trials // 3)]
+    return out if budget_trials is None else out[:min(budget_trials, 2 + budget_trials // 3)]
 
 
 def grid_configs(space: SearchSpace) -> list[dict]:
