@@ -277,9 +277,11 @@ def main() -> None:
     grid_seeds = args.grid_seeds or args.seeds
     for (method, seed), run in searched.items():
         grid_run = args.runs / f"grid-s{seed if seed in grid_seeds else grid_seeds[0]}"
-        vs = beats_uniform(run, uniform_rows(grid_run if _complete(grid_run) else None, run))
+        with_grid = _complete(grid_run)
+        vs = beats_uniform(run, uniform_rows(grid_run if with_grid else None, run))
         results.setdefault("vs_uniform", {}).setdefault(method, {})[seed] = {
-            **vs, "uniforms": "grid and baselines" if _complete(grid_run) else "the run's own uniform baselines"}
+            **vs, "uniforms": ("grid and the run's own uniform baselines" if with_grid
+                               else "run's own uniform baselines")}
     kept = _keep_others(results, args.methods, HERE / f"{args.out}.json") if args.keep_others else []
     rows = []
     for method, by_seed in results["hv"].items():
@@ -357,7 +359,7 @@ def _vs_uniform_lines(vs: dict) -> list[str]:
     least as accurate; the median speed-up and the 1.2x bar of issue 18."""
     lines = []
     for method, by_seed in vs.items():
-        among = sorted({v.get("uniforms", "grid and baselines") for v in by_seed.values()})
+        among = sorted({v.get("uniforms", "grid and the run's own uniform baselines") for v in by_seed.values()})
         lines += ["", f"**{method} vs the best uniform configuration** (the fastest within 1 point of FP32's "
                       f"validation accuracy, among the {' / '.join(among)}; latency relative to each run's own FP32):",
                   "",
