@@ -86,8 +86,11 @@ def test_a_trial_that_does_not_exist_or_did_not_complete_is_one_line_and_exit_2(
 
 
 def _start(*args: str) -> subprocess.Popen:
+    # Ctrl-C reaches finalize as Python's KeyboardInterrupt, which Python does not install when it starts with SIGINT
+    # ignored, as everything does under a shell's background job (`bash .ci/run &`): give the child the default back
     return subprocess.Popen([sys.executable, "-m", "autocompress.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, env={**os.environ})
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env={**os.environ},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(pred, proc: subprocess.Popen, timeout: float = 300) -> None:

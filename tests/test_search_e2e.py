@@ -59,11 +59,11 @@ def test_search_local_ray_then_report_and_pick(tmp_path):
     # measured, not taken from the latency cache (earlier tests may have measured the same graphs); with
     # --multi-fidelity at a margin no trial falls short of (every trial runs in full), and 1.5 fine-tune epochs so
     # that there is a halfway point (after the first epoch) to check
-    res = run_cli("search", "--budget", "3", "--out", str(run), "--no-latency-cache", *FAST_FLAGS, "--baselines", ALL,
+    res = run_cli("search", "--budget", "4", "--out", str(run), "--no-latency-cache", *FAST_FLAGS, "--baselines", ALL,
                   "--confirm-rounds", "2", "--latency-model", "--multi-fidelity", "100", "--finetune-epochs", "1.5")
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"report: {run / 'report.html'}" in res.stdout
-    _check_run(run, 3)
+    _check_run(run, 4)
     baselines = json.loads((run / "baselines.json").read_text())
     assert list(baselines) == ALL.split(",")
     # the end: every Pareto model and baseline measured again in 2 rounds (up to 4 while they disagree), their median
