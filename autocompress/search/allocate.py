@@ -14,12 +14,13 @@ fine-tune wins it back), so they rank steps, never predict accuracy; the fine-tu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 from autocompress.space import SearchSpace
 
-__all__ = ["Allocated", "allocation_path", "allocated_configs", "start_params"]
+__all__ = ["Allocated", "allocation_path", "allocated_configs", "allocate_guarded", "start_params"]
 
 # A step the scan says costs nothing still has a cost: this floor (points) keeps the ranking finite, and among
 # free steps prefers the one that saves the most time.
@@ -73,10 +74,10 @@ def allocation_path(space: SearchSpace, sens: dict, predict: Callable[[dict], fl
             if i + 1 == len(g.ratios):
                 continue
             nxt = g.ratios[i + 1]
-            step_ms = predict({**params, key: nxt})
             cost = _prune_cost(sens, g.name, nxt) - _prune_cost(sens, g.name, params[key])
-            if cost != cost or cost == float("inf"):  # a ratio the scan has no figure for: not a step to rank
+            if not math.isfinite(cost):  # a ratio the scan has no figure for: not a step to rank
                 continue
+            step_ms = predict({**params, key: nxt})
             score = (ms - step_ms) / max(cost, _MIN_COST)
             if step_ms < ms and (best is None or score > best[0]):
                 best = (score, key, nxt, step_ms)
@@ -111,3 +112,17 @@ def allocated_configs(space: SearchSpace, sens: dict, predict: Callable[[dict], 
             continue
         out.append(Allocated(params, round(ms, 4), ratio, round(like_ms, 4)))
     return out
+
+
+def allocate_guarded(space: SearchSpace, sens: dict, predictor, log: Callable[[str], None]) -> list[Allocated]:
+    """`allocated_configs` for a search: none without a latency model (`predictor` None) or when allocating fails
+    (the scan's own warm start goes on without them)."""
+    if predictor is None:
+        return []
+    from autocompress.search.cluster import describe_error
+
+    try:
+        return allocated_configs(space, sens, predictor.predict)
+    except Exception as e:  # noqa: BLE001 - a failing warm-start step never takes the search down
+        log(f"  allocation with the latency model failed ({describe_error(e)}): the warm start goes on without it")
+        return []

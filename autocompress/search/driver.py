@@ -253,6 +253,7 @@ def _sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: 
     if not (cfg.sensitivity and space.params() and cfg.sampler != "grid"):
         return []
     from autocompress.measure.cache import cache_dir
+    from autocompress.search.allocate import allocate_guarded
     from autocompress.search.sensitivity import cache_key, cached_scan, narrow, warm_configs
 
     key = cache_key(baseline, space, prep.splits, reduce_range)
@@ -266,7 +267,7 @@ def _sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: 
     removed = narrow(space, sens)  # deterministic: a resumed run narrows the same way
     # (a resumed study has its warm start queued already, and the first session's allocation is the one reported;
     # these are queued only by a run killed before its study was made)
-    allocated = _allocated(space, sens, predictor, log)
+    allocated = allocate_guarded(space, sens, predictor, log)
     picks = [a.params for a in allocated]
     warm = picks + [w for w in warm_configs(space, sens) if w not in picks]
     first_allocated = state.meta.get("sensitivity", {}).get("allocated", []) if prep.resume else []
@@ -280,21 +281,6 @@ def _sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: 
     log(f"  sensitivity {how}: {sum(len(v) for v in removed.values())} hopeless choices removed, "
         f"{len(warm)} warm-start configurations ({len(allocated)} allocated with the latency model)")
     return warm
-
-
-def _allocated(space, sens: dict, predictor, log: Callable[[str], None]) -> list:
-    """search.allocate's configurations, or none without a latency model or when allocating fails (the scan's own
-    warm start goes on without them)."""
-    if predictor is None:
-        return []
-    from autocompress.search.allocate import allocated_configs
-
-    try:
-        return allocated_configs(space, sens, predictor.predict)
-    except Exception as e:  # noqa: BLE001 - a failing warm-start step never takes the search down
-        log(f"  allocation with the latency model failed ({cluster.describe_error(e)}): the warm start goes on "
-            "without it")
-        return []
 
 
 def _scheduler(prep: Prepared, state: RunState, executor: Executor, latency: LatencyBook,
