@@ -23,16 +23,13 @@ __all__ = ["search", "load_run", "SearchConfig", "TrainConfig", "LatencyConfig",
            "ClusterError", "RunError", "Interrupted", "__version__"]
 __version__ = "0.1.0"
 
-
-# The subpackage autocompress.search holds the search driver; the name `autocompress.search` is the function.
-# Importing the subpackage first, then binding the function, keeps later imports of its modules from rebinding it.
-from autocompress import search as _search_package  # noqa: E402,F401  (order matters, see above)
 from autocompress.api import load_run, search  # noqa: E402
 
 
 def __getattr__(name: str):
     if name in ("SearchResult", "PickedModel"):  # pandas loads only when these are used
-        from autocompress.results import pick, result
+        from autocompress.api import _result
+        from autocompress.results import pick
 
-        return getattr(result if name == "SearchResult" else pick, name)
+        return getattr(_result if name == "SearchResult" else pick, name)
     raise AttributeError(f"module 'autocompress' has no attribute {name!r}")

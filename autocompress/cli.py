@@ -131,7 +131,7 @@ def _plan(cfg):
 
 def _plan_resume(run_dir: Path, budget):
     from autocompress.api import plan
-    from autocompress.search.prepare import load_resume_config
+    from autocompress.engine.prepare import load_resume_config
 
     cfg = load_resume_config(run_dir, budget=budget)
     data = _datasets(cfg)
@@ -156,7 +156,7 @@ def _guarded(work, verbose: bool = False):
 
 
 def _run(prep, *, progress: bool, verbose: bool = False) -> None:
-    from autocompress.search.driver import run_search
+    from autocompress.engine.run import run_search
 
     result = _guarded(lambda: run_search(prep, progress=progress, log=_log), verbose)
     states = result.trials["state"] if len(result.trials) else None
@@ -258,7 +258,7 @@ def finalize(
     """Fine-tune a searched model for longer (all training images, distillation, quantization-aware), then export,
     quantize and measure it like a trial: RUN/final/<name>/model.onnx. Ctrl-C stops and keeps the best epoch;
     the same command resumes a stopped or killed run from its last epoch."""
-    from autocompress.final import finalize as do_finalize
+    from autocompress.engine.final import finalize as do_finalize
 
     f = _guarded(lambda: do_finalize(run_dir, trial, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy,
                                      epochs=epochs, name=name, rounds=rounds, progress=not no_progress, log=_log),

@@ -189,10 +189,10 @@ class SearchConfig(_Strict):
     # a trial still running after this is stopped and recorded as failed
     trial_timeout_s: float = Field(default=1800, gt=0)
     latency_cache: bool = True  # reuse a measurement for an artifact whose graph this device has measured
-    # predict each trial's latency from a table of its layers timed on the device (measure/latency_model.py)
+    # predict each trial's latency from a table of its layers timed on the device (latency_model/model.py)
     latency_model: bool = True
     # skip proposals the latency model predicts slower than a measured model with at least their channels and
-    # precisions (search/screen.py; not with the grid sampler, whose every configuration is the reference)
+    # precisions (latency_model/screen.py; not with the grid sampler, whose every configuration is the reference)
     screen: bool = True
     # build only configurations the latency model predicts within this (ms, with a margin for its error)
     target_latency_ms: float | None = Field(default=None, gt=0)

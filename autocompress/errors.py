@@ -12,6 +12,7 @@ __all__ = [
     "RunError",
     "Interrupted",
     "location",
+    "describe_error",
 ]
 
 
@@ -59,3 +60,11 @@ class RunError(AutocompressError):
 
 class Interrupted(RunError):
     """The user stopped the search at once (a second Ctrl-C); the run is resumable."""
+
+
+def describe_error(e: BaseException) -> str:
+    """The last non-empty line of an exception's text (a RayTaskError starts with Ray's wrapper), at most 500
+    characters: what a failed trial, scan or measurement records."""
+    text = str(e).strip().splitlines()
+    last = next((line for line in reversed(text) if line.strip()), type(e).__name__)
+    return last[:500]

@@ -33,7 +33,7 @@ import pandas as pd
 from autocompress.measure.latency import LatencyMeter
 from autocompress.measure.verify import INTEGER_OPS, kernel_report
 from autocompress.results.pareto import fastest_within
-from autocompress.search.device import fingerprint
+from autocompress.runtime.device import fingerprint
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

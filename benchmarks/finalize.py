@@ -19,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from autocompress.final import finalize
+from autocompress.api._result import load_run
+from autocompress.engine.final import finalize
 from autocompress.results.pareto import fastest_within
-from autocompress.results.result import load_run
-from autocompress.search.device import fingerprint
+from autocompress.runtime.device import fingerprint
 
 HERE = Path(__file__).parent
 

@@ -44,7 +44,7 @@ def config(epochs: float):
 
 
 def baseline(epochs: float) -> dict:
-    from autocompress.tasks.baseline import get_baseline
+    from autocompress.pipeline.baseline import get_baseline
     from autocompress.tasks.data import dataset_of_config
 
     cfg = config(epochs)
@@ -84,8 +84,8 @@ def search(budget: str, epochs: float, finetune_epochs: float | None) -> dict:
 def front(run: Path) -> dict:
     """FP32's figures, the fastest trial within 0.5 / 1 point of FP32's validation accuracy and its speed-ups over
     FP32 and over the fastest uniform baseline within the same points, trials done, median seconds per trial."""
+    from autocompress.api._result import load_run
     from autocompress.results.pareto import fastest_within
-    from autocompress.results.result import load_run
 
     result = load_run(run)
     fp32 = result.baselines["fp32"].to_row()
@@ -130,7 +130,7 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=float, default=None, help="default: the search's own")
     args = ap.parse_args()
     os.environ.setdefault("AUTOCOMPRESS_CACHE", str(HERE / "runs" / "cache"))
-    from autocompress.search.device import fingerprint
+    from autocompress.runtime.device import fingerprint
 
     out = HERE / "imagenette.json"
     record = json.loads(out.read_text()) if out.is_file() else {}

@@ -1,4 +1,4 @@
-"""How well the measured latency model (autocompress/measure/latency_model.py) predicts whole models.
+"""How well the measured latency model (autocompress/latency_model/model.py) predicts whole models.
 
     python benchmarks/latency_model.py [--runs reports/example benchmarks/runs/imagenette-search] [--random 30]
 
@@ -6,7 +6,7 @@ For each run directory (its model, data and space): the layer table is filled on
 graph the space can reach, timed; its cost is reported), then whole models are measured the careful way
 (LatencyMeter, the search's settings) in one window on this host:
 - the anchors a search has before its first trial: the 4 uniform baselines (FP32, int8, 25% and 50% pruned +
-  int8) and the 12 random configurations the search measures to calibrate (`search/predict.py`, same seed);
+  int8) and the 12 random configurations the search measures to calibrate (`latency_model/predict.py`, same seed);
 - every configuration the run's trials tried, then `--random` other configurations drawn from the space.
 Each is built from the run's trained baseline without fine-tuning (`config_graph`: the same graph as the
 trial's artifact, so the same latency). Reported, over the trials' and random configurations: the error
@@ -33,7 +33,7 @@ DEFAULT_RUNS = [HERE.parent / "reports" / "example", HERE / "runs" / "imagenette
 
 
 def _setup(run: Path):
-    from autocompress.search.prepare import load_resume_config, prepare
+    from autocompress.engine.prepare import load_resume_config, prepare
     from autocompress.tasks.data import dataset_of_config
 
     cfg = load_resume_config(run)
@@ -47,7 +47,7 @@ def _trained(cfg, splits) -> torch.nn.Module:
     and trials. An untrained model's folded biases are all zero, the exporter shares one initializer among them,
     and ONNX Runtime then runs the float convolutions that read the shared, dequantized bias outside its blocked
     layout, twice as slow as in a trial's artifact."""
-    from autocompress.tasks.baseline import baseline_path, load_cached
+    from autocompress.pipeline.baseline import baseline_path, load_cached
 
     cached = load_cached(baseline_path(cfg.model, splits, cfg.baseline, cfg.seed), cfg.model, splits)
     if cached is None:
@@ -86,13 +86,13 @@ def _anchors(space) -> list[tuple[str, dict, dict]]:
 
 
 def evaluate_run(run: Path, n_random: int, seed: int) -> dict:
+    from autocompress.latency_model.layers import config_graph, time_graph
+    from autocompress.latency_model.model import Fit, LatencyTable
+    from autocompress.latency_model.predict import PROXIES, build_predictor, random_configs
     from autocompress.measure.cache import cache_dir
     from autocompress.measure.latency import LatencyMeter
-    from autocompress.measure.latency_model import Fit, LatencyTable
-    from autocompress.measure.layers import config_graph, time_graph
     from autocompress.pipeline.quantize import quant_format_for
-    from autocompress.search.device import fingerprint
-    from autocompress.search.predict import PROXIES, build_predictor, random_configs
+    from autocompress.runtime.device import fingerprint
 
     cfg, model, space, example = _setup(run)
     device = {**fingerprint(cfg.latency.threads), "name": cfg.device}  # as a search records it: the same table
@@ -165,7 +165,7 @@ def write(results: list[dict], command: str, wall_s: float, host: dict) -> None:
 
 
 def main() -> None:
-    from autocompress.search.device import fingerprint
+    from autocompress.runtime.device import fingerprint
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="+", type=Path, default=[r for r in DEFAULT_RUNS if (r / "meta.json").is_file()])

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from autocompress.search.device import fingerprint
+from autocompress.runtime.device import fingerprint
 
 HERE = Path(__file__).parent
 DATA = HERE.parent.parent / "shared" / "data"

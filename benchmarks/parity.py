@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from autocompress.config import TrainConfig
+from autocompress.pipeline.baseline import get_baseline
 from autocompress.pipeline.prune import channel_counts, find_groups
 from autocompress.pipeline.quantize import quant_format_for
 from autocompress.pipeline.trial import TrialSpec, run_pipeline
-from autocompress.search.device import fingerprint
+from autocompress.runtime.device import fingerprint
 from autocompress.tasks import load_dataset
-from autocompress.tasks.baseline import get_baseline
 
 
 def main() -> None:

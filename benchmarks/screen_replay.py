@@ -1,4 +1,4 @@
-"""Would screening (autocompress/search/screen.py) have skipped a model worth having? Replayed on finished runs.
+"""Would screening (autocompress/latency_model/screen.py) have skipped a model worth having? Replayed on finished runs.
 
     python benchmarks/screen_replay.py [RUN ...]   (default: the demo runs under benchmarks/runs and reports/example)
 
@@ -54,8 +54,8 @@ def _keys(t: pd.DataFrame, baselines: dict) -> tuple[list[tuple], dict]:
 
 
 def replay(run: Path) -> dict | None:
+    from autocompress.latency_model.screen import SCREEN_SLACK, dominator
     from autocompress.results.pareto import OBJECTIVES, dominates, pareto_front
-    from autocompress.search.screen import SCREEN_SLACK, dominator
 
     t = pd.read_csv(run / "trials.csv")
     t = t[(t["kind"] == "search") & (t["state"] == "COMPLETE")]
@@ -123,7 +123,7 @@ def write(results: list[dict], command: str, host: dict) -> None:
 
 
 def main() -> None:
-    from autocompress.search.device import fingerprint
+    from autocompress.runtime.device import fingerprint
 
     runs = [Path(a) for a in sys.argv[1:]] or sorted(
         [p.parent for p in (HERE / "runs").glob("**/trials.csv")] + [HERE.parent / "reports" / "example"])

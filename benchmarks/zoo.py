@@ -20,7 +20,7 @@ from pathlib import Path
 
 import ray
 
-from autocompress.search.device import fingerprint
+from autocompress.runtime.device import fingerprint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
 import zoo  # noqa: E402

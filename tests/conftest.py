@@ -39,7 +39,7 @@ def digits():
 def trained_resnet20(digits):
     """A ResNet-20 trained briefly on digits (3 epochs: enough to be far above chance)."""
     from autocompress.config import TrainConfig
-    from autocompress.tasks.baseline import get_baseline
+    from autocompress.pipeline.baseline import get_baseline
 
     torch.set_num_threads(2)
     model, info = get_baseline(model_name="resnet20", splits=digits, settings=TrainConfig(epochs=3, lr=0.1), seed=0)

@@ -1,4 +1,4 @@
-"""search/allocate.py: configurations as fast as a uniform int8 one, their pruning placed by the sensitivity scan.
+"""latency_model/allocate.py: configurations as fast as a uniform int8 one, their pruning placed by the sensitivity scan.
 
 The layer table here is written by the test (time grows with each layer's work), so what the allocation must do is
 known; the real table and scan drive it in tests/test_sensitivity.py's search."""
@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from autocompress.measure.latency_model import LatencyModel, LatencyTable, all_keys
-from autocompress.measure.layers import wire_layers
+from autocompress.latency_model.allocate import allocated_configs, allocation_path, start_params
+from autocompress.latency_model.layers import wire_layers
+from autocompress.latency_model.model import LatencyModel, LatencyTable, all_keys
 from autocompress.pipeline.prune import find_groups
-from autocompress.search.allocate import allocated_configs, allocation_path, start_params
 from autocompress.space import SpaceFile, build_space
 from autocompress.tasks.models import build_model
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from autocompress.engine.confirm import apply_confirmed, confirm_latencies
 from autocompress.results.records import ArtifactFigures, LatencyFigures, TrialRecord, TrialState
-from autocompress.search.confirm import apply_confirmed, confirm_latencies
 
 
 def _rec(n: int, acc: float, ms: float, state: TrialState = TrialState.COMPLETE, onnx: str | None = None,

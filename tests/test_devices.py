@@ -34,7 +34,7 @@ def test_a_trial_asks_ray_for_a_gpu_share_only_when_it_fine_tunes_on_cuda():
 def test_ray_grants_a_trial_those_resources():
     import ray
 
-    from autocompress.search.executor import RayExecutor
+    from autocompress.runtime.executor import RayExecutor
 
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)  # a logical GPU: Ray's view
     try:

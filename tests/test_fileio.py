@@ -20,7 +20,7 @@ def test_atomic_writes_create_parents_replace_the_file_and_leave_no_temporaries(
 
 
 def test_the_sensitivity_cache_computes_once_and_reads_the_file_after(tmp_path):
-    from autocompress.search.sensitivity import cached_scan
+    from autocompress.space.sensitivity import cached_scan
 
     calls = []
 

@@ -1,5 +1,5 @@
 """Only groups that pruning may really cut reach the search: each is pruned alone before the search, and the model
-must still run, export and give outputs of the right shape (autocompress/search/group_check.py)."""
+must still run, export and give outputs of the right shape (autocompress/space/group_check.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from torch.utils.data import TensorDataset
 
 import autocompress
 from autocompress.pipeline.prune import channel_counts, find_groups, prune_model
-from autocompress.search.group_check import limit_to_safe_groups
-from autocompress.search.layers import quantizable_layers
 from autocompress.space import SpaceFile, build_space
+from autocompress.space.group_check import limit_to_safe_groups
+from autocompress.space.layers import quantizable_layers
 from autocompress.tasks.models import build_model
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))

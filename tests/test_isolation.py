@@ -33,7 +33,7 @@ def _state(pid: int) -> str:
 
 
 def test_paused_trials_stops_trial_workers_and_resumes_them():
-    from autocompress.search.device import TRIAL_TASK_NAME, paused_trials, trial_pids
+    from autocompress.runtime.device import TRIAL_TASK_NAME, paused_trials, trial_pids
 
     # a busy process titled like a Ray worker running a trial, and one that is not a trial
     busy = "while True: pass"
@@ -66,9 +66,9 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
     from autocompress.config import TrainConfig
     from autocompress.pipeline.export import export_onnx, fold_batchnorm
     from autocompress.pipeline.trial import TrialSpec
-    from autocompress.search.cluster import place_device
-    from autocompress.search.device import Device, paused_trials, trial_pids
-    from autocompress.search.executor import autocompress_trial
+    from autocompress.runtime.cluster import place_device
+    from autocompress.runtime.device import Device, paused_trials, trial_pids
+    from autocompress.runtime.executor import autocompress_trial
 
     m = copy.deepcopy(trained_resnet20).eval()
     example = digits.val.images(1)

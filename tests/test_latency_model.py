@@ -1,4 +1,4 @@
-"""The measured latency model (measure/latency_model.py): its wiring of layers to groups, its one-layer graphs, its
+"""The measured latency model (latency_model/model.py): its wiring of layers to groups, its one-layer graphs, its
 table and its fit. Its accuracy on whole models is measured in benchmarks/latency_model.py and checked loosely in
 tests/test_search_e2e.py."""
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from autocompress.measure.junctions import (
+from autocompress.latency_model.junctions import (
     Junction,
     JunctionKey,
     find_junctions,
@@ -20,10 +20,10 @@ from autocompress.measure.junctions import (
     junction_graph,
     junction_keys,
 )
-from autocompress.measure.latency_model import FEATURES, Fit, LatencyTable, all_keys
-from autocompress.measure.layers import LayerKey, layer_graph, layer_keys, time_graph, wire_layers
+from autocompress.latency_model.layers import LayerKey, layer_graph, layer_keys, time_graph, wire_layers
+from autocompress.latency_model.model import FEATURES, Fit, LatencyTable, all_keys
+from autocompress.latency_model.predict import random_configs
 from autocompress.pipeline.prune import find_groups, prune_model
-from autocompress.search.predict import random_configs
 from autocompress.space import SpaceFile, build_space
 from autocompress.tasks.models import build_model
 
@@ -113,8 +113,8 @@ def test_the_fit_recovers_a_linear_cost_and_starts_from_the_plain_sum():
 def test_a_channel_count_no_faster_than_a_larger_one_is_not_offered():
     """On a device where 24-channel layers run slower than 32-channel ones, a group's 24-channel choice can only
     lose accuracy: it is dropped, for the smallest larger count that beats it, and nothing else is."""
-    from autocompress.measure.latency_model import LatencyModel
-    from autocompress.search.predict import drop_slow, slow_choices
+    from autocompress.latency_model.model import LatencyModel
+    from autocompress.latency_model.predict import drop_slow, slow_choices
 
     model = build_model("resnet20", num_classes=10, in_channels=1).eval()
     example = torch.randn(1, 1, 32, 32)
@@ -143,10 +143,11 @@ def test_a_resumed_search_drops_the_same_slow_choices_even_without_its_latency_m
     from dataclasses import asdict
 
     from autocompress.config import SearchConfig
+    from autocompress.engine.latency import setup_predictor
+    from autocompress.engine.prepare import Prepared
+    from autocompress.engine.state import RunState
+    from autocompress.results.records import SlowChoice
     from autocompress.results.rundir import RunDir
-    from autocompress.search.predict import SlowChoice, setup_predictor
-    from autocompress.search.prepare import Prepared
-    from autocompress.search.state import RunState
 
     model = build_model("resnet20", num_classes=10, in_channels=1).eval()
     space = _space(model, torch.randn(1, 1, 32, 32))

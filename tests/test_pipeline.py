@@ -420,7 +420,7 @@ def test_pytorch_fake_quant_computes_what_the_ort_artifact_computes(trained_resn
 
 def test_quant_format_follows_the_target_cpu():
     from autocompress.pipeline.quantize import quant_format_for
-    from autocompress.search.device import fingerprint
+    from autocompress.runtime.device import fingerprint
 
     avx2 = quant_format_for({"machine": "x86_64", "isa": ["avx", "avx2", "fma"]})
     assert avx2["reduce_range"] and avx2["int8_weight_range"] == [-64, 64]
@@ -997,7 +997,7 @@ def test_uniform_configuration_keeps_the_channels_the_ratio_itself_would():
 
 
 def test_warm_start_runs_the_baseline_models_the_scan_picks_and_the_fastest_corners_first():
-    from autocompress.search.study import warm_start_configs
+    from autocompress.engine.study import warm_start_configs
 
     space = build_space(load_space_file(DEFAULT_SPACE), GROUPS, LAYERS)  # a: 16 -> [16, 8] ch, b: 64 -> 64..16 ch
     pick = {"prune:a": 0.0, "prune:b": 0.375, **{f"quant:{l}": "int8" for l in LAYERS}}

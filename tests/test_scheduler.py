@@ -13,18 +13,18 @@ import torch
 import torch.nn as nn
 
 from autocompress.config import LatencyConfig, TrainConfig
+from autocompress.engine.baselines import baseline_spec, run_baselines
+from autocompress.engine.scheduler import Limits, Rung, Scheduler, model_key, rung
+from autocompress.engine.state import LatencyBook, RunState
+from autocompress.engine.study import distributions
 from autocompress.measure.latency import measure_latency
 from autocompress.pipeline.prune import find_groups
 from autocompress.pipeline.trial import TrialSpec
 from autocompress.results.records import ArtifactFigures, LatencyFigures, TrialRecord, TrialState
 from autocompress.results.rundir import RunDir
-from autocompress.search.baselines import baseline_spec, run_baselines
-from autocompress.search.executor import InProcessExecutor
-from autocompress.search.layers import quantizable_layers
-from autocompress.search.scheduler import Limits, Rung, Scheduler, model_key, rung
-from autocompress.search.state import LatencyBook, RunState
-from autocompress.search.study import distributions
+from autocompress.runtime.executor import InProcessExecutor
 from autocompress.space import SpaceFile, build_space
+from autocompress.space.layers import quantizable_layers
 from autocompress.tasks.splitting import Split, Splits, TensorImages
 
 LIGHT = LatencyConfig(sessions=1, max_sessions=1, warmup=2, min_reps=5, max_reps=20, probe=False, max_contended=0,
@@ -157,9 +157,9 @@ def test_a_latency_target_skips_what_the_latency_model_predicts_over_it(tmp_path
     """Proposals predicted over --target-latency-ms (plus the slack for the model's error) are never built: recorded
     SKIPPED with the prediction, not counted in the budget, told to the study as pruned. (How well the model predicts
     is benchmarks/latency_model.py's subject; this toy network's layers take microseconds.)"""
-    from autocompress.measure.latency_model import LatencyTable
-    from autocompress.search.predict import build_predictor
-    from autocompress.search.scheduler import TARGET_SLACK
+    from autocompress.engine.scheduler import TARGET_SLACK
+    from autocompress.latency_model.model import LatencyTable
+    from autocompress.latency_model.predict import build_predictor
 
     model, splits, space = setup
     executor = InProcessExecutor(model, splits, measure=lambda b: {})
@@ -215,8 +215,8 @@ def test_multi_fidelity_stops_a_trial_a_finished_trial_as_fast_beat_halfway(tmp_
     trial 0's halfway accuracy less the margin when the latency model (real, timed on this host) predicts it no
     faster than trial 0 measured; it learns nothing, so it stops: STOPPED naming trial 0, its halfway accuracy
     recorded, told to Optuna as pruned, counted in the budget."""
-    from autocompress.measure.latency_model import LatencyTable
-    from autocompress.search.predict import build_predictor
+    from autocompress.latency_model.model import LatencyTable
+    from autocompress.latency_model.predict import build_predictor
 
     model, splits, space = setup
     executor = InProcessExecutor(model, splits, measure=lambda b: {})
@@ -254,9 +254,9 @@ def test_screening_skips_a_proposal_predicted_slower_than_a_measured_model_that_
     """Uniform int8 has FP32's channels at lower precision: if the latency model (real, timed on this host) predicts it
     more than the slack slower than FP32 measured, it is skipped unbuilt, naming the FP32 baseline, not counted in the
     budget, told to the study as pruned; with screening off the same proposal is built."""
-    from autocompress.measure.latency_model import LatencyTable
-    from autocompress.search.predict import build_predictor
-    from autocompress.search.screen import SCREEN_SLACK
+    from autocompress.latency_model.model import LatencyTable
+    from autocompress.latency_model.predict import build_predictor
+    from autocompress.latency_model.screen import SCREEN_SLACK
 
     model, splits, space = setup
     executor = InProcessExecutor(model, splits, measure=lambda b: {})

@@ -1,10 +1,10 @@
-"""search/screen.py: which measured model makes a proposal pointless to build."""
+"""latency_model/screen.py: which measured model makes a proposal pointless to build."""
 
 from __future__ import annotations
 
 import json
 
-from autocompress.search.screen import SCREEN_SLACK, Dominator, covers, dominator
+from autocompress.latency_model.screen import SCREEN_SLACK, Dominator, covers, dominator
 
 
 def _key(kept: dict[str, int], precision: dict[str, str]) -> str:

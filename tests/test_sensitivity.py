@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from autocompress.search.sensitivity import QUANT_HOPELESS, narrow, scan, warm_configs
 from autocompress.space import GroupChoice, LayerChoice, SearchSpace
+from autocompress.space.sensitivity import QUANT_HOPELESS, narrow, scan, warm_configs
 from tests.conftest import FAST_FLAGS, run_cli
 
 

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 from autocompress.measure.latency import make_session
 
 if TYPE_CHECKING:
-    from autocompress.tasks.splitting import Split
+    import torch
 
-__all__ = ["onnx_accuracy"]
+__all__ = ["onnx_accuracy", "Batched"]
 
 
-def onnx_accuracy(path: str | Path | bytes, splits: dict[str, Split], *, threads: int = 1,
+class Batched(Protocol):
+    """A labelled split (tasks.splitting.Split is one): its length and its batches of (images, labels)."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+def onnx_accuracy(path: str | Path | bytes, splits: dict[str, Batched], *, threads: int = 1,
                   batch_size: int = 128) -> dict[str, float]:
     """Top-1 accuracy in percent on each named split."""
     sess = make_session(path, threads=threads)

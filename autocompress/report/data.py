@@ -50,10 +50,8 @@ def load_report_data(rd: RunDir) -> ReportData:
     done = table[table["state"] == "COMPLETE"] if len(table) else table
     # skipped proposals (over --target-latency-ms, or screened) were never built: not failures, counted apart
     failed = table[~table["state"].isin(["COMPLETE", "DUPLICATE", "SKIPPED"])] if len(table) else table
-    from autocompress.final import final_models
-
     return ReportData(path=rd.path, meta=meta, baselines=baselines, table=table, pareto=pareto, done=done,
-                      failed=failed, finals=final_models(rd.path))
+                      failed=failed, finals=rd.final_docs())
 
 
 def confirm_rounds(rd: RunDir) -> int:

@@ -18,6 +18,7 @@ from autocompress.report.data import (
 from autocompress.report.figures import hypervolume_figure, pareto_scatter, prediction_figure, stage_figure
 from autocompress.report.notes import measurement_notes
 from autocompress.results.pareto import fastest_within
+from autocompress.results.records import Allocated, SlowChoice
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;color:#222;
@@ -105,7 +106,7 @@ def _summary_cards(data: ReportData) -> str:
 
 
 def _skip_reason(meta: dict) -> str:
-    """Why proposals were skipped before they were built: over the latency target, or screened (search.screen)."""
+    """Why proposals were skipped before they were built: over the latency target, or screened (latency_model.screen)."""
     target = meta.get("target_latency_ms")
     screened = "slower than a measured model with their channels and precisions"
     return f"predicted over the {target:g} ms target, or {screened}" if target else f"predicted {screened}"
@@ -129,8 +130,6 @@ def _latency_model(data: ReportData) -> str:
     if not isinstance(model, dict) or "failed" in model:
         return (f"<h2>Latency model</h2><p class='sub'>Not built: {html.escape(model['failed'])}</p>"
                 if isinstance(model, dict) else "")
-    from autocompress.search.predict import SlowChoice
-
     slow = [SlowChoice(**c).text() for c in model.get("slow_choices", [])]
     slow_html = ("<p class='sub'>Channel counts not offered to the search because a larger count of the same group "
                  "ran at least as fast in the layer table (so they could only lose accuracy):</p><ul>"
@@ -145,9 +144,7 @@ def _latency_model(data: ReportData) -> str:
 
 
 def _allocated_html(data: ReportData) -> str:
-    """The warm-start configurations search.allocate proposed, each with the trial that ran it (if one did)."""
-    from autocompress.search.allocate import Allocated
-
+    """The warm-start configurations latency_model.allocate proposed, each with the trial that ran it (if one did)."""
     allocated = [Allocated(**a) for a in data.meta.get("sensitivity", {}).get("allocated", [])]
     if not allocated:
         return ""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from autocompress.report.data import ReportData, completed
-from autocompress.tasks.preprocess import recorded_preprocessing
+from autocompress.results.preprocessing import recorded_preprocessing
 
 
 def report_markdown(data: ReportData) -> str:

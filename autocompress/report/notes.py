@@ -7,7 +7,7 @@ import html
 import statistics
 
 from autocompress.report.data import ReportData
-from autocompress.tasks.preprocess import recorded_preprocessing
+from autocompress.results.preprocessing import recorded_preprocessing
 
 
 def measurement_notes(data: ReportData, rounds: int) -> list[str]:

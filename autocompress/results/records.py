@@ -11,7 +11,8 @@ import enum
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["TrialState", "LatencyFigures", "ArtifactFigures", "TrialRecord", "choice_columns"]
+__all__ = ["TrialState", "LatencyFigures", "ArtifactFigures", "TrialRecord", "choice_columns", "SlowChoice",
+           "Allocated"]
 
 
 class TrialState(str, enum.Enum):
@@ -175,3 +176,35 @@ class TrialRecord:
             duplicate_of=row.get("duplicate_of"), reused=row.get("reused"), model_key=row.get("model_key"),
             predicted_ms=row.get("latency_predicted_ms"), halfway_accuracy=row.get("halfway_accuracy"),
         )
+
+
+@dataclass(frozen=True)
+class SlowChoice:
+    """A group's channel count that a larger one of the same group beats on this device: fewer channels (so no
+    more accurate) and no faster, in every context tried; the search does not offer it."""
+
+    group: str
+    ratio: float
+    kept: int
+    instead_ratio: float  # the larger channel count that is at least as fast
+    instead_kept: int
+    ms: float  # the group's layers at `kept`, summed over the contexts (table figures)
+    instead_ms: float
+
+    def text(self) -> str:
+        return (f"{self.group}: {self.kept} channels ({self.ms:.4f} ms in the table) are no faster than "
+                f"{self.instead_kept} ({self.instead_ms:.4f} ms)")
+
+
+@dataclass(frozen=True)
+class Allocated:
+    """A configuration of the allocation and why it was proposed."""
+
+    params: dict
+    predicted_ms: float
+    like_ratio: float  # the uniform int8 configuration (prune ratio) it is predicted at least as fast as
+    like_ms: float  # that uniform configuration's predicted latency
+
+    def text(self) -> str:
+        return (f"as fast as uniform {self.like_ratio:g}-pruned int8 ({self.predicted_ms:.3f} ms predicted "
+                f"vs {self.like_ms:.3f} ms)")

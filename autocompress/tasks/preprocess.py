@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from autocompress.errors import ConfigError
+from autocompress.results.preprocessing import describe_preprocessing
 
 __all__ = ["Preprocessing", "PreprocessOptions", "Normalize", "IMAGENET_MEAN", "IMAGENET_STD",
-           "resolve_normalization", "resize_crop", "channel_stats", "recorded_preprocessing", "STATS_IMAGES"]
+           "resolve_normalization", "resize_crop", "channel_stats", "STATS_IMAGES"]
 
 Normalize = Literal["dataset", "imagenet", "none"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,11 +63,7 @@ class Preprocessing:
 
     def describe(self) -> str:
         """One line for logs and the report."""
-        mean = ", ".join(f"{v:.3f}" for v in self.mean)
-        std = ", ".join(f"{v:.3f}" for v in self.std)
-        return (f"resize {self.resize}, center crop {self.crop}, /{self.scale:g}, mean ({mean}), std ({std}) "
-                f"[{self.normalize}]"
-                f", {'grayscale' if self.channels == 1 else 'RGB'}")
+        return describe_preprocessing(asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
@@ -85,15 +82,6 @@ class Preprocessing:
         mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
         return (x - mean) / std
-
-
-def recorded_preprocessing(meta: dict) -> str:
-    """The preprocessing line of a run's report ("" when the user's Datasets did their own)."""
-    pre = meta.get("preprocessing")
-    if not pre:
-        return ""
-    return f"Preprocessing (as the deployed model needs it, also written by pick --export): " \
-           f"{Preprocessing.from_dict(pre).describe()}; fine-tuning augmentation: {meta.get('augment', '?')}."
 
 
 def resize_crop(x: torch.Tensor, resize: int, crop: int) -> torch.Tensor:

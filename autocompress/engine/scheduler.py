@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
+from autocompress.engine.state import LatencyBook, RunState, record_of
+from autocompress.errors import describe_error
+from autocompress.latency_model.screen import Dominator, dominator
 from autocompress.pipeline.prune import kept_channels
 from autocompress.pipeline.trial import StoppedEarly, TrialOutput, TrialSpec
 from autocompress.results.records import TrialRecord, TrialState
-from autocompress.search.cluster import describe_error
-from autocompress.search.executor import Executor
-from autocompress.search.screen import Dominator, dominator
-from autocompress.search.state import LatencyBook, RunState, record_of
+from autocompress.runtime.executor import Executor
 from autocompress.space import SearchSpace
 
 __all__ = ["Scheduler", "Limits", "Rung", "rung", "model_key", "config_columns", "MAX_REPEATS"]
@@ -125,9 +125,9 @@ class Scheduler:
     early_stop_points: float = 0.0  # for the message of an early-stopped trial
     stop_below: float | None = None  # --early-stop: one halfway bar for every trial (FP32's val minus the points)
     multi_fidelity_points: float = 0.0  # --multi-fidelity: the margin of each proposal's `rung` (0: off)
-    predictor: Any = None  # search.predict.Predictor: each proposal's latency before it trains, or None
+    predictor: Any = None  # latency_model.predict.Predictor: each proposal's latency before it trains, or None
     target_ms: float | None = None  # --target-latency-ms: proposals predicted over it (with TARGET_SLACK) are skipped
-    screen: bool = False  # skip proposals predicted slower than a measured model that covers them (search.screen)
+    screen: bool = False  # skip proposals predicted slower than a measured model that covers them (latency_model.screen)
     running: dict = field(default_factory=dict)  # handle -> _Proposal whose pipeline runs
     measuring: dict = field(default_factory=dict)  # handle -> _Proposal whose latency is being measured
     in_flight: dict[str, int] = field(default_factory=dict)  # model key -> the trial running or measured for it
@@ -271,7 +271,7 @@ class Scheduler:
 
     def _dominator(self, p: _Proposal) -> Dominator | None:
         """With screening on: the measured model (baseline, or trial the study has heard of: a seed skips the same
-        proposals whatever the timing) that makes this proposal pointless to build (`search.screen`)."""
+        proposals whatever the timing) that makes this proposal pointless to build (`latency_model.screen`)."""
         if not self.screen:
             return None
         measured = []

@@ -18,7 +18,7 @@ import onnx
 import torch
 import torch.nn as nn
 
-from autocompress.measure.layers import (
+from autocompress.latency_model.layers import (
     LayerKey,
     LayerSite,
     as_pair,

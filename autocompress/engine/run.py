@@ -1,6 +1,6 @@
 """A whole search: baseline -> baselines -> sensitivity scan -> study -> trials -> confirm -> report.
 
-`run_search` is a short sequence of named steps on a `Prepared` search (search/prepare.py has checked the input);
+`run_search` is a short sequence of named steps on a `Prepared` search (engine/prepare.py has checked the input);
 the trial loop itself is the `Scheduler`'s.
 """
 
@@ -15,26 +15,27 @@ from typing import Callable
 import torch
 
 from autocompress.config import SearchConfig
-from autocompress.errors import Interrupted
+from autocompress.engine.baselines import baseline_spec, run_baselines
+from autocompress.engine.latency import setup_predictor
+from autocompress.engine.prepare import Prepared
+from autocompress.engine.progress import Interrupt, Progress
+from autocompress.engine.scheduler import Limits, Scheduler
+from autocompress.engine.state import LatencyBook, RunState, run_lock
+from autocompress.engine.study import distributions, grid_configs, make_sampler, open_study, warm_start_configs
+from autocompress.errors import Interrupted, describe_error
 from autocompress.pipeline.quantize import quant_format_for
 from autocompress.pipeline.trial import TrialSpec
 from autocompress.results.records import TrialState
-from autocompress.results.result import SearchResult, load_run
 from autocompress.results.rundir import RunDir
-from autocompress.search import cluster
-from autocompress.search.baselines import baseline_spec, run_baselines
-from autocompress.search.executor import Executor, RayExecutor
-from autocompress.search.predict import setup_predictor
-from autocompress.search.prepare import Prepared
-from autocompress.search.progress import Interrupt, Progress
-from autocompress.search.scheduler import Limits, Scheduler
-from autocompress.search.state import LatencyBook, RunState, run_lock
-from autocompress.search.study import distributions, grid_configs, make_sampler, open_study, warm_start_configs
+from autocompress.runtime import cluster
+from autocompress.runtime.executor import Executor, RayExecutor
 
 __all__ = ["run_search"]
 
 
-def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], None] = print) -> SearchResult:
+def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], None] = print) -> RunDir:
+    """Run the prepared search to its end (budget, exhaustion or Ctrl-C); returns its run directory, whose report
+    the caller writes."""
     cfg = prep.config
     t_start = time.perf_counter()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -66,10 +67,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                 if cfg.confirm_rounds and not interrupt.stopping:
                     _confirm(state, cfg, interrupt, bar.trial_line, executor, latency)
             _finish(state, scheduler, cfg, interrupt.stopping, time.perf_counter() - t_start)
-            from autocompress.report import write_report
-
-            write_report(rd)
-            return load_run(rd.path)
+            return rd
 
 
 @dataclass
@@ -112,10 +110,10 @@ def _fp32(prep: Prepared, log: Callable[[str], None], progress: bool) -> tuple[t
     """The FP32 model: given (an object or --weights), or trained on the data and cached."""
     import ray
 
+    from autocompress.pipeline.baseline import baseline_path, load_cached, save_baseline
     from autocompress.pipeline.devices import resolve_train_device
     from autocompress.pipeline.finetune import evaluate
-    from autocompress.search.executor import train_baseline_in_worker
-    from autocompress.tasks.baseline import baseline_path, load_cached, save_baseline
+    from autocompress.runtime.executor import train_baseline_in_worker
 
     cfg, splits = prep.config, prep.splits
     log(f"baseline: {cfg.model} on {cfg.dataset} ({splits.sizes()})")
@@ -239,8 +237,8 @@ def _guarded_sensitivity(prep: Prepared, state: RunState, executor: Executor, ba
     try:
         return _sensitivity(prep, state, executor, baseline, reduce_range, predictor, log)
     except Exception as e:  # noqa: BLE001 - the search runs without the scan's narrowing and warm start
-        log(f"  sensitivity scan failed ({cluster.describe_error(e)}): the search goes on without it")
-        state.meta["sensitivity"] = {"failed": cluster.describe_error(e)}
+        log(f"  sensitivity scan failed ({describe_error(e)}): the search goes on without it")
+        state.meta["sensitivity"] = {"failed": describe_error(e)}
         state.rd.write_json(state.rd.meta, state.meta)
         return []
 
@@ -252,9 +250,9 @@ def _sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: 
     cfg, space = prep.config, prep.space
     if not (cfg.sensitivity and space.params() and cfg.sampler != "grid"):
         return []
+    from autocompress.latency_model.allocate import allocate_guarded
     from autocompress.measure.cache import cache_dir
-    from autocompress.search.allocate import allocate_guarded
-    from autocompress.search.sensitivity import cache_key, cached_scan, narrow, warm_configs
+    from autocompress.space.sensitivity import cache_key, cached_scan, narrow, warm_configs
 
     key = cache_key(baseline, space, prep.splits, reduce_range)
     t0 = time.perf_counter()
@@ -338,9 +336,9 @@ def _best_text(state: RunState, fastest_within) -> str:
 
 def _confirm(state: RunState, cfg: SearchConfig, interrupt: Interrupt, log: Callable[[str], None],
              executor: Executor, latency: LatencyBook) -> None:
-    """The end-of-search re-measurement (search/confirm.py). Ctrl-C or a failing measurement skips it and keeps the
+    """The end-of-search re-measurement (engine/confirm.py). Ctrl-C or a failing measurement skips it and keeps the
     search-time figures."""
-    from autocompress.search.confirm import apply_confirmed, confirm_latencies
+    from autocompress.engine.confirm import apply_confirmed, confirm_latencies
 
     def measure(data: bytes) -> dict:
         if interrupt.stopping:
@@ -353,7 +351,7 @@ def _confirm(state: RunState, cfg: SearchConfig, interrupt: Interrupt, log: Call
         log("latency confirmation skipped (Ctrl-C): the report shows the figures measured during the search")
         return
     except Exception as e:  # noqa: BLE001 - the search's own figures stand
-        log(f"latency confirmation failed ({cluster.describe_error(e)}): the report shows the figures measured "
+        log(f"latency confirmation failed ({describe_error(e)}): the report shows the figures measured "
             "during the search")
         return
     for f, c in confirmed.items():
@@ -379,7 +377,7 @@ def _finish(state: RunState, scheduler: Scheduler, cfg: SearchConfig, stopping: 
                       trials_skipped=state.count(TrialState.SKIPPED), target_latency_ms=cfg.target_latency_ms,
                       space_exhausted=scheduler.exhausted)
     if isinstance(state.meta.get("latency_model"), dict) and "failed" not in state.meta["latency_model"]:
-        from autocompress.search.predict import prediction_errors
+        from autocompress.latency_model.predict import prediction_errors
 
         pairs = [(r.predicted_ms, r.latency.median_ms) for r in state.records.values()
                  if r.measured and r.predicted_ms is not None and r.duplicate_of is None and r.reused is None]

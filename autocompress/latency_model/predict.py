@@ -1,4 +1,4 @@
-"""The search's latency predictor: the measured latency model (measure/latency_model.py) built for this run's
+"""The search's latency predictor: the measured latency model (latency_model/model.py) built for this run's
 model and space, calibrated on the baselines and then on every measured trial.
 
 Each trial's prediction is made when it is proposed, before it trains, from the whole models measured by then,
@@ -9,19 +9,20 @@ of the device predicts.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
-from autocompress.measure.junctions import JunctionKey, find_junctions, junction_costs
-from autocompress.measure.latency_model import Fit, LatencyModel, LatencyTable, all_keys
-from autocompress.measure.layers import layer_graph, wire_layers
+from autocompress.latency_model.junctions import JunctionKey, find_junctions, junction_costs
+from autocompress.latency_model.layers import layer_graph, wire_layers
+from autocompress.latency_model.model import Fit, LatencyModel, LatencyTable, all_keys
+from autocompress.results.records import SlowChoice
 from autocompress.space import SearchSpace
 
 __all__ = ["Predictor", "build_predictor", "calibrate_on_proxies", "random_configs", "prediction_errors", "CHUNK",
-           "PROXIES", "SlowChoice", "slow_choices", "drop_slow", "setup_predictor"]
+           "PROXIES", "SlowChoice", "slow_choices", "drop_slow"]
 
 CHUNK = 32  # layer graphs sent to the device per call (saved, and progress logged, between calls)
 PROXIES = 12  # random whole configurations measured to calibrate the fit before the first trial
@@ -93,7 +94,7 @@ def calibrate_on_proxies(predictor: Predictor, baseline: torch.nn.Module, exampl
     """Measure `n` random configurations built from the baseline without training (the same graphs, so the same
     latency, as trials of those configurations) and fit on them: the baselines alone are all-int8 or all-fp32 and
     say nothing of mixed precisions. Returns the seconds spent."""
-    from autocompress.measure.layers import config_graph
+    from autocompress.latency_model.layers import config_graph
 
     t0 = time.perf_counter()
     for ratios, precisions in random_configs(predictor.space, n, seed):
@@ -102,28 +103,10 @@ def calibrate_on_proxies(predictor: Predictor, baseline: torch.nn.Module, exampl
     return round(time.perf_counter() - t0, 1)
 
 
-@dataclass(frozen=True)
-class SlowChoice:
-    """A group's channel count that a larger one of the same group beats on this device: fewer channels (so no
-    more accurate) and no faster, in every context tried; the search does not offer it."""
-
-    group: str
-    ratio: float
-    kept: int
-    instead_ratio: float  # the larger channel count that is at least as fast
-    instead_kept: int
-    ms: float  # the group's layers at `kept`, summed over the contexts (table figures)
-    instead_ms: float
-
-    def text(self) -> str:
-        return (f"{self.group}: {self.kept} channels ({self.ms:.4f} ms in the table) are no faster than "
-                f"{self.instead_kept} ({self.instead_ms:.4f} ms)")
-
-
 def _group_costs(model: LatencyModel, space: SearchSpace, group, kept: int) -> list[float]:
     """The table time of `group`'s layers with `kept` channels: one figure per context (the other groups at each
     uniform level of pruning, every layer at fp32 then at int8 where allowed)."""
-    from autocompress.measure.layers import LayerKey
+    from autocompress.latency_model.layers import LayerKey
 
     touching = [s for s in model.sites if group.name in {n for n, _ in (*s.in_per, *s.out_per)}]
     allowed = {layer.name: layer.precisions for layer in space.layers}
@@ -176,86 +159,3 @@ def prediction_errors(pairs: list[tuple[float, float]]) -> dict:
     mid = len(errs) // 2
     median = errs[mid] if len(errs) % 2 else (errs[mid - 1] + errs[mid]) / 2
     return {"n": len(errs), "median_pct": round(median, 2), "worst_pct": round(errs[-1], 2)}
-
-
-def setup_predictor(prep, state, executor, baseline: torch.nn.Module, reduce_range: bool,
-                    log: Callable[[str], None] = print) -> Predictor | None:
-    """The search's predictor, fitted on the whole models measured so far, or None when it is switched off or fails
-    (it only adds figures to the report and skips over-target proposals: a failure never takes the search down).
-
-    A first session drops the channel counts that are slow on this device from the space (`meta.json`
-    `slow_choices`) before the study is made; a resumed one drops the same, whatever becomes of its latency model,
-    so that its study keeps the same choices."""
-    from autocompress.search.cluster import describe_error
-
-    if prep.resume:
-        _drop(prep.space, [SlowChoice(**c) for c in state.meta.get("slow_choices", [])], log)
-    if not prep.config.latency_model:
-        return None
-    try:
-        return _build(prep, state, executor, baseline, reduce_range, log)
-    except Exception as e:  # noqa: BLE001 - the search runs without predictions
-        log(f"  latency model failed ({describe_error(e)}): the search goes on without predictions"
-            + ("; --target-latency-ms is ignored" if prep.config.target_latency_ms else "")
-            + ("; --multi-fidelity stops no trial" if prep.config.multi_fidelity_points else ""))
-        state.meta["latency_model"] = {"failed": describe_error(e)}
-        state.rd.write_json(state.rd.meta, state.meta)
-        return None
-
-
-def _build(prep, state, executor, baseline: torch.nn.Module, reduce_range: bool,
-           log: Callable[[str], None]) -> Predictor:
-    from autocompress.measure.cache import cache_dir
-
-    cfg, space = prep.config, prep.space
-    table = LatencyTable(LatencyTable.file_for(cache_dir(), state.meta["device"], cfg.latency.model_dump(),
-                                               reduce_range))
-    example = prep.splits.val.images(1)
-    predictor, info = build_predictor(baseline, example, space, table, executor.time_graphs,
-                                      reduce_range=reduce_range, log=log)
-    if not prep.resume and cfg.sampler != "grid":  # (the grid is the uniform reference: all of its choices stay)
-        slow = slow_choices(predictor.model, space)
-        _drop(space, slow, log)
-        state.meta["slow_choices"] = [asdict(c) for c in slow]
-        state.meta["space"] = space.describe()
-        state.rd.write_json(state.rd.meta, state.meta)
-    _learn_measured(predictor, state, cfg.seed, reduce_range)
-    if space.params():
-        def measure(data: bytes) -> float:
-            return float(executor.get(executor.submit_measure(data))["median_ms"])
-
-        info["proxies"] = PROXIES
-        info["proxy_seconds"] = calibrate_on_proxies(predictor, baseline, example, measure, n=PROXIES, seed=cfg.seed,
-                                                     reduce_range=reduce_range)
-    state.meta["latency_model"] = {**info, **predictor.summary()}
-    state.rd.write_json(state.rd.meta, state.meta)
-    log(f"  latency model: {info['entries']} layer timings ({info['timed_now']} new, {info['seconds']} s), "
-        f"fit on {predictor.model.fit.anchors} whole models measured ({info.get('proxy_seconds', 0)} s)")
-    return predictor
-
-
-def _drop(space: SearchSpace, slow: list[SlowChoice], log: Callable[[str], None]) -> None:
-    drop_slow(space, slow)
-    for c in slow:
-        log(f"  not offered, slow on this device: {c.text()}")
-
-
-def _learn_measured(predictor: Predictor, state, seed: int, reduce_range: bool) -> None:
-    """The anchors measured already: the uniform baselines the table covers, then (on resume) the earlier
-    sessions' trials, in trial order."""
-    from autocompress.config import BASELINES
-    from autocompress.results.records import TrialState
-    from autocompress.search.baselines import baseline_spec
-
-    space = predictor.space
-    for b in BASELINES:
-        rec = state.baselines.get(b.name)
-        if rec is not None and rec.measured:
-            spec = baseline_spec(b, space, None, seed, reduce_range)
-            if predictor.covers(spec.ratios, spec.precisions):
-                predictor.learn(spec.ratios, spec.precisions, rec.latency.median_ms)
-    for _, rec in sorted(state.records.items()):
-        if rec.state is TrialState.COMPLETE and rec.measured and rec.reused is None and rec.duplicate_of is None:
-            ratios, precisions = space.decode(rec.choices)
-            if predictor.covers(ratios, precisions):
-                predictor.learn(ratios, precisions, rec.latency.median_ms)

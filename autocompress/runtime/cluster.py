@@ -8,9 +8,9 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
-from autocompress.errors import ClusterError
+from autocompress.errors import ClusterError, describe_error
 
-__all__ = ["ray_session", "init_ray", "check_ray_address", "check_device", "place_device", "describe_error"]
+__all__ = ["ray_session", "init_ray", "check_ray_address", "check_device", "place_device"]
 
 
 def check_ray_address(address: str) -> None:
@@ -48,7 +48,7 @@ def place_device(name: str, settings: dict):
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from autocompress.search.device import Device
+    from autocompress.runtime.device import Device
 
     if name == "local":
         opts = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(),
@@ -63,13 +63,6 @@ def place_device(name: str, settings: dict):
         raise ClusterError(f"--device {name!r} did not start within 120 s: another search is measuring on it; "
                            "wait for that search or use another device") from None
     return device, fp
-
-
-def describe_error(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    # RayTaskError text starts with the Ray wrapper; keep the user-facing last line
-    last = next((l for l in reversed(text) if l.strip()), type(e).__name__)
-    return last[:500]
 
 
 @contextlib.contextmanager

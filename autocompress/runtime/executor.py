@@ -37,7 +37,7 @@ class Executor(Protocol):
         """Stop a running task."""
 
     def scan(self, space, reduce_range: bool) -> dict:
-        """The sensitivity scan (search/sensitivity.py) of the baseline, where trials run; waits for it."""
+        """The sensitivity scan (space/sensitivity.py) of the baseline, where trials run; waits for it."""
 
     def time_graphs(self, graphs: list[tuple[bytes, tuple[int, ...]]]) -> list[float]:
         """Quick timings (ms) of small ONNX graphs on the device (the latency model's table); waits for them."""
@@ -50,7 +50,7 @@ def autocompress_trial(baseline: torch.nn.Module, splits: Splits, spec: TrialSpe
 
 def _scan_task(baseline: torch.nn.Module, splits: Splits, space, reduce_range: bool, threads: int) -> dict:
     """Runs in a Ray worker."""
-    from autocompress.search.sensitivity import scan
+    from autocompress.space.sensitivity import scan
 
     return scan(baseline, splits, space, reduce_range=reduce_range, threads=threads)
 
@@ -59,7 +59,7 @@ def _baseline_task(model_name: str, splits: Splits, settings, seed: int, device:
     """Runs in a Ray worker: the FP32 model trained from scratch, as (state_dict, info)."""
     import os
 
-    from autocompress.tasks.baseline import train_baseline
+    from autocompress.pipeline.baseline import train_baseline
 
     torch.set_num_threads(os.cpu_count() or 1)  # nothing else runs while the baseline trains
     model, info = train_baseline(model_name, splits, settings, seed, device=device,
@@ -151,7 +151,7 @@ class RayExecutor:
         self.ray.cancel(handle, force=True)
 
     def scan(self, space, reduce_range: bool) -> dict:
-        """The sensitivity scan (search/sensitivity.py) in a worker."""
+        """The sensitivity scan (space/sensitivity.py) in a worker."""
         task = self.ray.remote(_scan_task).options(num_cpus=self.threads, max_retries=0)
         return self.ray.get(task.remote(self.base_ref, self.splits_ref, space, reduce_range, self.threads))
 
@@ -190,12 +190,12 @@ class InProcessExecutor:
         handle.cancel()
 
     def scan(self, space, reduce_range: bool) -> dict:
-        from autocompress.search.sensitivity import scan
+        from autocompress.space.sensitivity import scan
 
         return scan(self.baseline, self.splits, space, reduce_range=reduce_range, threads=self.threads)
 
     def time_graphs(self, graphs: list[tuple[bytes, tuple[int, ...]]]) -> list[float]:
-        from autocompress.measure.layers import time_graph
+        from autocompress.latency_model.layers import time_graph
 
         return [time_graph(data, shape, threads=1) for data, shape in graphs]
 

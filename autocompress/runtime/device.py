@@ -95,8 +95,8 @@ class Device:
         return fingerprint(self.meter.settings.threads)
 
     def time_graphs(self, graphs: list[tuple[bytes, tuple[int, ...]]]) -> list[float]:
-        """Quick timings (ms) of small graphs: the latency model's layer table (measure/latency_model.py)."""
-        from autocompress.measure.layers import time_graph
+        """Quick timings (ms) of small graphs: the latency model's layer table (latency_model/model.py)."""
+        from autocompress.latency_model.layers import time_graph
 
         s = self.meter.settings
         out = []

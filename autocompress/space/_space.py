@@ -14,7 +14,7 @@ from autocompress.errors import SpaceError, location
 from autocompress.pipeline.prune import PruneGroup, kept_channels
 from autocompress.yamlio import read_yaml
 
-__all__ = ["SpaceFile", "SearchSpace", "load_space_file", "build_space", "DEFAULT_SPACE"]
+__all__ = ["SpaceFile", "SearchSpace", "GroupChoice", "LayerChoice", "load_space_file", "build_space", "DEFAULT_SPACE"]
 
 # shipped inside the package (package data), so a non-editable install has it too; examples to copy: search_spaces/
 DEFAULT_SPACE = files("autocompress") / "search_spaces" / "default.yaml"

@@ -13,7 +13,7 @@ import torch
 from autocompress.config import SearchConfig
 from autocompress.errors import DataError, ModelError, RunError
 from autocompress.results.rundir import RunDir
-from autocompress.search import cluster
+from autocompress.runtime import cluster
 from autocompress.space import SearchSpace, build_space, load_space_file
 from autocompress.tasks.data import Splits
 
@@ -76,8 +76,8 @@ def _space(config: SearchConfig, model: torch.nn.Module, splits: Splits) -> Sear
     model is the trained one's, so a bad rule fails before any training)."""
     from autocompress.measure.cache import cache_dir
     from autocompress.pipeline.prune import find_groups
-    from autocompress.search.group_check import limit_to_safe_groups
-    from autocompress.search.layers import quantizable_layers
+    from autocompress.space.group_check import limit_to_safe_groups
+    from autocompress.space.layers import quantizable_layers
 
     space_file = load_space_file(config.space)
     example = splits.val.images(1)
@@ -141,7 +141,7 @@ def prepare(config: SearchConfig, splits: Splits, model: torch.nn.Module | str, 
     space = _space(config, model, splits)
     if config.ray_address:
         cluster.check_ray_address(config.ray_address)
-    elif config.train_device == "cuda":  # a cluster's GPUs are known once joined (search/driver.py checks them)
+    elif config.train_device == "cuda":  # a cluster's GPUs are known once joined (engine/run.py checks them)
         from autocompress.pipeline.devices import resolve_train_device
 
         resolve_train_device("cuda", torch.cuda.device_count())

@@ -11,13 +11,12 @@ from dataclasses import replace
 from typing import Callable
 
 from autocompress.config import BASELINES, Baseline, TrainConfig
-from autocompress.errors import ModelError
+from autocompress.engine.scheduler import model_key
+from autocompress.engine.state import LatencyBook, RunState, record_of
+from autocompress.errors import ModelError, describe_error
 from autocompress.pipeline.trial import TrialSpec
 from autocompress.results.records import TrialRecord, TrialState
-from autocompress.search.cluster import describe_error
-from autocompress.search.executor import Executor
-from autocompress.search.scheduler import model_key
-from autocompress.search.state import LatencyBook, RunState, record_of
+from autocompress.runtime.executor import Executor
 from autocompress.space import SearchSpace
 
 __all__ = ["baseline_spec", "run_baselines"]

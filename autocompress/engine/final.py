@@ -35,7 +35,7 @@ from autocompress.results.pick import ModelConfig, channels_before
 from autocompress.results.records import TrialRecord, TrialState
 from autocompress.results.rundir import RunDir
 
-__all__ = ["FinalModel", "Figures", "finalize", "default_epochs", "final_models", "report_lines"]
+__all__ = ["FinalModel", "Figures", "finalize", "default_epochs", "report_lines"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -100,9 +100,6 @@ def finalize(run_dir: str | Path, trial: int | None = None, *, max_latency_ms: f
                                        "searched": rd.path / _onnx_of(rd, record), "final": onnx}, rounds, log)
     final = _write(rd, out, name, record, spec, tuned, artifact, latency, time.perf_counter() - t0)
     (out / CHECKPOINT).unlink(missing_ok=True)  # finished: the resumable state is no longer needed
-    from autocompress.report import write_report
-
-    write_report(rd.path)
     log(f"final model: {final.onnx} (test {final.final.test_accuracy:.2f}% vs {final.searched.test_accuracy:.2f}% "
         f"as searched; {final.final.latency_ms:.4f} ms vs {final.searched.latency_ms:.4f} ms)")
     return final
@@ -118,7 +115,7 @@ class Tuned:
 
 
 def _records(rd: RunDir) -> dict[int, TrialRecord]:
-    from autocompress.search.state import RunState
+    from autocompress.engine.state import RunState
 
     return RunState.load_records(rd)
 
@@ -152,8 +149,8 @@ def _chosen_trial(rd: RunDir, trial: int | None, max_latency_ms: float | None,
 
 def _prepared(rd: RunDir, model, train_data, val_data, test_data, calib_data, log: Callable[[str], None]):
     """The run's checked config, model and splits, as for a resumed search, with every training image."""
-    from autocompress.api import plan
-    from autocompress.search.prepare import load_resume_config
+    from autocompress.engine.plan import plan
+    from autocompress.engine.prepare import load_resume_config
 
     cfg = load_resume_config(rd.path)
     meta = rd.read_json(rd.meta)
@@ -263,9 +260,9 @@ def _meta(prep) -> dict:
 def _measure_together(prep, files: dict[str, Path], rounds: int, log: Callable[[str], None]) -> dict[str, dict]:
     """Each file measured in `rounds` rounds, the order reversed every other round, on this machine: one window
     of the device for all three. The figure is the median of a file's rounds (confirm.summarise)."""
+    from autocompress.engine.confirm import summarise
     from autocompress.measure.latency import LatencyMeter
-    from autocompress.search.confirm import summarise
-    from autocompress.search.device import fingerprint
+    from autocompress.runtime.device import fingerprint
 
     meter = LatencyMeter(prep.config.latency)
     here, searched_on = fingerprint(meter.settings.threads), _meta(prep).get("device", {})
@@ -288,9 +285,9 @@ def _figures(val: float, test: float, size: int, latency: dict) -> Figures:
 def _write(rd: RunDir, out: Path, name: str, record: TrialRecord, spec: TrialSpec, tuned: Tuned, artifact,
            latency: dict[str, dict], seconds: float) -> FinalModel:
     """final.json (the figures, the plan, the epochs, and the row `pick` reads) and report.md in `out`."""
+    from autocompress.engine.state import record_of
     from autocompress.results.records import LatencyFigures
-    from autocompress.search.device import fingerprint
-    from autocompress.search.state import record_of
+    from autocompress.runtime.device import fingerprint
 
     fp32 = TrialRecord.from_row(rd.read_json(rd.baselines_json)["fp32"])
     assert fp32.artifact is not None and record.artifact is not None
@@ -329,8 +326,3 @@ def report_lines(f: FinalModel) -> list[str]:
             "| model | val % | test % | latency ms | vs FP32 | MB |", "|---|---|---|---|---|---|",
             row("FP32 baseline", f.fp32), row(f"trial {f.trial} as searched", f.searched),
             row(f"trial {f.trial} finalized", f.final), "", f"File: `{f.onnx}`"]
-
-
-def final_models(run_dir: str | Path) -> list[dict]:
-    """The final.json of every finalized model of a run (finished ones only), by name."""
-    return RunDir(Path(run_dir)).final_docs()

@@ -1,5 +1,5 @@
 """A measured latency model of the device: every layer timed alone at every channel count and precision the
-search space offers (measure/layers.py), each pool between two layers timed in context (measure/junctions.py),
+search space offers (latency_model/layers.py), each pool between two layers timed in context (latency_model/junctions.py),
 summed per configuration and calibrated on whole models measured the usual way.
 
 What the table misses (residual Adds, the Quantize/Dequantize pairs a lone int8 layer has at its edges but a chain
@@ -18,8 +18,8 @@ from typing import Iterable
 import numpy as np
 
 from autocompress.fileio import atomic_write_text
-from autocompress.measure.junctions import Junction, JunctionKey, all_junction_keys, junction_keys
-from autocompress.measure.layers import LayerKey, LayerSite, layer_keys, removed_channels, site_keys
+from autocompress.latency_model.junctions import Junction, JunctionKey, all_junction_keys, junction_keys
+from autocompress.latency_model.layers import LayerKey, LayerSite, layer_keys, removed_channels, site_keys
 
 __all__ = ["LatencyTable", "LatencyModel", "Fit", "FEATURES", "all_keys"]
 

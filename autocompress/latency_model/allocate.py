@@ -15,9 +15,9 @@ fine-tune wins it back), so they rank steps, never predict accuracy; the fine-tu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
+from autocompress.results.records import Allocated
 from autocompress.space import SearchSpace
 
 __all__ = ["Allocated", "allocation_path", "allocated_configs", "allocate_guarded", "start_params"]
@@ -25,20 +25,6 @@ __all__ = ["Allocated", "allocation_path", "allocated_configs", "allocate_guarde
 # A step the scan says costs nothing still has a cost: this floor (points) keeps the ranking finite, and among
 # free steps prefers the one that saves the most time.
 _MIN_COST = 0.05
-
-
-@dataclass(frozen=True)
-class Allocated:
-    """A configuration of the allocation and why it was proposed."""
-
-    params: dict
-    predicted_ms: float
-    like_ratio: float  # the uniform int8 configuration (prune ratio) it is predicted at least as fast as
-    like_ms: float  # that uniform configuration's predicted latency
-
-    def text(self) -> str:
-        return (f"as fast as uniform {self.like_ratio:g}-pruned int8 ({self.predicted_ms:.3f} ms predicted "
-                f"vs {self.like_ms:.3f} ms)")
 
 
 def start_params(space: SearchSpace) -> dict:
@@ -119,7 +105,7 @@ def allocate_guarded(space: SearchSpace, sens: dict, predictor, log: Callable[[s
     (the scan's own warm start goes on without them)."""
     if predictor is None:
         return []
-    from autocompress.search.cluster import describe_error
+    from autocompress.errors import describe_error
 
     try:
         return allocated_configs(space, sens, predictor.predict)

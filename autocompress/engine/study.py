@@ -12,9 +12,9 @@ from __future__ import annotations
 import warnings
 from typing import Callable
 
+from autocompress.engine.scheduler import config_columns, model_key
+from autocompress.engine.state import RunState
 from autocompress.results.records import TrialRecord, TrialState
-from autocompress.search.scheduler import config_columns, model_key
-from autocompress.search.state import RunState
 from autocompress.space import SearchSpace
 
 __all__ = ["WARM_START", "warm_start_configs", "grid_configs", "make_sampler", "open_study", "distributions"]

@@ -33,9 +33,9 @@ class SearchResult:
                       max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_mb=max_size_mb).chosen
 
     def finalize(self, trial: int | None = None, **kwargs):
-        """`autocompress.final.finalize` on this run: the trial's configuration fine-tuned for longer, measured like
+        """`autocompress.finalize` on this run: the trial's configuration fine-tuned for longer, measured like
         a trial, written to `run_dir/final/<name>/`. Returns a `FinalModel`."""
-        from autocompress.final import finalize
+        from autocompress.api._finalize import finalize
 
         return finalize(self.run_dir, trial, **kwargs)
 

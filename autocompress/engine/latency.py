@@ -1,0 +1,107 @@
+"""The search's latency model stage: the layer table timed on the device, the fit on the whole models measured
+so far, and the slow channel counts dropped from the space (latency_model/ holds the model itself)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from autocompress.config import BASELINES
+from autocompress.engine.baselines import baseline_spec
+from autocompress.errors import describe_error
+from autocompress.latency_model.model import LatencyTable
+from autocompress.latency_model.predict import (
+    PROXIES,
+    Predictor,
+    build_predictor,
+    calibrate_on_proxies,
+    drop_slow,
+    slow_choices,
+)
+from autocompress.measure.cache import cache_dir
+from autocompress.results.records import SlowChoice, TrialState
+from autocompress.space import SearchSpace
+
+if TYPE_CHECKING:
+    from autocompress.engine.prepare import Prepared
+    from autocompress.engine.state import RunState
+    from autocompress.runtime.executor import Executor
+
+__all__ = ["setup_predictor"]
+
+
+def setup_predictor(prep: Prepared, state: RunState, executor: Executor, baseline: torch.nn.Module, reduce_range: bool,
+                    log: Callable[[str], None] = print) -> Predictor | None:
+    """The search's predictor, fitted on the whole models measured so far, or None when it is switched off or fails
+    (it only adds figures to the report and skips over-target proposals: a failure never takes the search down).
+
+    A first session drops the channel counts that are slow on this device from the space (`meta.json`
+    `slow_choices`) before the study is made; a resumed one drops the same, whatever becomes of its latency model,
+    so that its study keeps the same choices."""
+    if prep.resume:
+        _drop(prep.space, [SlowChoice(**c) for c in state.meta.get("slow_choices", [])], log)
+    if not prep.config.latency_model:
+        return None
+    try:
+        return _build(prep, state, executor, baseline, reduce_range, log)
+    except Exception as e:  # noqa: BLE001 - the search runs without predictions
+        log(f"  latency model failed ({describe_error(e)}): the search goes on without predictions"
+            + ("; --target-latency-ms is ignored" if prep.config.target_latency_ms else "")
+            + ("; --multi-fidelity stops no trial" if prep.config.multi_fidelity_points else ""))
+        state.meta["latency_model"] = {"failed": describe_error(e)}
+        state.rd.write_json(state.rd.meta, state.meta)
+        return None
+
+
+def _build(prep: Prepared, state: RunState, executor: Executor, baseline: torch.nn.Module, reduce_range: bool,
+           log: Callable[[str], None]) -> Predictor:
+    cfg, space = prep.config, prep.space
+    table = LatencyTable(LatencyTable.file_for(cache_dir(), state.meta["device"], cfg.latency.model_dump(),
+                                               reduce_range))
+    example = prep.splits.val.images(1)
+    predictor, info = build_predictor(baseline, example, space, table, executor.time_graphs,
+                                      reduce_range=reduce_range, log=log)
+    if not prep.resume and cfg.sampler != "grid":  # (the grid is the uniform reference: all of its choices stay)
+        slow = slow_choices(predictor.model, space)
+        _drop(space, slow, log)
+        state.meta["slow_choices"] = [asdict(c) for c in slow]
+        state.meta["space"] = space.describe()
+        state.rd.write_json(state.rd.meta, state.meta)
+    _learn_measured(predictor, state, cfg.seed, reduce_range)
+    if space.params():
+        def measure(data: bytes) -> float:
+            return float(executor.get(executor.submit_measure(data))["median_ms"])
+
+        info["proxies"] = PROXIES
+        info["proxy_seconds"] = calibrate_on_proxies(predictor, baseline, example, measure, n=PROXIES, seed=cfg.seed,
+                                                     reduce_range=reduce_range)
+    state.meta["latency_model"] = {**info, **predictor.summary()}
+    state.rd.write_json(state.rd.meta, state.meta)
+    log(f"  latency model: {info['entries']} layer timings ({info['timed_now']} new, {info['seconds']} s), "
+        f"fit on {predictor.model.fit.anchors} whole models measured ({info.get('proxy_seconds', 0)} s)")
+    return predictor
+
+
+def _drop(space: SearchSpace, slow: list[SlowChoice], log: Callable[[str], None]) -> None:
+    drop_slow(space, slow)
+    for c in slow:
+        log(f"  not offered, slow on this device: {c.text()}")
+
+
+def _learn_measured(predictor: Predictor, state: RunState, seed: int, reduce_range: bool) -> None:
+    """The anchors measured already: the uniform baselines the table covers, then (on resume) the earlier
+    sessions' trials, in trial order."""
+    space = predictor.space
+    for b in BASELINES:
+        rec = state.baselines.get(b.name)
+        if rec is not None and rec.measured:
+            spec = baseline_spec(b, space, None, seed, reduce_range)
+            if predictor.covers(spec.ratios, spec.precisions):
+                predictor.learn(spec.ratios, spec.precisions, rec.latency.median_ms)
+    for _, rec in sorted(state.records.items()):
+        if rec.state is TrialState.COMPLETE and rec.measured and rec.reused is None and rec.duplicate_of is None:
+            ratios, precisions = space.decode(rec.choices)
+            if predictor.covers(ratios, precisions):
+                predictor.learn(ratios, precisions, rec.latency.median_ms)
