@@ -250,8 +250,8 @@ class LatencyMeter:
             if medians or discarded or slowed:  # sessions spread over time: one burst of interference cannot cover all
                 time.sleep(settings.session_gap_s * gaps.uniform(0.5, 1.5))
             # the session is built and warmed up (arenas allocated, weights prepacked) before the trials are paused:
-            # that needs no quiet and was 40-50 ms of every session the trials stood still for; a few runs inside bring
-            # the caches back after the fine-tune
+            # that needs no quiet, and the trials stand still for less; a few runs inside bring the caches back after
+            # the fine-tune
             sess = make_session(path, threads=settings.threads)
             feed = {sess.get_inputs()[0].name: x}
             for _ in range(settings.warmup):

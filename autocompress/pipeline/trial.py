@@ -143,15 +143,14 @@ def build_artifact(model: torch.nn.Module, splits: Splits, spec: TrialSpec, kept
     lap = lap if lap is not None else Laps()
     example = splits.val.images(1)
     # The PyTorch counterpart of the artifact is the fine-tuned model with BatchNorm folded into its convs, as
-    # exported, fake-quantized and calibrated on the folded float model, as ONNX Runtime calibrates it. (Evaluated
-    # before folding, it differed from the artifact by float rounding at quantization-step boundaries: on one mixed
-    # int8/int4 configuration of benchmarks/parity.py, 2 of 720 predictions unfolded, 0 folded.)
+    # exported, fake-quantized and calibrated on the folded float model, as ONNX Runtime calibrates it: evaluated
+    # before folding, float rounding at quantization-step boundaries makes it differ (docs/pipeline.md, parity).
     model.eval()
     fold_batchnorm(model, example)
     with fake_quantized(model, spec.precisions, reduce_range=spec.reduce_range) as qmodel:
         calibrate_activations(qmodel, splits.calib)
         # parity is checked on the test split only: the search ranks on the artifact's val accuracy and never needs
-        # PyTorch's, and one more evaluation of the fake-quant model was a third of this stage (0.25 s a trial)
+        # PyTorch's, and one more evaluation of the fake-quant model is a large share of this stage
         torch_val = evaluate(qmodel, splits.val) if spec.parity_val else None
         torch_test = evaluate(qmodel, splits.test)
         lap("evaluate_torch")
