@@ -6,7 +6,7 @@ import contextlib
 import os
 import socket
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from autocompress.errors import ClusterError, describe_error
 
@@ -66,13 +66,13 @@ def place_device(name: str, settings: dict):
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
+def ray_session(address: str | None, log: Callable[[str], None] = print) -> Iterator[None]:
     """Ray for one search, left as it was found: joined or started here, and a Ray this search started is shut
     down at the end (no processes stay behind in the caller's Python session); one already running stays up."""
     import ray
 
     started = not ray.is_initialized()
-    init_ray(address)
+    init_ray(address, log)
     try:
         yield
     finally:
@@ -80,7 +80,23 @@ def ray_session(address: str | None) -> Iterator[None]:
             ray.shutdown()
 
 
-def init_ray(address: str | None) -> None:
+def _other_cluster() -> str | None:
+    """A cluster Ray's default start would join instead of starting one: RAY_ADDRESS, or the file a `ray start
+    --head` leaves (and an unclean end leaves stale)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
+    try:
+        from ray._private.services import find_bootstrap_address
+
+        found = find_bootstrap_address(None)
+    except Exception:  # noqa: BLE001 - a Ray without this helper: nothing to say
+        return None
+    return f"the cluster file of `ray start` ({found})" if found else None
+
+
+def init_ray(address: str | None, log: Callable[[str], None] = print) -> None:
+    """Join the cluster at `address`; without one, start a local Ray of this search's own, whatever RAY_ADDRESS or a
+    (possibly stale) cluster file of `ray start` say: a search joins a cluster only when asked to."""
     import ray
 
     if ray.is_initialized():
@@ -104,7 +120,10 @@ def init_ray(address: str | None) -> None:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=os.cpu_count(), **kwargs)
+            other = _other_cluster()
+            if other:
+                log(f"  starting a local Ray for this search; {other} is ignored (join a cluster with --ray-address)")
+            ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
     except Exception as e:  # noqa: BLE001
         hint = ("check --ray-address, and that this machine has the cluster's token "
                 "(~/.ray/auth_token or RAY_AUTH_TOKEN)"

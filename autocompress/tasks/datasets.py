@@ -2,7 +2,8 @@
 
 The images are used as the Datasets give them (their own transforms and normalization), read when a split is
 read, in DataLoader worker processes: no split is held in memory. A split longer than its cap (`max_images`) is a
-seeded random choice of that many items. A DataLoader stands for its Dataset (and its number of workers).
+seeded random choice of that many items. A DataLoader stands for the items of its Dataset that its sampler draws
+(and its number of workers).
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    Subset,
+    TensorDataset,
+    default_collate,
+    default_convert,
+)
 
 from autocompress.errors import DataError
 from autocompress.tasks.splitting import Split, Splits
@@ -36,14 +46,44 @@ def _pair(item: Any, where: str) -> tuple[torch.Tensor, int]:
 
 
 def _dataset(data: DataLike, where: str) -> tuple[Dataset, int]:
-    """The map-style Dataset behind `data` (a DataLoader's own), and the reader processes to use for it."""
+    """The map-style Dataset behind `data` (for a DataLoader: its Dataset, restricted to the indices its sampler
+    draws), and the reader processes to use for it."""
     if isinstance(data, DataLoader):
-        return data.dataset, int(data.num_workers)
+        if isinstance(data.dataset, IterableDataset):
+            raise DataError(f"{where} is a DataLoader over an IterableDataset ({type(data.dataset).__name__}); "
+                            "autocompress reads items by index: give a map-style Dataset (with __getitem__ and "
+                            "__len__) or a DataLoader over one")
+        return _sampled(data, where), int(data.num_workers)
+    if isinstance(data, IterableDataset):
+        raise DataError(f"{where} is an IterableDataset ({type(data).__name__}); autocompress reads items by index: "
+                        "give a map-style Dataset (with __getitem__ and __len__) or a DataLoader over one")
     try:
         len(data)  # type: ignore[arg-type]
     except TypeError:
         raise DataError(f"{where} has no length; give a map-style Dataset or a DataLoader over one") from None
     return data, 0
+
+
+def _sampled(loader: DataLoader, where: str) -> Dataset:
+    """The loader's Dataset, or the Subset of it its sampler draws (e.g. two loaders over one Dataset with a
+    SubsetRandomSampler each: train and validation must stay the images each sampler selects)."""
+    if loader.collate_fn not in (default_collate, default_convert):
+        raise DataError(f"{where} is a DataLoader with its own collate_fn; autocompress reads (image, label) items "
+                        "one at a time: give the Dataset (or a DataLoader without collate_fn) whose items are "
+                        "(image_tensor, label)")
+    if type(loader.batch_sampler) is not BatchSampler or loader.batch_sampler.sampler is not loader.sampler:
+        raise DataError(f"{where} is a DataLoader with its own batch_sampler; autocompress needs the items it "
+                        "draws, not batches: give a DataLoader with a sampler= (e.g. SubsetRandomSampler(indices)) "
+                        "or a torch.utils.data.Subset")
+    ds = loader.dataset
+    drawn = [int(i) for i in loader.sampler]
+    if len(set(drawn)) != len(drawn):
+        raise DataError(f"{where}'s sampler ({type(loader.sampler).__name__}) draws some items more than once; "
+                        "autocompress uses each selected image once: give a sampler without replacement (e.g. "
+                        "SubsetRandomSampler(indices)) or a torch.utils.data.Subset")
+    if len(drawn) == len(ds) and sorted(drawn) == list(range(len(ds))):  # type: ignore[arg-type]
+        return ds  # SequentialSampler, RandomSampler: the whole Dataset
+    return Subset(ds, sorted(drawn))
 
 
 def _labels(ds: Dataset, where: str, workers: int, log) -> np.ndarray:
