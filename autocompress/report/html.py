@@ -106,7 +106,8 @@ def _summary_cards(data: ReportData) -> str:
 
 
 def _skip_reason(meta: dict) -> str:
-    """Why proposals were skipped before they were built: over the latency target, or screened (latency_model.screen)."""
+    """Why proposals were skipped before they were built: over the latency target, or screened
+    (latency_model.screen)."""
     target = meta.get("target_latency_ms")
     screened = "slower than a measured model with their channels and precisions"
     return f"predicted over the {target:g} ms target, or {screened}" if target else f"predicted {screened}"

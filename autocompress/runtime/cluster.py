@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 from typing import Callable, Iterator
 
+from autocompress.cpus import usable_cpus
 from autocompress.errors import ClusterError, describe_error
 
 __all__ = ["ray_session", "init_ray", "check_ray_address", "check_device", "place_device"]
@@ -123,7 +124,7 @@ def init_ray(address: str | None, log: Callable[[str], None] = print) -> None:
             other = _other_cluster()
             if other:
                 log(f"  starting a local Ray for this search; {other} is ignored (join a cluster with --ray-address)")
-            ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
+            ray.init(address="local", num_cpus=usable_cpus(), **kwargs)
     except Exception as e:  # noqa: BLE001
         hint = ("check --ray-address, and that this machine has the cluster's token "
                 "(~/.ray/auth_token or RAY_AUTH_TOKEN)"

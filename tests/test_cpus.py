@@ -1,0 +1,41 @@
+"""usable_cpus: the process's affinity and cgroup quota, not the machine's CPU count."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autocompress.cpus import usable_cpus
+
+
+def _v2(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "cpu.max").write_text(text)
+    return tmp_path
+
+
+def test_a_cgroup_v2_quota_caps_the_affinity(tmp_path):
+    n = len(os.sched_getaffinity(0))
+    assert usable_cpus(_v2(tmp_path, "50000 100000\n")) == 1  # half a CPU: one thread
+    assert usable_cpus(_v2(tmp_path, "max 100000\n")) == n
+    assert usable_cpus(_v2(tmp_path, f"{100000 * (n + 4)} 100000\n")) == n  # a quota above the affinity
+
+
+def test_a_cgroup_v1_quota_is_read(tmp_path):
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cpus(tmp_path) == min(2, len(os.sched_getaffinity(0)))
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # no quota
+    assert usable_cpus(tmp_path) == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
+def test_taskset_to_one_cpu_gives_one():
+    code = "from pathlib import Path; from autocompress.cpus import usable_cpus; print(usable_cpus(Path('/none')))"
+    out = subprocess.run(["taskset", "-c", str(min(os.sched_getaffinity(0))), sys.executable, "-c", code],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
