@@ -144,21 +144,29 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path):
 @pytest.mark.slow
 def test_second_search_on_the_same_directory_is_refused(tmp_path):
     run = tmp_path / "run"
-    proc = _start("search", "--budget", "3", "--out", str(run), *FAST_FLAGS)
+    # A budget the first search cannot spend during this test, and it is stopped by Ctrl-C at the end: the second
+    # search must meet a running first one, not one that happened to finish while the second was starting.
+    proc = _start("search", "--budget", "200", "--out", str(run), *FAST_FLAGS)
     try:
         _wait_for(lambda: (run / ".lock").is_file() and (run / "meta.json").is_file(), 300, proc)
         res = run_cli("search", "--resume", str(run), "--no-progress", timeout=300)
-        assert res.returncode == 2
+        assert proc.poll() is None, "the first search ended before the second tried its directory"
+        assert res.returncode == 2, res.stderr[-2000:]
         assert res.stderr.startswith("error: run directory") and "in use by another search (pid" in res.stderr
         assert "Traceback" not in res.stderr
         other = tmp_path / "other"  # a different directory can run at the same time
         res = run_cli("search", "--budget", "1", "--out", str(other), *FAST_FLAGS)
         assert res.returncode == 0, res.stderr[-2000:]
         assert len(pd.read_csv(other / "trials.csv")) == 1
-    finally:
+        _wait_for(lambda: len(_rows(run)) >= 1, 600, proc)  # in the trial loop, where Ctrl-C stops cleanly
+        os.kill(proc.pid, signal.SIGINT)  # the first Ctrl-C: running trials finish, the run is stopped
         proc.wait(timeout=900)
-    assert proc.returncode == 0
-    assert len(pd.read_csv(run / "trials.csv")) == 3
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    assert json.loads((run / "meta.json").read_text())["status"] == "stopped"
 
 
 @pytest.mark.slow
