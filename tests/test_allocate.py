@@ -1,4 +1,5 @@
-"""latency_model/allocate.py: configurations as fast as a uniform int8 one, their pruning placed by the sensitivity scan.
+"""latency_model/allocate.py: configurations as fast as a uniform int8 one, their pruning placed by the sensitivity
+scan.
 
 The layer table here is written by the test (time grows with each layer's work), so what the allocation must do is
 known; the real table and scan drive it in tests/test_sensitivity.py's search."""

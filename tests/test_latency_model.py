@@ -131,8 +131,9 @@ def test_a_channel_count_no_faster_than_a_larger_one_is_not_offered():
     assert with24 and {c.group for c in slow} == with24
     assert all(c.kept == 24 and c.instead_kept == 32 and c.ms > c.instead_ms for c in slow)
     before = {g.name: list(g.kept) for g in space.groups}
-    drop_slow(space, slow)
-    for g in space.groups:
+    dropped = drop_slow(space, slow)
+    assert {g.name: g.kept for g in space.groups} == before  # a new space: the one given is left as it was
+    for g in dropped.groups:
         assert g.kept == [k for k in before[g.name] if not (k == 24 and g.name in with24)]
         assert len(g.ratios) == len(g.kept)
 
@@ -157,7 +158,9 @@ def test_a_resumed_search_drops_the_same_slow_choices_even_without_its_latency_m
     state = RunState(RunDir(tmp_path), meta={"slow_choices": [asdict(slow)]})
     prep = Prepared(SearchConfig(latency_model=False), None, space, model, True, tmp_path, "run", resume=True)
     lines: list[str] = []
-    assert setup_predictor(prep, state, None, model, False, lines.append) is None
+    dropped, predictor = setup_predictor(prep, state, None, model, False, lines.append)
+    assert predictor is None
+    g = next(d for d in dropped.groups if d.name == g.name)
     assert 24 not in g.kept and r24 not in g.ratios and len(g.kept) == len(g.ratios)
     assert any("not offered, slow on this device" in x for x in lines)
 

@@ -14,7 +14,15 @@ import torch.nn as nn
 
 from autocompress.config import LatencyConfig, TrainConfig
 from autocompress.engine.baselines import baseline_spec, run_baselines
-from autocompress.engine.scheduler import Limits, Rung, Scheduler, model_key, rung
+from autocompress.engine.policies import (
+    FidelityPolicy,
+    LatencyTargetGate,
+    MultiFidelity,
+    Rung,
+    ScreenGate,
+    rung,
+)
+from autocompress.engine.scheduler import Limits, Scheduler, model_key
 from autocompress.engine.state import LatencyBook, RunState
 from autocompress.engine.study import distributions
 from autocompress.measure.latency import measure_latency
@@ -95,10 +103,11 @@ def _search(tmp_path, setup, *, budget: int, concurrency: int = 1, seed: int = 0
     for params in enqueue:
         study.enqueue_trial(params)
     lines: list[str] = []
+    gates = (*([LatencyTargetGate(target_ms)] if target_ms is not None else []), *([ScreenGate()] if screen else []))
     scheduler = Scheduler(study, distributions(space), space, executor, state,
                           Limits(concurrency=concurrency, trials=budget),
-                          make_spec=make_spec, latency=book, line=lines.append, predictor=predictor,
-                          target_ms=target_ms, multi_fidelity_points=multi_fidelity, screen=screen)
+                          make_spec=make_spec, latency=book, line=lines.append, predictor=predictor, gates=gates,
+                          fidelity=MultiFidelity(multi_fidelity) if multi_fidelity > 0 else FidelityPolicy())
     scheduler.run(lambda: False)
     executor.close()
     return scheduler, study, state, lines
@@ -157,7 +166,7 @@ def test_a_latency_target_skips_what_the_latency_model_predicts_over_it(tmp_path
     """Proposals predicted over --target-latency-ms (plus the slack for the model's error) are never built: recorded
     SKIPPED with the prediction, not counted in the budget, told to the study as pruned. (How well the model predicts
     is benchmarks/latency_model.py's subject; this toy network's layers take microseconds.)"""
-    from autocompress.engine.scheduler import TARGET_SLACK
+    from autocompress.engine.policies import TARGET_SLACK
     from autocompress.latency_model.model import LatencyTable
     from autocompress.latency_model.predict import build_predictor
 

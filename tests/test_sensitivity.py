@@ -26,10 +26,11 @@ SENS = {"base": 98.0, "chance": 10.0,
 
 
 def test_narrow_removes_only_hopeless_precisions_never_pruning_ratios():
-    space = _space()
-    removed = narrow(space, SENS)
+    before = _space()
+    space, removed = narrow(before, SENS)
     # int4 of layer a alone costs more than QUANT_HOPELESS points; pruning is recovered by the fine-tune: kept
     assert removed == {"quant:a": ["int4"]}
+    assert before == _space()  # a new space: the one given is left as it was
     assert [g.ratios for g in space.groups] == [[0.0, 0.25, 0.5, 0.75]] * 2
     assert space.layers[0].precisions == ["fp32", "int8"] and space.layers[1].precisions == ["fp32", "int8", "int4"]
 

@@ -1,14 +1,13 @@
 """The last step of a search: the figures a user compares are re-measured together.
 
 During the search each trial is measured once, when it finishes, and some figures come from the latency cache
-(measured in an earlier run). A shared host's speed drifts by a few percent over minutes (benchmarks/drift.md:
-one model read 0.516-0.616 ms over seven minutes), so speedups computed from figures taken at different times
-compare the host's moods as well as the models. When the budget is spent and no trial runs any more, every
-Pareto model and every baseline is measured again in `rounds` rounds (each round measures each model once, in
-fresh sessions, the order reversed every other round). A model whose rounds disagree by more than `agree`
-(4%, twice a measurement's CI target) gets more rounds, up to `extra` more, so one burst cannot decide its
-figure. The reported figure is the median over its rounds that are not flagged `contended` (all of them if
-every one is; the mean of the middle two for an even count).
+(measured in an earlier run). A shared host's speed drifts by a few percent over minutes (docs/latency.md), so
+speedups computed from figures taken at different times compare the host's moods as well as the models. When the
+budget is spent and no trial runs any more, every Pareto model and every baseline is measured again in `rounds`
+rounds (each round measures each model once, in fresh sessions, the order reversed every other round). A model
+whose rounds disagree by more than `agree` (4%, twice a measurement's CI target) gets more rounds, up to `extra`
+more, so one burst cannot decide its figure. The reported figure is the median over its rounds that are not
+flagged `contended` (all of them if every one is; the mean of the middle two for an even count).
 Why this rule and not the median or fastest of a fixed number of rounds: docs/latency.md.
 If a confirmed figure moves a model off the front and an unconfirmed trial onto it, that one is confirmed too.
 """

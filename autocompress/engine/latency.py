@@ -33,61 +33,71 @@ __all__ = ["setup_predictor"]
 
 
 def setup_predictor(prep: Prepared, state: RunState, executor: Executor, baseline: torch.nn.Module, reduce_range: bool,
-                    log: Callable[[str], None] = print) -> Predictor | None:
-    """The search's predictor, fitted on the whole models measured so far, or None when it is switched off or fails
-    (it only adds figures to the report and skips over-target proposals: a failure never takes the search down).
+                    log: Callable[[str], None] = print) -> tuple[SearchSpace, Predictor | None]:
+    """The space without the channel counts that are slow on this device (a new space), and the search's predictor,
+    fitted on the whole models measured so far, or None when it is switched off or fails (it only adds figures to
+    the report and skips proposals: a failure never takes the search down).
 
-    A first session drops the channel counts that are slow on this device from the space (`meta.json`
-    `slow_choices`) before the study is made; a resumed one drops the same, whatever becomes of its latency model,
-    so that its study keeps the same choices."""
+    A first session finds the slow channel counts (`meta.json` `slow_choices`) before the study is made; a resumed
+    one drops the same, whatever becomes of its latency model, so that its study keeps the same choices. (So a
+    failure after the drop keeps the dropped space: meta.json lists the choices it dropped.)"""
+    cfg, space = prep.config, prep.space
     if prep.resume:
-        _drop(prep.space, [SlowChoice(**c) for c in state.meta.get("slow_choices", [])], log)
-    if not prep.config.latency_model:
-        return None
+        space = _drop(space, [SlowChoice(**c) for c in state.meta.get("slow_choices", [])], log)
+    if not cfg.latency_model:
+        return space, None
     try:
-        return _build(prep, state, executor, baseline, reduce_range, log)
+        predictor, info = _build(prep, space, state, executor, baseline, reduce_range, log)
+        if not prep.resume and cfg.sampler != "grid":  # (the grid is the uniform reference: all of its choices stay)
+            slow = slow_choices(predictor.model, space)
+            space = _drop(space, slow, log)
+            predictor = predictor.with_space(space)
+            state.meta["slow_choices"] = [asdict(c) for c in slow]
+            state.meta["space"] = space.describe()
+            state.rd.write_json(state.rd.meta, state.meta)
+        _calibrate(predictor, info, prep, state, executor, baseline, reduce_range, log)
+        return space, predictor
     except Exception as e:  # noqa: BLE001 - the search runs without predictions
         log(f"  latency model failed ({describe_error(e)}): the search goes on without predictions"
-            + ("; --target-latency-ms is ignored" if prep.config.target_latency_ms else "")
-            + ("; --multi-fidelity stops no trial" if prep.config.multi_fidelity_points else ""))
+            + ("; --target-latency-ms is ignored" if cfg.target_latency_ms else "")
+            + ("; --multi-fidelity stops no trial" if cfg.multi_fidelity_points else ""))
         state.meta["latency_model"] = {"failed": describe_error(e)}
         state.rd.write_json(state.rd.meta, state.meta)
-        return None
+        return space, None
 
 
-def _build(prep: Prepared, state: RunState, executor: Executor, baseline: torch.nn.Module, reduce_range: bool,
-           log: Callable[[str], None]) -> Predictor:
-    cfg, space = prep.config, prep.space
+def _build(prep: Prepared, space: SearchSpace, state: RunState, executor: Executor, baseline: torch.nn.Module,
+           reduce_range: bool, log: Callable[[str], None]) -> tuple[Predictor, dict]:
+    """The predictor of `space`, its layer table timed on the device (what the cache lacks), not yet fitted."""
+    cfg = prep.config
     table = LatencyTable(LatencyTable.file_for(cache_dir(), state.meta["device"], cfg.latency.model_dump(),
                                                reduce_range))
-    example = prep.splits.val.images(1)
-    predictor, info = build_predictor(baseline, example, space, table, executor.time_graphs,
-                                      reduce_range=reduce_range, log=log)
-    if not prep.resume and cfg.sampler != "grid":  # (the grid is the uniform reference: all of its choices stay)
-        slow = slow_choices(predictor.model, space)
-        _drop(space, slow, log)
-        state.meta["slow_choices"] = [asdict(c) for c in slow]
-        state.meta["space"] = space.describe()
-        state.rd.write_json(state.rd.meta, state.meta)
-    _learn_measured(predictor, state, cfg.seed, reduce_range)
-    if space.params():
+    return build_predictor(baseline, prep.splits.val.images(1), space, table, executor.time_graphs,
+                           reduce_range=reduce_range, log=log)
+
+
+def _calibrate(predictor: Predictor, info: dict, prep: Prepared, state: RunState, executor: Executor,
+               baseline: torch.nn.Module, reduce_range: bool, log: Callable[[str], None]) -> None:
+    """The fit on the whole models measured already, then on random proxies measured now (`calibrate_on_proxies`)."""
+    seed = prep.config.seed
+    _learn_measured(predictor, state, seed, reduce_range)
+    if predictor.space.params():
         def measure(data: bytes) -> float:
             return float(executor.get(executor.submit_measure(data))["median_ms"])
 
         info["proxies"] = PROXIES
-        info["proxy_seconds"] = calibrate_on_proxies(predictor, baseline, example, measure, n=PROXIES, seed=cfg.seed,
-                                                     reduce_range=reduce_range)
+        info["proxy_seconds"] = calibrate_on_proxies(predictor, baseline, prep.splits.val.images(1), measure,
+                                                     n=PROXIES, seed=seed, reduce_range=reduce_range)
     state.meta["latency_model"] = {**info, **predictor.summary()}
     state.rd.write_json(state.rd.meta, state.meta)
     log(f"  latency model: {info['entries']} layer timings ({info['timed_now']} new, {info['seconds']} s), "
         f"fit on {predictor.model.fit.anchors} whole models measured ({info.get('proxy_seconds', 0)} s)")
-    return predictor
 
 
-def _drop(space: SearchSpace, slow: list[SlowChoice], log: Callable[[str], None]) -> None:
-    drop_slow(space, slow)
+def _drop(space: SearchSpace, slow: list[SlowChoice], log: Callable[[str], None]) -> SearchSpace:
     for c in slow:
         log(f"  not offered, slow on this device: {c.text()}")
+    return drop_slow(space, slow)
 
 
 def _learn_measured(predictor: Predictor, state: RunState, seed: int, reduce_range: bool) -> None:

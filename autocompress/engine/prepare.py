@@ -5,7 +5,7 @@ prunable groups and quantizable layers."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -100,9 +100,8 @@ def _space(config: SearchConfig, model: torch.nn.Module, splits: Splits) -> Sear
         untraceable["(whole model)"] = (f"torch-pruning cannot trace the model as a whole; channels are cut only "
                                         f"within the {len(parts)} parts it can trace ({', '.join(parts[:3])}, ...)")
     space = build_space(space_file, groups, layers, source=str(config.space or "the default search space"))
-    space.excluded = excluded
-    space.pruning_limits = {**untraceable, **limit_to_safe_groups(space, model, example, cache_dir())}
-    return space
+    space, limited = limit_to_safe_groups(space, model, example, cache_dir())
+    return replace(space, excluded=excluded, pruning_limits={**untraceable, **limited})
 
 
 def _run_dir(config: SearchConfig, resume: bool) -> tuple[Path, str]:

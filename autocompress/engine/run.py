@@ -9,14 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable
 
 import torch
 
 from autocompress.config import SearchConfig
 from autocompress.engine.baselines import baseline_spec, run_baselines
 from autocompress.engine.latency import setup_predictor
+from autocompress.engine.policies import WarmStart, policies_for
 from autocompress.engine.prepare import Prepared
 from autocompress.engine.progress import Interrupt, Progress
 from autocompress.engine.scheduler import Limits, Scheduler
@@ -50,19 +51,21 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             executor, reduce_range, train_device = _start_device(prep, state, baseline.model)
             _speed_hint(prep, train_device, log)
             latency = _latency_book(cfg, state)
-            make_spec = _spec_maker(prep, reduce_range, train_device)
             run_baselines(cfg.baselines, state=state, executor=executor, space=prep.space, latency=latency,
                           make_spec=lambda b: baseline_spec(b, prep.space, cfg.finetune, cfg.seed, reduce_range,
                                                             train_device=train_device),
                           concurrency=cfg.concurrency, log=log)
-            # the latency model first: it drops channel counts that are slow on this device before the scan ranks
-            predictor = setup_predictor(prep, state, executor, baseline.model, reduce_range, log)
-            warm = _guarded_sensitivity(prep, state, executor, baseline.model, reduce_range, predictor, log)
-            scheduler = _scheduler(prep, state, executor, latency, make_spec, warm, log)
-            scheduler.predictor, scheduler.target_ms = predictor, cfg.target_latency_ms
-            scheduler.screen = cfg.screen and cfg.sampler != "grid"
+            # each step narrows the space it is given into a new one: the latency model drops the channel counts
+            # that are slow on this device, then the scan ranks what is left and drops hopeless precisions
+            space, predictor = setup_predictor(prep, state, executor, baseline.model, reduce_range, log)
+            prep = replace(prep, space=space)
+            prep, predictor, warm = _guarded_sensitivity(prep, state, executor, baseline.model, reduce_range,
+                                                         predictor, log)
+            study, limits = _study(prep, state, warm, log)
+            make_spec = _spec_maker(prep, reduce_range, train_device)
             with Interrupt(log) as interrupt, Progress(cfg.budget.trials, cfg.budget.seconds, progress, log) as bar:
-                scheduler.line = bar.trial_line
+                scheduler = _scheduler(prep, state, executor, latency, make_spec, study, limits, predictor,
+                                       bar.trial_line)
                 _run_trials(scheduler, state, interrupt, bar)
                 if cfg.confirm_rounds and not interrupt.stopping:
                     _confirm(state, cfg, interrupt, bar.trial_line, executor, latency)
@@ -232,27 +235,28 @@ def _spec_maker(prep: Prepared, reduce_range: bool, train_device: str) -> Callab
 
 
 def _guarded_sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: torch.nn.Module,
-                         reduce_range: bool, predictor, log: Callable[[str], None]) -> list[dict]:
-    """The scan, or (when it fails) none: a failing scan step never takes the search down."""
+                         reduce_range: bool, predictor, log: Callable[[str], None]) -> tuple[Prepared, Any, list[dict]]:
+    """`_sensitivity`, or (when it fails) the search as it was and no warm start: a failing scan step never takes
+    the search down."""
     try:
         return _sensitivity(prep, state, executor, baseline, reduce_range, predictor, log)
     except Exception as e:  # noqa: BLE001 - the search runs without the scan's narrowing and warm start
         log(f"  sensitivity scan failed ({describe_error(e)}): the search goes on without it")
         state.meta["sensitivity"] = {"failed": describe_error(e)}
         state.rd.write_json(state.rd.meta, state.meta)
-        return []
+        return prep, predictor, []
 
 
 def _sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: torch.nn.Module,
-                 reduce_range: bool, predictor, log: Callable[[str], None]) -> list[dict]:
-    """Each group pruned alone, each layer quantized alone (cached): narrows the space, warm-starts the sampler
-    with the configurations allocated with the latency model (`predictor`, when there is one), then its own."""
+                 reduce_range: bool, predictor, log: Callable[[str], None]) -> tuple[Prepared, Any, list[dict]]:
+    """Each group pruned alone, each layer quantized alone (cached): the search on the narrowed space (and the
+    predictor reading it), and the warm start (`WarmStart`: configurations allocated with the latency model, when
+    there is one, then the scan's own)."""
     cfg, space = prep.config, prep.space
     if not (cfg.sensitivity and space.params() and cfg.sampler != "grid"):
-        return []
-    from autocompress.latency_model.allocate import allocate_guarded
+        return prep, predictor, []
     from autocompress.measure.cache import cache_dir
-    from autocompress.space.sensitivity import cache_key, cached_scan, narrow, warm_configs
+    from autocompress.space.sensitivity import cache_key, cached_scan, narrow
 
     key = cache_key(baseline, space, prep.splits, reduce_range)
     t0 = time.perf_counter()
@@ -262,12 +266,13 @@ def _sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: 
         return executor.scan(space, reduce_range)
 
     sens, cached = cached_scan(cache_dir(), key, compute)
-    removed = narrow(space, sens)  # deterministic: a resumed run narrows the same way
+    space, removed = narrow(space, sens)  # deterministic: a resumed run narrows the same way
+    predictor = predictor.with_space(space) if predictor is not None else None
+    start = WarmStart(predictor, log)
     # (a resumed study has its warm start queued already, and the first session's allocation is the one reported;
     # these are queued only by a run killed before its study was made)
-    allocated = allocate_guarded(space, sens, predictor, log)
-    picks = [a.params for a in allocated]
-    warm = picks + [w for w in warm_configs(space, sens) if w not in picks]
+    allocated = start.allocate(space, sens)
+    warm = start.configs(space, sens, allocated)
     first_allocated = state.meta.get("sensitivity", {}).get("allocated", []) if prep.resume else []
     state.meta["sensitivity"] = {"cache_key": key, "cached": cached, "seconds": round(time.perf_counter() - t0, 1),
                                  "base_val_accuracy": sens["base"], "narrowed": removed, "warm_configs": len(warm),
@@ -278,11 +283,12 @@ def _sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: 
     how = "from cache" if cached else f"scanned in {state.meta['sensitivity']['seconds']} s"
     log(f"  sensitivity {how}: {sum(len(v) for v in removed.values())} hopeless choices removed, "
         f"{len(warm)} warm-start configurations ({len(allocated)} allocated with the latency model)")
-    return warm
+    return replace(prep, space=space), predictor, warm
 
 
-def _scheduler(prep: Prepared, state: RunState, executor: Executor, latency: LatencyBook,
-               make_spec: Callable[..., TrialSpec], warm: list[dict], log: Callable[[str], None]) -> Scheduler:
+def _study(prep: Prepared, state: RunState, warm: list[dict], log: Callable[[str], None]):
+    """The run's Optuna study (its first configurations enqueued: the grid, or the warm start) and the loop's
+    limits."""
     cfg, space = prep.config, prep.space
     grid = grid_configs(space) if cfg.sampler == "grid" else []
     if grid:
@@ -292,14 +298,19 @@ def _scheduler(prep: Prepared, state: RunState, executor: Executor, latency: Lat
     sampler = make_sampler(cfg.sampler, cfg.seed + 7919 * int(state.meta.get("resumed", 0)), cfg.warm_start)
     first = grid or (warm_start_configs(space, warm, cfg.budget.trials) if cfg.warm_start and space.params() else [])
     study = open_study(state, run_name=prep.run_name, sampler=sampler, space=space, first=first, log=log)
-    fp32 = state.baselines["fp32"]
-    stop_below = fp32.objectives[0] - cfg.early_stop_points if cfg.early_stop_points > 0 else None
     deadline = (state.t_search + max(0.0, cfg.budget.seconds - state.spent_before)) if cfg.budget.seconds else None
     limits = Limits(concurrency=cfg.concurrency, trials=cfg.budget.trials, deadline=deadline,
                     max_proposals=len(grid) if grid else None, trial_timeout_s=cfg.trial_timeout_s)
-    return Scheduler(study, distributions(space), space, executor, state, limits, make_spec=make_spec,
-                     latency=latency, early_stop_points=cfg.early_stop_points, stop_below=stop_below,
-                     multi_fidelity_points=cfg.multi_fidelity_points)
+    return study, limits
+
+
+def _scheduler(prep: Prepared, state: RunState, executor: Executor, latency: LatencyBook,
+               make_spec: Callable[..., TrialSpec], study, limits: Limits, predictor,
+               line: Callable[[str], None]) -> Scheduler:
+    """The trial loop with the policies the config asks for (engine/policies.py)."""
+    gates, fidelity = policies_for(prep.config, fp32_val=state.baselines["fp32"].objectives[0])
+    return Scheduler(study, distributions(prep.space), prep.space, executor, state, limits, make_spec=make_spec,
+                     latency=latency, line=line, predictor=predictor, gates=gates, fidelity=fidelity)
 
 
 def _run_trials(scheduler: Scheduler, state: RunState, interrupt: Interrupt, bar: Progress) -> None:

@@ -8,9 +8,10 @@ lives on the `Scheduler`. What it guarantees:
   within its sessions), and the record is on disk before the study hears of it;
 - what the sampler knows when it proposes does not depend on timing: the study hears of a result only once
   `concurrency` later trials have been asked for, so a seed proposes the same configurations;
-- a failing trial or measurement, or one past the per-trial timeout, is a FAIL record; the search goes on;
-- with --multi-fidelity, a trial stops halfway through its fine-tune when a finished trial measured at least as
-  fast as it is predicted was clearly more accurate at that point (`rung`).
+- a failing trial or measurement, or one past the per-trial timeout, is a FAIL record; the search goes on.
+
+Its policies are objects it is given and calls (engine/policies.py): the predictor (each proposal's latency before
+it is built), the proposal gates (skip a proposal unbuilt) and the fidelity policy (a trial's halfway bar).
 """
 
 from __future__ import annotations
@@ -18,24 +19,23 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
+from autocompress.engine.policies import Bar, Candidate, FidelityPolicy, Heard, ProposalGate
 from autocompress.engine.state import LatencyBook, RunState, record_of
 from autocompress.errors import describe_error
-from autocompress.latency_model.screen import Dominator, dominator
 from autocompress.pipeline.prune import kept_channels
 from autocompress.pipeline.trial import StoppedEarly, TrialOutput, TrialSpec
 from autocompress.results.records import TrialRecord, TrialState
 from autocompress.runtime.executor import Executor
 from autocompress.space import SearchSpace
 
-__all__ = ["Scheduler", "Limits", "Rung", "rung", "model_key", "config_columns", "MAX_REPEATS"]
+__all__ = ["Scheduler", "Limits", "model_key", "config_columns", "MAX_REPEATS", "MAX_SKIPS"]
 
 MAX_REPEATS = 50  # proposals of already-measured configurations in a row after which the space counts as exhausted
-# proposals skipped as over --target-latency-ms in a row after which the target counts as out of reach (a skip costs
-# no fine-tune: a tight target may miss most of the space and still be met)
+# proposals skipped unbuilt in a row after which the search stops (a skip costs no fine-tune: a tight latency target
+# may miss most of the space and still be met)
 MAX_SKIPS = 500
-TARGET_SLACK = 0.15  # a proposal predicted up to this far over --target-latency-ms is still built: the model's error
 
 
 def model_key(space: SearchSpace, ratios: dict[str, float], precisions: dict[str, str], criterion: str = "l2") -> str:
@@ -69,46 +69,14 @@ class Limits:
     trial_timeout_s: float = 1800.0
 
 
-@dataclass(frozen=True)
-class Rung:
-    """The bar a trial's halfway validation accuracy must clear to finish its fine-tune, and the finished trial
-    that set it."""
-
-    threshold: float  # %: a halfway accuracy below this stops the trial
-    trial: int  # the finished trial that set it
-    latency_ms: float  # its measured latency: at most the trial's predicted one
-    accuracy: float  # its own halfway accuracy (the threshold plus the margin)
-
-
-def rung(records: Iterable[TrialRecord], predicted: float | None, margin: float) -> Rung | None:
-    """The halfway bar of a trial predicted to take `predicted` ms: the best halfway accuracy, less `margin` points,
-    of the finished, measured trials at least as fast as that (repeats and reused baselines left out: they did not
-    fine-tune). None without a prediction or such a trial: the trial runs in full.
-
-    Why only those: a trial can only leave the accuracy-latency front if something at least as fast is more
-    accurate, so a more accurate but slower trial says nothing against it. Why halfway: every trial fine-tunes on
-    the same schedule, so accuracies at the same point of it compare fairly (not with the end of another's)."""
-    if predicted is None:
-        return None
-    rivals = [r for r in records
-              if r.state is TrialState.COMPLETE and r.measured and r.duplicate_of is None and r.reused is None
-              and r.halfway_accuracy is not None and r.latency.median_ms <= predicted]
-    if not rivals:
-        return None
-    best = max(rivals, key=lambda r: (r.halfway_accuracy, -r.trial))  # a tie: the earlier trial
-    return Rung(best.halfway_accuracy - margin, best.trial, best.latency.median_ms, best.halfway_accuracy)
-
-
 @dataclass
 class _Proposal:
     trial: Any  # optuna.Trial
-    params: dict
-    key: str
+    c: Candidate  # its params, model key and predicted latency, as the policies see them
+    bar: Bar | None = None  # its halfway bar (the fidelity policy's, set when proposed), or None: it runs in full
     t0: float = 0.0
     out: TrialOutput | None = None
     seconds: float = 0.0  # the pipeline's wall time (without the measurement)
-    predicted: float | None = None  # the latency model's figure (ms), made when proposed
-    rung: Rung | None = None  # --multi-fidelity: its halfway bar, set when proposed
 
 
 @dataclass
@@ -122,22 +90,20 @@ class Scheduler:
     make_spec: Callable[[dict, float | None], TrialSpec]  # (params, halfway bar or None) -> the trial to run
     latency: LatencyBook
     line: Callable[[str], None] = print  # one line per finished trial
-    early_stop_points: float = 0.0  # for the message of an early-stopped trial
-    stop_below: float | None = None  # --early-stop: one halfway bar for every trial (FP32's val minus the points)
-    multi_fidelity_points: float = 0.0  # --multi-fidelity: the margin of each proposal's `rung` (0: off)
     predictor: Any = None  # latency_model.predict.Predictor: each proposal's latency before it trains, or None
-    target_ms: float | None = None  # --target-latency-ms: proposals predicted over it (with TARGET_SLACK) are skipped
-    screen: bool = False  # skip proposals predicted slower than a measured model that covers them (latency_model.screen)
-    running: dict = field(default_factory=dict)  # handle -> _Proposal whose pipeline runs
-    measuring: dict = field(default_factory=dict)  # handle -> _Proposal whose latency is being measured
-    in_flight: dict[str, int] = field(default_factory=dict)  # model key -> the trial running or measured for it
-    waiting: dict[str, list] = field(default_factory=dict)  # model key -> proposals made while it was in flight
-    to_run: list = field(default_factory=list)  # such proposals whose model failed: each runs on its own
-    seen: dict[str, int | str] = field(default_factory=dict)  # model key -> trial number, or a baseline's name
-    asked: list = field(default_factory=list)  # optuna trials in the order asked
-    untold: dict[int, tuple] = field(default_factory=dict)  # trial number -> (optuna trial, record) not yet told
-    repeats_in_a_row: int = 0
-    skips_in_a_row: int = 0
+    gates: tuple[ProposalGate, ...] = ()  # asked in order; the first to give a reason skips the proposal unbuilt
+    fidelity: FidelityPolicy = field(default_factory=FidelityPolicy)  # each proposal's halfway bar
+    # the in-flight state
+    running: dict = field(default_factory=dict, init=False)  # handle -> _Proposal whose pipeline runs
+    measuring: dict = field(default_factory=dict, init=False)  # handle -> _Proposal whose latency is being measured
+    in_flight: dict[str, int] = field(default_factory=dict, init=False)  # model key -> the trial running for it
+    waiting: dict[str, list] = field(default_factory=dict, init=False)  # model key -> proposals made meanwhile
+    to_run: list = field(default_factory=list, init=False)  # such proposals whose model failed: each runs alone
+    seen: dict[str, int | str] = field(default_factory=dict, init=False)  # model key -> trial number or baseline
+    asked: list = field(default_factory=list, init=False)  # optuna trials in the order asked
+    untold: dict[int, tuple] = field(default_factory=dict, init=False)  # trial -> (optuna trial, record) not told
+    repeats_in_a_row: int = field(default=0, init=False)
+    skips_in_a_row: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         for name, b in self.state.baselines.items():
@@ -196,13 +162,9 @@ class Scheduler:
     # ------------------------------------------------------------------ propose and submit
     def _submit(self, p: _Proposal) -> None:
         p.t0 = time.perf_counter()
-        self.running[self.executor.submit_trial(self.make_spec(p.params, self._stop_below(p)))] = p
-        self.in_flight[p.key] = p.trial.number
-
-    def _stop_below(self, p: _Proposal) -> float | None:
-        """A proposal's halfway bar: the higher of --early-stop's and its rung's; None: it runs in full."""
-        bars = [b for b in (self.stop_below, p.rung.threshold if p.rung else None) if b is not None]
-        return max(bars, default=None)
+        bar = p.bar.threshold if p.bar is not None else None
+        self.running[self.executor.submit_trial(self.make_spec(p.c.params, bar))] = p
+        self.in_flight[p.c.key] = p.trial.number
 
     def _submit_queued(self) -> None:
         while self.to_run and len(self.running) < self.limits.concurrency:
@@ -214,18 +176,21 @@ class Scheduler:
             trial = self.study.ask(self.distributions)
             self.asked.append(trial)
             params = dict(trial.params)
-            predicted = self._predict(params)
-            self._place(_Proposal(trial, params, model_key(self.space, *self.space.decode(params),
-                                                           self.space.criterion(params)),
-                                  predicted=predicted, rung=self._rung(predicted)))
+            c = Candidate(trial.number, params, model_key(self.space, *self.space.decode(params),
+                                                          self.space.criterion(params)), self._predict(params))
+            heard = self._heard()
+            self._place(_Proposal(trial, c, self.fidelity.bar(c, heard)), heard)
 
-    def _rung(self, predicted: float | None) -> Rung | None:
-        """From the trials the study has heard of, not those that happen to have finished: a seed sets the same
-        bars, and so stops the same trials, whatever the timing."""
-        if self.multi_fidelity_points <= 0:
-            return None
-        known = (r for n, r in self.state.records.items() if n not in self.untold)
-        return rung(known, predicted, self.multi_fidelity_points)
+    def _heard(self) -> Heard:
+        """What the study has been told of: the policies judge from it, not from what happens to have finished, so
+        a seed skips and stops the same proposals whatever the timing."""
+        records = tuple(r for n, r in self.state.records.items() if n not in self.untold)
+        measured = []
+        for key, owner in self.seen.items():
+            rec = self.state.baselines.get(owner) if isinstance(owner, str) else self.state.records.get(owner)
+            if rec is not None and rec.measured and owner not in self.untold:
+                measured.append((key, owner, rec.latency.median_ms))
+        return Heard(records, tuple(measured))
 
     def _predict(self, params: dict) -> float | None:
         if self.predictor is None:
@@ -237,31 +202,36 @@ class Scheduler:
             self.predictor = None
             return None
 
-    def _place(self, p: _Proposal) -> None:
+    def _place(self, p: _Proposal, heard: Heard) -> None:
         """Run a new model; or take the result of a baseline or earlier trial that built it; or wait for it; or skip
-        it, unbuilt, when it is predicted over the latency target or slower than a measured model that covers it."""
-        owner = self.seen.get(p.key)
+        it, unbuilt, when a gate says so."""
+        owner = self.seen.get(p.c.key)
         if isinstance(owner, str):  # a baseline built this model: a free, counted trial
             self._record(p, self._reused_baseline(p, owner))
             self.line(f"trial {p.trial.number}: the model of baseline {owner}: its result reused")
         elif owner is not None:
             self._record(p, self.state.records[owner].repeat_of(p.trial.number, TrialState.DUPLICATE))
             self._count_repeat()
-        elif p.key in self.in_flight:
-            self.waiting.setdefault(p.key, []).append(p)
+        elif p.c.key in self.in_flight:
+            self.waiting.setdefault(p.c.key, []).append(p)
             self._count_repeat()
-        elif self._over_target(p):
-            self._skip(p, f"skipped: predicted {p.predicted:.3f} ms, over the target {self.target_ms:g} ms")
-        elif (dom := self._dominator(p)) is not None:
-            self._skip(p, f"skipped: predicted {p.predicted:.3f} ms, slower than {dom.text()} ({dom.latency_ms:.3f} ms "
-                          "measured), which keeps at least its channels, each layer at least as precise")
+        elif (why := self._verdict(p.c, heard)) is not None:
+            self._skip(p, why)
         else:
             self.repeats_in_a_row = self.skips_in_a_row = 0
             self._submit(p)
 
+    def _verdict(self, c: Candidate, heard: Heard) -> str | None:
+        """The first gate's reason to skip `c` unbuilt, or None: it is built."""
+        for gate in self.gates:
+            why = gate.verdict(c, heard)
+            if why is not None:
+                return why
+        return None
+
     def _skip(self, p: _Proposal, why: str) -> None:
         """Recorded SKIPPED, unbuilt: it costs no fine-tune and does not count in the budget."""
-        rec = self._record(p, TrialRecord(p.trial.number, TrialState.SKIPPED, config_columns(self.space, p.params),
+        rec = self._record(p, TrialRecord(p.trial.number, TrialState.SKIPPED, config_columns(self.space, p.c.params),
                                           error=why))
         self.line(f"trial {rec.trial}: {rec.error}")
         self.skips_in_a_row += 1
@@ -269,26 +239,10 @@ class Scheduler:
             self.line(f"the last {MAX_SKIPS} proposals were all skipped unbuilt: stopping (raise --target-latency-ms, "
                       "or widen the space)")
 
-    def _dominator(self, p: _Proposal) -> Dominator | None:
-        """With screening on: the measured model (baseline, or trial the study has heard of: a seed skips the same
-        proposals whatever the timing) that makes this proposal pointless to build (`latency_model.screen`)."""
-        if not self.screen:
-            return None
-        measured = []
-        for key, owner in self.seen.items():
-            rec = self.state.baselines.get(owner) if isinstance(owner, str) else self.state.records.get(owner)
-            if rec is not None and rec.measured and owner not in self.untold:
-                measured.append((key, owner, rec.latency.median_ms))
-        return dominator(p.key, p.predicted, measured)
-
-    def _over_target(self, p: _Proposal) -> bool:
-        return (self.target_ms is not None and p.predicted is not None
-                and p.predicted > self.target_ms * (1 + TARGET_SLACK))
-
     def _reused_baseline(self, p: _Proposal, name: str) -> TrialRecord:
         b = self.state.baselines[name]
         return TrialRecord(trial=p.trial.number, state=TrialState.COMPLETE,
-                           choices=config_columns(self.space, p.params),
+                           choices=config_columns(self.space, p.c.params),
                            artifact=b.artifact, latency=b.latency, channels=b.channels,
                            stage_seconds={k: 0.0 for k in b.stage_seconds}, reused=f"baseline-{name}")
 
@@ -318,7 +272,7 @@ class Scheduler:
     def _built(self, p: _Proposal, handle, ready: set, now: float) -> TrialRecord | None:
         """A finished pipeline's record, or None when its latency is now being measured."""
         p.seconds = now - p.t0
-        choices = config_columns(self.space, p.params)
+        choices = config_columns(self.space, p.c.params)
         try:
             if handle not in ready:
                 self.executor.cancel(handle)
@@ -326,9 +280,10 @@ class Scheduler:
             out = self.executor.get(handle)
         except Exception as e:  # noqa: BLE001 - a failing trial never takes the search down
             return TrialRecord(p.trial.number, TrialState.FAIL, choices, duration_s=p.seconds, error=describe_error(e))
-        if isinstance(out, StoppedEarly):
+        if isinstance(out, StoppedEarly):  # only a trial given a bar stops
+            assert p.bar is not None
             return TrialRecord(p.trial.number, TrialState.STOPPED, choices, duration_s=p.seconds,
-                               stage_seconds=dict(out.stage_seconds), error=self._stopped_text(p, out),
+                               stage_seconds=dict(out.stage_seconds), error=p.bar.stopped_text(out),
                                halfway_accuracy=round(out.val_accuracy, 4))
         lat = self.latency.cached(out.onnx_bytes)
         if lat is None:  # measured in the background; the record is written when the figure arrives
@@ -338,12 +293,6 @@ class Scheduler:
         out.stage_seconds["measure"] = 0.0
         return self._complete(p, out, lat)
 
-    def _stopped_text(self, p: _Proposal, out: StoppedEarly) -> str:
-        """Which bar stopped it: its rung (naming the trial that set it) or --early-stop's."""
-        if p.rung is not None and (self.stop_below is None or p.rung.threshold >= self.stop_below):
-            return _rung_text(out, p.rung, p.predicted, self.multi_fidelity_points)
-        return _stopped_text(out, self.early_stop_points)
-
     def _measured(self, p: _Proposal, handle, ready: set, now: float) -> TrialRecord:
         assert p.out is not None
         try:
@@ -352,32 +301,32 @@ class Scheduler:
                                    f"{self.limits.trial_timeout_s:g} s")
             lat = self.latency.measured(p.out.onnx_bytes, self.executor.get(handle))
         except Exception as e:  # noqa: BLE001 - a failing measurement fails its trial, not the search
-            return TrialRecord(p.trial.number, TrialState.FAIL, config_columns(self.space, p.params),
+            return TrialRecord(p.trial.number, TrialState.FAIL, config_columns(self.space, p.c.params),
                                duration_s=p.seconds, error=f"latency measurement failed: {describe_error(e)}")
         p.out.stage_seconds["measure"] = round(now - p.t0, 3)
         return self._complete(p, p.out, lat)
 
     def _complete(self, p: _Proposal, out: TrialOutput, lat) -> TrialRecord:
         onnx = self.state.write_model(f"trial-{p.trial.number:04d}", out.onnx_bytes)
-        return record_of(p.trial.number, out, lat, onnx, p.seconds, choices=config_columns(self.space, p.params))
+        return record_of(p.trial.number, out, lat, onnx, p.seconds, choices=config_columns(self.space, p.c.params))
 
     # ------------------------------------------------------------------ finish and tell
     def _record(self, p: _Proposal, rec: TrialRecord) -> TrialRecord:
         """On disk first, then queued for the study."""
-        if p.predicted is not None and rec.predicted_ms is None:
-            rec = replace(rec, predicted_ms=p.predicted)
+        if p.c.predicted is not None and rec.predicted_ms is None:
+            rec = replace(rec, predicted_ms=p.c.predicted)
         self.state.put(rec)
         self.untold[rec.trial] = (p.trial, rec)
         return rec
 
     def _finish(self, p: _Proposal, rec: TrialRecord) -> None:
-        if self.in_flight.get(p.key) == p.trial.number:
-            del self.in_flight[p.key]
+        if self.in_flight.get(p.c.key) == p.trial.number:
+            del self.in_flight[p.c.key]
         rec = self._record(p, rec)
         if rec.state is TrialState.COMPLETE:
-            self.seen.setdefault(p.key, rec.trial)
+            self.seen.setdefault(p.c.key, rec.trial)
         self.line(self._line(rec))
-        self._release_waiters(p.key, rec)
+        self._release_waiters(p.c.key, rec)
 
     def _release_waiters(self, key: str, rec: TrialRecord) -> None:
         """Proposals of this model made while it was in flight: its result, or (if it failed) a run of their own."""
@@ -442,13 +391,3 @@ class Scheduler:
         for number in sorted(self.untold):
             self.tell(number)
 
-
-def _stopped_text(out: StoppedEarly, points: float) -> str:
-    return (f"stopped early: {out.val_accuracy:.2f}% validation accuracy (PyTorch) after {out.epochs_done} "
-            f"fine-tune epoch(s), below {out.threshold:.2f}% (FP32 - {points:g} points)")
-
-
-def _rung_text(out: StoppedEarly, r: Rung, predicted: float | None, points: float) -> str:
-    return (f"stopped halfway: val {out.val_accuracy:.2f}% after {out.epochs_done} of {out.epochs_planned:g} "
-            f"fine-tune epochs; trial {r.trial}, measured {r.latency_ms:.3f} ms <= predicted {predicted:.3f} ms, "
-            f"had {r.accuracy:.2f}% then (more than {points:g} points better)")

@@ -22,7 +22,7 @@ __all__ = ["WARM_START", "warm_start_configs", "grid_configs", "make_sampler", "
 # Uniform configurations tried first when warm_start is on: (prune ratio, precision). The first two are the
 # fine-tuned baselines: when the space allows them exactly, those trials reuse the baselines' results and cost
 # nothing. Ratio 1.0 means the most the space allows (`SearchSpace.uniform` takes the closest allowed choice):
-# the fast end of the front, which a sampler finds late in a space this size (benchmarks/search_quality.md).
+# the fast end of the front, which a sampler is slow to find in a large space (docs/pipeline.md, "Warm start").
 WARM_START = ((0.5, "int8"), (0.25, "int8"), (1.0, "fp32"), (1.0, "int8"), (0.5, "fp32"), (0.625, "fp32"),
               (0.375, "int8"))
 

@@ -2,10 +2,9 @@
 
 A layer timed alone cannot show what a pooling node between two convolutions costs: ONNX Runtime runs it on
 integers, in its blocked float layout, or in plain NCHW floats depending on the precisions of the layers around it,
-and the last is several times slower (ResNet-18's stem max-pool costs about as much as three stem convolutions
-between a float stem and an int8 first block). So each junction is timed as the graph producer -> pool ->
-consumer at every precision pair, less the two layers alone, all three timed together in interleaved passes (a
-difference of quick timings is only as good as the worst of them).
+and the last is several times slower (docs/latency.md gives the figures). So each junction is timed as the graph
+producer -> pool -> consumer at every precision pair, less the two layers alone, all three timed together in
+interleaved passes (a difference of quick timings is only as good as the worst of them).
 """
 
 from __future__ import annotations

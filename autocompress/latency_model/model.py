@@ -1,6 +1,6 @@
 """A measured latency model of the device: every layer timed alone at every channel count and precision the
-search space offers (latency_model/layers.py), each pool between two layers timed in context (latency_model/junctions.py),
-summed per configuration and calibrated on whole models measured the usual way.
+search space offers (latency_model/layers.py), each pool between two layers timed in context
+(latency_model/junctions.py), summed per configuration and calibrated on whole models measured the usual way.
 
 What the table misses (residual Adds, the Quantize/Dequantize pairs a lone int8 layer has at its edges but a chain
 of int8 layers shares) is absorbed by a straight-line fit on whole models the search measures anyway (its uniform

@@ -9,7 +9,7 @@ of the device predicts.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -51,6 +51,11 @@ class Predictor:
 
     def summary(self) -> dict:
         return {"fit": self.model.fit.as_dict()}
+
+    def with_space(self, space: SearchSpace) -> Predictor:
+        """The same predictor (table, fit, measured points) reading the params of `space`, a narrowed version of its
+        own: a parameter the narrowing left with one choice decodes to the value `space` gives it."""
+        return replace(self, space=space)
 
 
 def build_predictor(baseline: torch.nn.Module, example: torch.Tensor, space: SearchSpace, table: LatencyTable,
@@ -143,12 +148,14 @@ def slow_choices(model: LatencyModel, space: SearchSpace) -> list[SlowChoice]:
     return out
 
 
-def drop_slow(space: SearchSpace, slow: list[SlowChoice]) -> None:
-    """Remove the slow choices from `space` in place."""
+def drop_slow(space: SearchSpace, slow: list[SlowChoice]) -> SearchSpace:
+    """`space` without the slow choices (a new space)."""
     gone = {(c.group, c.ratio) for c in slow}
+    groups = []
     for g in space.groups:
         keep = [(r, k) for r, k in zip(g.ratios, g.kept, strict=True) if (g.name, r) not in gone]
-        g.ratios, g.kept = [r for r, _ in keep], [k for _, k in keep]
+        groups.append(replace(g, ratios=[r for r, _ in keep], kept=[k for _, k in keep]))
+    return replace(space, groups=groups)
 
 
 def prediction_errors(pairs: list[tuple[float, float]]) -> dict:

@@ -107,7 +107,9 @@ def load_space_file(path: str | Path | None) -> SpaceFile:
         raise SpaceError(f"{_where(err)} in {path}: {msg} (got {err.get('input')!r})") from None
 
 
-@dataclass
+# The space and its choices are frozen: a step that narrows the space (the group checks, the slow channel counts,
+# the sensitivity scan) returns a new one, so no step depends on another having changed it first.
+@dataclass(frozen=True)
 class GroupChoice:
     name: str
     channels: int
@@ -117,13 +119,13 @@ class GroupChoice:
     channel_groups: int = 1  # see pipeline.prune.kept_channels
 
 
-@dataclass
+@dataclass(frozen=True)
 class LayerChoice:
     name: str
     precisions: list[str]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchSpace:
     groups: list[GroupChoice]
     layers: list[LayerChoice]
@@ -140,10 +142,10 @@ class SearchSpace:
             out["criterion"] = list(self.criteria)
         for g in self.groups:
             if len(g.ratios) > 1:
-                out[f"prune:{g.name}"] = g.ratios
+                out[f"prune:{g.name}"] = list(g.ratios)
         for l in self.layers:
             if len(l.precisions) > 1:
-                out[f"quant:{l.name}"] = l.precisions
+                out[f"quant:{l.name}"] = list(l.precisions)
         return out
 
     def decode(self, params: dict) -> tuple[dict[str, float], dict[str, str]]:
@@ -173,7 +175,7 @@ class SearchSpace:
     def describe(self) -> list[dict]:
         rows = [{"kind": "group", "name": g.name, "channels": g.channels, "members": list(g.members),
                  "choices": [f"{r:g}->{k}ch" for r, k in zip(g.ratios, g.kept, strict=True)]} for g in self.groups]
-        rows += [{"kind": "layer", "name": l.name, "choices": l.precisions} for l in self.layers]
+        rows += [{"kind": "layer", "name": l.name, "choices": list(l.precisions)} for l in self.layers]
         if self.criteria != ["l2"]:  # (the default adds no row: the keys of cached scans stay as they were)
             rows.append({"kind": "criterion", "name": "criterion", "choices": list(self.criteria)})
         return rows

@@ -6,9 +6,9 @@ padding no longer matches, and the forward pass fails. So before a search every 
 ratio, and the model must still run on the example input, export, and give an output of the same shape.
 
 The groups are checked together first, then in halves, down to the single groups that fail alone (group
-testing): one export per model instead of one per group, which is what made the check cost minutes on a
-DenseNet. A group that fails alone keeps only the ratios that pass alone (checked from the largest down), or
-leaves the space. A group that breaks only in company with others is not caught here; a trial that builds that
+testing): one export per model instead of one per group, which would make the check long on a network with many
+groups. A group that fails alone keeps only the ratios that pass alone (checked from the largest down), or leaves
+the space. A group that breaks only in company with others is not caught here; a trial that builds that
 company fails with its error, like any other failing configuration.
 """
 
@@ -18,6 +18,7 @@ import copy
 import hashlib
 import inspect
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -87,9 +88,9 @@ def find_limits(space: SearchSpace, model: torch.nn.Module, example: torch.Tenso
             for name, why in failing.items()}
 
 
-def apply_limits(space: SearchSpace, limits: dict[str, dict]) -> dict[str, str]:
-    """In place: each limited group keeps only the ratios that passed, a group left with none to search leaves the
-    space. Returns {group: what was limited and why} for the report and --dry-run."""
+def apply_limits(space: SearchSpace, limits: dict[str, dict]) -> tuple[SearchSpace, dict[str, str]]:
+    """`space` limited (a new space): each limited group keeps only the ratios that passed, a group left with none
+    to search leaves the space. Also returns {group: what was limited and why} for the report and --dry-run."""
     said: dict[str, str] = {}
     kept = []
     for g in space.groups:
@@ -103,10 +104,8 @@ def apply_limits(space: SearchSpace, limits: dict[str, dict]) -> dict[str, str]:
             continue
         said[g.name] = f"ratios limited to {', '.join(f'{r:g}' for r in ratios)}: {limit['reason']}"
         pairs = [(r, k) for r, k in zip(g.ratios, g.kept, strict=True) if r in ratios]
-        kept.append(GroupChoice(g.name, g.channels, g.members, [r for r, _ in pairs], [k for _, k in pairs],
-                                g.channel_groups))
-    space.groups = kept
-    return said
+        kept.append(replace(g, ratios=[r for r, _ in pairs], kept=[k for _, k in pairs]))
+    return replace(space, groups=kept), said
 
 
 def architecture_key(model: torch.nn.Module, example: torch.Tensor, space: SearchSpace) -> str:
@@ -127,8 +126,9 @@ def architecture_key(model: torch.nn.Module, example: torch.Tensor, space: Searc
 
 
 def limit_to_safe_groups(space: SearchSpace, model: torch.nn.Module, example: torch.Tensor,
-                         cache: Path | None = None) -> dict[str, str]:
-    """Check every group (the result cached under `cache` per architecture) and limit `space` to what passed."""
+                         cache: Path | None = None) -> tuple[SearchSpace, dict[str, str]]:
+    """Check every group (the result cached under `cache` per architecture): `space` limited to what passed (a new
+    space), and what was limited and why (`apply_limits`)."""
     path = cache / "group_checks" / f"{architecture_key(model, example, space)}.json" if cache else None
     if path is not None and path.is_file():
         limits = json.loads(path.read_text())

@@ -2,9 +2,8 @@
 validation split. Run once per (baseline, space, data, format) and cached; it warm-starts the sampler and
 removes hopeless choices from the space before the search spends fine-tunes on them.
 
-Pruning without a fine-tune loses accuracy that the fine-tune wins back (on the demo, pruning one group
-by 50% alone left the network near chance, yet every group pruned 50% and fine-tuned scored 99.2%), so
-pruning choices are never removed, only ranked for the warm start. Precision choices are removed when,
+Pruning without a fine-tune loses accuracy that the fine-tune wins back (docs/pipeline.md, "Sensitivity scan"),
+so pruning choices are never removed, only ranked for the warm start. Precision choices are removed when,
 alone and calibrated, they cost more than QUANT_HOPELESS points.
 """
 
@@ -14,6 +13,7 @@ import copy
 import hashlib
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -83,10 +83,11 @@ def cached_scan(cache: Path, key: str, compute) -> tuple[dict, bool]:
     return result, False
 
 
-def narrow(space: SearchSpace, sens: dict) -> dict[str, list]:
-    """Remove hopeless precision choices from `space` in place; returns {param: removed choices}."""
+def narrow(space: SearchSpace, sens: dict) -> tuple[SearchSpace, dict[str, list]]:
+    """`space` without its hopeless precision choices (a new space), and {param: removed choices}."""
     base = sens["base"]
     removed: dict[str, list] = {}
+    layers = []
     for layer in space.layers:
         accs = sens["quant"].get(layer.name, {})
         keep = [p for p in layer.precisions if p == "fp32" or base - accs.get(p, base) <= QUANT_HOPELESS]
@@ -94,8 +95,9 @@ def narrow(space: SearchSpace, sens: dict) -> dict[str, list]:
             keep = [layer.precisions[0]]
         if len(keep) < len(layer.precisions):
             removed[f"quant:{layer.name}"] = [p for p in layer.precisions if p not in keep]
-            layer.precisions = keep
-    return removed
+            layer = replace(layer, precisions=keep)
+        layers.append(layer)
+    return replace(space, layers=layers), removed
 
 
 def warm_configs(space: SearchSpace, sens: dict, tolerances: tuple[float, ...] = (2.0, 8.0)) -> list[dict]:
