@@ -4,8 +4,12 @@
     result = autocompress.search(model, train_data, val_data, budget=20)
     print(result.pareto)
     choice = result.pick(max_latency_ms=0.5)
+    final = result.finalize(trial=choice.trial)  # a run searched on objects: also model=, train_data=, val_data=
+
+Types that appear in these signatures load lazily (torch and pandas only when one is used).
 """
 
+from autocompress.api import finalize, load_run, resume, search
 from autocompress.config import Budget, LatencyConfig, SearchConfig, TrainConfig, parse_budget
 from autocompress.errors import (
     AutocompressError,
@@ -18,18 +22,31 @@ from autocompress.errors import (
     SpaceError,
 )
 
-__all__ = ["search", "load_run", "SearchConfig", "TrainConfig", "LatencyConfig", "Budget", "parse_budget",
-           "SearchResult", "PickedModel", "AutocompressError", "ConfigError", "DataError", "ModelError", "SpaceError",
-           "ClusterError", "RunError", "Interrupted", "__version__"]
 __version__ = "0.1.0"
 
-from autocompress.api import load_run, search  # noqa: E402
+_LAZY = {  # public types whose modules import torch or pandas: loaded on first use
+    "SearchResult": "autocompress.api._result",
+    "PickedModel": "autocompress.results.pick",
+    "ModelConfig": "autocompress.results.pick",
+    "TrialRecord": "autocompress.results.records",
+    "FinalModel": "autocompress.engine.final",
+    "Figures": "autocompress.engine.final",
+    "Preprocessing": "autocompress.tasks.preprocess",
+    "DataLike": "autocompress.tasks.datasets",
+}
+
+__all__ = ["search", "resume", "load_run", "finalize", "SearchConfig", "TrainConfig", "LatencyConfig", "Budget",
+           "parse_budget", *_LAZY, "AutocompressError", "ConfigError", "DataError", "ModelError", "SpaceError",
+           "ClusterError", "RunError", "Interrupted", "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("SearchResult", "PickedModel"):  # pandas loads only when these are used
-        from autocompress.api import _result
-        from autocompress.results import pick
+    if name in _LAZY:
+        from importlib import import_module
 
-        return getattr(_result if name == "SearchResult" else pick, name)
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'autocompress' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -1,4 +1,5 @@
-"""Command line: flags -> config -> library call. A user error is one line on stderr and exit status 2."""
+"""Command line: flags -> one SearchConfig -> the library's own functions (autocompress.api). A user error is one line
+on stderr and exit status 2."""
 
 from __future__ import annotations
 
@@ -81,12 +82,8 @@ def search(
     verbose: bool = typer.Option(False, "--verbose", help=SEARCH_HELP["verbose"]),
 ) -> None:
     """Run a compression search and write reports/<run>/report.html."""
-    from autocompress.config import parse_budget
-
     try:
-        if resume is not None:
-            prep = _plan_resume(resume, parse_budget(budget) if budget is not None else None)
-        else:
+        if resume is None:
             flags = dict(model=model, weights=weights, num_classes=num_classes, dataset=dataset, data_dir=data_dir,
                          download=download, input_size=input_size, space=space, out=out, seed=seed,
                          ray_address=ray_address, concurrency=concurrency, sampler=sampler, device=device,
@@ -103,14 +100,19 @@ def search(
             sections = {"latency": {"threads": latency_threads, "batch": latency_batch},
                         "finetune": {"epochs": finetune_epochs}, "baseline": {"epochs": baseline_epochs}}
             cfg = config_from_flags(ctx, config, budget, flags, overrides, sections)
-            prep = _plan(cfg)
     except AutocompressError as e:
         _fail(e, verbose)
         return
+    from autocompress import api
+
+    again = {"budget": budget} if budget is not None else {}  # --resume takes only --budget: a new total
     if dry_run:
+        prep = _guarded(lambda: _plan(cfg) if resume is None else api.plan_resume(resume, log=_log, **again), verbose)
         typer.echo(json.dumps(prep.describe(), indent=2))
-        return
-    _run(prep, progress=not no_progress, verbose=verbose)
+    elif resume is None:
+        _summary(_guarded(lambda: _search(cfg, progress=not no_progress), verbose))
+    else:
+        _summary(_guarded(lambda: api.resume(resume, progress=not no_progress, log=_log, **again), verbose))
 
 
 def _datasets(cfg) -> dict:
@@ -119,24 +121,22 @@ def _datasets(cfg) -> dict:
     return dataset_of_config(cfg).datasets()
 
 
+def _search(cfg, *, progress: bool):
+    """The flags' model and datasets, searched by the library's own function with the flags' config."""
+    from autocompress.api import search as do_search
+
+    data = _datasets(cfg)
+    return do_search(cfg.model, data["train"], data["val"], test_data=data["test"], calib_data=data["calib"],
+                     config=cfg, progress=progress, log=_log)
+
+
 def _plan(cfg):
-    """The flags' model and datasets, handed to the library's own search (autocompress.api)."""
+    """What --dry-run prints: the same checks as the search, nothing written."""
     from autocompress.api import plan
 
     data = _datasets(cfg)
-    options = cfg.model_dump(exclude={"model", "budget", "space", "out"})
-    return plan(cfg.model, data["train"], data["val"], test_data=data["test"], calib_data=data["calib"],
-                budget=cfg.budget, space=cfg.space, out=cfg.out, log=_log, **options)
-
-
-def _plan_resume(run_dir: Path, budget):
-    from autocompress.api import plan
-    from autocompress.engine.prepare import load_resume_config
-
-    cfg = load_resume_config(run_dir, budget=budget)
-    data = _datasets(cfg)
-    return plan(cfg.model, data["train"], data["val"], test_data=data["test"], calib_data=data["calib"],
-                budget=cfg.budget, out=run_dir, resume=True, log=_log)
+    return plan(cfg.model, data["train"], data["val"], test_data=data["test"], calib_data=data["calib"], config=cfg,
+                log=_log)
 
 
 def _log(text: str) -> None:
@@ -155,10 +155,8 @@ def _guarded(work, verbose: bool = False):
         _fail(e, verbose)
 
 
-def _run(prep, *, progress: bool, verbose: bool = False) -> None:
-    from autocompress.engine.run import run_search
-
-    result = _guarded(lambda: run_search(prep, progress=progress, log=_log), verbose)
+def _summary(result) -> None:
+    """What the search did, in one line, and where its report is."""
     states = result.trials["state"] if len(result.trials) else None
     n_total = len(result.trials)
 
@@ -258,9 +256,9 @@ def finalize(
     """Fine-tune a searched model for longer (all training images, distillation, quantization-aware), then export,
     quantize and measure it like a trial: RUN/final/<name>/model.onnx. Ctrl-C stops and keeps the best epoch;
     the same command resumes a stopped or killed run from its last epoch."""
-    from autocompress.engine.final import finalize as do_finalize
+    from autocompress.api import finalize as do_finalize
 
-    f = _guarded(lambda: do_finalize(run_dir, trial, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy,
+    f = _guarded(lambda: do_finalize(run_dir, trial=trial, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy,
                                      epochs=epochs, name=name, rounds=rounds, progress=not no_progress, log=_log),
                  verbose)
     typer.echo(f"final {f.name} (trial {f.trial}): test {f.final.test_accuracy:.2f}% "

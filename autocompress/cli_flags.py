@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
+from autocompress.config import DEFAULT_BUDGET_TRIALS
 from autocompress.errors import ConfigError
 
 __all__ = ["SEARCH_HELP", "crop_flag", "floats_flag", "caps_flag", "config_from_flags"]
@@ -17,12 +18,12 @@ SEARCH_HELP = {
         "override it."
     ),
     "budget": (
-        "Trials (e.g. 40) or wall-clock time (e.g. 10m, 1h, 1h30m); new trials start only within it. Required"
-        " unless --resume."
+        f"Trials (e.g. 40) or wall-clock time (e.g. 10m, 1h, 1h30m); new trials start only within it. Default: "
+        f"{DEFAULT_BUDGET_TRIALS} trials (with --resume: the run's own)."
     ),
     "resume": (
-        "Continue the search in this run directory (after a kill, Ctrl-C or crash); the budget counts what "
-        "was already spent. --budget raises it."
+        "Continue the search in this run directory (after a kill, Ctrl-C or crash) with the config stored in "
+        "it; the budget counts what was already spent, --budget sets a new total."
     ),
     "model": "Built-in name (see `autocompress models`), a torchvision model name, or module:function.",
     "weights": (
@@ -69,7 +70,7 @@ SEARCH_HELP = {
     "latency_threads": "ONNX Runtime intra-op threads when measuring latency (default 1).",
     "latency_batch": "Batch size when measuring latency (default 1).",
     "sampler": (
-        "tpe (default), nsga2, random, or grid (only the uniform settings: every ratio of the space for all "
+        "tpe, nsga2, random, or grid (only the uniform settings: every ratio of the space for all "
         "groups x fp32/int8 for all layers, each distinct model once)."
     ),
     "baselines": (
@@ -82,14 +83,12 @@ SEARCH_HELP = {
     "trial_timeout": "Seconds after which a running trial is stopped and recorded as failed (default 1800).",
     "early_stop": (
         "Stop a trial's fine-tune when its validation accuracy halfway through is more than this many points "
-        "below FP32's (default 0: never; off by default because a one-epoch check misjudged trials that "
-        "finished at 99%)."
+        "below FP32's (default 0: never)."
     ),
     "multi_fidelity": (
         "Stop a trial's fine-tune halfway when a finished trial measured at least as fast as this one is predicted "
         "(by the latency model, which it needs) was more than this many points more accurate at the same point "
-        "(default 0: never). Off by default until benchmarks/search_quality.py shows it finds the same front in "
-        "less time."
+        "(default 0: never)."
     ),
     "no_sensitivity": (
         "Skip the per-layer sensitivity scan (each group pruned alone, each layer quantized alone, no "
@@ -184,10 +183,8 @@ def config_from_flags(ctx: typer.Context, config: Path | None, budget: str | Non
     for key, value in flags.items():  # flags on the command line win; defaults only fill gaps
         if given(key) or key not in data:
             data[key] = value
-    if budget is not None:
+    if budget is not None:  # none here or in the file: SearchConfig's default
         data["budget"] = parse_budget(budget).model_dump()
-    elif "budget" not in data:
-        raise ConfigError("--budget is required: a trial count (e.g. --budget 40) or a duration (e.g. --budget 30m)")
     data.update({k: v for k, v in overrides.items() if v is not None})
     for section, values in sections.items():
         values = {k: v for k, v in values.items() if v is not None}

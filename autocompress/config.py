@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from autocompress.errors import ConfigError, location
 
-__all__ = ["Baseline", "BASELINES", "BASELINE_NAMES", "DEFAULT_MAX_IMAGES", "Budget", "parse_budget", "TrainConfig",
-           "LatencyConfig", "SearchConfig", "config_error", "load_config_file"]
+__all__ = ["Baseline", "BASELINES", "BASELINE_NAMES", "DEFAULT_BUDGET_TRIALS", "DEFAULT_MAX_IMAGES", "Budget",
+           "parse_budget", "TrainConfig", "LatencyConfig", "SearchConfig", "config_error", "load_config_file"]
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
@@ -98,6 +98,9 @@ class LatencyConfig(_Strict):
 # hundred images and calibrating a layer costs a pass over the whole sample.
 DEFAULT_MAX_IMAGES: dict[str, int | None] = {"train": None, "calib": 500, "val": None, "test": None}
 
+# Trials a search runs when no budget is given: the library, the CLI and config files all take it from here.
+DEFAULT_BUDGET_TRIALS = 12
+
 @dataclass(frozen=True)
 class Baseline:
     """A uniform reference every run can measure exactly like a trial: what a user would do by hand."""
@@ -145,7 +148,17 @@ class SearchConfig(_Strict):
             raise ValueError(f"the cap of {bad[0]!r} must be a positive number of images or null (no cap)")
         return {**DEFAULT_MAX_IMAGES, **v}
     space: Path | None = None  # None: the packaged autocompress/search_spaces/default.yaml
-    budget: Budget = Budget(trials=12)
+    budget: Budget = Budget(trials=DEFAULT_BUDGET_TRIALS)  # also 40, '30m' or '1h30m' (parse_budget)
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget(cls, v):
+        if isinstance(v, (int, str)) and not isinstance(v, bool):
+            try:
+                return parse_budget(v)
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+        return v
     out: Path | None = None  # the run directory; default reports/<run-name>
     run_name: str | None = None
     seed: int = 0
@@ -186,6 +199,13 @@ class SearchConfig(_Strict):
     baseline: TrainConfig = TrainConfig(epochs=15, lr=0.1)
     finetune: TrainConfig = TrainConfig(epochs=6, lr=0.02, kd_alpha=0.9)
     latency: LatencyConfig = LatencyConfig()
+
+    @field_validator("baseline", "finetune", "latency", mode="before")
+    @classmethod
+    def _partial(cls, v, info):  # finetune={"epochs": 3} keeps the other defaults of the section
+        if isinstance(v, dict):
+            return {**cls.model_fields[info.field_name].default.model_dump(), **v}
+        return v
     # a trial still running after this is stopped and recorded as failed
     trial_timeout_s: float = Field(default=1800, gt=0)
     latency_cache: bool = True  # reuse a measurement for an artifact whose graph this device has measured

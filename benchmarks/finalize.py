@@ -59,7 +59,7 @@ def main() -> None:
             lines += ["", f"No model is within {points:g} points of FP32's validation accuracy {fp32_val:.2f}%."]
             continue
         t0 = time.perf_counter()
-        f = finalize(run, int(row["trial"]), epochs=args.epochs, rounds=args.rounds, name=f"bench-{points:g}")
+        f = finalize(run, trial=int(row["trial"]), epochs=args.epochs, rounds=args.rounds, name=f"bench-{points:g}")
         seconds = time.perf_counter() - t0
         lines += _section(f, points, seconds)
         record["models"].append({"within_points": points, "seconds": round(seconds, 1), **f.to_dict()})

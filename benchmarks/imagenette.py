@@ -38,9 +38,8 @@ FLAGS = ["--model", "resnet18", "--dataset", "imagefolder", "--data-dir", str(DA
 def config(epochs: float):
     from autocompress.api import make_config
 
-    return make_config(budget=None, space=None, out=None, model="resnet18", dataset="imagefolder", data_dir=DATA,
-                       input_size=128, resize=146, max_images={"train": None, "val": None, "test": None},
-                       baseline={"epochs": epochs})
+    return make_config(dict(model="resnet18", dataset="imagefolder", data_dir=DATA, input_size=128, resize=146,
+                            max_images={"train": None, "val": None, "test": None}, baseline={"epochs": epochs}))
 
 
 def baseline(epochs: float) -> dict:

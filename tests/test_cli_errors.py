@@ -161,6 +161,19 @@ def test_layers_that_cannot_be_quantized_are_left_out_and_listed(tmp_path):
     assert "no Conv/Gemm node" in plan["excluded_layers"]["opaque"]
 
 
+def test_the_budget_defaults_to_the_search_configs_and_resume_names_a_missing_run(tmp_path, cache):
+    import json
+
+    from autocompress.config import SearchConfig
+
+    res = run_cli("search", "--dry-run", "--out", str(tmp_path / "run"), timeout=TIMEOUT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["config"]["budget"] == SearchConfig().budget.model_dump(mode="json")
+    assert not (tmp_path / "run").exists()
+    res = run_cli("search", "--resume", str(tmp_path / "nowhere"), timeout=TIMEOUT)
+    _assert_user_error(res, r"^error: --resume '.*nowhere': no such run directory", cache)
+
+
 def test_verbose_shows_the_traceback_of_the_users_code_then_the_one_line(tmp_path, cache):
     from tests.bad_inputs import RAISING_MODEL
 

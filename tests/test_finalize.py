@@ -137,5 +137,5 @@ def test_a_run_searched_on_a_model_object_asks_for_it_again(searched, tmp_path):
     meta["baseline"]["path"] = "(the model object given)"  # what autocompress.search(model, ...) records
     (run / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="searched on a model object: pass the same trained model again"):
-        autocompress.load_run(run).finalize(0)
+        autocompress.load_run(run).finalize(trial=0)
     assert not (run / "final").exists()

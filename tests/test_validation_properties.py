@@ -270,10 +270,14 @@ _latency = _section({
     "sessions": _maybe(st.integers(min_value=-1, max_value=30)),
     "max_seconds": _maybe(st.floats(min_value=-1, max_value=100)),
 })
-_budget = _section({
-    "trials": _maybe(st.integers(min_value=-5, max_value=100)),
-    "seconds": _maybe(st.floats(min_value=-5, max_value=1e6)),
-})
+_budget = st.one_of(
+    _section({
+        "trials": _maybe(st.integers(min_value=-5, max_value=100)),
+        "seconds": _maybe(st.floats(min_value=-5, max_value=1e6)),
+    }),
+    st.integers(min_value=-5, max_value=100),  # a count or a duration, as on the CLI: SearchConfig(budget=12)
+    st.sampled_from(["30m", "1h30m", "90s", "5x", "0", "", "12"]),
+)
 _config = st.one_of(
     _section({
         "model": _maybe(st.sampled_from(["resnet20", "mobilenetv2", ""])),
@@ -304,6 +308,9 @@ _config = st.one_of(
 @given(cfg=_config)
 @example(cfg={"budget": {}})
 @example(cfg={"budget": {"trials": 3, "seconds": 5.0}})
+@example(cfg={"budget": "5x"})
+@example(cfg={"budget": True})
+@example(cfg={"finetune": {"epochs": 2}})  # a partial section keeps the other defaults
 @example(cfg={5: 1})
 @example(cfg=[])
 @example(cfg={False: None})

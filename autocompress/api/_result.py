@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 
@@ -11,6 +12,12 @@ from autocompress.results.pareto import pareto_front
 from autocompress.results.pick import PickedModel, channels_before, choose, with_finals
 from autocompress.results.records import TrialRecord
 from autocompress.results.rundir import RunDir
+
+if TYPE_CHECKING:
+    import torch
+
+    from autocompress.engine.final import FinalModel
+    from autocompress.tasks.datasets import DataLike
 
 __all__ = ["SearchResult", "load_run"]
 
@@ -24,20 +31,27 @@ class SearchResult:
     report: Path  # report.html
     meta: dict  # meta.json: device, splits, space, status, timings
 
-    def pick(self, max_latency_ms: float | None = None, min_accuracy: float | None = None,
+    def pick(self, *, max_latency_ms: float | None = None, min_accuracy: float | None = None,
              max_size_mb: float | None = None) -> PickedModel | None:
         """The most accurate Pareto model (validation accuracy; ties: faster) within every given constraint, with
-        its configuration; None if no Pareto model meets them."""
+        its configuration; None if no Pareto model meets them. The same as `autocompress pick RUN_DIR`."""
         fp32 = self.baselines["fp32"].to_row()
         return choose(with_finals(self.trials, self.run_dir), fp32, self.run_dir, channels_before(self.meta),
                       max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_mb=max_size_mb).chosen
 
-    def finalize(self, trial: int | None = None, **kwargs):
+    def finalize(self, *, trial: int | None = None, max_latency_ms: float | None = None,
+                 min_accuracy: float | None = None, epochs: int | None = None, name: str | None = None,
+                 model: torch.nn.Module | None = None, train_data: DataLike | None = None,
+                 val_data: DataLike | None = None, test_data: DataLike | None = None,
+                 calib_data: DataLike | None = None, rounds: int = 3, progress: bool = True,
+                 log: Callable[[str], None] = print) -> FinalModel:
         """`autocompress.finalize` on this run: the trial's configuration fine-tuned for longer, measured like
-        a trial, written to `run_dir/final/<name>/`. Returns a `FinalModel`."""
+        a trial, written to `run_dir/final/<name>/`."""
         from autocompress.api._finalize import finalize
 
-        return finalize(self.run_dir, trial, **kwargs)
+        return finalize(self.run_dir, trial=trial, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy,
+                        epochs=epochs, name=name, model=model, train_data=train_data, val_data=val_data,
+                        test_data=test_data, calib_data=calib_data, rounds=rounds, progress=progress, log=log)
 
 
 def load_run(run_dir: str | Path) -> SearchResult:

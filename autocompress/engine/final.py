@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from autocompress.config import TrainConfig
+from autocompress.engine.plan import plan_resume
 from autocompress.errors import ConfigError, Interrupted, RunError
 from autocompress.fileio import atomic_write_bytes, atomic_write_text
 from autocompress.pipeline.devices import resolve_train_device
@@ -74,7 +75,7 @@ def default_epochs(n_train: int) -> int:
     return int(min(30, max(10, math.ceil(100_000 / max(1, n_train)))))
 
 
-def finalize(run_dir: str | Path, trial: int | None = None, *, max_latency_ms: float | None = None,
+def finalize(run_dir: str | Path, *, trial: int | None = None, max_latency_ms: float | None = None,
              min_accuracy: float | None = None, epochs: int | None = None, name: str | None = None,
              model: torch.nn.Module | None = None, train_data=None, val_data=None, test_data=None, calib_data=None,
              rounds: int = 3, progress: bool = True, log: Callable[[str], None] = print) -> FinalModel:
@@ -85,7 +86,9 @@ def finalize(run_dir: str | Path, trial: int | None = None, *, max_latency_ms: f
     record = _chosen_trial(rd, trial, max_latency_ms, min_accuracy)
     name = name or f"trial{record.trial}"
     out = rd.path / "final" / name
-    prep = _prepared(rd, model, train_data, val_data, test_data, calib_data, log)
+    # the run's checked config, model and splits, as a resumed search has them, with every training image
+    prep = plan_resume(rd.path, model=model, train_data=train_data, val_data=val_data, test_data=test_data,
+                       calib_data=calib_data, log=log, max_images={"train": None})
     baseline = _baseline_model(prep, log)
     epochs = epochs or default_epochs(len(prep.splits.train))
     spec = _spec(prep, record, epochs)
@@ -145,30 +148,6 @@ def _chosen_trial(rd: RunDir, trial: int | None, max_latency_ms: float | None,
         raise ConfigError(f"trial {trial} of {rd.path} did not complete ({rec.state.value}{why}); finalize a "
                           "completed trial (`autocompress pick` lists them)")
     return rec
-
-
-def _prepared(rd: RunDir, model, train_data, val_data, test_data, calib_data, log: Callable[[str], None]):
-    """The run's checked config, model and splits, as for a resumed search, with every training image."""
-    from autocompress.engine.plan import plan
-    from autocompress.engine.prepare import load_resume_config
-
-    cfg = load_resume_config(rd.path)
-    meta = rd.read_json(rd.meta)
-    if model is None and meta.get("baseline", {}).get("path") == "(the model object given)":
-        raise ConfigError(f"{rd.path} was searched on a model object: pass the same trained model again "
-                          "(finalize(..., model=model, train_data=..., val_data=...))")
-    caps = {**cfg.max_images, "train": None}
-    if cfg.dataset == "custom":
-        if train_data is None or val_data is None:
-            raise ConfigError(f"{rd.path} was searched on Datasets given in Python: pass them again "
-                              "(train_data=, val_data=, and test_data= if the search had it)")
-        data = {"train": train_data, "val": val_data, "test": test_data, "calib": calib_data}
-    else:
-        from autocompress.tasks.data import dataset_of_config
-
-        data = dataset_of_config(cfg, max_images=caps).datasets()
-    return plan(model if model is not None else cfg.model, data["train"], data["val"], test_data=data["test"],
-                calib_data=data["calib"], budget=None, out=rd.path, resume=True, log=log, max_images=caps)
 
 
 def _baseline_model(prep, log: Callable[[str], None]) -> torch.nn.Module:

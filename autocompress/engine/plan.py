@@ -1,10 +1,11 @@
-"""From the caller's objects to a `Prepared` search: options -> SearchConfig, model and data -> checked splits,
-then `prepare` (engine/prepare.py). The library, the CLI and finalize all come through here."""
+"""From the caller's objects to a `Prepared` search: a SearchConfig (given, with overrides), model and data ->
+checked splits, then `prepare` (engine/prepare.py). A new search comes through `plan`; a resumed one, and
+finalize, through `plan_resume`, which rebuilds a CLI run's model and data from its stored config."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from pydantic import ValidationError
 
@@ -14,37 +15,48 @@ from autocompress.errors import ConfigError, ModelError
 if TYPE_CHECKING:  # torch loads when a search starts, not when autocompress is imported
     import torch
 
+    from autocompress.engine.prepare import Prepared
     from autocompress.tasks.datasets import DataLike
     from autocompress.tasks.preprocess import Preprocessing
 
-__all__ = ["plan", "make_config"]
+__all__ = ["plan", "plan_resume", "make_config"]
 
-_ARGUMENTS = ("budget", "space", "out")  # SearchConfig keys that are named arguments of `search`
+_SECTIONS = ("baseline", "finetune", "latency", "max_images")  # a partial mapping keeps the base's other keys
+_FIXED_ON_RESUME = ("out", "space")  # a resumed run stays in its directory, on the space its study was made on
 
 
-def make_config(*, budget: int | str | Budget | None, space: str | Path | None, out: str | Path | None,
-                base: dict | None = None, **options: Any) -> SearchConfig:
-    """A validated SearchConfig from keyword options (the keys of SearchConfig); a partial `finetune`, `baseline`
-    or `latency` mapping keeps the other defaults. Raises ConfigError naming an unknown key or a bad value."""
-    defaults = SearchConfig().model_dump()
-    unknown = [k for k in options if k not in defaults or k in _ARGUMENTS]
+def make_config(overrides: Mapping[str, Any] | None = None, *, base: SearchConfig | None = None,
+                caller: str = "autocompress.search") -> SearchConfig:
+    """`base` (default: SearchConfig()) with `overrides`, keys of SearchConfig, validated; a partial `finetune`,
+    `baseline`, `latency` or `max_images` mapping keeps the base's other keys. Raises ConfigError naming an unknown
+    key or a bad value (`caller` is the function the message names)."""
+    overrides = dict(overrides or {})
+    if base is not None and not isinstance(base, SearchConfig):
+        raise ConfigError(f"config= is a {type(base).__name__}; pass an autocompress.SearchConfig "
+                          "(e.g. SearchConfig(seed=1, finetune={'epochs': 3})) or give its keys as keyword arguments")
+    if "resume" in overrides:
+        raise ConfigError("resume= is not an option of autocompress.search; continue a run with "
+                          "autocompress.resume(run_dir) (or `autocompress search --resume RUN_DIR`)")
+    base_data = (base or SearchConfig()).model_dump()
+    unknown = [k for k in overrides if k not in base_data]
     if unknown:
-        allowed = ", ".join(k for k in defaults if k not in _ARGUMENTS)
-        raise ConfigError(f"{unknown[0]!r} is not an option of autocompress.search; the options are {allowed}")
-    data = {**(base or {}), **options}
-    for section in ("baseline", "finetune", "latency"):
-        if isinstance(data.get(section), dict):
-            data[section] = {**(base or defaults)[section], **data[section]}
-    if budget is not None:
-        data["budget"] = budget.model_dump() if isinstance(budget, Budget) else parse_budget(budget).model_dump()
-    if space is not None:
-        data["space"] = space
-    if out is not None:
-        data["out"] = out
+        allowed = ", ".join(k for k in base_data if k != "model")  # the model is an argument of its own
+        raise ConfigError(f"{unknown[0]!r} is not an option of {caller}; the options are {allowed}")
+    if not overrides and base is not None:
+        return base
+    data = {**base_data, **overrides}
+    for section in _SECTIONS:
+        if isinstance(overrides.get(section), dict):
+            data[section] = {**base_data[section], **overrides[section]}
+    budget = overrides.get("budget")
+    if isinstance(budget, (int, str)) and not isinstance(budget, bool):
+        data["budget"] = parse_budget(budget)  # its own message, naming the budget given
+    elif isinstance(budget, Budget):
+        data["budget"] = budget.model_dump()
     try:
         return SearchConfig.model_validate(data)
     except ValidationError as e:
-        raise config_error(e, "the options of autocompress.search") from None
+        raise config_error(e, f"the options of {caller}") from None
 
 
 def _model_label(model: torch.nn.Module | str) -> str:
@@ -59,30 +71,67 @@ def _model_label(model: torch.nn.Module | str) -> str:
 
 
 def plan(model: torch.nn.Module | str, train_data: DataLike, val_data: DataLike, *, test_data: DataLike | None = None,
-         calib_data: DataLike | None = None, budget: int | str | Budget | None = 40, space: str | Path | None = None,
-         out: str | Path | None = None, resume: bool = False, log: Callable[[str], None] = print,
-         preprocessing: Preprocessing | dict | None = None, **options: Any):
-    """Everything `search` checks before it writes anything: the config, the data, the model and the search space.
-    Returns the `Prepared` search (`.describe()` is what `autocompress search --dry-run` prints)."""
-    from autocompress.engine.prepare import load_resume_config, prepare
+         calib_data: DataLike | None = None, config: SearchConfig | None = None, log: Callable[[str], None] = print,
+         preprocessing: Preprocessing | dict | None = None, **overrides: Any) -> Prepared:
+    """Everything a new search checks before it writes anything: the config (`config` with `overrides`), the data,
+    the model and the search space. The config's `model` is the model given (a name, or the object's class name);
+    its `dataset` is `custom` unless the caller named it. Returns the `Prepared` search (`.describe()` is what
+    `autocompress search --dry-run` prints)."""
+    named = {"model": _model_label(model)}
+    given = config.model_fields_set if isinstance(config, SearchConfig) else set()
+    if "dataset" not in overrides and "dataset" not in given:
+        named["dataset"] = "custom"  # Datasets given in Python: a resume or finalize needs them again
+    if isinstance(config, SearchConfig):  # a config that already says so passes through unchanged
+        named = {k: v for k, v in named.items() if getattr(config, k) != v}
+    config = make_config({**named, **overrides}, base=config)
+    return _prepare(model if not isinstance(model, str) else config.model,
+                    {"train": train_data, "val": val_data, "test": test_data, "calib": calib_data}, config, log,
+                    preprocessing=preprocessing, resume=False)
+
+
+def plan_resume(run_dir: str | Path, *, model: torch.nn.Module | None = None, train_data: DataLike | None = None,
+                val_data: DataLike | None = None, test_data: DataLike | None = None,
+                calib_data: DataLike | None = None, log: Callable[[str], None] = print, **overrides: Any) -> Prepared:
+    """A stopped, interrupted or killed run made ready to go on: its stored config with `overrides` (e.g. a new
+    budget), and its model and data again. A run searched on a model object and Datasets needs them again
+    (`model=`, `train_data=`, `val_data=`, ...); a run of the CLI rebuilds them from its config."""
+    from autocompress.engine.prepare import load_resume_config
+    from autocompress.results.rundir import RunDir
+
+    fixed = [k for k in _FIXED_ON_RESUME if k in overrides]
+    if fixed:
+        raise ConfigError(f"{fixed[0]}= cannot change when a run is resumed: it goes on in its own directory, on "
+                          "the search space its study was made on; start a new search for another")
+    config = make_config(overrides, base=load_resume_config(run_dir), caller="autocompress.resume")
+    rd = RunDir(Path(run_dir))
+    if model is None and rd.read_json(rd.meta).get("baseline", {}).get("path") == "(the model object given)":
+        raise ConfigError(f"{rd.path} was searched on a model object: pass the same trained model again "
+                          "(model=model, train_data=..., val_data=...)")
+    if train_data is not None or val_data is not None or config.dataset == "custom":
+        if train_data is None or val_data is None:
+            raise ConfigError(f"{rd.path} was searched on Datasets given in Python: pass them again "
+                              "(train_data=, val_data=, and test_data= if the search had it)")
+        data = {"train": train_data, "val": val_data, "test": test_data, "calib": calib_data}
+    else:
+        from autocompress.tasks.data import dataset_of_config
+
+        data = dataset_of_config(config).datasets()
+    if model is not None:
+        _model_label(model)  # a clear error for something that is not a model
+    return _prepare(model if model is not None else config.model, data, config, log, preprocessing=None, resume=True)
+
+
+def _prepare(model: torch.nn.Module | str, data: dict[str, DataLike | None], config: SearchConfig,
+             log: Callable[[str], None], *, preprocessing: Preprocessing | dict | None, resume: bool) -> Prepared:
+    from autocompress.engine.prepare import prepare
     from autocompress.tasks.datasets import splits_from_data
 
-    label = _model_label(model)
-    if resume:
-        if out is None:
-            raise ConfigError("resume=True needs out=, the run directory to continue")
-        stored = load_resume_config(out).model_dump(mode="json")
-        config = make_config(budget=budget, space=None, out=out, base=stored, **options)
-    else:
-        options.setdefault("model", label)
-        options.setdefault("dataset", "custom")
-        config = make_config(budget=budget, space=space, out=out, **options)
-    splits = splits_from_data(train_data, val_data, test=test_data, calib=calib_data, caps=config.max_images,
-                              seed=config.seed, num_classes=_outputs(model, train_data),
+    splits = splits_from_data(data["train"], data["val"], test=data["test"], calib=data["calib"],
+                              caps=config.max_images, seed=config.seed, num_classes=_outputs(model, data["train"]),
                               name=config.dataset, log=log, workers=config.data_workers, augment=config.augment)
     if preprocessing is not None:  # what the user's Datasets do to an image: recorded, and written by pick --export
         splits.preprocessing = _preprocessing(preprocessing)
-    return prepare(config, splits, config.model if isinstance(model, str) else model, resume=resume)
+    return prepare(config, splits, model, resume=resume)
 
 
 def _preprocessing(given: Preprocessing | dict) -> Preprocessing:
