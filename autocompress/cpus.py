@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
+from typing import Iterator
 
-__all__ = ["usable_cpus"]
+__all__ = ["usable_cpus", "torch_threads"]
 
 _CGROUP = Path("/sys/fs/cgroup")
 
@@ -39,3 +41,16 @@ def usable_cpus(cgroup_root: Path = _CGROUP) -> int:
     if quota is not None:
         n = min(n, math.ceil(quota))
     return max(1, n)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads at `n` for the block, then the caller's own setting again."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -173,7 +173,15 @@ def _net():
 @pytest.mark.slow
 def test_a_config_with_an_override_runs_and_resume_continues_it(tmp_path):
     run, (train, val), model = tmp_path / "run", _pair(), _net()
-    result = autocompress.search(model, train, val, config=LIGHT, budget=2, out=run, progress=False, log=print)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the caller's own setting: the search may use more, and gives it back
+    try:
+        result = autocompress.search(model, train, val, config=LIGHT, budget=2, out=run, progress=False, log=print)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert len(result.trials) == 2  # the override's budget, over the config's 5
     stored = json.loads((run / "config.json").read_text())
     assert stored["budget"]["trials"] == 2 and stored["finetune"]["epochs"] == 0.5 and not stored["sensitivity"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from autocompress.cpus import usable_cpus
+from tests.conftest import FAST_FLAGS
 
 
 def _v2(tmp_path: Path, text: str) -> Path:
@@ -39,3 +41,15 @@ def test_taskset_to_one_cpu_gives_one():
     out = subprocess.run(["taskset", "-c", str(min(os.sched_getaffinity(0))), sys.executable, "-c", code],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
+def test_a_search_under_taskset_takes_one_ray_cpu_and_one_thread_per_trial(tmp_path):
+    run = tmp_path / "run"
+    cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), sys.executable, "-m", "autocompress.cli", "search",
+           "--budget", "1", "--out", str(run), *FAST_FLAGS]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ})
+    assert res.returncode == 0, res.stderr[-2000:]
+    ray = json.loads((run / "meta.json").read_text())["ray"]
+    assert (ray["cpus"], ray["threads_per_trial"]) == (1, 1)

@@ -7,7 +7,6 @@ the trial loop itself is the `Scheduler`'s.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
@@ -15,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from autocompress.config import SearchConfig
+from autocompress.cpus import torch_threads, usable_cpus
 from autocompress.engine.baselines import baseline_spec, run_baselines
 from autocompress.engine.latency import setup_predictor
 from autocompress.engine.policies import WarmStart, policies_for
@@ -39,9 +39,8 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
     the caller writes."""
     cfg = prep.config
     t_start = time.perf_counter()
-    torch.set_num_threads(os.cpu_count() or 1)
     # before anything is written: a cluster that cannot be joined leaves no run directory
-    with cluster.ray_session(cfg.ray_address):
+    with torch_threads(usable_cpus()), cluster.ray_session(cfg.ray_address, log):
         cluster.check_device(cfg.device)
         rd = RunDir(prep.run_dir)
         rd.path.mkdir(parents=True, exist_ok=True)
@@ -187,7 +186,7 @@ def _start_device(prep: Prepared, state: RunState, baseline: torch.nn.Module):
     from autocompress.pipeline.devices import resolve_train_device, trial_resources
 
     cfg = prep.config
-    total_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+    total_cpus = int(ray.cluster_resources().get("CPU", usable_cpus()))
     threads = max(1, total_cpus // cfg.concurrency)
     device, fp = cluster.place_device(cfg.device, cfg.latency.model_dump())
     state.meta["device"] = {**fp, "name": cfg.device}
