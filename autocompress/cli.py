@@ -144,13 +144,13 @@ def _log(text: str) -> None:
 
 
 def _guarded(work, verbose: bool = False):
-    """`work()`, for long work: stopped at once by the user (a second Ctrl-C) it exits 130 saying so; bad input is
-    one line and exit 2."""
+    """`work()`, for long work: stopped at once (Ctrl-C, SIGTERM) it says so in one line and exits 130 (143 for
+    SIGTERM); bad input is one line and exit 2."""
     try:
         return work()
     except Interrupted as e:
         typer.echo(f"stopped: {e}", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(e.exit_code) from None
     except AutocompressError as e:
         _fail(e, verbose)
 

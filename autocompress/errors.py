@@ -59,7 +59,12 @@ class RunError(AutocompressError):
 
 
 class Interrupted(RunError):
-    """The user stopped the search at once (a second Ctrl-C); the run is resumable."""
+    """The search (or finalize) was stopped at once, by Ctrl-C or SIGTERM; the run is resumable. `exit_code` is the
+    shell's for the signal: 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, message: str, *, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def describe_error(e: BaseException) -> str:

@@ -38,17 +38,18 @@ def setup_predictor(prep: Prepared, state: RunState, executor: Executor, baselin
     fitted on the whole models measured so far, or None when it is switched off or fails (it only adds figures to
     the report and skips proposals: a failure never takes the search down).
 
-    A first session finds the slow channel counts (`meta.json` `slow_choices`) before the study is made; a resumed
-    one drops the same, whatever becomes of its latency model, so that its study keeps the same choices. (So a
-    failure after the drop keeps the dropped space: meta.json lists the choices it dropped.)"""
+    The slow channel counts (`meta.json` `slow_choices`) are found once, before the study is made; a resumed run
+    whose study exists drops the same, whatever becomes of its latency model, so that its study keeps the same
+    choices. (So a failure after the drop keeps the dropped space: meta.json lists the choices it dropped.)"""
     cfg, space = prep.config, prep.space
-    if prep.resume:
+    decided = state.study_made or "slow_choices" in state.meta
+    if decided:
         space = _drop(space, [SlowChoice(**c) for c in state.meta.get("slow_choices", [])], log)
     if not cfg.latency_model:
         return space, None
     try:
         predictor, info = _build(prep, space, state, executor, baseline, reduce_range, log)
-        if not prep.resume and cfg.sampler != "grid":  # (the grid is the uniform reference: all of its choices stay)
+        if not decided and cfg.sampler != "grid":  # (the grid is the uniform reference: all of its choices stay)
             slow = slow_choices(predictor.model, space)
             space = _drop(space, slow, log)
             predictor = predictor.with_space(space)

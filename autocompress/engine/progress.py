@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import signal
+from typing import Callable, Iterator
 
-__all__ = ["Progress", "Interrupt"]
+__all__ = ["Progress", "Interrupt", "Terminated", "sigterm_interrupts", "exit_code"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster scheduler's stop, `kill`): the search stops at once, as on a second Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """For the block, SIGTERM raises `Terminated` in the main thread, so every stage unwinds as on Ctrl-C: running
+    trials cancelled, the run marked interrupted, Ray shut down."""
+    def handler(signum, frame):
+        raise Terminated
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)  # None: one set outside Python
+
+
+def exit_code(e: BaseException) -> int:
+    """The shell's exit status for a stop by this signal: 143 for SIGTERM, 130 for Ctrl-C."""
+    return 143 if isinstance(e, Terminated) else 130
 
 
 class Progress:
@@ -57,8 +86,6 @@ class Interrupt:
         self._old = None
 
     def __enter__(self) -> "Interrupt":
-        import signal
-
         def handler(signum, frame):
             self.count += 1
             if self.count >= 2:
@@ -72,8 +99,6 @@ class Interrupt:
         return self
 
     def __exit__(self, *a) -> None:
-        import signal
-
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
 

@@ -16,10 +16,11 @@ import torch
 from autocompress.config import SearchConfig
 from autocompress.cpus import torch_threads, usable_cpus
 from autocompress.engine.baselines import baseline_spec, run_baselines
+from autocompress.engine.fp32 import fp32_baseline
 from autocompress.engine.latency import setup_predictor
 from autocompress.engine.policies import WarmStart, policies_for
 from autocompress.engine.prepare import Prepared
-from autocompress.engine.progress import Interrupt, Progress
+from autocompress.engine.progress import Interrupt, Progress, exit_code, sigterm_interrupts
 from autocompress.engine.scheduler import Limits, Scheduler
 from autocompress.engine.state import LatencyBook, RunState, run_lock
 from autocompress.engine.study import distributions, grid_configs, make_sampler, open_study, warm_start_configs
@@ -36,117 +37,66 @@ __all__ = ["run_search"]
 
 def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], None] = print) -> RunDir:
     """Run the prepared search to its end (budget, exhaustion or Ctrl-C); returns its run directory, whose report
-    the caller writes."""
-    cfg = prep.config
-    t_start = time.perf_counter()
+    the caller writes. Ctrl-C (a second one in the trial loop) or SIGTERM in any stage marks the run interrupted
+    and raises Interrupted naming the stage; `--resume` goes on from there."""
     # before anything is written: a cluster that cannot be joined leaves no run directory
-    with torch_threads(usable_cpus()), cluster.ray_session(cfg.ray_address, log):
-        cluster.check_device(cfg.device)
+    # (SIGTERM's handler after Ray's start: Ray installs one of its own that ends the process)
+    with torch_threads(usable_cpus()), cluster.ray_session(prep.config.ray_address, log), sigterm_interrupts():
+        cluster.check_device(prep.config.device)
         rd = RunDir(prep.run_dir)
         rd.path.mkdir(parents=True, exist_ok=True)
         with run_lock(rd):
-            baseline = _baseline(prep, log, progress)
-            state = _open_state(prep, rd, baseline.info, baseline.warning)
-            executor, reduce_range, train_device = _start_device(prep, state, baseline.model)
-            _speed_hint(prep, train_device, log)
-            latency = _latency_book(cfg, state)
-            run_baselines(cfg.baselines, state=state, executor=executor, space=prep.space, latency=latency,
-                          make_spec=lambda b: baseline_spec(b, prep.space, cfg.finetune, cfg.seed, reduce_range,
-                                                            train_device=train_device),
-                          concurrency=cfg.concurrency, log=log)
-            # each step narrows the space it is given into a new one: the latency model drops the channel counts
-            # that are slow on this device, then the scan ranks what is left and drops hopeless precisions
-            space, predictor = setup_predictor(prep, state, executor, baseline.model, reduce_range, log)
-            prep = replace(prep, space=space)
-            prep, predictor, warm = _guarded_sensitivity(prep, state, executor, baseline.model, reduce_range,
-                                                         predictor, log)
-            study, limits = _study(prep, state, warm, log)
-            make_spec = _spec_maker(prep, reduce_range, train_device)
-            with Interrupt(log) as interrupt, Progress(cfg.budget.trials, cfg.budget.seconds, progress, log) as bar:
-                scheduler = _scheduler(prep, state, executor, latency, make_spec, study, limits, predictor,
-                                       bar.trial_line)
-                _run_trials(scheduler, state, interrupt, bar)
-                if cfg.confirm_rounds and not interrupt.stopping:
-                    _confirm(state, cfg, interrupt, bar.trial_line, executor, latency)
-            _finish(state, scheduler, cfg, interrupt.stopping, time.perf_counter() - t_start)
+            state = _open_state(prep, rd)
+            at = _Stage()
+            try:
+                _stages(prep, state, at, progress, log)
+            except KeyboardInterrupt as e:
+                state.meta.update(status="interrupted", interrupted_in=at.name)
+                state.save()
+                raise Interrupted(f"interrupted during {at.name}; continue with: autocompress search --resume "
+                                  f"{rd.path}", exit_code=exit_code(e)) from None
             return rd
 
 
 @dataclass
-class _Baseline:
-    model: torch.nn.Module
-    info: dict
-    warning: str = ""  # the validation split looks leaked (meta.json split_warning); "" when not
+class _Stage:
+    name: str = "the FP32 baseline"  # the stage the search is in: what an interrupt names
 
 
-# Validation this far above test (points, and beyond sampling noise) means validation images the model has seen.
-_LEAK_POINTS = 3.0
+def _stages(prep: Prepared, state: RunState, at: _Stage, progress: bool, log: Callable[[str], None]) -> None:
+    """baseline -> uniform baselines -> latency model -> scan -> study -> trials -> confirmation."""
+    cfg, t_start = prep.config, time.perf_counter()
+    baseline = fp32_baseline(prep, log, progress)
+    _note_baseline(state, baseline.info, baseline.warning)
+    at.name = "the uniform baselines"
+    executor, reduce_range, train_device = _start_device(prep, state, baseline.model)
+    _speed_hint(prep, train_device, log)
+    latency = _latency_book(cfg, state)
+    run_baselines(cfg.baselines, state=state, executor=executor, space=prep.space, latency=latency,
+                  make_spec=lambda b: baseline_spec(b, prep.space, cfg.finetune, cfg.seed, reduce_range,
+                                                    train_device=train_device),
+                  concurrency=cfg.concurrency, log=log)
+    # each step narrows the space it is given into a new one: the latency model drops the channel counts that are
+    # slow on this device, then the scan ranks what is left and drops hopeless precisions
+    at.name = "the latency model's layer table"
+    space, predictor = setup_predictor(prep, state, executor, baseline.model, reduce_range, log)
+    prep = replace(prep, space=space)
+    at.name = "the sensitivity scan"
+    prep, predictor, warm = _guarded_sensitivity(prep, state, executor, baseline.model, reduce_range, predictor, log)
+    at.name = "the trials"
+    study, limits = _study(prep, state, warm, log)
+    make_spec = _spec_maker(prep, reduce_range, train_device)
+    with Interrupt(log) as interrupt, Progress(cfg.budget.trials, cfg.budget.seconds, progress, log) as bar:
+        scheduler = _scheduler(prep, state, executor, latency, make_spec, study, limits, predictor, bar.trial_line)
+        _run_trials(scheduler, state, interrupt, bar)
+        if cfg.confirm_rounds and not interrupt.stopping:
+            _confirm(state, cfg, interrupt, bar.trial_line, executor, latency)
+    _finish(state, scheduler, cfg, interrupt.stopping, time.perf_counter() - t_start)
 
 
-def _leak_warning(val_acc: float, test_acc: float, n_val: int, n_test: int) -> str:
-    """One line when validation accuracy is more than _LEAK_POINTS above test accuracy, else "".
-
-    Why the noise term: on a few dozen images one image moves accuracy by points, so a gap counts only when it
-    is also over two standard errors of the difference of two binomial proportions."""
-    gap = val_acc - test_acc
-    p = (val_acc * n_val + test_acc * n_test) / max(1, n_val + n_test) / 100
-    noise = 200 * (p * (1 - p) * (1 / max(1, n_val) + 1 / max(1, n_test))) ** 0.5
-    if gap <= max(_LEAK_POINTS, noise):
-        return ""
-    return (f"validation accuracy {val_acc:.1f}% is {gap:.1f} points above test accuracy {test_acc:.1f}%: "
-            "validation images look like training images; give validation images the model was not trained on")
-
-
-def _baseline(prep: Prepared, log: Callable[[str], None], progress: bool) -> _Baseline:
-    """The FP32 model (`_fp32`), and a warning when its validation accuracy is far above its test accuracy."""
-    model, info = _fp32(prep, log, progress)
-    splits = prep.splits
-    val, test = info.get("val_accuracy_torch"), info.get("test_accuracy_torch")
-    warning = _leak_warning(val, test, len(splits.val), len(splits.test)) if None not in (val, test) else ""
-    if warning:
-        log(f"  warning: {warning}")
-    return _Baseline(model, info, warning)
-
-
-def _fp32(prep: Prepared, log: Callable[[str], None], progress: bool) -> tuple[torch.nn.Module, dict]:
-    """The FP32 model: given (an object or --weights), or trained on the data and cached."""
-    import ray
-
-    from autocompress.pipeline.baseline import baseline_path, load_cached, save_baseline
-    from autocompress.pipeline.devices import resolve_train_device
-    from autocompress.pipeline.finetune import evaluate
-    from autocompress.runtime.executor import train_baseline_in_worker
-
-    cfg, splits = prep.config, prep.splits
-    log(f"baseline: {cfg.model} on {cfg.dataset} ({splits.sizes()})")
-    if splits.preprocessing is not None:
-        log(f"  preprocessing: {splits.preprocessing.describe()}; fine-tuning augmentation: {splits.augment}")
-    if prep.trained:
-        info = {"cached": True, "path": str(cfg.weights) if cfg.weights else "(the model object given)",
-                "from_weights": True, "val_accuracy_torch": evaluate(prep.model, splits.val),
-                "test_accuracy_torch": evaluate(prep.model, splits.test)}
-        log(f"  baseline given: {info['path']} (val {info['val_accuracy_torch']:.2f}%, PyTorch)")
-        return prep.model, info
-    epochs = cfg.baseline.epochs
-
-    def on_epoch(e: int, loss: float) -> None:
-        if progress:
-            log(f"  baseline epoch {e + 1}/{epochs:g}: loss {loss:.3f}")
-
-    path = baseline_path(cfg.model, splits, cfg.baseline, cfg.seed)
-    cached = load_cached(path, cfg.model, splits)
-    if cached is not None:
-        model, info = cached
-    else:
-        device = resolve_train_device(cfg.train_device, ray.cluster_resources().get("GPU", 0))
-        model, info = train_baseline_in_worker(cfg.model, splits, cfg.baseline, cfg.seed, device, on_epoch)
-        info = save_baseline(path, model, info)
-    how = "loaded from cache" if info["cached"] else f"trained in {info['train_seconds']} s"
-    log(f"  baseline {how} ({info['path']})")
-    return model, info
-
-
-def _open_state(prep: Prepared, rd: RunDir, baseline_info: dict, split_warning: str) -> RunState:
+def _open_state(prep: Prepared, rd: RunDir) -> RunState:
+    """The run's state, on disk before the first stage (a run interrupted in any stage can be resumed): a new
+    run's config.json and meta.json, or a resumed run's, marked running again."""
     cfg, splits = prep.config, prep.splits
     if prep.resume:
         meta = rd.read_json(rd.meta)
@@ -167,15 +117,21 @@ def _open_state(prep: Prepared, rd: RunDir, baseline_info: dict, split_warning: 
             "objectives": ["val_accuracy (max)", "latency_ms (min)", "size_bytes (min)"],
         }
         state = RunState(rd, meta)
-    state.meta["baseline"] = baseline_info
-    # A resumed run states the rule and warning of the data it goes on with.
-    state.meta["split_rule"] = splits.rule
-    state.meta["preprocessing"] = splits.preprocessing.as_dict() if splits.preprocessing else None
-    state.meta["augment"] = splits.augment
+    # A resumed run states the rule of the data it goes on with.
+    state.meta.update(split_rule=splits.rule, augment=splits.augment,
+                      preprocessing=splits.preprocessing.as_dict() if splits.preprocessing else None)
+    state.meta.pop("interrupted_in", None)
+    state.rd.write_json(state.rd.meta, state.meta)
+    return state
+
+
+def _note_baseline(state: RunState, info: dict, split_warning: str) -> None:
+    """meta.json's baseline, and the warning of the data the run goes on with (a resumed run's own)."""
+    state.meta["baseline"] = info
     state.meta.pop("split_warning", None)
     if split_warning:
         state.meta["split_warning"] = split_warning
-    return state
+    state.rd.write_json(state.rd.meta, state.meta)
 
 
 def _start_device(prep: Prepared, state: RunState, baseline: torch.nn.Module):
@@ -272,11 +228,11 @@ def _sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: 
     # these are queued only by a run killed before its study was made)
     allocated = start.allocate(space, sens)
     warm = start.configs(space, sens, allocated)
-    first_allocated = state.meta.get("sensitivity", {}).get("allocated", []) if prep.resume else []
+    first_allocated = state.meta.get("sensitivity", {}).get("allocated", []) if state.study_made else []
     state.meta["sensitivity"] = {"cache_key": key, "cached": cached, "seconds": round(time.perf_counter() - t0, 1),
                                  "base_val_accuracy": sens["base"], "narrowed": removed, "warm_configs": len(warm),
                                  "allocated": first_allocated or [asdict(a) for a in allocated]}
-    if not prep.resume:
+    if not state.study_made:
         state.meta["space"] = space.describe()
     state.rd.write_json(state.rd.meta, state.meta)
     how = "from cache" if cached else f"scanned in {state.meta['sensitivity']['seconds']} s"
@@ -323,11 +279,11 @@ def _run_trials(scheduler: Scheduler, state: RunState, interrupt: Interrupt, bar
         state.save()
     try:
         scheduler.run(lambda: interrupt.stopping, on_update=update)
-    except KeyboardInterrupt:
-        state.meta.update(status="interrupted")
+    except KeyboardInterrupt as e:
+        state.meta.update(status="interrupted", interrupted_in="the trials")
         state.save()
         raise Interrupted(f"interrupted with {scheduler.busy} trial(s) running; continue with: "
-                          f"autocompress search --resume {state.rd.path}") from None
+                          f"autocompress search --resume {state.rd.path}", exit_code=exit_code(e)) from None
 
 
 def _best_text(state: RunState, fastest_within) -> str:

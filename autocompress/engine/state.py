@@ -42,6 +42,12 @@ class RunState:
         """Search seconds over every session of the run."""
         return self.spent_before + time.perf_counter() - self.t_search
 
+    @property
+    def study_made(self) -> bool:
+        """Whether the run's Optuna study exists (its journal): its choices are then fixed, and a resumed run keeps
+        the narrowing that made them."""
+        return self.rd.journal.is_file()
+
     def count(self, state: TrialState) -> int:
         return sum(r.state is state for r in self.records.values())
 
