@@ -192,11 +192,13 @@ def test_same_seed_and_budget_propose_the_same_configurations(tmp_path):
     params = []
     for name in ("a", "b"):
         run = tmp_path / name
-        # no fine-tune: what is under test is the sampler's sequence, which the fine-tune's length does not change
+        # no fine-tune: what is under test is the sampler's sequence, which the fine-tune's length does not change;
+        # with the latency model on (the default), whose fit, predictions and skips must be the same too
         res = run_cli("search", "--budget", "7", "--out", str(run), "--seed", "5", *FAST_FLAGS,
-                      "--finetune-epochs", "0")
+                      "--finetune-epochs", "0", "--latency-model")
         assert res.returncode == 0, res.stderr[-2000:]
         table = pd.read_csv(run / "trials.csv").sort_values("trial")
         cols = sorted(c for c in table.columns if c.startswith(("prune:", "quant:")))
         params.append(table[cols].astype(str).values.tolist())
+        assert json.loads((run / "meta.json").read_text())["latency_model"]["proxies"] > 0
     assert params[0] == params[1]

@@ -10,6 +10,7 @@ import torch
 
 from autocompress.config import BASELINES
 from autocompress.engine.baselines import baseline_spec
+from autocompress.engine.state import LatencyBook, RunState
 from autocompress.errors import describe_error
 from autocompress.latency_model.model import LatencyTable
 from autocompress.latency_model.predict import (
@@ -26,14 +27,14 @@ from autocompress.space import SearchSpace
 
 if TYPE_CHECKING:
     from autocompress.engine.prepare import Prepared
-    from autocompress.engine.state import RunState
     from autocompress.runtime.executor import Executor
 
 __all__ = ["setup_predictor"]
 
 
 def setup_predictor(prep: Prepared, state: RunState, executor: Executor, baseline: torch.nn.Module, reduce_range: bool,
-                    log: Callable[[str], None] = print) -> tuple[SearchSpace, Predictor | None]:
+                    log: Callable[[str], None] = print, *,
+                    latency: LatencyBook | None = None) -> tuple[SearchSpace, Predictor | None]:
     """The space without the channel counts that are slow on this device (a new space), and the search's predictor,
     fitted on the whole models measured so far, or None when it is switched off or fails (it only adds figures to
     the report and skips proposals: a failure never takes the search down).
@@ -56,7 +57,7 @@ def setup_predictor(prep: Prepared, state: RunState, executor: Executor, baselin
             state.meta["slow_choices"] = [asdict(c) for c in slow]
             state.meta["space"] = space.describe()
             state.rd.write_json(state.rd.meta, state.meta)
-        _calibrate(predictor, info, prep, state, executor, baseline, reduce_range, log)
+        _calibrate(predictor, info, prep, state, executor, baseline, reduce_range, log, latency or LatencyBook(None))
         return space, predictor
     except Exception as e:  # noqa: BLE001 - the search runs without predictions
         log(f"  latency model failed ({describe_error(e)}): the search goes on without predictions"
@@ -78,13 +79,17 @@ def _build(prep: Prepared, space: SearchSpace, state: RunState, executor: Execut
 
 
 def _calibrate(predictor: Predictor, info: dict, prep: Prepared, state: RunState, executor: Executor,
-               baseline: torch.nn.Module, reduce_range: bool, log: Callable[[str], None]) -> None:
-    """The fit on the whole models measured already, then on random proxies measured now (`calibrate_on_proxies`)."""
+               baseline: torch.nn.Module, reduce_range: bool, log: Callable[[str], None], latency: LatencyBook) -> None:
+    """The fit on the whole models measured already, then on random proxies (`calibrate_on_proxies`), measured
+    now or taken from the latency cache like any trial's: a seed then fits, and proposes, the same on this device."""
     seed = prep.config.seed
     _learn_measured(predictor, state, seed, reduce_range)
     if predictor.space.params():
         def measure(data: bytes) -> float:
-            return float(executor.get(executor.submit_measure(data))["median_ms"])
+            hit = latency.cached(data)
+            if hit is not None:
+                return hit.median_ms
+            return latency.measured(data, executor.get(executor.submit_measure(data))).median_ms
 
         info["proxies"] = PROXIES
         info["proxy_seconds"] = calibrate_on_proxies(predictor, baseline, prep.splits.val.images(1), measure,

@@ -79,7 +79,7 @@ def _stages(prep: Prepared, state: RunState, at: _Stage, progress: bool, log: Ca
     # each step narrows the space it is given into a new one: the latency model drops the channel counts that are
     # slow on this device, then the scan ranks what is left and drops hopeless precisions
     at.name = "the latency model's layer table"
-    space, predictor = setup_predictor(prep, state, executor, baseline.model, reduce_range, log)
+    space, predictor = setup_predictor(prep, state, executor, baseline.model, reduce_range, log, latency=latency)
     prep = replace(prep, space=space)
     at.name = "the sensitivity scan"
     prep, predictor, warm = _guarded_sensitivity(prep, state, executor, baseline.model, reduce_range, predictor, log)
