@@ -388,3 +388,16 @@ def test_bad_max_images_is_a_config_error(tmp_path):
         load_dataset("digits", max_images={"training": 10})
     with pytest.raises(ConfigError, match="positive integer or None"):
         load_dataset("digits", max_images={"train": 0})
+
+
+def test_a_runs_recorded_preprocessing_is_used_as_recorded(tmp_path):
+    """finalize reads a run's data again with every training image: the mean/std must stay the run's own."""
+    root = write_cifar10(tmp_path)
+    capped = load_dataset("cifar10", data_dir=root, input_size=16, max_images={"train": 20})
+    recorded = capped.preprocessing.with_stats([0.1, 0.2, 0.3], [0.5, 0.4, 0.3])  # not what any split would give
+    again = load_dataset("cifar10", data_dir=root, input_size=16, recorded=recorded)
+    assert again.preprocessing == recorded and len(again.train) > len(capped.train)
+    given = load_dataset("cifar10", data_dir=root, input_size=16, mean=[0.1, 0.2, 0.3], std=[0.5, 0.4, 0.3])
+    for i in range(3):
+        assert torch.equal(again.train[i][0], given.train[i][0])
+    assert load_dataset("cifar10", data_dir=root, input_size=16).preprocessing.mean != recorded.mean

@@ -36,7 +36,7 @@ from autocompress.results.pick import ModelConfig, channels_before
 from autocompress.results.records import TrialRecord, TrialState
 from autocompress.results.rundir import RunDir
 
-__all__ = ["FinalModel", "Figures", "finalize", "default_epochs", "report_lines"]
+__all__ = ["FinalModel", "Figures", "finalize", "default_epochs", "report_lines", "resumable"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -88,14 +88,14 @@ def finalize(run_dir: str | Path, *, trial: int | None = None, max_latency_ms: f
     out = rd.path / "final" / name
     # the run's checked config, model and splits, as a resumed search has them, with every training image
     prep = plan_resume(rd.path, model=model, train_data=train_data, val_data=val_data, test_data=test_data,
-                       calib_data=calib_data, log=log, max_images={"train": None})
+                       calib_data=calib_data, log=log, max_images={"train": None}, recorded_preprocessing=True)
     baseline = _baseline_model(prep, log)
     epochs = epochs or default_epochs(len(prep.splits.train))
     spec = _spec(prep, record, epochs)
     log(f"finalize trial {record.trial} -> {out}: {epochs} epochs on {len(prep.splits.train)} training images "
         f"({spec.train_device})")
     t0 = time.perf_counter()
-    tuned = _fine_tune(baseline, prep.splits, spec, out, log, progress)
+    tuned = _fine_tune(baseline, prep.splits, spec, out, log, progress, plan=_plan(record.trial, spec))
     artifact = build_artifact(tuned.model, prep.splits, spec, tuned.kept)
     onnx = out / "model.onnx"
     atomic_write_bytes(onnx, artifact.onnx_bytes)
@@ -177,10 +177,32 @@ def _spec(prep, record: TrialRecord, epochs: int) -> TrialSpec:
                      criterion=str(record.choices.get("criterion", "l2")))
 
 
+def _plan(trial: int, spec: TrialSpec) -> dict:
+    """What a checkpoint must have been made for to be resumed: the trial, its configuration and the fine-tune."""
+    return {"trial": trial, "ratios": dict(spec.ratios), "precisions": dict(spec.precisions),
+            "criterion": spec.criterion, "seed": spec.seed, "finetune": spec.finetune.model_dump()}
+
+
+def resumable(path: Path, plan: dict, log: Callable[[str], None]) -> dict | None:
+    """The checkpoint at `path` if it was made for `plan`, else None: one of another trial or other settings (the
+    same --name) is said in one line and replaced by a fresh start."""
+    if not path.is_file():
+        return None
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    if ck.get("plan") != plan:
+        made = ck.get("plan") or {}
+        log(f"  {path} was made for trial {made.get('trial', '?')} with other settings than trial {plan['trial']} "
+            f"now ({made.get('finetune', {}).get('epochs', '?')} vs {plan['finetune']['epochs']} epochs, ...): "
+            "starting afresh")
+        return None
+    return ck
+
+
 def _fine_tune(baseline: torch.nn.Module, splits, spec: TrialSpec, out: Path, log: Callable[[str], None],
-               progress: bool) -> Tuned:
+               progress: bool, *, plan: dict) -> Tuned:
     """Prune the baseline as the trial did, then fine-tune with fake quantization and distillation, one epoch at a
-    time: each epoch's state is checkpointed (a killed run resumes from it), the best epoch's weights are kept."""
+    time: each epoch's state is checkpointed (a killed run resumes from it when it was made for the same `plan`),
+    the best epoch's weights are kept."""
     model = copy.deepcopy(baseline).eval()
     kept = prune_model(model, splits.val.images(1), spec.ratios, round_to=spec.round_to,
                        min_channels=spec.min_channels, criterion=spec.criterion, data=splits.train)
@@ -190,8 +212,8 @@ def _fine_tune(baseline: torch.nn.Module, splits, spec: TrialSpec, out: Path, lo
                           device=spec.train_device, augment=splits.augment)
         best: dict = {"epoch": 0, "val": -1.0, "state": None}
         history: list[dict] = []
-        if path.is_file():
-            ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = resumable(path, plan, log)
+        if ck is not None:
             model.load_state_dict(ck["model"])
             trainer.load_state_dict(ck["trainer"])
             best, history = ck["best"], ck["history"]
@@ -205,7 +227,7 @@ def _fine_tune(baseline: torch.nn.Module, splits, spec: TrialSpec, out: Path, lo
                 if val > best["val"]:
                     best = {"epoch": trainer.epochs_done, "val": val,
                             "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-                _checkpoint(path, model, trainer, best, history)
+                _checkpoint(path, model, trainer, best, history, plan)
                 if progress:
                     log(f"  epoch {trainer.epochs_done}/{total}: loss {loss:.3f}, validation {val:.2f}% "
                         f"(PyTorch, fake-quantized){'  best' if best['epoch'] == trainer.epochs_done else ''}")
@@ -217,9 +239,11 @@ def _fine_tune(baseline: torch.nn.Module, splits, spec: TrialSpec, out: Path, lo
     return Tuned(model.eval(), kept, trainer.epochs_done, int(best["epoch"]), history)
 
 
-def _checkpoint(path: Path, model: torch.nn.Module, trainer: Trainer, best: dict, history: list[dict]) -> None:
+def _checkpoint(path: Path, model: torch.nn.Module, trainer: Trainer, best: dict, history: list[dict],
+                plan: dict) -> None:
     buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "trainer": trainer.state_dict(), "best": best, "history": history}, buf)
+    torch.save({"model": model.state_dict(), "trainer": trainer.state_dict(), "best": best, "history": history,
+                "plan": plan}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 

@@ -91,10 +91,13 @@ def plan(model: torch.nn.Module | str, train_data: DataLike, val_data: DataLike,
 
 def plan_resume(run_dir: str | Path, *, model: torch.nn.Module | None = None, train_data: DataLike | None = None,
                 val_data: DataLike | None = None, test_data: DataLike | None = None,
-                calib_data: DataLike | None = None, log: Callable[[str], None] = print, **overrides: Any) -> Prepared:
+                calib_data: DataLike | None = None, log: Callable[[str], None] = print,
+                recorded_preprocessing: bool = False, **overrides: Any) -> Prepared:
     """A stopped, interrupted or killed run made ready to go on: its stored config with `overrides` (e.g. a new
     budget), and its model and data again. A run searched on a model object and Datasets needs them again
-    (`model=`, `train_data=`, `val_data=`, ...); a run of the CLI rebuilds them from its config."""
+    (`model=`, `train_data=`, `val_data=`, ...); a run of the CLI rebuilds them from its config, with the
+    preprocessing it recorded when `recorded_preprocessing` (finalize: other caps would give other mean/std than
+    the model that ships was searched and exported with)."""
     from autocompress.engine.prepare import load_resume_config
     from autocompress.results.rundir import RunDir
 
@@ -114,8 +117,10 @@ def plan_resume(run_dir: str | Path, *, model: torch.nn.Module | None = None, tr
         data = {"train": train_data, "val": val_data, "test": test_data, "calib": calib_data}
     else:
         from autocompress.tasks.data import dataset_of_config
+        from autocompress.tasks.preprocess import Preprocessing
 
-        data = dataset_of_config(config).datasets()
+        recorded = rd.read_json(rd.meta).get("preprocessing") if recorded_preprocessing else None
+        data = dataset_of_config(config, recorded=Preprocessing.from_dict(recorded) if recorded else None).datasets()
     if model is not None:
         _model_label(model)  # a clear error for something that is not a model
     return _prepare(model if model is not None else config.model, data, config, log, preprocessing=None, resume=True)

@@ -83,6 +83,7 @@ def load_dataset(
     std: list[float] | None = None,
     augment: str = "auto",
     workers: int = 0,
+    recorded: Preprocessing | None = None,
 ) -> Splits:
     """Load `name` as four disjoint, stratified, seeded splits of C x input_size x input_size images, read on demand.
 
@@ -115,6 +116,8 @@ def load_dataset(
     `augment` is the fine-tune's augmentation (pipeline/augment.py); "auto" picks crop-flip for natural images
     (imagefolder, CIFAR) and shift for digits (digits, MNIST, Fashion-MNIST, SVHN: a mirrored 2 is no 2).
 
+    `recorded`: a run's own preprocessing (meta.json), used as it is instead of the options above.
+
     `Splits.name` is the dataset name plus a digest of the files, the chosen items and the preprocessing (it keys
     the baseline cache), except for `digits`. Raises `DataError` (one line: the problem and the fix) for anything
     wrong with the data.
@@ -138,17 +141,19 @@ def load_dataset(
     else:
         parts, num_classes = torchvision_parts(name, root, download)
     options = PreprocessOptions(crop=input_size, resize=resize, normalize=normalize, mean=mean, std=std,
-                                stats_workers=workers)
+                                stats_workers=workers, recorded=recorded)
     splits = assemble(name, parts, num_classes, caps, seed, str(root), val_from, options=options, workers=workers)
     splits.augment = _AUTO_AUGMENT.get(name, "crop-flip") if augment == "auto" else augment
     return splits
 
 
-def dataset_of_config(cfg: SearchConfig, *, max_images: Mapping[str, int | None] | None = None) -> Splits:
-    """The splits a run's config names (the CLI's data flags); `max_images` replaces the config's caps."""
+def dataset_of_config(cfg: SearchConfig, *, max_images: Mapping[str, int | None] | None = None,
+                      recorded: Preprocessing | None = None) -> Splits:
+    """The splits a run's config names (the CLI's data flags); `max_images` replaces the config's caps; `recorded`
+    (a run's own preprocessing) replaces the config's preprocessing options."""
     # Weights trained elsewhere may have seen every training image: then validation comes from the test images.
     return load_dataset(cfg.dataset, input_size=cfg.input_size, seed=cfg.seed, data_dir=cfg.data_dir,
                         download=cfg.download, max_images=cfg.max_images if max_images is None else max_images,
                         val_from="test" if cfg.weights is not None else "train", resize=cfg.resize,
                         normalize=cfg.normalize, mean=cfg.mean, std=cfg.std, augment=cfg.augment,
-                        workers=cfg.data_workers)
+                        workers=cfg.data_workers, recorded=recorded)

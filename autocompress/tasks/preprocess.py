@@ -37,6 +37,7 @@ class PreprocessOptions:
     mean: list[float] | None = None
     std: list[float] | None = None
     stats_workers: int = 0  # reader processes while taking the dataset's mean/std
+    recorded: Preprocessing | None = None  # a run's own (finalize): used as recorded, its mean/std not taken again
 
 
 @dataclass(frozen=True)

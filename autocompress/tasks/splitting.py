@@ -293,7 +293,10 @@ def assemble(name: str, parts: dict[str, Part], num_classes: int, caps: Mapping[
 
 def _preprocessing(train: Part, idx: np.ndarray, options: PreprocessOptions, channels: int,
                    seed: int) -> Preprocessing:
-    """`options` made concrete; `normalize: dataset` takes the mean/std of a seeded sample of the train split."""
+    """`options` made concrete; `normalize: dataset` takes the mean/std of a seeded sample of the train split (unless
+    the options carry a run's recorded preprocessing)."""
+    if options.recorded is not None:
+        return options.recorded
     fixed = resolve_normalization(options.normalize, options.mean, options.std, channels)
     pre = Preprocessing(resize=options.resize or options.crop, crop=options.crop, mean=(0.0,) * channels,
                         std=(1.0,) * channels, channels=channels,
