@@ -278,8 +278,33 @@ def models() -> None:
                "or path/to/file.py:function")
 
 
-def main() -> None:
-    app()
+def _click_exceptions():
+    """Click's exceptions as typer raises them: typer 0.20 and later vendor click as typer._click."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # an older typer, on click itself
+        from click import exceptions
+    return exceptions
+
+
+def main(args: list[str] | None = None) -> None:
+    """The `autocompress` command. A flag click cannot parse (an unknown option, a value of the wrong type, a missing
+    argument) is one line and exit 2, like every other bad input; Ctrl-C before a search starts is exit 130."""
+    exceptions = _click_exceptions()
+    no_args = getattr(exceptions, "NoArgsIsHelpError", ())
+    try:
+        code = app(args=args, standalone_mode=False)
+    except no_args as e:  # `autocompress` alone: its help
+        typer.echo(e.ctx.get_help())
+        raise SystemExit(2) from None
+    except exceptions.UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "autocompress"
+        typer.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
+        raise SystemExit(2) from None
+    except exceptions.Abort:
+        typer.echo("stopped: interrupted before the search started; nothing was written", err=True)
+        raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
