@@ -18,7 +18,10 @@ from torch.utils.data import (
     DataLoader,
     Dataset,
     IterableDataset,
+    RandomSampler,
+    SequentialSampler,
     Subset,
+    SubsetRandomSampler,
     TensorDataset,
     default_collate,
     default_convert,
@@ -75,10 +78,14 @@ def _sampled(loader: DataLoader, where: str) -> Dataset:
         raise DataError(f"{where} is a DataLoader with its own batch_sampler; autocompress needs the items it "
                         "draws, not batches: give a DataLoader with a sampler= (e.g. SubsetRandomSampler(indices)) "
                         "or a torch.utils.data.Subset")
-    ds = loader.dataset
-    drawn = [int(i) for i in loader.sampler]
+    ds, sampler = loader.dataset, loader.sampler
+    # the common samplers are read without drawing from them: drawing would move the caller's random generator
+    if isinstance(sampler, SequentialSampler) or (isinstance(sampler, RandomSampler) and not sampler.replacement
+                                                  and sampler.num_samples == len(ds)):  # type: ignore[arg-type]
+        return ds
+    drawn = [int(i) for i in (sampler.indices if isinstance(sampler, SubsetRandomSampler) else sampler)]
     if len(set(drawn)) != len(drawn):
-        raise DataError(f"{where}'s sampler ({type(loader.sampler).__name__}) draws some items more than once; "
+        raise DataError(f"{where}'s sampler ({type(sampler).__name__}) draws some items more than once; "
                         "autocompress uses each selected image once: give a sampler without replacement (e.g. "
                         "SubsetRandomSampler(indices)) or a torch.utils.data.Subset")
     if len(drawn) == len(ds) and sorted(drawn) == list(range(len(ds))):  # type: ignore[arg-type]
