@@ -64,11 +64,12 @@ def test_without_test_data_the_held_out_half_comes_from_the_validation_sampler_o
 
 def test_a_shuffling_loader_stands_for_its_whole_dataset():
     data = _Tagged(20)
-    before = torch.random.get_rng_state()
-    s = splits_from_data(DataLoader(data, shuffle=True), DataLoader(data, sampler=RandomSampler(data)),
+    own = torch.Generator().manual_seed(3)
+    before = own.get_state()
+    s = splits_from_data(DataLoader(data, shuffle=True), DataLoader(data, sampler=RandomSampler(data, generator=own)),
                          test=data, caps=CAPS, seed=0, log=lambda _: None)
     assert _items(s.train) == list(range(20)) and _items(s.val) == list(range(20))
-    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's random generator did not move
+    assert torch.equal(own.get_state(), before)  # the sampler's generator was not drawn from
 
 
 class _Stream(IterableDataset):
