@@ -254,8 +254,8 @@ def finalize(
     verbose: bool = typer.Option(False, "--verbose", help="On an error, also print the traceback underneath."),
 ) -> None:
     """Fine-tune a searched model for longer (all training images, distillation, quantization-aware), then export,
-    quantize and measure it like a trial: RUN/final/<name>/model.onnx. Ctrl-C stops and keeps the best epoch;
-    the same command resumes a stopped or killed run from its last epoch."""
+    quantize and measure it like a trial: RUN/final/<name>/model.onnx. The last epoch's
+    weights are shipped; Ctrl-C stops, and the same command resumes a stopped or killed run from its last epoch."""
     from autocompress.api import finalize as do_finalize
 
     f = _guarded(lambda: do_finalize(run_dir, trial=trial, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy,

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import onnx
 import pytest
 
 from autocompress.measure.verify import kernel_report
-from tests.conftest import FAST_FLAGS, run_cli
+from tests.conftest import FAST_FLAGS, run_cli, start_cli
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +84,7 @@ def test_a_trial_that_does_not_exist_or_did_not_complete_is_one_line_and_exit_2(
     assert not (gone / "final").exists()
 
 
-def _start(*args: str) -> subprocess.Popen:
-    # Ctrl-C reaches finalize as Python's KeyboardInterrupt, which Python does not install when it starts with SIGINT
-    # ignored, as everything does under a shell's background job (`bash .ci/run &`): give the child the default back
-    return subprocess.Popen([sys.executable, "-m", "autocompress.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, env={**os.environ},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+_start = start_cli
 
 
 def _wait_for(pred, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -102,12 +96,12 @@ def _wait_for(pred, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_keeps_the_best_epoch_and_a_kill_resumes_from_the_last(searched):
+def test_ctrl_c_stops_and_a_kill_resumes_from_the_last_epoch(searched):
     args = ("finalize", str(searched), "--trial", "0", "--epochs", "5", "--rounds", "1", "--name", "long")
     ck = searched / "final" / "long" / "checkpoint.pt"
     proc = _start(*args)
     _wait_for(ck.exists, proc)
-    proc.send_signal(signal.SIGINT)  # Ctrl-C: stops, keeps the checkpoint with the best epoch so far
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: stops, keeps the checkpoint of the last epoch done
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "stopped after epoch" in err and "run the same command again" in err, err
     assert ck.exists()
@@ -120,10 +114,10 @@ def test_ctrl_c_keeps_the_best_epoch_and_a_kill_resumes_from_the_last(searched):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed after epoch" in res.stderr
     final = json.loads((searched / "final" / "long" / "final.json").read_text())
-    # every epoch exactly once across the three processes, the weights of the best one kept
+    # every epoch exactly once across the three processes; the last epoch's weights shipped, no epoch chosen on
+    # validation (the figure pick ranks finalized models by)
     assert [h["epoch"] for h in final["history"]] == [1, 2, 3, 4, 5]
-    best = max(final["history"], key=lambda h: h["val_accuracy"])
-    assert final["best_epoch"] == best["epoch"] and final["epochs_done"] == 5
+    assert final["epochs_done"] == 5 and "best_epoch" not in final
 
 
 @pytest.mark.slow

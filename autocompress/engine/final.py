@@ -6,8 +6,11 @@ quantized, verified and measured exactly like a trial, and its latency is re-mea
 FP32 baseline and the trial as searched, so the speed-ups compare one moment of the device.
 
 `finalize` is a short sequence of named steps, like the search driver: choose the trial, rebuild its inputs,
-fine-tune (checkpointed every epoch: a kill resumes from the last epoch, Ctrl-C stops and keeps the best epoch
-so far), build the artifact, measure, write `RUN/final/<name>/`.
+fine-tune (checkpointed every epoch: a kill or Ctrl-C resumes from the last epoch done), build the artifact,
+measure, write `RUN/final/<name>/`.
+
+The last epoch's weights are shipped, not the epoch with the best validation accuracy: validation is the
+figure `pick` ranks finalized models by, so choosing the epoch on it would make them look better than they are.
 """
 
 from __future__ import annotations
@@ -57,7 +60,6 @@ class FinalModel:
     onnx: Path
     epochs: int  # asked for
     epochs_done: int
-    best_epoch: int  # 1-based: the epoch whose weights were kept (best PyTorch validation accuracy)
     searched: Figures  # the trial's file as the search left it
     final: Figures
     fp32: Figures
@@ -110,10 +112,9 @@ def finalize(run_dir: str | Path, *, trial: int | None = None, max_latency_ms: f
 
 @dataclass
 class Tuned:
-    model: torch.nn.Module  # pruned, fine-tuned, float (the best epoch's weights)
+    model: torch.nn.Module  # pruned, fine-tuned, float (the last epoch's weights)
     kept: dict[str, tuple[int, int]]  # group -> channels before, after
     epochs_done: int
-    best_epoch: int
     history: list[dict]  # per epoch: loss, PyTorch (fake-quant) validation accuracy
 
 
@@ -202,7 +203,7 @@ def _fine_tune(baseline: torch.nn.Module, splits, spec: TrialSpec, out: Path, lo
                progress: bool, *, plan: dict) -> Tuned:
     """Prune the baseline as the trial did, then fine-tune with fake quantization and distillation, one epoch at a
     time: each epoch's state is checkpointed (a killed run resumes from it when it was made for the same `plan`),
-    the best epoch's weights are kept."""
+    the last epoch's weights are kept (the schedule's end; see the module's note)."""
     model = copy.deepcopy(baseline).eval()
     kept = prune_model(model, splits.val.images(1), spec.ratios, round_to=spec.round_to,
                        min_channels=spec.min_channels, criterion=spec.criterion, data=splits.train)
@@ -210,13 +211,12 @@ def _fine_tune(baseline: torch.nn.Module, splits, spec: TrialSpec, out: Path, lo
     with fake_quantized(model, spec.precisions, reduce_range=spec.reduce_range) as qmodel:
         trainer = Trainer(qmodel, len(splits.train), settings=spec.finetune, seed=spec.seed, teacher=baseline,
                           device=spec.train_device, augment=splits.augment)
-        best: dict = {"epoch": 0, "val": -1.0, "state": None}
         history: list[dict] = []
         ck = resumable(path, plan, log)
         if ck is not None:
             model.load_state_dict(ck["model"])
             trainer.load_state_dict(ck["trainer"])
-            best, history = ck["best"], ck["history"]
+            history = ck["history"]
             log(f"  resumed after epoch {trainer.epochs_done} ({path})")
         total = math.ceil(spec.finetune.epochs)
         try:
@@ -224,25 +224,19 @@ def _fine_tune(baseline: torch.nn.Module, splits, spec: TrialSpec, out: Path, lo
                 loss = trainer.epoch(splits.train)
                 val = evaluate(qmodel, splits.val)
                 history.append({"epoch": trainer.epochs_done, "loss": round(loss, 5), "val_accuracy": round(val, 4)})
-                if val > best["val"]:
-                    best = {"epoch": trainer.epochs_done, "val": val,
-                            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-                _checkpoint(path, model, trainer, best, history, plan)
+                _checkpoint(path, model, trainer, history, plan)
                 if progress:
                     log(f"  epoch {trainer.epochs_done}/{total}: loss {loss:.3f}, validation {val:.2f}% "
-                        f"(PyTorch, fake-quantized){'  best' if best['epoch'] == trainer.epochs_done else ''}")
+                        "(PyTorch, fake-quantized)")
         except KeyboardInterrupt:
-            raise Interrupted(f"finalize stopped after epoch {trainer.epochs_done} of {total}; the best epoch so far "
-                              f"({best['epoch']}, validation {best['val']:.2f}%) is kept in {path}: run the same "
-                              "command again to resume") from None
-        model.load_state_dict(best["state"])
-    return Tuned(model.eval(), kept, trainer.epochs_done, int(best["epoch"]), history)
+            raise Interrupted(f"finalize stopped after epoch {trainer.epochs_done} of {total}, kept in {path}: run "
+                              "the same command again to resume") from None
+    return Tuned(model.eval(), kept, trainer.epochs_done, history)
 
 
-def _checkpoint(path: Path, model: torch.nn.Module, trainer: Trainer, best: dict, history: list[dict],
-                plan: dict) -> None:
+def _checkpoint(path: Path, model: torch.nn.Module, trainer: Trainer, history: list[dict], plan: dict) -> None:
     buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "trainer": trainer.state_dict(), "best": best, "history": history,
+    torch.save({"model": model.state_dict(), "trainer": trainer.state_dict(), "history": history,
                 "plan": plan}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -300,7 +294,7 @@ def _write(rd: RunDir, out: Path, name: str, record: TrialRecord, spec: TrialSpe
                          dict(spec.precisions), spec.criterion)
     final = FinalModel(
         name=name, trial=record.trial, dir=out, onnx=out / "model.onnx", epochs=math.ceil(spec.finetune.epochs),
-        epochs_done=tuned.epochs_done, best_epoch=tuned.best_epoch,
+        epochs_done=tuned.epochs_done,
         searched=_figures(record.artifact.val_accuracy, record.artifact.test_accuracy, record.artifact.size_bytes,
                           latency["searched"]),
         final=_figures(artifact.val_accuracy, artifact.test_accuracy, artifact.size_bytes, latency["final"]),
@@ -324,7 +318,7 @@ def report_lines(f: FinalModel) -> list[str]:
                 f"| {f.fp32.latency_ms / x.latency_ms:.2f}x | {x.size_bytes / 1e6:.3f} |")
 
     return [f"### Final model `{f.name}` (trial {f.trial})", "",
-            f"Fine-tuned {f.epochs_done} of {f.epochs} epochs, weights of epoch {f.best_epoch} kept (best PyTorch "
+            f"Fine-tuned {f.epochs_done} of {f.epochs} epochs, the last epoch's weights kept (no epoch was chosen on "
             "validation accuracy); the three latencies were measured together, in alternating rounds.", "",
             "| model | val % | test % | latency ms | vs FP32 | MB |", "|---|---|---|---|---|---|",
             row("FP32 baseline", f.fp32), row(f"trial {f.trial} as searched", f.searched),

@@ -269,7 +269,7 @@ def _finals_section(data: ReportData) -> str:
     for f in data.finals:
         rows.append({"model": f"trial {f['trial']} as searched", "epochs": "", "onnx": "", **f["searched"]})
         rows.append({"model": f"final <code>{html.escape(f['name'])}</code>", "onnx": f["onnx"], **f["final"],
-                     "epochs": f"{f['epochs_done']}/{f['epochs']} (kept {f['best_epoch']})"})
+                     "epochs": f"{f['epochs_done']}/{f['epochs']}"})
         for r in rows[-2:]:
             r["speed"] = f"{f['fp32']['latency_ms'] / r['latency_ms']:.2f}x"
     cols: list[Column] = [
