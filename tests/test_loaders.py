@@ -107,3 +107,23 @@ def test_a_collate_fn_or_batch_sampler_gets_one_line():
     batches = [[0, 1], [2, 3]]
     with pytest.raises(DataError, match=r"train_data is a DataLoader with its own batch_sampler"):
         splits_from_data(DataLoader(data, batch_sampler=batches), data, caps=CAPS, log=lambda _: None)
+
+
+def test_the_training_loaders_batch_size_is_the_fine_tunes_unless_the_config_says_one(tmp_path):
+    from autocompress import SearchConfig
+    from autocompress.api import plan
+
+    data = TensorDataset(torch.randn(40, 1, 8, 8), torch.arange(40) % 2)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    train, val = DataLoader(data, batch_size=16, shuffle=True), DataLoader(data, batch_size=5)
+    lines: list[str] = []
+    prep = plan(model, train, val, out=tmp_path / "a", log=lines.append, finetune={"epochs": 2})
+    assert prep.config.finetune.batch_size == 16 and prep.config.finetune.epochs == 2
+    assert any("the training DataLoader's batch_size" in s for s in lines)
+    said = plan(model, train, val, out=tmp_path / "b", log=lambda _: None, finetune={"batch_size": 32})
+    assert said.config.finetune.batch_size == 32
+    cfg = SearchConfig(finetune={"batch_size": 8})
+    assert plan(model, train, val, out=tmp_path / "c", log=lambda _: None, config=cfg).config.finetune.batch_size == 8
+    default = SearchConfig().finetune.batch_size
+    assert plan(model, data, val, out=tmp_path / "d", log=lambda _: None).config.finetune.batch_size == default

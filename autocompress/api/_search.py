@@ -43,9 +43,10 @@ def search(model: torch.nn.Module | str, train_data: DataLike, val_data: DataLik
     model: the trained FP32 model (an `nn.Module`; nothing is retrained), or a name / 'file.py:function' as on the
         CLI (then weights=... loads its weights, else it is trained on train_data and cached).
     train_data, val_data, test_data, calib_data: `Dataset`s yielding (image_tensor C x H x W, label), or
-        `DataLoader`s of such batches, preprocessed as the model expects. Fine-tuning uses train_data; the search
-        ranks on val_data; test_data is only reported (none: half of val_data is held out); calibration uses
-        calib_data (none: training images). Never validate on images the model was trained on.
+        `DataLoader`s of such batches, preprocessed as the model expects (a loader's sampler selects the images).
+        Fine-tuning uses train_data, in its DataLoader's batch_size unless finetune={'batch_size': ...} says one;
+        the search ranks on val_data; test_data is only reported (none: half of val_data is held out);
+        calibration uses calib_data (none: training images). Never validate on images the model was trained on.
     config: an `autocompress.SearchConfig` (default: `SearchConfig()`); its `model` is the model given here, and
         its `dataset` is `custom` unless you name it.
     overrides: keys of `SearchConfig` applied over `config`, e.g. budget=20 (trials, the default 12) or

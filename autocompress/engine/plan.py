@@ -83,10 +83,25 @@ def plan(model: torch.nn.Module | str, train_data: DataLike, val_data: DataLike,
         named["dataset"] = "custom"  # Datasets given in Python: a resume or finalize needs them again
     if isinstance(config, SearchConfig):  # a config that already says so passes through unchanged
         named = {k: v for k, v in named.items() if getattr(config, k) != v}
-    config = make_config({**named, **overrides}, base=config)
+    config = make_config({**named, **overrides, **_loader_batch(train_data, config, overrides, log)}, base=config)
     return _prepare(model if not isinstance(model, str) else config.model,
                     {"train": train_data, "val": val_data, "test": test_data, "calib": calib_data}, config, log,
                     preprocessing=preprocessing, resume=False)
+
+
+def _loader_batch(train_data: DataLike, config: SearchConfig | None, overrides: dict, log: Callable[[str], None]
+                  ) -> dict:
+    """A training DataLoader's batch size is the fine-tune's, unless the config or an override sets one."""
+    from torch.utils.data import DataLoader
+
+    size = train_data.batch_size if isinstance(train_data, DataLoader) else None
+    given = overrides.get("finetune")
+    said = given is not None and (not isinstance(given, dict) or "batch_size" in given)
+    said = said or (config is not None and "batch_size" in config.finetune.model_fields_set)
+    if size is None or said:
+        return {}
+    log(f"fine-tuning in batches of {size}, the training DataLoader's batch_size")
+    return {"finetune": {**(given or {}), "batch_size": size}}
 
 
 def plan_resume(run_dir: str | Path, *, model: torch.nn.Module | None = None, train_data: DataLike | None = None,
