@@ -1,4 +1,5 @@
-"""usable_cpus: the process's affinity and cgroup quota, not the machine's CPU count."""
+"""usable_cpus: the process's affinity and cgroup quota, not the machine's CPU count; free_cpus: those that other
+processes leave free."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from autocompress.cpus import usable_cpus
+from autocompress.cpus import free_cpus, free_of, usable_cpus
 from tests.conftest import FAST_FLAGS
 
 
@@ -53,3 +54,23 @@ def test_a_search_under_taskset_takes_one_ray_cpu_and_one_thread_per_trial(tmp_p
     assert res.returncode == 0, res.stderr[-2000:]
     ray = json.loads((run / "meta.json").read_text())["ray"]
     assert (ray["cpus"], ray["threads_per_trial"]) == (1, 1)
+
+
+def test_cores_busy_elsewhere_are_left_to_their_processes():
+    assert free_of(2, None) == 2  # load unknown (no /proc/stat): every usable CPU
+    assert free_of(2, 0.3) == 2  # background noise takes no core
+    assert free_of(2, 1.0) == 1 and free_of(4, 0.6) == 3  # a core busy most of the time is taken
+    assert free_of(2, 5.0) == 1 and free_of(1, 1.0) == 1  # never fewer than one
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to keep one busy")
+def test_a_busy_loop_beside_the_search_takes_a_core_from_it():
+    cpu = max(os.sched_getaffinity(0))
+    loop = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c", "while True: pass"])
+    try:
+        cpus = free_cpus(sample_s=1.0)
+    finally:
+        loop.kill()
+        loop.wait()
+    assert cpus.busy_elsewhere is not None and cpus.busy_elsewhere >= 0.5, cpus
+    assert cpus.free <= cpus.usable - 1 and "other processes keep" in cpus.note()

@@ -13,7 +13,8 @@ import pytest
 
 def _busy_cores(seconds: float = 1.0) -> float:
     """How many cores the whole machine kept busy over the next `seconds`."""
-    from autocompress.measure.latency import _machine_busy, other_load
+    from autocompress.cpus import machine_busy as _machine_busy
+    from autocompress.cpus import other_load
 
     before = _machine_busy()
     time.sleep(seconds)

@@ -794,7 +794,8 @@ def test_after_a_long_wait_that_found_no_calm_the_next_measurements_only_retry_q
 
 
 def test_other_load_is_the_machine_busy_time_minus_this_process():
-    from autocompress.measure.latency import _machine_busy, other_load
+    from autocompress.cpus import machine_busy as _machine_busy
+    from autocompress.cpus import other_load
 
     # over 1 s of wall time a 4-CPU machine was busy for half its capacity; this process used 0.25 s of CPU
     assert other_load((1000, 10_000, 4), (1200, 10_400, 4), own_cpu_s=0.25, wall_s=1.0) == pytest.approx(2 - 0.25)

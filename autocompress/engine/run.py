@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from autocompress.config import SearchConfig
-from autocompress.cpus import torch_threads, usable_cpus
+from autocompress.cpus import FreeCpus, free_cpus, torch_threads, usable_cpus
 from autocompress.engine.baselines import baseline_spec, run_baselines
 from autocompress.engine.fp32 import fp32_baseline
 from autocompress.engine.latency import setup_predictor
@@ -39,14 +39,17 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
     """Run the prepared search to its end (budget, exhaustion or Ctrl-C); returns its run directory, whose report
     the caller writes. Ctrl-C (a second one in the trial loop) or SIGTERM in any stage marks the run interrupted
     and raises Interrupted naming the stage; `--resume` goes on from there."""
+    cpus = _cpus(prep, log)
     # before anything is written: a cluster that cannot be joined leaves no run directory
     # (SIGTERM's handler after Ray's start: Ray installs one of its own that ends the process)
-    with torch_threads(usable_cpus()), cluster.ray_session(prep.config.ray_address, log), sigterm_interrupts():
+    with (torch_threads(cpus.free), cluster.ray_session(prep.config.ray_address, log, num_cpus=cpus.free),
+          sigterm_interrupts()):
         cluster.check_device(prep.config.device)
         rd = RunDir(prep.run_dir)
         rd.path.mkdir(parents=True, exist_ok=True)
         with run_lock(rd):
             state = _open_state(prep, rd)
+            state.meta["cpus"] = asdict(cpus)  # what the threads per trial were sized from
             at = _Stage()
             try:
                 _stages(prep, state, at, progress, log)
@@ -56,6 +59,17 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
                 raise Interrupted(f"interrupted during {at.name}; continue with: autocompress search --resume "
                                   f"{rd.path}", exit_code=exit_code(e)) from None
             return rd
+
+
+def _cpus(prep: Prepared, log: Callable[[str], None]) -> FreeCpus:
+    """The CPUs a local search runs on: the usable ones other processes leave free (a cluster's are its own)."""
+    if prep.config.ray_address:
+        n = usable_cpus()
+        return FreeCpus(n, None, n)
+    cpus = free_cpus()
+    if cpus.note():
+        log(f"  {cpus.note()}")
+    return cpus
 
 
 @dataclass

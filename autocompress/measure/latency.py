@@ -34,6 +34,7 @@ from typing import Callable, ContextManager, Protocol
 import numpy as np
 
 from autocompress.config import LatencyConfig
+from autocompress.cpus import machine_busy, other_load
 from autocompress.fileio import atomic_write_text
 
 __all__ = ["LatencyMeter", "LatencyResult", "measure_latency", "make_session"]
@@ -87,33 +88,6 @@ def _median_ci_halfwidth(samples: list[float]) -> float:
     k = int(max(0, np.floor(n / 2 - 1.96 * np.sqrt(n) / 2)))
     lo, hi = s[k], s[min(n - 1, n - 1 - k)]
     return (hi - lo) / 2
-
-
-def _machine_busy() -> tuple[int, int, int] | None:
-    """(busy, total) jiffies of the whole machine so far and its CPU count as /proc/stat sees it (a container
-    may see fewer CPUs there than os.cpu_count()), or None where /proc/stat does not exist."""
-    try:
-        with open("/proc/stat") as f:
-            lines = f.read().splitlines()
-        v = [int(x) for x in lines[0].split()[1:9]]  # user nice system idle iowait irq softirq steal (guest is in user)
-    except (OSError, ValueError, IndexError):
-        return None
-    ncpu = sum(1 for line in lines[1:] if line.startswith("cpu") and line[3:4].isdigit()) or 1
-    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait; steal and niced work count as busy
-    return sum(v) - idle, sum(v), ncpu
-
-
-def other_load(before: tuple[int, int, int] | None, after: tuple[int, int, int] | None, own_cpu_s: float,
-               wall_s: float) -> float | None:
-    """Cores kept busy by everything but this process between two `_machine_busy` samples; None when unknown
-    (no /proc/stat, or a window under 5 ticks per CPU, too short to tell one busy tick from a busy core)."""
-    if before is None or after is None or wall_s <= 0:
-        return None
-    ncpu = after[2]
-    if after[1] - before[1] < 5 * ncpu:
-        return None
-    busy_cores = ncpu * (after[0] - before[0]) / (after[1] - before[1])
-    return max(0.0, busy_cores - own_cpu_s / wall_s)
 
 
 def _probe_model() -> bytes:
@@ -234,7 +208,7 @@ class LatencyMeter:
 
         limit = settings.contention_cores
         if limit is None:
-            seen = _machine_busy()
+            seen = machine_busy()
             limit = max(0.5, ((seen[2] if seen else os.cpu_count() or 1) - settings.threads) / 4)
         discarded, slowed, loads, paused, held_s, waited = 0, 0, [], 0, 0.0, 0.0
         patient = time.monotonic() >= self.no_long_wait_until
@@ -268,7 +242,7 @@ class LatencyMeter:
                 # once instead of standing still through a session that would be thrown away (retries permitting)
                 early = bool(probe) and probe_ms[0] > settings.probe_factor * probe.best and may_retry()
                 start = time.perf_counter()
-                cpu0, busy0 = time.process_time(), _machine_busy()
+                cpu0, busy0 = time.process_time(), machine_busy()
                 while not early and len(samples) < settings.max_reps:
                     t0 = time.perf_counter_ns()
                     sess.run(None, feed)
@@ -281,7 +255,7 @@ class LatencyMeter:
                         if time.perf_counter() - start > settings.max_seconds:
                             break
                 if not early:
-                    load = other_load(busy0, _machine_busy(), time.process_time() - cpu0,
+                    load = other_load(busy0, machine_busy(), time.process_time() - cpu0,
                                       time.perf_counter() - start)
                     if probe:
                         probe_ms.append(probe())

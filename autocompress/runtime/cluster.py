@@ -67,13 +67,15 @@ def place_device(name: str, settings: dict):
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None, log: Callable[[str], None] = print) -> Iterator[None]:
-    """Ray for one search, left as it was found: joined or started here, and a Ray this search started is shut
-    down at the end (no processes stay behind in the caller's Python session); one already running stays up."""
+def ray_session(address: str | None, log: Callable[[str], None] = print, *,
+                num_cpus: int | None = None) -> Iterator[None]:
+    """Ray for one search, left as it was found: joined or started here (a local one with `num_cpus`, default the
+    usable CPUs), and a Ray this search started is shut down at the end (no processes stay behind in the caller's
+    Python session); one already running stays up."""
     import ray
 
     started = not ray.is_initialized()
-    init_ray(address, log)
+    init_ray(address, log, num_cpus=num_cpus)
     try:
         yield
     finally:
@@ -95,7 +97,7 @@ def _other_cluster() -> str | None:
     return f"the cluster file of `ray start` ({found})" if found else None
 
 
-def init_ray(address: str | None, log: Callable[[str], None] = print) -> None:
+def init_ray(address: str | None, log: Callable[[str], None] = print, *, num_cpus: int | None = None) -> None:
     """Join the cluster at `address`; without one, start a local Ray of this search's own, whatever RAY_ADDRESS or a
     (possibly stale) cluster file of `ray start` say: a search joins a cluster only when asked to."""
     import ray
@@ -124,7 +126,7 @@ def init_ray(address: str | None, log: Callable[[str], None] = print) -> None:
             other = _other_cluster()
             if other:
                 log(f"  starting a local Ray for this search; {other} is ignored (join a cluster with --ray-address)")
-            ray.init(address="local", num_cpus=usable_cpus(), **kwargs)
+            ray.init(address="local", num_cpus=num_cpus or usable_cpus(), **kwargs)
     except Exception as e:  # noqa: BLE001
         hint = ("check --ray-address, and that this machine has the cluster's token "
                 "(~/.ray/auth_token or RAY_AUTH_TOKEN)"

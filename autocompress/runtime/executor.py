@@ -57,10 +57,14 @@ def _scan_task(baseline: torch.nn.Module, splits: Splits, space, reduce_range: b
 
 def _baseline_task(model_name: str, splits: Splits, settings, seed: int, device: str, progress) -> tuple[dict, dict]:
     """Runs in a Ray worker: the FP32 model trained from scratch, as (state_dict, info)."""
+    import ray
+
     from autocompress.cpus import usable_cpus
     from autocompress.pipeline.baseline import train_baseline
 
-    torch.set_num_threads(usable_cpus())  # nothing else runs while the baseline trains
+    # nothing else of the search runs while the baseline trains: every CPU the search was given (a local Ray's
+    # are the ones other processes left free), at most this node's
+    torch.set_num_threads(max(1, min(usable_cpus(), int(ray.cluster_resources().get("CPU", 1)))))
     model, info = train_baseline(model_name, splits, settings, seed, device=device,
                                  on_epoch=lambda e, loss: progress.put((e, loss)))
     return model.state_dict(), info
