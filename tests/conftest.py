@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,22 @@ def trained_resnet20(digits):
     torch.set_num_threads(2)
     model, info = get_baseline(model_name="resnet20", splits=digits, settings=TrainConfig(epochs=3, lr=0.1), seed=0)
     return model
+
+
+def default_sigint() -> None:
+    """For a child process: Ctrl-C reaches a search as Python's KeyboardInterrupt, which Python does not install
+    when a process starts with SIGINT ignored, as everything under a shell's background job does
+    (`bash .ci/run &`): the child gets the default back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    """`autocompress ARGS` started in a process and process group of its own, stderr piped, Ctrl-C's default
+    handling restored (`default_sigint`)."""
+    return subprocess.Popen([sys.executable, "-m", "autocompress.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=default_sigint)
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:

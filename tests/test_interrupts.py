@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import FAST_CONFIG
+from tests.conftest import FAST_CONFIG, default_sigint
 
 # The stages run for real: a baseline trained here (an empty cache), the latency model's table and the scan, on a
 # small space (two ratios, fp32 or int8) so that the table and the scan stay short.
@@ -30,7 +30,8 @@ class _Search:
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "autocompress.cli", "search", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                                     preexec_fn=default_sigint)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.all: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,14 +15,12 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from tests.conftest import FAST_FLAGS, run_cli
+from tests.conftest import FAST_FLAGS, run_cli, start_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def _start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "autocompress.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, env={**os.environ})
+_start = start_cli
 
 
 def _rows(run: Path) -> dict[int, dict]:
@@ -89,7 +86,10 @@ def test_sigkill_mid_trial_then_resume_loses_and_repeats_nothing(tmp_path):
         assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("interrupted") is True
         again = [u for u in study.trials
                  if u.number > n and u.params == t.params and u.state == optuna.trial.TrialState.COMPLETE]
-        assert again, f"interrupted trial {n} was not run again"
+        seen = [(u.number, u.state.name, u.params == t.params, u.user_attrs.get("interrupted")) for u in study.trials]
+        assert again, (f"interrupted trial {n} was not run again; trials (number, state, same params, interrupted): "
+                       f"{seen}; rows: {table[['trial', 'state', 'error']].to_dict('records')}; stderr: "
+                       f"{res.stderr[-1500:]}")
     assert (run / "report.html").is_file()
     assert json.loads((run / "meta.json").read_text())["status"] == "complete"
 
