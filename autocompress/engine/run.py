@@ -39,7 +39,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
     """Run the prepared search to its end (budget, exhaustion or Ctrl-C); returns its run directory, whose report
     the caller writes. Ctrl-C (a second one in the trial loop) or SIGTERM in any stage marks the run interrupted
     and raises Interrupted naming the stage; `--resume` goes on from there."""
-    cpus = _cpus(prep, log)
+    cpus = _cpus(prep)
     # before anything is written: a cluster that cannot be joined leaves no run directory
     # (SIGTERM's handler after Ray's start: Ray installs one of its own that ends the process)
     with (torch_threads(cpus.free), cluster.ray_session(prep.config.ray_address, log, num_cpus=cpus.free),
@@ -50,6 +50,8 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
         with run_lock(rd):
             state = _open_state(prep, rd)
             state.meta["cpus"] = asdict(cpus)  # what the threads per trial were sized from
+            if cpus.note():  # said once the directory is this search's: a refused search says only why
+                log(f"  {cpus.note()}")
             at = _Stage()
             try:
                 _stages(prep, state, at, progress, log)
@@ -61,15 +63,12 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
             return rd
 
 
-def _cpus(prep: Prepared, log: Callable[[str], None]) -> FreeCpus:
+def _cpus(prep: Prepared) -> FreeCpus:
     """The CPUs a local search runs on: the usable ones other processes leave free (a cluster's are its own)."""
     if prep.config.ray_address:
         n = usable_cpus()
         return FreeCpus(n, None, n)
-    cpus = free_cpus()
-    if cpus.note():
-        log(f"  {cpus.note()}")
-    return cpus
+    return free_cpus()
 
 
 @dataclass
