@@ -104,7 +104,9 @@ def open_study(state: RunState, *, run_name: str, sampler, space: SearchSpace, f
 
 def _repair(study, storage, state: RunState, space: SearchSpace, log: Callable[[str], None]) -> None:
     """Trials the journal still has RUNNING: told from their record when it was written before the kill;
-    otherwise recorded as INTERRUPTED (not counted) and queued to run again."""
+    otherwise recorded as INTERRUPTED (not counted) and queued to run again. A trial killed while it was being
+    proposed (its parameters written to the journal one by one, not all there) was never built: it is recorded,
+    and not queued, since its partial parameters with the rest sampled anew would be another configuration."""
     from optuna.trial import TrialState as OptunaState
 
     for t in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
@@ -114,6 +116,13 @@ def _repair(study, storage, state: RunState, space: SearchSpace, log: Callable[[
         elif rec is not None:
             pruned = rec.state in (TrialState.STOPPED, TrialState.SKIPPED)
             study.tell(t.number, state=OptunaState.PRUNED if pruned else OptunaState.FAIL)
+        elif set(t.params) != set(space.params()):
+            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            study.tell(t.number, state=OptunaState.FAIL)
+            state.put(TrialRecord(t.number, TrialState.INTERRUPTED, dict(t.params),  # only what was drawn
+                                  error="interrupted while it was proposed (the search was killed): never built"))
+            log(f"trial {t.number} was interrupted while it was proposed: recorded as failed (interrupted), "
+                "never built")
         else:
             storage.set_trial_user_attr(t._trial_id, "interrupted", True)
             study.tell(t.number, state=OptunaState.FAIL)
