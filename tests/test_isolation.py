@@ -1,36 +1,26 @@
-"""Latency is never measured beside a fine-tune: the device pauses the trials on its node while it measures."""
+"""Latency is never measured beside a fine-tune: the device pauses the trials on its node while it measures.
+
+These tests check the mechanism. What the pausing buys in milliseconds is measured by `benchmarks/isolation.py`
+(a timed comparison fails whenever anything else loads the machine)."""
 
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 
-def _busy_cores(seconds: float = 1.0) -> float:
-    """How many cores the whole machine kept busy over the next `seconds`."""
-    from autocompress.cpus import machine_busy as _machine_busy
-    from autocompress.cpus import other_load
-
-    before = _machine_busy()
-    time.sleep(seconds)
-    load = other_load(before, _machine_busy(), own_cpu_s=0.0, wall_s=seconds)  # this process sleeps meanwhile
-    return 0.0 if load is None else load
-
-
-def _wait_until_quiet(limit_s: float = 60.0) -> None:
-    """Ray's own start-up (prestarted workers importing torch, new actors) must not land in the "alone" figures."""
-    deadline = time.time() + limit_s
-    while _busy_cores() > 0.3 and time.time() < deadline:
-        pass
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name: state, ppid, ..."""
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
 
 
 def _state(pid: int) -> str:
-    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    return _stat(pid)[0]
 
 
 def test_paused_trials_stops_trial_workers_and_resumes_them():
@@ -58,8 +48,8 @@ def test_paused_trials_stops_trial_workers_and_resumes_them():
 
 
 @pytest.mark.slow
-def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(trained_resnet20, digits):
-    """The search's own parts: its trial task (fine-tuning on both cores) and its device actor."""
+def test_device_stops_a_running_fine_tune_while_it_measures_and_resumes_it(trained_resnet20, digits):
+    """The search's own parts: its trial task fine-tuning in Ray, and its device actor measuring an ONNX model."""
     import copy
 
     import ray
@@ -68,71 +58,75 @@ def test_latency_alone_and_during_a_concurrent_fine_tune_agree_within_5_percent(
     from autocompress.pipeline.export import export_onnx, fold_batchnorm
     from autocompress.pipeline.trial import TrialSpec
     from autocompress.runtime.cluster import place_device
-    from autocompress.runtime.device import Device, paused_trials, trial_pids
+    from autocompress.runtime.device import trial_pids
     from autocompress.runtime.executor import autocompress_trial
 
     m = copy.deepcopy(trained_resnet20).eval()
     example = digits.val.images(1)
     fold_batchnorm(m, example)
     onnx_bytes = export_onnx(m, example).SerializeToString()
-    shape = tuple(digits.input_shape)
-    # the session uses every core, like the fine-tune: with one thread the scheduler mostly gives it a core of its
-    # own and a failure to pause would go unseen. Measured with the device's pausing switched off: "during" read
-    # 2% above "alone" at 1 thread, but 0.64-0.96 ms against 0.545 ms at 2 threads (this test then fails).
-    settings = {"batch": 1, "threads": os.cpu_count(), "warmup": 20, "min_reps": 200, "max_reps": 3000,
-                "ci_target": 0.01, "sessions": 3, "max_sessions": 5, "max_contended": 3, "burst_wait_s": 0,
-                "max_seconds": 20.0}
+    # two sessions of at least 0.5 s each, never skipped or retried (no retries, no probe): the fine-tune stands
+    # still for a second or more, hundreds of samples of the sampler below
+    settings = {"batch": 1, "threads": 1, "warmup": 5, "min_reps": 20, "max_reps": 100_000, "sessions": 2,
+                "max_sessions": 2, "max_contended": 0, "burst_wait_s": 0, "probe": False,
+                "min_session_seconds": 0.5, "max_seconds": 3.0, "session_gap_s": 0.1}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         device, _ = place_device("local", settings)
-        apart = Device.options(**{}).remote(settings, pause_trials=False)  # times "alone": pauses nothing itself
-        ray.get([a.fingerprint.remote() for a in (device, apart)])  # the actors are up before anything is timed
-        base, data = ray.put(trained_resnet20), ray.put(digits)
-        _wait_until_quiet()
-        spec = TrialSpec({}, {}, TrainConfig(epochs=300, lr=0.01), seed=0)
+        spec = TrialSpec({}, {}, TrainConfig(epochs=300, lr=0.01), seed=0)  # far longer than this test
         ref = ray.remote(autocompress_trial).options(num_cpus=os.cpu_count(), max_retries=0).remote(
-            base, data, spec, os.cpu_count())
+            ray.put(trained_resnet20), ray.put(digits), spec, os.cpu_count())
+
+        # this Ray's worker (its parent is the raylet this process started): other jobs on the machine may run
+        # trials of their own
+        def ours() -> list[int]:
+            pids = []
+            for pid in trial_pids():
+                try:
+                    if int(_stat(int(_stat(pid)[1]))[1]) == os.getpid():
+                        pids.append(pid)
+                except (OSError, ValueError, IndexError):
+                    pass
+            return pids
+
         deadline = time.time() + 120
-        while not trial_pids() and time.time() < deadline:
+        while not ours() and time.time() < deadline:
             time.sleep(0.2)
-        assert trial_pids(), "the fine-tune did not start"
-        time.sleep(3)  # well into the fine-tune
-        # "alone" and "during" interleaved, in pairs: this shared VM's speed drifts by a few percent over a minute,
-        # so figures taken minutes apart (alone before, during later) would compare the drift, not the isolation.
-        # alone: the test holds the fine-tune stopped for the whole measurement (it computes nothing), timed by an
-        # actor that pauses nothing itself (it would let the fine-tune go between sessions); during: the search's
-        # device, which pauses the fine-tune only within each session and lets it run in the gaps between sessions.
-        # Interference from outside only ever adds time, and on a shared host it comes in bursts that can slow both
-        # cores by 10-60% for many seconds, or for half an hour (CI of a608b79: the whole suite 5 minutes slower, 22 of
-        # 24 figures here flagged `contended`, most 20-30% above this model's quiet speed). The two figures of a pair
-        # are taken seconds apart and see the same host, so each pair gives a ratio, during / alone, and the test
-        # compares their median with 1: a failed pause slows every "during" figure (with the device's pausing switched
-        # off: 1.17-1.76x; this test then fails), a burst hits either side at random. The fastest figure of each side
-        # (used before) rested on a single quiet moment in such hours: in a608b79's CI the one quiet "alone" figure
-        # (0.599 ms) was 15% below every other and failed the test, while the paired ratios had a median of 1.04; in
-        # cd26933's, "during" read 6% *faster* than "alone" that way.
-        # At least 6 pairs; in a bursty hour (most figures `contended`: the device's retries ran out) up to 12, until
-        # each side has 3 figures taken at a quiet moment. The stop rule looks only at `contended`, never at the
-        # figures.
-        alone, during = [], []
+        assert ours(), "the fine-tune did not start"
+        (pid,) = ours()
+        time.sleep(2)  # into the fine-tune
 
-        def calm(figures: list[dict]) -> int:
-            return sum(not f["contended"] for f in figures)
+        states: list[str] = []
+        done = threading.Event()
 
-        while len(alone) < 6 or (len(alone) < 12 and min(calm(alone), calm(during)) < 3):
-            with paused_trials() as held:
-                assert held, "no trial to hold"
-                time.sleep(0.5)
-                alone.append(ray.get(apart.measure.remote(onnx_bytes, shape)))
-            time.sleep(1.0)  # the fine-tune runs again
-            during.append(ray.get(device.measure.remote(onnx_bytes, shape)))
-        assert ref not in ray.wait([ref], timeout=0)[0], "the fine-tune ended before the measurements"
+        def sample() -> None:
+            while not done.is_set():
+                states.append(_state(pid))
+                time.sleep(0.002)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            result = ray.get(device.measure.remote(onnx_bytes, tuple(digits.input_shape)))
+        finally:
+            done.set()
+            sampler.join()
+
+        # another search's device on this machine may hold the trial for a moment too, hence the wait
+        deadline = time.time() + 30
+        while _state(pid) == "T" and time.time() < deadline:
+            time.sleep(0.05)
+        running_again = _state(pid) != "T"
+        # computing again, not only woken: its CPU time (utime + stime, in ticks) moves on
+        cpu = int(_stat(pid)[11]) + int(_stat(pid)[12])
+        while int(_stat(pid)[11]) + int(_stat(pid)[12]) == cpu and time.time() < deadline:
+            time.sleep(0.05)
+        computing = int(_stat(pid)[11]) + int(_stat(pid)[12]) > cpu
+        still_running = ref not in ray.wait([ref], timeout=0)[0] and pid in ours()
         ray.cancel(ref, force=True)
     finally:
         ray.shutdown()
-    print(f"alone {[a['median_ms'] for a in alone]} during {[d['median_ms'] for d in during]}"
-          f" contended alone {[a['contended'] for a in alone]} during {[d['contended'] for d in during]}")
-    assert all(d["paused_trials"] >= 1 for d in during)
-    ratios = [d["median_ms"] / a["median_ms"] for a, d in zip(alone, during, strict=False)]
-    print(f"during / alone per pair {[round(r, 3) for r in ratios]}, median {statistics.median(ratios):.3f}")
-    assert abs(statistics.median(ratios) - 1) <= 0.05, (ratios, alone, during)
+    assert result["paused_trials"] >= 1, result
+    assert "T" in states, f"the fine-tune was never seen stopped in {len(states)} samples: {set(states)}"
+    assert running_again and computing, "the fine-tune stayed stopped after the measurement"
+    assert still_running, "the fine-tune ended or was killed during the measurement"
