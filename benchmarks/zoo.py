@@ -4,7 +4,10 @@ Per model: the prunable channel groups torch-pruning traced, those the pre-searc
 why), the quantizable layers, the first trial's outcome (uniform 50% pruning + int8; channels before -> after)
 and the wall time of the whole search (baseline measurement included). The same runs are tests/test_zoo.py.
 
-    python benchmarks/zoo.py [--models resnet18,se_resnet]
+`--default-path`: five of them (a ResNet, MobileNetV2, an option-A ResNet, DenseNet, ShuffleNetV2) through the
+default search (latency model, sensitivity scan, uniform baselines), 3 trials: zoo_default.md.
+
+    python benchmarks/zoo.py [--models resnet18,se_resnet] [--default-path]
 """
 
 from __future__ import annotations
@@ -48,11 +51,51 @@ def table(rows: list[zoo.ZooRow]) -> list[str]:
     return lines
 
 
+def default_table(rows: list[zoo.ZooRow]) -> list[str]:
+    lines = ["| model | groups searched | uniform baselines | latency model | sensitivity scan | trials "
+             "| search s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.model} | {r.groups_searched} | {r.baselines} | {r.latency_model} | {r.scan} "
+                     f"| {r.trial_states}{': ' + r.error[:60] if r.error else ''} | {r.seconds:.1f} |")
+    return lines
+
+
+def default_path(names: list[str], command: str) -> None:
+    """The default search on each model: zoo_default.md / .json."""
+    rows, started = [], dt.datetime.now()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            rows.append(zoo.run(name, Path(tmp) / name, zoo.DEFAULT_PATH))
+            print(default_table(rows)[-1], flush=True)
+            shutil.rmtree(Path(tmp) / name, ignore_errors=True)
+    host = fingerprint(1)
+    md = [f"# The model zoo on the default search ({started:%Y-%m-%d})", "",
+          f"`{command}` on {host['cpu']} ({host['cores']} cores, ISA {', '.join(host['isa'])}), ONNX Runtime "
+          f"{host['onnxruntime']}.", "",
+          f"Each model is untrained at {zoo.INPUT}x{zoo.INPUT} on scikit-learn's digits as 3-channel images (256 "
+          "training, 128 validation, 128 test). The search runs with its default settings (latency model with its "
+          "table, proxies and allocation; sensitivity scan; screening; the uniform baselines; default latency "
+          f"measurement), shortened only by `{zoo.DEFAULT_PATH}` (`DEFAULT_PATH` in `tests/fixtures/zoo.py`). "
+          "*Latency model* is the fit's error on the trials it predicted, measured on the exported files.", "",
+          *default_table(rows), "", f"Total {sum(r.seconds for r in rows):.0f} s for {len(rows)} models."]
+    (HERE / "zoo_default.md").write_text("\n".join(md) + "\n")
+    (HERE / "zoo_default.json").write_text(json.dumps({"command": command, "host": host,
+                                                       "date": f"{started:%Y-%m-%d %H:%M}",
+                                                       "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(zoo.ZOO), help="comma-separated, from: " + ", ".join(zoo.ZOO))
+    ap.add_argument("--models", default=None, help="comma-separated, from: " + ", ".join(zoo.ZOO))
+    ap.add_argument("--default-path", action="store_true",
+                    help="the default search (latency model, scan) on " + ", ".join(zoo.DEFAULT_FIVE))
     args = ap.parse_args()
-    names = args.models.split(",")
+    if args.default_path:
+        names = args.models.split(",") if args.models else list(zoo.DEFAULT_FIVE)
+        default_path(names, "python benchmarks/zoo.py --default-path" + (f" --models {args.models}"
+                                                                        if args.models else ""))
+        return
+    names = args.models.split(",") if args.models else list(zoo.ZOO)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows, started = [], dt.datetime.now()
     with tempfile.TemporaryDirectory() as tmp:
