@@ -52,7 +52,7 @@ def table(run: Path) -> list[str]:
         if kind in baselines and baselines[kind].get("state") == "COMPLETE":
             lines.append(row(label, baselines[kind]))
     for r in pareto:
-        same = f" (= baseline {r['reused']})" if r.get("reused") else ""
+        same = f" (= baseline {str(r['reused']).removeprefix('baseline-')})" if r.get("reused") else ""
         lines.append(row(f"trial {int(r['trial'])}: {describe(r)}{same} (Pareto)", r))
     return lines
 
@@ -61,11 +61,13 @@ def verdict(run: Path) -> str:
     """The fastest Pareto trial within 1 point of FP32 (validation), against the fastest uniform baseline there."""
     baselines = json.loads((run / "baselines.json").read_text())
     bar = baselines["fp32"]["val_accuracy"] - 1.0
-    trials = [r for r in json.loads((run / "pareto.json").read_text()) if r["val_accuracy"] >= bar]
+    trials = [r for r in json.loads((run / "pareto.json").read_text())
+              if r["val_accuracy"] >= bar and not r.get("reused")]  # a reused baseline is not a searched model
     uniform = [b for k, b in baselines.items() if k != "fp32" and b.get("state") == "COMPLETE"
                and b["val_accuracy"] >= bar]
     if not trials or not uniform:
-        return "No trial or uniform baseline is within 1 point of FP32's validation accuracy."
+        return ("No searched model (other than a uniform baseline's) or no uniform baseline on the front is within "
+                "1 point of FP32's validation accuracy.")
     best, ref = min(trials, key=lambda r: r["latency_ms"]), min(uniform, key=lambda r: r["latency_ms"])
     fp32_ms = baselines["fp32"]["latency_ms"]
     return (f"Within 1 point of FP32's validation accuracy, the fastest searched model (trial {int(best['trial'])}) "

@@ -95,10 +95,13 @@ def _loader_batch(train_data: DataLike, config: SearchConfig | None, overrides: 
     from torch.utils.data import DataLoader
 
     size = train_data.batch_size if isinstance(train_data, DataLoader) else None
+    if size is None:
+        return {}
     given = overrides.get("finetune")
     said = given is not None and (not isinstance(given, dict) or "batch_size" in given)
-    said = said or (config is not None and "batch_size" in config.finetune.model_fields_set)
-    if size is None or said:
+    # a config of the wrong type is refused by make_config, with its own message
+    said = said or (isinstance(config, SearchConfig) and "batch_size" in config.finetune.model_fields_set)
+    if said:
         return {}
     log(f"fine-tuning in batches of {size}, the training DataLoader's batch_size")
     return {"finetune": {**(given or {}), "batch_size": size}}
