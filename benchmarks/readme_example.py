@@ -75,6 +75,16 @@ def verdict(run: Path) -> str:
             f"{fp32_ms / ref['latency_ms']:.2f}x: {ref['latency_ms'] / best['latency_ms']:.2f}x between them.")
 
 
+def _no_machine_paths(run: Path, replace: dict[str, str]) -> None:
+    """The committed run names no directory of the machine it ran on (the temporary run directory, the home)."""
+    for path in run.rglob("*"):
+        if path.suffix in (".json", ".html", ".md", ".csv", ".log") and path.is_file():
+            text = path.read_text()
+            for old, new in replace.items():
+                text = text.replace(old, new)
+            path.write_text(text)
+
+
 def main() -> None:
     started = dt.datetime.now()
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,6 +94,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         shutil.rmtree(ROOT / "reports" / "example", ignore_errors=True)
         shutil.copytree(run, ROOT / "reports" / "example")
+        _no_machine_paths(ROOT / "reports" / "example", {str(run): "reports/example", str(Path.home()): "~"})
     run = ROOT / "reports" / "example"
     meta = json.loads((run / "meta.json").read_text())
     dev = meta["device"]
