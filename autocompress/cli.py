@@ -71,6 +71,7 @@ def search(
     early_stop: Optional[float] = typer.Option(None, "--early-stop", help=SEARCH_HELP["early_stop"]),
     multi_fidelity: Optional[float] = typer.Option(None, "--multi-fidelity", help=SEARCH_HELP["multi_fidelity"]),
     no_sensitivity: bool = typer.Option(False, "--no-sensitivity", help=SEARCH_HELP["no_sensitivity"]),
+    funnel: Optional[int] = typer.Option(None, "--funnel", help=SEARCH_HELP["funnel"]),
     confirm_rounds: Optional[int] = typer.Option(None, "--confirm-rounds", help=SEARCH_HELP["confirm_rounds"]),
     no_latency_cache: bool = typer.Option(False, "--no-latency-cache", help=SEARCH_HELP["no_latency_cache"]),
     target_latency_ms: Optional[float] = typer.Option(None, "--target-latency-ms",
@@ -98,7 +99,8 @@ def search(
                              max_images=caps_flag(max_images),
                              baselines=[b.strip() for b in baselines.split(",") if b.strip()] if baselines else None)
             sections = {"latency": {"threads": latency_threads, "batch": latency_batch},
-                        "finetune": {"epochs": finetune_epochs}, "baseline": {"epochs": baseline_epochs}}
+                        "finetune": {"epochs": finetune_epochs}, "baseline": {"epochs": baseline_epochs},
+                        "funnel": {"candidates": funnel}}
             cfg = config_from_flags(ctx, config, budget, flags, overrides, sections)
     except AutocompressError as e:
         _fail(e, verbose)

@@ -94,6 +94,12 @@ SEARCH_HELP = {
         "Skip the per-layer sensitivity scan (each group pruned alone, each layer quantized alone, no "
         "fine-tune; cached per model) that narrows the space and warm-starts the sampler."
     ),
+    "funnel": (
+        "Candidates scored cheaply before the trials (pruned, fake-quantized, BatchNorm re-estimated on training "
+        "images, scored on a fixed validation sample: no training) over a ladder of latency targets; the best of "
+        "each target are fine-tuned first (default: 20 per trial of the budget, at most 400, or up to 1000 within a "
+        "quarter of a time budget; 0: no funnel). Needs the latency model."
+    ),
     "confirm_rounds": (
         "When the budget is spent, measure every Pareto model and baseline again, together, this many rounds "
         "(2 more for a model whose rounds disagree by over 4%), and report their median, so the figures "

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from autocompress.errors import ConfigError, location
 
 __all__ = ["Baseline", "BASELINES", "BASELINE_NAMES", "DEFAULT_BUDGET_TRIALS", "DEFAULT_MAX_IMAGES", "Budget",
-           "parse_budget", "TrainConfig", "LatencyConfig", "SearchConfig", "config_error", "load_config_file"]
+           "parse_budget", "TrainConfig", "LatencyConfig", "FunnelConfig", "SearchConfig", "config_error",
+           "load_config_file"]
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
@@ -91,6 +92,33 @@ class LatencyConfig(_Strict):
     session_gap_s: float = Field(default=0.3, ge=0, le=60)  # mean pause between sessions, trials running meanwhile
     probe: bool = True  # a reference workload timed beside each session: a session in a burst is taken again
     probe_factor: float = Field(default=1.25, gt=1, le=10)
+
+
+class FunnelConfig(_Strict):
+    """The funnel before the trials (engine/funnel.py): many candidates scored cheaply (pruned, fake-quantized,
+    BatchNorm recalibrated, no training) over a ladder of predicted-latency targets; the best of each target are
+    fine-tuned to the end first."""
+
+    # candidates scored (0: no funnel); None: 20 per trial of a trial budget (at most 400), or up to 1000 within
+    # `time_share` of a time budget
+    candidates: int | None = Field(default=None, ge=0, le=100_000)
+    targets: int = Field(default=4, ge=1, le=20)  # latency targets, from int8 PTQ's predicted latency to the fastest
+    # candidates per target fine-tuned to the end; None: 2, or fewer so that they take at most half a trial budget
+    promote: int | None = Field(default=None, ge=1, le=100)
+    bn_images: int = Field(default=256, ge=0)  # training images whose passes re-estimate BatchNorm
+    val_images: int = Field(default=512, ge=1)  # validation images every candidate is scored on
+    time_share: float = Field(default=0.25, gt=0, le=1)  # of a time budget, at most
+
+    def n_candidates(self, trials: int | None) -> int:
+        if self.candidates is not None:
+            return self.candidates
+        return min(400, 20 * trials) if trials is not None else 1000
+
+    def n_promoted(self, trials: int | None) -> int:
+        """Per target."""
+        if self.promote is not None:
+            return self.promote
+        return 2 if trials is None else max(1, min(2, trials // (2 * self.targets)))
 
 
 # Images kept per split; None = no cap. Every image is used unless the user caps a split for speed
@@ -232,6 +260,12 @@ class SearchConfig(_Strict):
             raise ValueError("target_latency_ms does not apply to the grid sampler (every uniform configuration, "
                              "the reference); drop one of them")
         return self
+    funnel: FunnelConfig = FunnelConfig()
+
+    @field_validator("funnel", mode="before")
+    @classmethod
+    def _funnel(cls, v):  # funnel={"candidates": 100} keeps the other defaults
+        return {**FunnelConfig().model_dump(), **v} if isinstance(v, dict) else v
     # at the end, re-measure Pareto models and baselines together (0: off)
     confirm_rounds: int = Field(default=2, ge=0, le=20)
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # torch loads when a search starts, not when autocompress is 
 
 __all__ = ["plan", "plan_resume", "make_config"]
 
-_SECTIONS = ("baseline", "finetune", "latency", "max_images")  # a partial mapping keeps the base's other keys
+_SECTIONS = ("baseline", "finetune", "latency", "max_images", "funnel")  # a partial mapping keeps the base's other keys
 _FIXED_ON_RESUME = ("out", "space")  # a resumed run stays in its directory, on the space its study was made on
 
 

@@ -96,8 +96,10 @@ def _stages(prep: Prepared, state: RunState, at: _Stage, progress: bool, log: Ca
     prep = replace(prep, space=space)
     at.name = "the sensitivity scan"
     prep, predictor, warm = _guarded_sensitivity(prep, state, executor, baseline.model, reduce_range, predictor, log)
+    at.name = "the funnel"
+    promoted = _guarded_funnel(prep, state, executor, predictor, warm, reduce_range, log)
     at.name = "the trials"
-    study, limits = _study(prep, state, warm, log)
+    study, limits = _study(prep, state, warm, promoted, log)
     make_spec = _spec_maker(prep, reduce_range, train_device)
     with Interrupt(log) as interrupt, Progress(cfg.budget.trials, cfg.budget.seconds, progress, log) as bar:
         scheduler = _scheduler(prep, state, executor, latency, make_spec, study, limits, predictor, bar.trial_line)
@@ -254,9 +256,27 @@ def _sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: 
     return replace(prep, space=space), predictor, warm
 
 
-def _study(prep: Prepared, state: RunState, warm: list[dict], log: Callable[[str], None]):
-    """The run's Optuna study (its first configurations enqueued: the grid, or the warm start) and the loop's
-    limits."""
+def _guarded_funnel(prep: Prepared, state: RunState, executor: Executor, predictor, warm: list[dict],
+                    reduce_range: bool, log: Callable[[str], None]) -> list[dict]:
+    """The funnel's promoted configurations (engine/funnel.py); none when it fails: the trials start from the warm
+    start instead, and the search goes on."""
+    from autocompress.engine.funnel import run_funnel
+
+    if state.study_made:  # a resumed run whose trials have started: its first configurations are enqueued already
+        return []
+    try:
+        return run_funnel(prep, state, executor, predictor, warm, reduce_range, log)
+    except Exception as e:  # noqa: BLE001 - the trials go on from the warm start
+        log(f"  funnel failed ({describe_error(e)}): the trials start from the warm start")
+        state.meta["funnel"] = {**(state.meta.get("funnel") or {}), "failed": describe_error(e)}
+        state.rd.write_json(state.rd.meta, state.meta)
+        executor.close_scorers()
+        return []
+
+
+def _study(prep: Prepared, state: RunState, warm: list[dict], promoted: list[dict], log: Callable[[str], None]):
+    """The run's Optuna study (its first configurations enqueued: the grid, or the funnel's promoted ones, or the
+    warm start) and the loop's limits."""
     cfg, space = prep.config, prep.space
     grid = grid_configs(space) if cfg.sampler == "grid" else []
     if grid:
@@ -264,7 +284,8 @@ def _study(prep: Prepared, state: RunState, warm: list[dict], log: Callable[[str
     # A resumed sampler gets a new (still deterministic) seed: with the first one it would propose the
     # configurations of the first session's opening trials all over again.
     sampler = make_sampler(cfg.sampler, cfg.seed + 7919 * int(state.meta.get("resumed", 0)), cfg.warm_start)
-    first = grid or (warm_start_configs(space, warm, cfg.budget.trials) if cfg.warm_start and space.params() else [])
+    first = grid or (warm_start_configs(space, warm, cfg.budget.trials, promoted=promoted)
+                     if (cfg.warm_start or promoted) and space.params() else [])
     study = open_study(state, run_name=prep.run_name, sampler=sampler, space=space, first=first, log=log)
     deadline = (state.t_search + max(0.0, cfg.budget.seconds - state.spent_before)) if cfg.budget.seconds else None
     limits = Limits(concurrency=cfg.concurrency, trials=cfg.budget.trials, deadline=deadline,

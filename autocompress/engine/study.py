@@ -29,16 +29,21 @@ WARM_START = ((0.5, "int8"), (0.25, "int8"), (1.0, "fp32"), (1.0, "int8"), (0.5,
 OBJECTIVE_NAMES = ["val_accuracy", "latency_ms", "size_bytes"]
 
 
-def warm_start_configs(space: SearchSpace, scan_picks: list[dict], budget_trials: int | None) -> list[dict]:
-    """The configurations a search runs first, in order, distinct: the two free baseline models, then the
-    sensitivity scan's picks (those allocated with the latency model first) and the other WARM_START
-    configurations, at most a third of a trial budget beyond the free two."""
+def warm_start_configs(space: SearchSpace, scan_picks: list[dict], budget_trials: int | None, *,
+                       promoted: list[dict] = ()) -> list[dict]:
+    """The configurations a search runs first, in order, distinct: the two free baseline models, then the funnel's
+    `promoted` ones (engine/funnel.py: the scan's picks and the uniform ladder competed there, so they are not added
+    again), or without a funnel the sensitivity scan's picks (those allocated with the latency model first) and the
+    other WARM_START configurations, at most a third of a trial budget beyond the free two."""
     uniform = [space.uniform(ratio, prec) for ratio, prec in WARM_START]
+    rest = list(promoted) if promoted else list(scan_picks) + uniform[2:]
     out: list[dict] = []
-    for params in uniform[:2] + list(scan_picks) + uniform[2:]:
+    for params in uniform[:2] + rest:
         if params not in out:
             out.append(params)
-    return out if budget_trials is None else out[:min(budget_trials, 2 + budget_trials // 3)]
+    if budget_trials is None:
+        return out
+    return out[:budget_trials] if promoted else out[:min(budget_trials, 2 + budget_trials // 3)]
 
 
 def grid_configs(space: SearchSpace) -> list[dict]:

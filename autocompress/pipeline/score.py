@@ -23,8 +23,8 @@ from autocompress.pipeline.prune import prune_model
 from autocompress.pipeline.quantize import calibrate_activations, fake_quantized
 from autocompress.tasks.splitting import Split, Splits, TensorImages
 
-__all__ = ["ScoreSettings", "Score", "ScoreSample", "score_sample", "reference_logits", "score_candidate",
-           "recalibrate_batchnorm"]
+__all__ = ["ScoreSettings", "Score", "ScoreSample", "ScoreSpec", "Scorer", "score_sample", "reference_logits",
+           "score_candidate", "recalibrate_batchnorm"]
 
 
 @dataclass(frozen=True)
@@ -222,3 +222,32 @@ def score_candidate(
                  bn_batches=bn_batches,
                  kept=kept,
                  parameters=sum(p.numel() for p in model.parameters()))
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """One candidate to score: how it is pruned and quantized, as a trial's TrialSpec says."""
+
+    ratios: dict[str, float]
+    precisions: dict[str, str]
+    criterion: str = "l2"
+    round_to: int = 8
+    min_channels: int = 8
+    reduce_range: bool = False
+
+
+class Scorer:
+    """Scores candidates of one baseline on one fixed sample: the sample is drawn and the baseline's logits on it are
+    computed once, when the scorer is made (a search's scoring workers each hold one)."""
+
+    def __init__(self, baseline: nn.Module, splits: Splits, settings: ScoreSettings) -> None:
+        self.baseline = baseline.eval()
+        self.settings = settings
+        self.sample = score_sample(splits, settings)
+        self.reference = reference_logits(baseline, self.sample, settings)
+
+    def score(self, spec: ScoreSpec) -> Score:
+        return score_candidate(self.baseline, self.sample, spec.ratios, spec.precisions, criterion=spec.criterion,
+                               round_to=spec.round_to, min_channels=spec.min_channels,
+                               reduce_range=spec.reduce_range, settings=self.settings,
+                               teacher_logits=self.reference)

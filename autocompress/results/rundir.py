@@ -33,6 +33,16 @@ class RunDir:
         return self.path / "optuna.log"
 
     @property
+    def funnel_journal(self) -> Path:
+        """The funnel's own Optuna study (engine/funnel.py)."""
+        return self.path / "funnel.log"
+
+    @property
+    def funnel_book(self) -> Path:
+        """Every candidate the funnel proposed, with its cheap score: one JSON line each."""
+        return self.path / "funnel.jsonl"
+
+    @property
     def trials_csv(self) -> Path:
         return self.path / "trials.csv"
 

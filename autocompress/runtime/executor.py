@@ -14,6 +14,8 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from autocompress.errors import describe_error
+from autocompress.pipeline.score import Score, Scorer, ScoreSettings, ScoreSpec
 from autocompress.pipeline.trial import TrialOutput, TrialSpec, run_pipeline
 from autocompress.tasks.data import Splits
 
@@ -42,10 +44,35 @@ class Executor(Protocol):
     def time_graphs(self, graphs: list[tuple[bytes, tuple[int, ...]]]) -> list[float]:
         """Quick timings (ms) of small ONNX graphs on the device (the latency model's table); waits for them."""
 
+    def score(self, specs: list[ScoreSpec], settings: ScoreSettings) -> list[Score | str]:
+        """Cheap scores of candidates (pipeline/score.py), in parallel where trials run; waits for them. A candidate
+        that fails is its error's text, not an exception: the others' scores stand."""
+
+    def close_scorers(self) -> None:
+        """Free what scoring holds (its workers and their copies of the model and sample)."""
+
 
 def autocompress_trial(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, threads: int) -> TrialOutput:
     """Runs in a Ray worker; the device finds (and pauses) running trials by this function's name."""
     return run_pipeline(baseline, splits, spec, threads=threads)
+
+
+class _ScoringWorker:
+    """A Ray actor holding one Scorer (the fixed sample and the baseline's logits on it are made once)."""
+
+    def __init__(self, baseline: torch.nn.Module, splits: Splits, settings: ScoreSettings) -> None:
+        torch.set_num_threads(1)  # one worker per CPU
+        self.scorer = Scorer(baseline, splits, settings)
+
+    def score(self, spec: ScoreSpec) -> Score | str:
+        return _score_or_error(self.scorer, spec)
+
+
+def _score_or_error(scorer: Scorer, spec: ScoreSpec) -> Score | str:
+    try:
+        return scorer.score(spec)
+    except Exception as e:  # noqa: BLE001 - one candidate that cannot be built or scored is that candidate's result
+        return describe_error(e)
 
 
 def _scan_task(baseline: torch.nn.Module, splits: Splits, space, reduce_range: bool, threads: int) -> dict:
@@ -134,6 +161,8 @@ class RayExecutor:
         self.input_shape = input_shape
         self.resources = resources or {"num_cpus": threads}
         self._trial = ray.remote(autocompress_trial).options(**self.resources, max_retries=0)
+        self._scorers: list = []
+        self._scoring: ScoreSettings | None = None
 
     def submit_trial(self, spec: TrialSpec):
         return self._trial.remote(self.base_ref, self.splits_ref, spec, self.threads)
@@ -160,6 +189,22 @@ class RayExecutor:
 
     def time_graphs(self, graphs: list[tuple[bytes, tuple[int, ...]]]) -> list[float]:
         return self.ray.get(self.device.time_graphs.remote(graphs))
+
+    def score(self, specs: list[ScoreSpec], settings: ScoreSettings) -> list[Score | str]:
+        """Round-robin over one single-threaded scoring worker per CPU of the cluster."""
+        if self._scoring != settings:
+            self.close_scorers()
+            n = max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+            worker = self.ray.remote(_ScoringWorker).options(num_cpus=1, max_restarts=0)
+            self._scorers = [worker.remote(self.base_ref, self.splits_ref, settings) for _ in range(n)]
+            self._scoring = settings
+        refs = [self._scorers[i % len(self._scorers)].score.remote(s) for i, s in enumerate(specs)]
+        return self.ray.get(refs)
+
+    def close_scorers(self) -> None:
+        for actor in self._scorers:
+            self.ray.kill(actor)
+        self._scorers, self._scoring = [], None
 
 
 class InProcessExecutor:
@@ -201,6 +246,13 @@ class InProcessExecutor:
         from autocompress.latency_model.layers import time_graph
 
         return [time_graph(data, shape, threads=1) for data, shape in graphs]
+
+    def score(self, specs: list[ScoreSpec], settings: ScoreSettings) -> list[Score | str]:
+        scorer = Scorer(self.baseline, self.splits, settings)
+        return [_score_or_error(scorer, s) for s in specs]
+
+    def close_scorers(self) -> None:
+        pass  # nothing is kept between calls
 
     def close(self) -> None:
         self._trials.shutdown(wait=True, cancel_futures=True)

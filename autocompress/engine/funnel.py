@@ -1,0 +1,393 @@
+"""The funnel before the trials: many candidates scored cheaply, and only the best of each latency target fine-tuned.
+
+A trial costs a fine-tune, so a search can afford tens of them; a candidate's cheap score (pipeline/score.py:
+pruned, fake-quantized, BatchNorm re-estimated, evaluated on a fixed validation sample, no training) costs about a
+second. The funnel:
+- spans the front with a `Ladder` of latency targets, from int8 PTQ's predicted latency down to the fastest the
+  space allows (the measured latency model predicts every candidate before it is built);
+- lets an Optuna study of its own (NSGA-II on score and predicted latency, journal `funnel.log` in the run directory)
+  propose candidates in batches, the uniform ladder (every ratio x int8) and the sensitivity scan's picks first;
+- scores each batch in parallel where trials run (`Executor.score`), every result in `funnel.jsonl` before the
+  study hears of it, so a resumed run scores nothing twice;
+- promotes the best-scored of each target, which the trial loop fine-tunes first.
+
+Batches are asked and told whole, so a seed proposes the same candidates whatever the timing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
+
+from autocompress.config import SearchConfig
+from autocompress.engine.policies import TARGET_SLACK
+from autocompress.engine.prepare import Prepared
+from autocompress.engine.scheduler import model_key
+from autocompress.engine.state import RunState
+from autocompress.pipeline.score import Score, ScoreSettings, ScoreSpec
+from autocompress.runtime.executor import Executor
+from autocompress.space import SearchSpace
+
+__all__ = ["Ladder", "Scored", "FunnelBook", "Funnel", "promote", "uniform_ladder", "open_funnel_study", "run_funnel",
+           "funnel_config_ok", "BATCH_PER_WORKER"]
+
+BATCH_PER_WORKER = 8  # candidates asked (and told) together per scoring worker: one round trip per batch
+MAX_IDLE_BATCHES = 20  # batches in a row without a new candidate scored (all repeats or over the targets): stop
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """Latency targets (ms), slowest first: int8 PTQ's predicted latency down to the fastest the space allows,
+    spaced evenly in log-latency."""
+
+    targets: tuple[float, ...]
+    slack: float = TARGET_SLACK  # a candidate predicted this far over the slowest target still counts: the error
+
+    @classmethod
+    def between(cls, slow: float, fast: float, n: int) -> Ladder:
+        if n <= 1 or fast >= slow:
+            return cls((round(slow, 4),))
+        step = (fast / slow) ** (1 / (n - 1))
+        return cls(tuple(round(slow * step**i, 4) for i in range(n)))
+
+    def target_of(self, predicted: float | None) -> int | None:
+        """The tightest target a candidate predicted at `predicted` ms meets (its bin: it meets no tighter one), or
+        None: over the slowest by more than the slack."""
+        if predicted is None or predicted > self.targets[0] * (1 + self.slack):
+            return None
+        met = [i for i, t in enumerate(self.targets) if predicted <= t]
+        return met[-1] if met else 0
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One candidate of the funnel: a row of funnel.jsonl."""
+
+    number: int  # its trial in the funnel's study
+    params: dict
+    key: str  # the model it builds (scheduler.model_key)
+    predicted_ms: float | None
+    target: int | None  # its bin in the ladder; None: over every target (not scored)
+    origin: str = "sampled"  # "uniform" (the uniform ladder), "scan" (the sensitivity scan's picks) or "sampled"
+    accuracy: float | None = None  # the cheap score (%), None when not scored
+    agreement: float | None = None
+    loss: float | None = None
+    seconds: float = 0.0
+    error: str = ""  # why it has no score
+
+    @property
+    def scored(self) -> bool:
+        return self.accuracy is not None
+
+    def rank_key(self) -> tuple[float, float]:
+        """Higher is better: the sample's cross-entropy, negated (it ranked fine-tuned accuracy at least as well as
+        accuracy or agreement did in benchmarks/score_rank_demo.md, and it has no ties), then accuracy."""
+        return (-(self.loss if self.loss is not None else math.inf), self.accuracy or 0.0)
+
+    def to_row(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: dict) -> Scored:
+        return cls(**row)
+
+
+@dataclass
+class FunnelBook:
+    """funnel.jsonl: one line per candidate, appended and synced before the study hears of it; a line cut short by a
+    kill is ignored (that candidate is proposed again)."""
+
+    path: os.PathLike
+    rows: dict[int, Scored] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: os.PathLike) -> FunnelBook:
+        book = cls(path)
+        if os.path.isfile(path):
+            with open(path) as f:
+                for line in f:
+                    try:
+                        s = Scored.from_row(json.loads(line))
+                    except (ValueError, TypeError):
+                        continue
+                    book.rows[s.number] = s
+        return book
+
+    def add(self, rows: list[Scored]) -> None:
+        with open(self.path, "a") as f:
+            for s in rows:
+                f.write(json.dumps(s.to_row(), sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows.update({s.number: s for s in rows})
+
+    def by_key(self) -> dict[str, Scored]:
+        """The first scored (or failed) candidate of each model."""
+        out: dict[str, Scored] = {}
+        for n in sorted(self.rows):
+            s = self.rows[n]
+            if s.scored or s.error.startswith("failed"):
+                out.setdefault(s.key, s)
+        return out
+
+    def built(self) -> int:
+        """Candidates built and scored (or failed while being built): what counts toward the funnel's size."""
+        return len(self.by_key())
+
+
+def uniform_ladder(space: SearchSpace) -> list[dict]:
+    """Every ratio of the space for all groups, all layers int8 (where a layer allows it): the uniform configurations
+    the search is compared with, scored like any candidate."""
+    ratios = sorted({r for g in space.groups for r in g.ratios} or {0.0})
+    out: list[dict] = []
+    for r in ratios:
+        p = space.uniform(r, "int8")
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def promote(rows: list[Scored], n_targets: int, per_target: int) -> list[Scored]:
+    """The best-scored `per_target` distinct models of each target, ordered best of every target first (then the
+    second best of each...), so a small trial budget still covers the whole ladder."""
+    ranked: list[list[Scored]] = []
+    for t in range(n_targets):
+        seen: set[str] = set()
+        best: list[Scored] = []
+        for s in sorted((s for s in rows if s.scored and s.target == t), key=lambda s: (s.rank_key(), -s.number),
+                        reverse=True):
+            if s.key not in seen:
+                seen.add(s.key)
+                best.append(s)
+        ranked.append(best[:per_target])
+    return [r[i] for i in range(per_target) for r in ranked if i < len(r)]
+
+
+@dataclass
+class Funnel:
+    """One run's funnel: its study, its book and its ladder. `run` scores up to `n` candidates (or until
+    `deadline`), then `promoted` names the candidates the trials start with."""
+
+    space: SearchSpace
+    predictor: object  # latency_model.predict.Predictor
+    executor: Executor
+    ladder: Ladder
+    book: FunnelBook
+    study: object  # optuna.Study
+    spec_of: Callable[[dict], ScoreSpec]
+    settings: ScoreSettings
+    n: int
+    workers: int = 1
+    deadline: float | None = None  # a perf_counter time after which no batch starts
+    log: Callable[[str], None] = print
+    skipped: int = 0
+    idle_batches: int = field(default=0, init=False)
+
+    def run(self) -> None:
+        t0, last = time.perf_counter(), 0.0
+        while self._more():
+            built = self.book.built()
+            rows = self._score(self._ask(BATCH_PER_WORKER * self.workers))
+            self.book.add(rows)  # on disk before the study hears of them
+            self._tell(rows)
+            self.idle_batches = 0 if self.book.built() > built else self.idle_batches + 1
+            if time.perf_counter() - last > 10 or not self._more():
+                last = time.perf_counter()
+                self._progress(time.perf_counter() - t0)
+        self.executor.close_scorers()
+
+    def _more(self) -> bool:
+        if self.book.built() >= self.n or self.idle_batches >= MAX_IDLE_BATCHES:
+            return False
+        return self.deadline is None or time.perf_counter() < self.deadline
+
+    def _ask(self, size: int) -> list[Scored]:
+        """A batch of proposals, each predicted and placed on the ladder; a model already scored takes that score."""
+        known = self.book.by_key()
+        out: list[Scored] = []
+        for _ in range(size):
+            trial = self.study.ask(self._distributions())
+            params = dict(trial.params)
+            key = model_key(self.space, *self.space.decode(params), self.space.criterion(params))
+            predicted = self.predictor.predict(params)
+            origin = trial.user_attrs.get("origin", "sampled")
+            if key in known:
+                k = known[key]
+                out.append(Scored(trial.number, params, key, predicted, k.target, origin, k.accuracy, k.agreement,
+                                  k.loss, 0.0, k.error or f"the model of candidate {k.number}"))
+            else:
+                out.append(Scored(trial.number, params, key, predicted, self.ladder.target_of(predicted), origin))
+        return out
+
+    def _score(self, batch: list[Scored]) -> list[Scored]:
+        """The batch with its new models scored (within the ladder, each model once: a second proposal of it in the
+        batch takes the first one's score)."""
+        todo: dict[str, Scored] = {}
+        for s in batch:
+            if s.target is not None and not s.error and s.key not in todo:
+                todo[s.key] = s
+        results = self.executor.score([self.spec_of(s.params) for s in todo.values()], self.settings) if todo else []
+        done = {k: _with(s, r) for (k, s), r in zip(todo.items(), results, strict=True)}
+        out = []
+        for s in batch:
+            first = done.get(s.key)
+            if first is None or s.error:
+                out.append(s)
+            elif first.number == s.number:
+                out.append(first)
+            else:
+                out.append(replace(first, number=s.number, params=s.params, origin=s.origin, seconds=0.0,
+                                   error=first.error or f"the model of candidate {first.number}"))
+        return out
+
+    def _tell(self, rows: list[Scored]) -> None:
+        """The study hears of every candidate of the batch, in the order asked."""
+        from optuna.trial import TrialState as OptunaState
+
+        by_number = {s.number: s for s in rows}
+        for number in sorted(by_number):
+            s = by_number[number]
+            if s.scored:
+                self.study.tell(number, [s.loss, s.predicted_ms])
+            else:
+                self.skipped += s.target is None
+                self.study.tell(number, state=OptunaState.PRUNED if s.target is None else OptunaState.FAIL)
+
+    def _distributions(self) -> dict:
+        from autocompress.engine.study import distributions
+
+        return distributions(self.space)
+
+    def _progress(self, seconds: float) -> None:
+        rows = list(self.book.rows.values())
+        counts = ", ".join(f"{t:.3g} ms: {sum(s.scored and s.target == i for s in rows)}"
+                           for i, t in enumerate(self.ladder.targets))
+        failed = sum(s.error.startswith("failed") for s in rows)
+        self.log(f"  funnel: {self.book.built()}/{self.n} candidates scored ({failed} failed) in {seconds:.0f} s; "
+                 f"per target {counts}")
+
+
+def _with(s: Scored, result: Score | str) -> Scored:
+    if isinstance(result, str):
+        return Scored(s.number, s.params, s.key, s.predicted_ms, s.target, s.origin, error=f"failed: {result}")
+    return Scored(s.number, s.params, s.key, s.predicted_ms, s.target, s.origin, round(result.accuracy, 4),
+                  round(result.agreement, 4), round(result.loss, 5), round(result.seconds, 3))
+
+
+def funnel_config_ok(cfg: SearchConfig, space: SearchSpace, predictor) -> str | None:
+    """Why this search runs no funnel, or None: it does."""
+    if cfg.funnel.n_candidates(cfg.budget.trials) == 0:
+        return "off (funnel.candidates: 0)"
+    if cfg.sampler == "grid":
+        return "off: the grid sampler runs every uniform configuration"
+    if predictor is None:
+        return "off: it needs the latency model to place candidates on the ladder of latency targets"
+    if not space.params():
+        return "off: the space has no choice to make"
+    return None
+
+
+def open_funnel_study(journal: os.PathLike, name: str, *, sampler, first: list[tuple[dict, str]], book: FunnelBook):
+    """The funnel's study: replayed from its journal when it has one (a candidate left RUNNING by a kill is told
+    from the book when its line was written, else failed: it was never scored), else created with `first`
+    ((params, origin) pairs) enqueued."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState as OptunaState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    if name in optuna.get_all_study_names(storage):
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        for t in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
+            s = book.rows.get(t.number)
+            if s is not None and s.scored:
+                study.tell(t.number, [s.loss, s.predicted_ms])
+            else:
+                study.tell(t.number, state=OptunaState.PRUNED if s is not None and s.target is None
+                           else OptunaState.FAIL)
+        return study
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                directions=["minimize", "minimize"])  # the score's loss, the predicted latency
+    for params, origin in first:
+        study.enqueue_trial(params, user_attrs={"origin": origin}, skip_if_exists=True)
+    return study
+
+
+def run_funnel(prep: Prepared, state: RunState, executor: Executor, predictor, scan_picks: list[dict],
+               reduce_range: bool, log: Callable[[str], None]) -> list[dict]:
+    """Score the funnel's candidates (going on from a resumed run's book) and return the promoted ones' params, in
+    the order the trials should run them; [] when this search runs no funnel. The ladder and the promotion are in
+    meta.json's `funnel`."""
+    cfg, space = prep.config, prep.space
+    why = funnel_config_ok(cfg, space, predictor)
+    if why is not None:
+        state.meta["funnel"] = {"off": why}
+        log(f"  funnel {why}")
+        return []
+    meta = state.meta.get("funnel") or {}
+    ladder = Ladder(tuple(meta["targets_ms"])) if meta.get("targets_ms") else _ladder(space, predictor, cfg)
+    book = FunnelBook.open(state.rd.funnel_book)
+    n = cfg.funnel.n_candidates(cfg.budget.trials)
+    meta.update(targets_ms=list(ladder.targets), candidates=n, settings=asdict(_settings(cfg)))
+    state.meta["funnel"] = meta
+    t0 = time.perf_counter()
+    if not meta.get("done"):
+        log(f"funnel: scoring up to {n} candidates (pruned, fake-quantized, BatchNorm re-estimated, no training) "
+            f"over {len(ladder.targets)} latency targets {', '.join(f'{t:.3g}' for t in ladder.targets)} ms")
+        _funnel(prep, state, executor, predictor, ladder, book, scan_picks, reduce_range, log).run()
+    per_target = cfg.funnel.n_promoted(cfg.budget.trials)
+    best = promote(list(book.rows.values()), len(ladder.targets), per_target)
+    meta.update(done=True, seconds=round(meta.get("seconds", 0.0) + time.perf_counter() - t0, 1),
+                scored=sum(s.scored for s in book.rows.values()), proposed=len(book.rows),
+                failed=sum(s.error.startswith("failed") for s in book.rows.values()),
+                over_targets=sum(s.target is None for s in book.rows.values()),
+                promoted=[{"candidate": s.number, "target": s.target, "accuracy": s.accuracy, "loss": s.loss,
+                           "predicted_ms": s.predicted_ms, "origin": s.origin} for s in best])
+    state.rd.write_json(state.rd.meta, state.meta)
+    for s in best:
+        log(f"  promoted candidate {s.number} ({s.origin}): score {s.accuracy:.2f}% (loss {s.loss:.3f}), predicted "
+            f"{s.predicted_ms:.3f} ms (target {ladder.targets[s.target]:.3g} ms)")
+    return [s.params for s in best]
+
+
+def _settings(cfg: SearchConfig) -> ScoreSettings:
+    return ScoreSettings(bn_images=cfg.funnel.bn_images, val_images=cfg.funnel.val_images, seed=cfg.seed)
+
+
+def _ladder(space: SearchSpace, predictor, cfg: SearchConfig) -> Ladder:
+    """From the slower of int8 PTQ and FP32 (as predicted) down to the faster of the most-pruned int8 and fp32."""
+    slow = max(predictor.predict(space.uniform(0.0, p)) for p in ("int8", "fp32"))
+    fast = min(predictor.predict(space.uniform(1.0, p)) for p in ("int8", "fp32"))
+    return Ladder.between(slow, fast, cfg.funnel.targets)
+
+
+def _funnel(prep: Prepared, state: RunState, executor: Executor, predictor, ladder: Ladder, book: FunnelBook,
+            scan_picks: list[dict], reduce_range: bool, log: Callable[[str], None]) -> Funnel:
+    import optuna
+
+    cfg, space = prep.config, prep.space
+    n = cfg.funnel.n_candidates(cfg.budget.trials)
+    resumed = int(state.meta.get("resumed", 0))
+    sampler = optuna.samplers.NSGAIISampler(seed=cfg.seed + 7919 * resumed, population_size=max(8, min(50, n // 6)))
+    first = [(p, "uniform") for p in uniform_ladder(space)] + [(p, "scan") for p in scan_picks]
+    study = open_funnel_study(state.rd.funnel_journal, f"{prep.run_name}-funnel", sampler=sampler, first=first,
+                              book=book)
+    deadline = None
+    if cfg.budget.seconds:
+        share = cfg.funnel.time_share * cfg.budget.seconds - float(state.meta["funnel"].get("seconds", 0.0))
+        deadline = time.perf_counter() + max(0.0, min(share, cfg.budget.seconds - state.elapsed))
+
+    def spec_of(params: dict) -> ScoreSpec:
+        ratios, precisions = space.decode(params)
+        return ScoreSpec(ratios, precisions, space.criterion(params), space.round_to, space.min_channels,
+                         reduce_range)
+
+    workers = int(state.meta.get("ray", {}).get("cpus", 1))
+    return Funnel(space, predictor, executor, ladder, book, study, spec_of, _settings(cfg), n, workers=workers,
+                  deadline=deadline, log=log)

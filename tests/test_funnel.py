@@ -1,0 +1,172 @@
+"""The funnel (engine/funnel.py): its ladder, its promotion, its book, and whole runs that score real candidates of a
+small trained CNN (pruned, fake-quantized, BatchNorm recalibrated) in this process, resumed without re-scoring."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import torch
+
+from autocompress.config import TrainConfig
+from autocompress.engine.funnel import (
+    Funnel,
+    FunnelBook,
+    Ladder,
+    Scored,
+    open_funnel_study,
+    promote,
+    uniform_ladder,
+)
+from autocompress.engine.scheduler import model_key
+from autocompress.pipeline.finetune import train
+from autocompress.pipeline.prune import find_groups, kept_channels
+from autocompress.pipeline.score import ScoreSettings, ScoreSpec
+from autocompress.runtime.executor import InProcessExecutor
+from autocompress.space import SpaceFile, build_space
+from autocompress.tasks import load_dataset
+from tests.test_score import SmallNet
+
+SETTINGS = ScoreSettings(bn_images=128, val_images=200)
+
+
+def test_the_ladder_spans_int8_ptq_to_the_fastest_evenly_in_log_latency():
+    ladder = Ladder.between(1.0, 0.125, 4)
+    assert ladder.targets == (1.0, 0.5, 0.25, 0.125)
+    assert ladder.target_of(1.1) == 0  # over the slowest target, within the model's error
+    assert ladder.target_of(1.2) is None and ladder.target_of(None) is None
+    assert ladder.target_of(0.6) == 0 and ladder.target_of(0.5) == 1 and ladder.target_of(0.3) == 1
+    assert ladder.target_of(0.1) == 3  # faster than the fastest: the fastest target's
+    assert Ladder.between(0.3, 0.4, 4).targets == (0.3,)  # nothing faster to reach: one target
+
+
+def _row(number: int, target: int | None, loss: float | None, key: str | None = None) -> Scored:
+    return Scored(number, {"n": number}, key or f"k{number}", 1.0, target, accuracy=None if loss is None else 50.0,
+                  loss=loss)
+
+
+def test_promotion_takes_each_targets_best_distinct_models_best_of_every_target_first():
+    rows = [_row(0, 0, 0.9), _row(1, 0, 0.2), _row(2, 0, 0.1, key="k1"),  # 2 builds the model of 1
+            _row(3, 1, 0.5), _row(4, 1, 0.4), _row(5, 1, None), _row(6, None, None), _row(7, 2, 0.3)]
+    best = promote(rows, 3, 2)
+    assert [s.number for s in best] == [2, 4, 7, 0, 3]  # target 0's two, then 1's, then 2's one; 1 is 2's model
+
+
+def test_the_book_keeps_every_whole_line_and_ignores_one_a_kill_cut_short(tmp_path):
+    book = FunnelBook.open(tmp_path / "funnel.jsonl")
+    book.add([_row(0, 0, 0.5), _row(1, None, None)])
+    with open(tmp_path / "funnel.jsonl", "a") as f:
+        f.write(json.dumps(_row(2, 0, 0.4).to_row())[:30])  # the kill landed mid-line
+    again = FunnelBook.open(tmp_path / "funnel.jsonl")
+    assert sorted(again.rows) == [0, 1] and again.rows[0] == book.rows[0]
+    assert again.built() == 1  # one over every target was never built
+
+
+@pytest.fixture(scope="module")
+def small():
+    digits = load_dataset("digits", input_size=8, seed=0)
+    torch.manual_seed(0)
+    model = SmallNet()
+    train(model, digits.train, settings=TrainConfig(epochs=10, lr=0.05), seed=0, augment="none")
+    model.eval()
+    spec = SpaceFile.model_validate({"prune": {"ratios": [0.0, 0.25, 0.5, 0.75], "round_to": 4, "min_channels": 4},
+                                     "quantize": {"precisions": ["fp32", "int8"]}})
+    space = build_space(spec, find_groups(model, digits.val.images(1)), ["conv1", "conv2", "conv3", "fc"])
+    return model, digits, space
+
+
+class KeptChannels:
+    """A stand-in for the measured latency model in these tests: milliseconds proportional to the channels kept,
+    int8 layers half as slow. The funnel's mechanics do not depend on how a latency is predicted."""
+
+    def __init__(self, space) -> None:
+        self.space = space
+
+    def predict(self, params: dict) -> float:
+        ratios, precisions = self.space.decode(params)
+        ms = 0.0
+        for g in self.space.groups:
+            k = kept_channels(g.channels, ratios[g.name], round_to=self.space.round_to,
+                              min_channels=self.space.min_channels)
+            ms += k * (0.5 if all(precisions.get(m) == "int8" for m in g.members if m in precisions) else 1.0)
+        return round(ms / 80, 4)
+
+
+class CountingExecutor(InProcessExecutor):
+    """The real in-process executor, also noting which models it was asked to score."""
+
+    def __init__(self, *args, space, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.space, self.asked = space, []
+
+    def score(self, specs, settings):
+        self.asked += [model_key(self.space, s.ratios, s.precisions, s.criterion) for s in specs]
+        return super().score(specs, settings)
+
+
+def _funnel(small, run, n: int, executor=None, seed: int = 0) -> Funnel:
+    model, digits, space = small
+    predictor = KeptChannels(space)
+    ladder = Ladder.between(predictor.predict(space.uniform(0.0, "fp32")), predictor.predict(space.uniform(1, "int8")),
+                            3)
+    book = FunnelBook.open(run / "funnel.jsonl")
+    study = open_funnel_study(run / "funnel.log", "f", sampler=optuna.samplers.NSGAIISampler(seed=seed,
+                                                                                          population_size=8),
+                              first=[(p, "uniform") for p in uniform_ladder(space)], book=book)
+    executor = executor or CountingExecutor(model, digits, measure=None, space=space)
+
+    def spec_of(params):
+        ratios, precisions = space.decode(params)
+        return ScoreSpec(ratios, precisions, "l2", space.round_to, space.min_channels, False)
+
+    return Funnel(space, predictor, executor, ladder, book, study, spec_of, SETTINGS, n, workers=1, log=lambda s: None)
+
+
+def test_a_funnel_scores_real_candidates_over_the_ladder_and_a_resumed_one_scores_nothing_twice(small, tmp_path):
+    model, digits, space = small
+    first = _funnel(small, tmp_path, 12)
+    first.run()
+    rows = first.book.rows
+    assert first.book.built() >= 12
+    uniform = [s for s in rows.values() if s.origin == "uniform"]
+    assert len(uniform) == 4 and all(s.scored for s in uniform)  # the uniform ladder competes, scored first
+    by_ratio = {s.params["prune:conv1"]: s for s in uniform}
+    assert by_ratio[0.0].accuracy > 90 and by_ratio[0.75].accuracy < by_ratio[0.0].accuracy  # real scores
+    assert {s.target for s in rows.values() if s.scored} == {0, 1, 2}  # the whole ladder is reached
+    assert len(first.executor.asked) == len(set(first.executor.asked)) == first.book.built()  # each model once
+    # resumed with a larger size: a new study object on the same journal and book goes on, scoring only new models
+    again = _funnel(small, tmp_path, 20)
+    again.run()
+    assert again.book.built() >= 20 and set(again.book.rows) > set(rows)
+    assert not set(again.executor.asked) & set(first.executor.asked)
+    assert len(again.study.trials) == len(again.book.rows)  # every candidate the study asked for is in the book
+    best = promote(list(again.book.rows.values()), 3, 1)
+    assert [s.target for s in best] == [0, 1, 2]
+
+
+def test_the_same_seed_proposes_the_same_candidates(small, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        f = _funnel(small, tmp_path / name, 10, seed=3)
+        f.run()
+        runs.append([(s.params, s.loss) for _, s in sorted(f.book.rows.items())])
+    assert runs[0] == runs[1]
+
+
+def test_a_candidate_that_cannot_be_scored_is_recorded_and_the_funnel_goes_on(small, tmp_path):
+    model, digits, space = small
+    f = _funnel(small, tmp_path, 6)
+    real = f.spec_of
+
+    def broken(params):  # a precision no layer can take: building this candidate raises in the scorer
+        spec = real(params)
+        return ScoreSpec(spec.ratios, {**spec.precisions, "conv2": "int3"}) if params.get("prune:conv1") == 0.5 \
+            else spec
+
+    f.spec_of = broken
+    f.run()
+    failed = [s for s in f.book.rows.values() if s.error.startswith("failed")]
+    assert failed and all(not s.scored for s in failed)
+    assert f.book.built() >= 6
