@@ -94,6 +94,10 @@ SEARCH_HELP = {
         "Skip the per-layer sensitivity scan (each group pruned alone, each layer quantized alone, no "
         "fine-tune; cached per model) that narrows the space and warm-starts the sampler."
     ),
+    "size": (
+        "Search for smaller files too: offer precisions whose only gain over int8 is size (int4 weights). Without "
+        "it, a layer's int4 is dropped where the device's latency table shows it no faster than int8."
+    ),
     "funnel": (
         "Candidates scored cheaply before the trials (pruned, fake-quantized, BatchNorm re-estimated on training "
         "images, scored on a fixed validation sample: no training) over a ladder of latency targets; the best of "

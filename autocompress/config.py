@@ -242,6 +242,9 @@ class SearchConfig(_Strict):
     # skip proposals the latency model predicts slower than a measured model with at least their channels and
     # precisions (latency_model/screen.py; not with the grid sampler, whose every configuration is the reference)
     screen: bool = True
+    # a search for size too: precisions whose only gain over int8 is a smaller file (int4 weights, no faster than
+    # int8 in the device's table) are offered; without it the latency model drops them
+    size: bool = False
     # build only configurations the latency model predicts within this (ms, with a margin for its error)
     target_latency_ms: float | None = Field(default=None, gt=0)
 

@@ -10,19 +10,12 @@ import pytest
 import torch
 
 from autocompress.config import TrainConfig
-from autocompress.engine.funnel import (
-    Funnel,
-    FunnelBook,
-    Ladder,
-    Scored,
-    open_funnel_study,
-    promote,
-    uniform_ladder,
-)
+from autocompress.engine.funnel import Funnel, Ladder, open_funnel_study, promote, uniform_ladder
 from autocompress.engine.scheduler import model_key
 from autocompress.pipeline.finetune import train
 from autocompress.pipeline.prune import find_groups, kept_channels
 from autocompress.pipeline.score import ScoreSettings, ScoreSpec
+from autocompress.results.funnel import FunnelBook, Scored
 from autocompress.runtime.executor import InProcessExecutor
 from autocompress.space import SpaceFile, build_space
 from autocompress.tasks import load_dataset

@@ -16,8 +16,6 @@ Batches are asked and told whole, so a seed proposes the same candidates whateve
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -29,10 +27,11 @@ from autocompress.engine.prepare import Prepared
 from autocompress.engine.scheduler import model_key
 from autocompress.engine.state import RunState
 from autocompress.pipeline.score import Score, ScoreSettings, ScoreSpec
+from autocompress.results.funnel import FunnelBook, Scored
 from autocompress.runtime.executor import Executor
 from autocompress.space import SearchSpace
 
-__all__ = ["Ladder", "Scored", "FunnelBook", "Funnel", "promote", "uniform_ladder", "open_funnel_study", "run_funnel",
+__all__ = ["Ladder", "Funnel", "promote", "uniform_ladder", "open_funnel_study", "run_funnel",
            "funnel_config_ok", "BATCH_PER_WORKER"]
 
 BATCH_PER_WORKER = 8  # candidates asked (and told) together per scoring worker: one round trip per batch
@@ -61,82 +60,6 @@ class Ladder:
             return None
         met = [i for i, t in enumerate(self.targets) if predicted <= t]
         return met[-1] if met else 0
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One candidate of the funnel: a row of funnel.jsonl."""
-
-    number: int  # its trial in the funnel's study
-    params: dict
-    key: str  # the model it builds (scheduler.model_key)
-    predicted_ms: float | None
-    target: int | None  # its bin in the ladder; None: over every target (not scored)
-    origin: str = "sampled"  # "uniform" (the uniform ladder), "scan" (the sensitivity scan's picks) or "sampled"
-    accuracy: float | None = None  # the cheap score (%), None when not scored
-    agreement: float | None = None
-    loss: float | None = None
-    seconds: float = 0.0
-    error: str = ""  # why it has no score
-
-    @property
-    def scored(self) -> bool:
-        return self.accuracy is not None
-
-    def rank_key(self) -> tuple[float, float]:
-        """Higher is better: the sample's cross-entropy, negated (it ranked fine-tuned accuracy at least as well as
-        accuracy or agreement did in benchmarks/score_rank_demo.md, and it has no ties), then accuracy."""
-        return (-(self.loss if self.loss is not None else math.inf), self.accuracy or 0.0)
-
-    def to_row(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_row(cls, row: dict) -> Scored:
-        return cls(**row)
-
-
-@dataclass
-class FunnelBook:
-    """funnel.jsonl: one line per candidate, appended and synced before the study hears of it; a line cut short by a
-    kill is ignored (that candidate is proposed again)."""
-
-    path: os.PathLike
-    rows: dict[int, Scored] = field(default_factory=dict)
-
-    @classmethod
-    def open(cls, path: os.PathLike) -> FunnelBook:
-        book = cls(path)
-        if os.path.isfile(path):
-            with open(path) as f:
-                for line in f:
-                    try:
-                        s = Scored.from_row(json.loads(line))
-                    except (ValueError, TypeError):
-                        continue
-                    book.rows[s.number] = s
-        return book
-
-    def add(self, rows: list[Scored]) -> None:
-        with open(self.path, "a") as f:
-            for s in rows:
-                f.write(json.dumps(s.to_row(), sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.rows.update({s.number: s for s in rows})
-
-    def by_key(self) -> dict[str, Scored]:
-        """The first scored (or failed) candidate of each model."""
-        out: dict[str, Scored] = {}
-        for n in sorted(self.rows):
-            s = self.rows[n]
-            if s.scored or s.error.startswith("failed"):
-                out.setdefault(s.key, s)
-        return out
-
-    def built(self) -> int:
-        """Candidates built and scored (or failed while being built): what counts toward the funnel's size."""
-        return len(self.by_key())
 
 
 def uniform_ladder(space: SearchSpace) -> list[dict]:
@@ -361,9 +284,11 @@ def _settings(cfg: SearchConfig) -> ScoreSettings:
 
 
 def _ladder(space: SearchSpace, predictor, cfg: SearchConfig) -> Ladder:
-    """From the slower of int8 PTQ and FP32 (as predicted) down to the faster of the most-pruned int8 and fp32."""
-    slow = max(predictor.predict(space.uniform(0.0, p)) for p in ("int8", "fp32"))
-    fast = min(predictor.predict(space.uniform(1.0, p)) for p in ("int8", "fp32"))
+    """From int8 PTQ's predicted latency down to the fastest uniform configuration's (every ratio of the space, int8
+    or fp32: on a small network int8's per-operator overhead can make fp32 the faster)."""
+    slow = predictor.predict(space.uniform(0.0, "int8"))
+    ratios = sorted({r for g in space.groups for r in g.ratios} or {0.0})
+    fast = min(predictor.predict(space.uniform(r, p)) for r in ratios for p in ("int8", "fp32"))
     return Ladder.between(slow, fast, cfg.funnel.targets)
 
 

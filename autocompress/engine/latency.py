@@ -18,8 +18,10 @@ from autocompress.latency_model.predict import (
     Predictor,
     build_predictor,
     calibrate_on_proxies,
+    drop_precisions,
     drop_slow,
     slow_choices,
+    slow_precisions,
 )
 from autocompress.measure.cache import cache_dir
 from autocompress.results.records import SlowChoice, TrialState
@@ -46,6 +48,7 @@ def setup_predictor(prep: Prepared, state: RunState, executor: Executor, baselin
     decided = state.study_made or "slow_choices" in state.meta
     if decided:
         space = _drop(space, [SlowChoice(**c) for c in state.meta.get("slow_choices", [])], log)
+        space = drop_precisions(space, state.meta.get("size_only_dropped", {}))
     if not cfg.latency_model:
         return space, None
     try:
@@ -53,8 +56,11 @@ def setup_predictor(prep: Prepared, state: RunState, executor: Executor, baselin
         if not decided and cfg.sampler != "grid":  # (the grid is the uniform reference: all of its choices stay)
             slow = slow_choices(predictor.model, space)
             space = _drop(space, slow, log)
+            gone = {} if cfg.size else slow_precisions(predictor.model, space)
+            space = _drop_precisions(space, gone, log)
             predictor = predictor.with_space(space)
             state.meta["slow_choices"] = [asdict(c) for c in slow]
+            state.meta["size_only_dropped"] = gone
             state.meta["space"] = space.describe()
             state.rd.write_json(state.rd.meta, state.meta)
         _calibrate(predictor, info, prep, state, executor, baseline, reduce_range, log, latency or LatencyBook(None))
@@ -98,6 +104,14 @@ def _calibrate(predictor: Predictor, info: dict, prep: Prepared, state: RunState
     state.rd.write_json(state.rd.meta, state.meta)
     log(f"  latency model: {info['entries']} layer timings ({info['timed_now']} new, {info['seconds']} s), "
         f"fit on {predictor.model.fit.anchors} whole models measured ({info.get('proxy_seconds', 0)} s)")
+
+
+def _drop_precisions(space: SearchSpace, gone: dict[str, list[str]], log: Callable[[str], None]) -> SearchSpace:
+    if gone:
+        kinds = sorted({p for ps in gone.values() for p in ps})
+        log(f"  not offered in a search for latency: {', '.join(kinds)} on {len(gone)} layer(s), no faster than int8 "
+            "on this device (only a smaller file; --size offers them)")
+    return drop_precisions(space, gone)
 
 
 def _drop(space: SearchSpace, slow: list[SlowChoice], log: Callable[[str], None]) -> SearchSpace:

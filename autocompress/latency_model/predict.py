@@ -22,7 +22,7 @@ from autocompress.results.records import SlowChoice
 from autocompress.space import SearchSpace
 
 __all__ = ["Predictor", "build_predictor", "calibrate_on_proxies", "random_configs", "prediction_errors", "CHUNK",
-           "PROXIES", "SlowChoice", "slow_choices", "drop_slow"]
+           "PROXIES", "SlowChoice", "slow_choices", "drop_slow", "SIZE_ONLY", "slow_precisions", "drop_precisions"]
 
 CHUNK = 32  # layer graphs sent to the device per call (saved, and progress logged, between calls)
 PROXIES = 12  # random whole configurations measured to calibrate the fit before the first trial
@@ -146,6 +146,38 @@ def slow_choices(model: LatencyModel, space: SearchSpace) -> list[SlowChoice]:
                     out.append(SlowChoice(g.name, r_small, small, r_big, big, sum(costs[small]), sum(costs[big])))
                     break
     return out
+
+
+# Precisions whose only gain over int8 is a smaller file: in a search for latency they are offered only where the
+# device's table shows them faster than int8 (int4 weights run as DequantizeLinear + float Conv on CPU runtimes).
+SIZE_ONLY = ("int4",)
+
+
+def slow_precisions(model: LatencyModel, space: SearchSpace) -> dict[str, list[str]]:
+    """Layer -> its SIZE_ONLY precisions that the table shows no faster than int8 at every channel count the space
+    offers it (layers without int8 among their choices are left as they are)."""
+    from autocompress.latency_model.layers import site_keys
+
+    out: dict[str, list[str]] = {}
+    allowed = {layer.name: layer.precisions for layer in space.layers}
+    for s in model.sites:
+        options = allowed.get(s.name, [])
+        if "int8" not in options:
+            continue
+        keys = site_keys(s, space)
+        t = model.table.entries
+        slow = [p for p in options if p in SIZE_ONLY
+                and all(t[k.text()] >= t[replace(k, precision="int8").text()] for k in keys if k.precision == p)]
+        if slow:
+            out[s.name] = slow
+    return out
+
+
+def drop_precisions(space: SearchSpace, gone: dict[str, list[str]]) -> SearchSpace:
+    """`space` without the precisions `gone` names per layer (a new space)."""
+    layers = [replace(layer, precisions=[p for p in layer.precisions if p not in gone.get(layer.name, [])])
+              for layer in space.layers]
+    return replace(space, layers=layers)
 
 
 def drop_slow(space: SearchSpace, slow: list[SlowChoice]) -> SearchSpace:
