@@ -100,9 +100,9 @@ SEARCH_HELP = {
     ),
     "funnel": (
         "Candidates scored cheaply before the trials (pruned, fake-quantized, BatchNorm re-estimated on training "
-        "images, scored on a fixed validation sample: no training) over a ladder of latency targets; the best of "
-        "each target are fine-tuned first (default: 20 per trial of the budget, at most 400, or up to 1000 within a "
-        "quarter of a time budget; 0: no funnel). Needs the latency model."
+        "images, scored on a fixed validation sample: no training) over a ladder of latency targets; each target's "
+        "best are fine-tuned briefly, and the best of those fine-tuned to the end first (default: 20 per trial of the "
+        "budget, at most 400, or up to 1000 within 15% of a time budget; 0: no funnel). Needs the latency model."
     ),
     "confirm_rounds": (
         "When the budget is spent, measure every Pareto model and baseline again, together, this many rounds "

@@ -100,14 +100,20 @@ class FunnelConfig(_Strict):
     fine-tuned to the end first."""
 
     # candidates scored (0: no funnel); None: 20 per trial of a trial budget (at most 400), or up to 1000 within
-    # `time_share` of a time budget
+    # half of `time_share` of a time budget
     candidates: int | None = Field(default=None, ge=0, le=100_000)
     targets: int = Field(default=4, ge=1, le=20)  # latency targets, from int8 PTQ's predicted latency to the fastest
     # candidates per target fine-tuned to the end; None: 2, or fewer so that they take at most half a trial budget
     promote: int | None = Field(default=None, ge=1, le=100)
+    # candidates per target given a short fine-tune, whose accuracy then chooses the promoted ones (successive
+    # halving); None: two more than are promoted; at most the promoted number: no short fine-tunes
+    shortlist: int | None = Field(default=None, ge=0, le=100)
+    # epochs of the short fine-tune; None: a third of the fine-tune's
+    short_epochs: float | None = Field(default=None, gt=0, le=1000)
     bn_images: int = Field(default=256, ge=0)  # training images whose passes re-estimate BatchNorm
     val_images: int = Field(default=512, ge=1)  # validation images every candidate is scored on
-    time_share: float = Field(default=0.25, gt=0, le=1)  # of a time budget, at most
+    # of a time budget, at most: scoring stops at half of it, short fine-tunes start only within it
+    time_share: float = Field(default=0.3, gt=0, le=1)
 
     def n_candidates(self, trials: int | None) -> int:
         if self.candidates is not None:
@@ -119,6 +125,17 @@ class FunnelConfig(_Strict):
         if self.promote is not None:
             return self.promote
         return 2 if trials is None else max(1, min(2, trials // (2 * self.targets)))
+
+    def n_shortlisted(self, trials: int | None) -> int:
+        """Per target (no more than are promoted: no short fine-tunes)."""
+        promoted = self.n_promoted(trials)
+        return max(promoted, self.shortlist if self.shortlist is not None else promoted + 2)
+
+    def short_finetune(self, finetune: TrainConfig) -> TrainConfig | None:
+        """The short fine-tune's settings (the fine-tune's, fewer epochs), or None when there is none to shorten."""
+        if finetune.epochs <= 0:
+            return None
+        return finetune.model_copy(update={"epochs": self.short_epochs or round(finetune.epochs / 3, 3)})
 
 
 # Images kept per split; None = no cap. Every image is used unless the user caps a split for speed

@@ -4,17 +4,19 @@ small trained CNN (pruned, fake-quantized, BatchNorm recalibrated) in this proce
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import optuna
 import pytest
 import torch
 
 from autocompress.config import TrainConfig
-from autocompress.engine.funnel import Funnel, Ladder, open_funnel_study, promote, uniform_ladder
+from autocompress.engine.funnel import Funnel, Ladder, ShortStage, open_funnel_study, promote, uniform_ladder
 from autocompress.engine.scheduler import model_key
 from autocompress.pipeline.finetune import train
 from autocompress.pipeline.prune import find_groups, kept_channels
 from autocompress.pipeline.score import ScoreSettings, ScoreSpec
+from autocompress.pipeline.trial import TrialSpec
 from autocompress.results.funnel import FunnelBook, Scored
 from autocompress.runtime.executor import InProcessExecutor
 from autocompress.space import SpaceFile, build_space
@@ -163,3 +165,74 @@ def test_a_candidate_that_cannot_be_scored_is_recorded_and_the_funnel_goes_on(sm
     failed = [s for s in f.book.rows.values() if s.error.startswith("failed")]
     assert failed and all(not s.scored for s in failed)
     assert f.book.built() >= 6
+
+
+class CountingShorts(InProcessExecutor):
+    """The real in-process executor, also noting the short fine-tunes it was asked for."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.shorts = []
+
+    def submit_short(self, spec):
+        self.shorts.append(dict(spec.ratios))
+        return super().submit_short(spec)
+
+
+def test_short_fine_tunes_rank_the_shortlist_and_a_resumed_run_runs_none_twice(small, tmp_path):
+    model, digits, space = small
+    f = _funnel(small, tmp_path, 12)
+    f.run()
+    shortlist = promote(list(f.book.rows.values()), 3, 2)
+    assert len(shortlist) >= 4 and {s.target for s in shortlist} == {0, 1, 2}
+
+    def spec_of(params):
+        ratios, precisions = space.decode(params)
+        return TrialSpec(ratios, precisions, TrainConfig(epochs=1, lr=0.05), space.round_to, space.min_channels)
+
+    executor = CountingShorts(model, digits, measure=None)
+    ShortStage(executor, spec_of, 1, 600, f.book, log=lambda s: None).run(shortlist)
+    assert len(executor.shorts) == len(shortlist)
+    after = [f.book.rows[s.number] for s in shortlist]
+    assert all(s.short_accuracy is not None and 0 <= s.short_accuracy <= 100 and s.short_seconds > 0 for s in after)
+    # the book keeps them: a new one read from disk has the later lines, and runs nothing again
+    book = FunnelBook.open(tmp_path / "funnel.jsonl")
+    assert [book.rows[s.number].short_accuracy for s in shortlist] == [s.short_accuracy for s in after]
+    again = CountingShorts(model, digits, measure=None)
+    ShortStage(again, spec_of, 1, 600, book, log=lambda s: None).run(shortlist)
+    assert again.shorts == []
+    # the promoted one of each target is the shortlist's best after its short fine-tune
+    best = promote(after, 3, 1, key=Scored.short_key)
+    for s in best:
+        assert s.short_accuracy == max(x.short_accuracy for x in after if x.target == s.target)
+
+
+def test_a_short_fine_tune_that_fails_or_outlives_the_timeout_is_recorded_and_the_others_go_on(small, tmp_path):
+    model, digits, space = small
+    f = _funnel(small, tmp_path, 8)
+    f.run()
+    shortlist = promote(list(f.book.rows.values()), 3, 1)
+
+    def spec_of(params):  # the first candidate cannot be built; the others fine-tune
+        ratios, precisions = space.decode(params)
+        if params == shortlist[0].params:
+            precisions = {**precisions, "conv2": "int3"}
+        return TrialSpec(ratios, precisions, TrainConfig(epochs=1, lr=0.05), space.round_to, space.min_channels)
+
+    ShortStage(InProcessExecutor(model, digits, measure=None), spec_of, 1, 600, f.book, log=lambda s: None
+               ).run(shortlist)
+    rows = [f.book.rows[s.number] for s in shortlist]
+    assert rows[0].short_error and rows[0].short_accuracy is None and rows[0].shortened
+    assert all(r.short_accuracy is not None for r in rows[1:])
+    # a timeout of zero, and fine-tunes long enough not to end within the stage's first wait (1 s): each is late
+    late = FunnelBook.open(tmp_path / "late.jsonl")
+    late.add([Scored(s.number, s.params, s.key, s.predicted_ms, s.target, accuracy=s.accuracy, loss=s.loss)
+              for s in shortlist[1:2]])
+
+    def long_spec(params):
+        return replace(spec_of(params), finetune=TrainConfig(epochs=15, lr=0.05))  # seconds
+
+    executor = InProcessExecutor(model, digits, measure=None)
+    ShortStage(executor, long_spec, 1, 0, late, log=lambda s: None).run(shortlist[1:2])
+    assert "timeout" in late.rows[shortlist[1].number].short_error
+    executor.close()  # (a thread cannot be stopped: its fine-tune runs to the end)

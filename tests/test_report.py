@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+
+import pytest
 
 from autocompress.report import write_report
+from autocompress.report.data import load_report_data
+from autocompress.report.figures import funnel_figure
+from autocompress.results.funnel import FunnelBook, Scored
 from autocompress.results.rundir import RunDir
 
 
@@ -88,6 +94,114 @@ def test_report_names_trials_whose_latency_was_measured_beside_other_load(tmp_pa
     assert "Latency of baseline int8, trial 1 was measured beside other load that did not go away" in html
 
 
+def _config(ratio: float, precision: str) -> dict:
+    """Optuna params of the test space: its one group and one layer each offer a choice."""
+    return {"prune:g": ratio, "quant:l": precision}
+
+
+def _candidate(number, ratio, precision, predicted, target, origin="sampled", accuracy=None, loss=None, error=""):
+    return Scored(number, _config(ratio, precision), key=f"g{ratio}-{precision}", predicted_ms=predicted,
+                  target=target, origin=origin, accuracy=accuracy, agreement=accuracy, loss=loss, seconds=0.5,
+                  error=error)
+
+
+def _candidates() -> list[Scored]:
+    """Two targets (1.0 and 0.5 ms): the uniform ladder, a scan pick, sampled ones, a repeat, one over the targets and
+    one that failed."""
+    return [
+        _candidate(0, 0.0, "int8", 0.9, 0, "uniform", 97.0, 0.10),
+        _candidate(1, 0.5, "int8", 0.45, 1, "uniform", 95.0, 0.20),
+        _candidate(2, 0.25, "int8", 0.7, 0, "scan", 98.0, 0.05),  # the best of the slow target
+        _candidate(3, 0.25, "fp32", 0.95, 0, "sampled", 96.0, 0.15),
+        _candidate(4, 0.75, "int8", 0.3, 1, "sampled", 90.0, 0.40),
+        _candidate(5, 0.25, "int8", 0.7, 0, "sampled", 98.0, 0.05, "the model of candidate 2"),
+        _candidate(6, 0.0, "fp32", 1.5, None),  # over the slowest target: never built
+        _candidate(7, 0.625, "int8", 0.4, 1, error="failed: RuntimeError: boom"),
+    ]
+
+
+def _write_funnel(rd: RunDir, promoted: tuple[int, ...]) -> None:
+    """funnel.jsonl and meta.json's `funnel` as engine/funnel.py leaves them after promoting candidates `promoted`."""
+    book = FunnelBook.open(rd.funnel_book)
+    book.add(_candidates())
+    book.add([replace(book.rows[2], short_accuracy=97.5, short_seconds=3.0)])  # its short fine-tune: a later line
+    meta = rd.read_json(rd.meta)
+    meta["funnel"] = {"targets_ms": [1.0, 0.5], "candidates": 8, "settings": {"bn_images": 64, "val_images": 128},
+                      "done": True, "seconds": 12.5, "scored": 6, "proposed": 8, "failed": 1, "over_targets": 1,
+                      "promoted": [{"candidate": s.number, "target": s.target, "accuracy": s.accuracy, "loss": s.loss,
+                                    "predicted_ms": s.predicted_ms, "origin": s.origin}
+                                   for s in (book.rows[n] for n in promoted)]}
+    rd.write_json(rd.meta, meta)
+
+
+def test_the_report_shows_the_funnel_its_promoted_candidates_and_the_trials_that_ran_them(tmp_path):
+    rd, base = _run_dir(tmp_path, 3)
+    rd.write_json(rd.baselines_json, {"fp32": base})
+    _write_funnel(rd, promoted=(2, 1, 0, 4))  # the best of each target first, then the second best
+    rd.write_table([
+        {**_row(0, 98.0, 98.0, 98.1, 98.2, 0.4, 300_000), "prune:g": 0.25},  # candidate 2: on the front
+        {**_row(1, 97.0, 97.0, 97.1, 97.2, 0.45, 300_000), "prune:g": 0.5},  # candidate 1: dominated by trial 0
+        {"trial": 2, "kind": "search", "state": "STOPPED", "error": "early stop", "prune:g": 0.0, "quant:l": "int8"},
+    ])  # candidate 4 was promoted, but the budget ended before it ran
+
+    page = write_report(rd).read_text()
+    line = ("5 candidates scored in 12.5 s (1 failed, 1 predicted over the slowest target, 1 repeat of a model already "
+            "scored) → 1 short fine-tunes → 4 promoted, fine-tuned first.")
+    assert "<h2>Funnel: score many, fine-tune few</h2>" in page and line in page
+    assert "BatchNorm statistics re-estimated on 64 training images" in page
+    md = rd.report_md.read_text()
+    assert line in md
+    # candidate, origin, target, predicted, score, loss, rank in its target, short fine-tune, trial, its val %, its
+    # latency, front
+    assert "| 2 | scan pick | 1.000 | 0.700 | 98.00 | 0.0500 | 1 of 3 | 97.50 | 0 | 98.00 | 0.400 | yes |" in md
+    assert "| 1 | uniform ladder | 0.500 | 0.450 | 95.00 | 0.2000 | 1 of 2 |  | 1 | 97.00 | 0.450 |  |" in md
+    assert "| 0 | uniform ladder | 1.000 | 0.900 | 97.00 | 0.1000 | 2 of 3 |  | 2 (stopped) |  |  |  |" in md
+    assert "| 4 | sampled | 0.500 | 0.300 | 90.00 | 0.4000 | 2 of 2 |  | not run |  |  |  |" in md
+    section = page.split("Funnel: score many")[1].split("<h2>")[0]
+    assert "<td class=''>2 (stopped)</td>" in section and "<td class=''>not run</td>" in section
+
+    fig = funnel_figure(load_report_data(rd).funnel)
+    traces = {t.name: t for t in fig.data}
+    points = {name: sorted(t.x) for name, t in traces.items()}
+    # one point per distinct model scored: the repeat, the failed one and the one over the targets are not drawn
+    assert points["uniform ladder (every ratio, int8)"] == [0.45, 0.9]
+    assert points["sensitivity scan's picks"] == [0.7]
+    assert points["sampled"] == [0.3, 0.95]
+    assert points["promoted (fine-tuned first)"] == [0.3, 0.45, 0.9]
+    assert points["promoted, its trial on the final Pareto front"] == [0.7]
+    assert sorted(shape.x0 for shape in fig.layout.shapes) == [0.5, 1.0]  # the ladder's targets
+    hover = dict(zip(traces["sensitivity scan's picks"].x, traces["sensitivity scan's picks"].text, strict=True))
+    assert "candidate 2 " in hover[0.7] and "loss 0.0500" in hover[0.7]
+    assert "fine-tuned as trial 0 (complete): val 98.00%, 0.400 ms" in hover[0.7]
+    assert "not fine-tuned" in dict(zip(traces["sampled"].x, traces["sampled"].text, strict=True))[0.95]
+
+
+@pytest.mark.parametrize("funnel, line", [
+    (None, None),  # a run from before the funnel: no section
+    ({"off": "off (funnel.candidates: 0)"}, "The funnel was off (funnel.candidates: 0)."),
+    ({"targets_ms": [1.0], "error": "RuntimeError: no scorer"},
+     "The funnel failed (RuntimeError: no scorer); the trials started from the warm start instead."),
+    # failed after it had promoted: the trials ignored the promotion
+    ({"targets_ms": [1.0], "done": True, "promoted": [], "error": "KeyError: x"},
+     "The funnel failed (KeyError: x); the trials started from the warm start instead."),
+    ({"targets_ms": [1.0], "candidates": 40, "settings": {}},
+     "0 of 40 candidates scored so far (0 failed, 0 predicted over the slowest target); the funnel had not "
+     "finished, so none was promoted yet."),
+])
+def test_the_report_says_in_one_line_why_a_run_has_no_promoted_candidates(tmp_path, funnel, line):
+    rd, base = _run_dir(tmp_path, 1)
+    rd.write_json(rd.baselines_json, {"fp32": base})
+    if funnel is not None:
+        rd.write_json(rd.meta, {**rd.read_json(rd.meta), "funnel": funnel})
+    rd.write_table([_row(0, 98.0, 98.0, 98.1, 98.2, 0.4, 300_000)])
+    page, md = write_report(rd).read_text(), rd.report_md.read_text()
+    if line is None:
+        assert "Funnel" not in page and "funnel" not in md.lower()
+    else:
+        assert f"<p>{line}</p>" in page and f"\n{line}\n" in md
+        assert "<table" not in page.split("Funnel")[1].split("<h2>")[0]  # no figure, no promoted table
+
+
 def test_a_report_shows_the_pruning_criterion_and_the_fp16_layers_a_search_chose(tmp_path):
     """A real short search whose space offers two criteria and fp16 / int8 layers: the report's per-layer table
     names the criterion the trial used and marks its fp16 layers."""
@@ -110,6 +224,7 @@ def test_a_report_shows_the_pruning_criterion_and_the_fp16_layers_a_search_chose
     chosen = {c.split(":", 1)[1]: v for c, v in row.items() if c.startswith("quant:")}
     assert "fp16" in chosen.values()
     page = (tmp_path / "run" / "report.html").read_text()
+    assert "<h2>Funnel</h2><p>The funnel was off: it needs the latency model" in page  # latency_model=False
     assert f"<td class='l'>pruning criterion</td><td>{row['criterion']}</td>" in page
     for layer, precision in chosen.items():
         assert f"<td class='l'>layer <code>{layer}</code></td><td class='{precision}'>{precision}</td>" in page

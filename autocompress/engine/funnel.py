@@ -27,12 +27,13 @@ from autocompress.engine.prepare import Prepared
 from autocompress.engine.scheduler import model_key
 from autocompress.engine.state import RunState
 from autocompress.pipeline.score import Score, ScoreSettings, ScoreSpec
+from autocompress.pipeline.trial import TrialSpec
 from autocompress.results.funnel import FunnelBook, Scored
 from autocompress.runtime.executor import Executor
 from autocompress.space import SearchSpace
 
 __all__ = ["Ladder", "Funnel", "promote", "uniform_ladder", "open_funnel_study", "run_funnel",
-           "funnel_config_ok", "BATCH_PER_WORKER"]
+           "funnel_config_ok", "ShortStage", "BATCH_PER_WORKER"]
 
 BATCH_PER_WORKER = 8  # candidates asked (and told) together per scoring worker: one round trip per batch
 MAX_IDLE_BATCHES = 20  # batches in a row without a new candidate scored (all repeats or over the targets): stop
@@ -74,14 +75,16 @@ def uniform_ladder(space: SearchSpace) -> list[dict]:
     return out
 
 
-def promote(rows: list[Scored], n_targets: int, per_target: int) -> list[Scored]:
-    """The best-scored `per_target` distinct models of each target, ordered best of every target first (then the
-    second best of each...), so a small trial budget still covers the whole ladder."""
+def promote(rows: list[Scored], n_targets: int, per_target: int,
+            key: Callable[[Scored], tuple] = Scored.rank_key) -> list[Scored]:
+    """The best `per_target` distinct models of each target by `key` (higher is better; default: the score),
+    ordered best of every target first (then the second best of each...), so a small trial budget still covers the
+    whole ladder."""
     ranked: list[list[Scored]] = []
     for t in range(n_targets):
         seen: set[str] = set()
         best: list[Scored] = []
-        for s in sorted((s for s in rows if s.scored and s.target == t), key=lambda s: (s.rank_key(), -s.number),
+        for s in sorted((s for s in rows if s.scored and s.target == t), key=lambda s: (key(s), -s.number),
                         reverse=True):
             if s.key not in seen:
                 seen.add(s.key)
@@ -243,10 +246,10 @@ def open_funnel_study(journal: os.PathLike, name: str, *, sampler, first: list[t
 
 
 def run_funnel(prep: Prepared, state: RunState, executor: Executor, predictor, scan_picks: list[dict],
-               reduce_range: bool, log: Callable[[str], None]) -> list[dict]:
-    """Score the funnel's candidates (going on from a resumed run's book) and return the promoted ones' params, in
-    the order the trials should run them; [] when this search runs no funnel. The ladder and the promotion are in
-    meta.json's `funnel`."""
+               reduce_range: bool, make_spec: Callable[[dict], TrialSpec], log: Callable[[str], None]) -> list[dict]:
+    """Score the funnel's candidates, give the shortlist its short fine-tunes (going on from a resumed run's book),
+    and return the promoted ones' params, in the order the trials should run them; [] when this search runs no
+    funnel. The ladder, the counts and the promotion are in meta.json's `funnel`. `make_spec`: a trial's spec."""
     cfg, space = prep.config, prep.space
     why = funnel_config_ok(cfg, space, predictor)
     if why is not None:
@@ -259,24 +262,119 @@ def run_funnel(prep: Prepared, state: RunState, executor: Executor, predictor, s
     n = cfg.funnel.n_candidates(cfg.budget.trials)
     meta.update(targets_ms=list(ladder.targets), candidates=n, settings=asdict(_settings(cfg)))
     state.meta["funnel"] = meta
-    t0 = time.perf_counter()
-    if not meta.get("done"):
+    t0, deadlines = time.perf_counter(), _Deadlines.of(cfg, state)
+    if not meta.get("scored_all"):
         log(f"funnel: scoring up to {n} candidates (pruned, fake-quantized, BatchNorm re-estimated, no training) "
             f"over {len(ladder.targets)} latency targets {', '.join(f'{t:.3g}' for t in ladder.targets)} ms")
-        _funnel(prep, state, executor, predictor, ladder, book, scan_picks, reduce_range, log).run()
-    per_target = cfg.funnel.n_promoted(cfg.budget.trials)
-    best = promote(list(book.rows.values()), len(ladder.targets), per_target)
-    meta.update(done=True, seconds=round(meta.get("seconds", 0.0) + time.perf_counter() - t0, 1),
-                scored=sum(s.scored for s in book.rows.values()), proposed=len(book.rows),
-                failed=sum(s.error.startswith("failed") for s in book.rows.values()),
-                over_targets=sum(s.target is None for s in book.rows.values()),
-                promoted=[{"candidate": s.number, "target": s.target, "accuracy": s.accuracy, "loss": s.loss,
-                           "predicted_ms": s.predicted_ms, "origin": s.origin} for s in best])
+        _funnel(prep, state, executor, predictor, ladder, book, scan_picks, reduce_range, deadlines.score, log).run()
+        meta.update(scored_all=True, score_seconds=round(meta.get("seconds", 0.0) + time.perf_counter() - t0, 1))
+        state.rd.write_json(state.rd.meta, state.meta)
+    best = _promoted(cfg, ladder, book, executor, make_spec, deadlines.short, log)
+    _note(meta, book, best, time.perf_counter() - t0)
     state.rd.write_json(state.rd.meta, state.meta)
     for s in best:
-        log(f"  promoted candidate {s.number} ({s.origin}): score {s.accuracy:.2f}% (loss {s.loss:.3f}), predicted "
-            f"{s.predicted_ms:.3f} ms (target {ladder.targets[s.target]:.3g} ms)")
+        short = f", short fine-tune {s.short_accuracy:.2f}%" if s.short_accuracy is not None else ""
+        log(f"  promoted candidate {s.number} ({s.origin}): score {s.accuracy:.2f}% (loss {s.loss:.3f}){short}, "
+            f"predicted {s.predicted_ms:.3f} ms (target {ladder.targets[s.target]:.3g} ms)")
     return [s.params for s in best]
+
+
+@dataclass(frozen=True)
+class _Deadlines:
+    """perf_counter times after which no scoring batch (`score`) or short fine-tune (`short`) starts; None: no time
+    budget. Scoring takes up to half the funnel's share of a time budget, the short fine-tunes the rest."""
+
+    score: float | None = None
+    short: float | None = None
+
+    @classmethod
+    def of(cls, cfg: SearchConfig, state: RunState) -> _Deadlines:
+        if not cfg.budget.seconds:
+            return cls()
+        left = max(0.0, cfg.budget.seconds - state.elapsed)
+        share = cfg.funnel.time_share * cfg.budget.seconds - float(state.meta["funnel"].get("seconds", 0.0))
+        now = time.perf_counter()
+        return cls(now + max(0.0, min(share / 2, left)), now + max(0.0, min(share, left)))
+
+
+def _promoted(cfg: SearchConfig, ladder: Ladder, book: FunnelBook, executor: Executor,
+              make_spec: Callable[[dict], TrialSpec], deadline: float | None,
+              log: Callable[[str], None]) -> list[Scored]:
+    """The best-scored of each target; or, with short fine-tunes, the best of each target's shortlist after them."""
+    n_targets, per_target = len(ladder.targets), cfg.funnel.n_promoted(cfg.budget.trials)
+    rows = list(book.rows.values())
+    shortlisted = cfg.funnel.n_shortlisted(cfg.budget.trials)
+    short = cfg.funnel.short_finetune(cfg.finetune)
+    if short is None or shortlisted <= per_target:
+        return promote(rows, n_targets, per_target)
+    shortlist = promote(rows, n_targets, shortlisted)
+    ShortStage(executor, lambda p: replace(make_spec(p), finetune=short), cfg.concurrency, cfg.trial_timeout_s,
+               book, deadline, log).run(shortlist)
+    return promote([book.rows[s.number] for s in shortlist], n_targets, per_target, key=Scored.short_key)
+
+
+def _note(meta: dict, book: FunnelBook, best: list[Scored], seconds: float) -> None:
+    rows = book.rows.values()
+    meta.update(done=True, seconds=round(meta.get("seconds", 0.0) + seconds, 1),
+                scored=sum(s.scored for s in rows), proposed=len(book.rows),
+                failed=sum(s.error.startswith("failed") for s in rows),
+                over_targets=sum(s.target is None for s in rows),
+                shortened=sum(s.short_accuracy is not None for s in rows),
+                short_failed=sum(bool(s.short_error) for s in rows),
+                promoted=[{"candidate": s.number, "target": s.target, "accuracy": s.accuracy, "loss": s.loss,
+                           "short_accuracy": s.short_accuracy, "predicted_ms": s.predicted_ms, "origin": s.origin}
+                          for s in best])
+
+
+@dataclass
+class ShortStage:
+    """The shortlist's short fine-tunes, `concurrency` at a time where trials run; each result is a new line of the
+    candidate in the book, so a resumed run runs none twice. A failing or late one is recorded and the others go
+    on; none starts after `deadline`."""
+
+    executor: Executor
+    make_spec: Callable[[dict], TrialSpec]  # params -> the short fine-tune's spec
+    concurrency: int
+    timeout_s: float
+    book: FunnelBook
+    deadline: float | None = None
+    log: Callable[[str], None] = print
+
+    def run(self, shortlist: list[Scored]) -> None:
+        todo = [s for s in shortlist if not self.book.rows[s.number].shortened]
+        if todo:
+            self.log(f"funnel: short fine-tunes of {len(todo)} shortlisted candidate(s) "
+                     f"({len(shortlist) - len(todo)} done before)")
+        running: dict = {}  # handle -> (candidate, start)
+        while todo or running:
+            while todo and len(running) < self.concurrency and self._in_time():
+                s = todo.pop(0)
+                running[self.executor.submit_short(self.make_spec(s.params))] = (s, time.perf_counter())
+            if not running:
+                break  # past the deadline: the rest keep their score only
+            ready = self.executor.wait(list(running), timeout=1.0)
+            now = time.perf_counter()
+            for handle in [h for h in running if h in ready or now - running[h][1] > self.timeout_s]:
+                s, t0 = running.pop(handle)
+                self._record(s, handle, handle in ready, now - t0)
+
+    def _in_time(self) -> bool:
+        return self.deadline is None or time.perf_counter() < self.deadline
+
+    def _record(self, s: Scored, handle, finished: bool, seconds: float) -> None:
+        from autocompress.errors import describe_error
+
+        try:
+            if not finished:
+                self.executor.cancel(handle)
+                raise TimeoutError(f"short fine-tune exceeded the per-trial timeout of {self.timeout_s:g} s")
+            out = self.executor.get(handle)
+            row = replace(s, short_accuracy=round(out.val_accuracy, 4), short_seconds=round(seconds, 2))
+            self.log(f"  candidate {s.number}: short fine-tune {row.short_accuracy:.2f}% in {seconds:.0f} s")
+        except Exception as e:  # noqa: BLE001 - one failing short fine-tune leaves its candidate its score only
+            row = replace(s, short_error=describe_error(e), short_seconds=round(seconds, 2))
+            self.log(f"  candidate {s.number}: short fine-tune failed ({row.short_error})")
+        self.book.add([row])
 
 
 def _settings(cfg: SearchConfig) -> ScoreSettings:
@@ -293,7 +391,7 @@ def _ladder(space: SearchSpace, predictor, cfg: SearchConfig) -> Ladder:
 
 
 def _funnel(prep: Prepared, state: RunState, executor: Executor, predictor, ladder: Ladder, book: FunnelBook,
-            scan_picks: list[dict], reduce_range: bool, log: Callable[[str], None]) -> Funnel:
+            scan_picks: list[dict], reduce_range: bool, deadline: float | None, log: Callable[[str], None]) -> Funnel:
     import optuna
 
     cfg, space = prep.config, prep.space
@@ -303,11 +401,6 @@ def _funnel(prep: Prepared, state: RunState, executor: Executor, predictor, ladd
     first = [(p, "uniform") for p in uniform_ladder(space)] + [(p, "scan") for p in scan_picks]
     study = open_funnel_study(state.rd.funnel_journal, f"{prep.run_name}-funnel", sampler=sampler, first=first,
                               book=book)
-    deadline = None
-    if cfg.budget.seconds:
-        share = cfg.funnel.time_share * cfg.budget.seconds - float(state.meta["funnel"].get("seconds", 0.0))
-        deadline = time.perf_counter() + max(0.0, min(share, cfg.budget.seconds - state.elapsed))
-
     def spec_of(params: dict) -> ScoreSpec:
         ratios, precisions = space.decode(params)
         return ScoreSpec(ratios, precisions, space.criterion(params), space.round_to, space.min_channels,

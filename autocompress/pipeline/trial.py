@@ -24,7 +24,8 @@ from autocompress.pipeline.prune import channel_counts, prune_model
 from autocompress.pipeline.quantize import calibrate_activations, fake_quantized, quantize_static_onnx
 from autocompress.tasks.data import Splits
 
-__all__ = ["TrialSpec", "TrialOutput", "StoppedEarly", "Laps", "run_pipeline", "build_artifact"]
+__all__ = ["TrialSpec", "TrialOutput", "StoppedEarly", "ShortOutput", "Laps", "run_pipeline", "run_short",
+           "build_artifact"]
 
 
 @dataclass
@@ -100,11 +101,7 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *,
     torch.manual_seed(spec.seed)
     lap = Laps()
 
-    example = splits.val.images(1)
-    model = copy.deepcopy(baseline).eval()
-    kept = prune_model(model, example, dict(spec.ratios),  # ratio 0 groups are recorded, not pruned
-                       round_to=spec.round_to, min_channels=spec.min_channels, criterion=spec.criterion,
-                       data=splits.train)
+    model, kept = _pruned_copy(baseline, splits, spec)
     lap("prune")
 
     # qmodel computes what the ORT artifact will
@@ -134,6 +131,43 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *,
     out = build_artifact(model, splits, spec, kept, lap=lap, threads=threads)
     out.halfway_accuracy = halfway[0] if halfway else None
     return out
+
+
+@dataclass
+class ShortOutput:
+    """A short fine-tune's result: the funnel's middle stage."""
+
+    val_accuracy: float  # of the PyTorch (fake-quant) model on the validation split
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_short(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *, threads: int | None = None) -> ShortOutput:
+    """`spec`'s candidate pruned and fine-tuned as a trial is (with spec's, shorter, fine-tune), then its fake-quant
+    model evaluated on validation: what ranks the funnel's shortlist. No export and no test pass: test accuracy is
+    computed for the models that are fine-tuned to the end only."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(spec.seed)
+    lap = Laps()
+    model, _ = _pruned_copy(baseline, splits, spec)
+    lap("prune")
+    with fake_quantized(model, spec.precisions, reduce_range=spec.reduce_range) as qmodel:
+        if spec.finetune is not None and spec.finetune.epochs > 0:
+            train(qmodel, splits.train, settings=spec.finetune, seed=spec.seed, teacher=baseline,
+                  device=spec.train_device, augment=splits.augment)
+        lap("finetune")
+        acc = evaluate(qmodel, splits.val)
+        lap("evaluate_torch")
+    return ShortOutput(acc, lap.times)
+
+
+def _pruned_copy(baseline: torch.nn.Module, splits: Splits,
+                 spec: TrialSpec) -> tuple[torch.nn.Module, dict[str, tuple[int, int]]]:
+    model = copy.deepcopy(baseline).eval()
+    kept = prune_model(model, splits.val.images(1), dict(spec.ratios),  # ratio 0 groups are recorded, not pruned
+                       round_to=spec.round_to, min_channels=spec.min_channels, criterion=spec.criterion,
+                       data=splits.train)
+    return model, kept
 
 
 def build_artifact(model: torch.nn.Module, splits: Splits, spec: TrialSpec, kept: dict[str, tuple[int, int]], *,

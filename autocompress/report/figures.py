@@ -1,11 +1,12 @@
-"""The report's plotly figures: accuracy vs latency, hypervolume over the trials, where the time went."""
+"""The report's plotly figures: accuracy vs latency, hypervolume over the trials, where the time went, the funnel."""
 
 from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from autocompress.report.data import BASELINE_LABELS, completed
+from autocompress.report.data import BASELINE_LABELS, FunnelData, completed
+from autocompress.results.funnel import Scored
 from autocompress.results.stages import own_stage_columns
 
 _BASELINE_STYLE = {"fp32": ("star", "#111827"), "int8": ("star", "#dc2626"), "prune25-int8": ("diamond", "#ea580c"),
@@ -154,3 +155,78 @@ def prediction_figure(done: pd.DataFrame, model: dict) -> tuple[go.Figure, str] 
             f"{model.get('proxies', 0)} random configurations measured untrained, then each trial). {summary}"
             "Column latency_predicted_ms of trials.csv.")
     return fig, text
+
+
+# the funnel's candidates by origin: (legend name, symbol, colour, size); the uniform ladder stands out, being the
+# configurations a user could make by hand
+FUNNEL_ORIGINS = {"uniform": ("uniform ladder (every ratio, int8)", "star", "#dc2626", 14),
+                  "scan": ("sensitivity scan's picks", "diamond", "#ea580c", 10),
+                  "sampled": ("sampled", "circle", "#9ca3af", 7)}
+
+
+def funnel_figure(funnel: FunnelData) -> go.Figure | None:
+    """Each distinct model the funnel scored: its score (accuracy on the fixed sample) against its predicted latency,
+    by origin, the promoted ones ringed, the ladder's targets as dashed lines; None when none was scored."""
+    scored = sorted(funnel.scored, key=lambda s: s.predicted_ms or 0.0)
+    if not scored:
+        return None
+    fig = go.Figure()
+    for origin in (*(o for o in FUNNEL_ORIGINS if o != "uniform"), "uniform"):  # the ladder drawn over the rest
+        rows = [s for s in scored if _origin(s) == origin]
+        if rows:
+            fig.add_trace(_origin_trace(funnel, rows, origin))
+    for trace in _promoted_traces(funnel):
+        fig.add_trace(trace)
+    for t in funnel.targets_ms:
+        fig.add_vline(x=t, line=dict(dash="dash", color="#6b7280", width=1), annotation_text=f"target {t:.3g} ms",
+                      annotation_position="top", annotation_font_size=10)
+    fig.update_layout(xaxis_title="latency predicted by the latency model before building, ms",
+                      yaxis_title="score: accuracy (%) on the fixed validation sample, untrained",
+                      template="plotly_white", height=480, legend=dict(orientation="h", y=-0.2),
+                      margin=dict(l=60, r=20, t=30, b=40))
+    return fig
+
+
+def _origin(s: Scored) -> str:
+    return s.origin if s.origin in FUNNEL_ORIGINS else "sampled"
+
+
+def _origin_trace(funnel: FunnelData, rows: list[Scored], origin: str) -> go.Scatter:
+    name, symbol, color, size = FUNNEL_ORIGINS[origin]
+    return go.Scatter(x=[s.predicted_ms for s in rows], y=[s.accuracy for s in rows],
+                      mode="lines+markers" if origin == "uniform" else "markers", name=name,
+                      line=dict(color=color, dash="dot", width=1),  # the ladder as a line: one ratio to the next
+                      marker=dict(symbol=symbol, size=size, color=color, opacity=1.0 if origin != "sampled" else 0.6,
+                                  line=dict(width=1, color="white")),
+                      text=[_candidate_hover(funnel, s) for s in rows], hoverinfo="text")
+
+
+def _promoted_traces(funnel: FunnelData) -> list[go.Scatter]:
+    """Rings around the promoted candidates: thick where the trial that fine-tuned one is on the final front."""
+    out = []
+    for on_front, name, width in ((False, "promoted (fine-tuned first)", 2),
+                                  (True, "promoted, its trial on the final Pareto front", 4)):
+        rows = [p.candidate for p in funnel.promoted
+                if p.candidate.scored and (p.trial is not None and p.trial.on_front) == on_front]
+        if rows:
+            out.append(go.Scatter(x=[s.predicted_ms for s in rows], y=[s.accuracy for s in rows], mode="markers",
+                                  name=name, marker=dict(symbol="circle-open", size=22, color="#2563eb",
+                                                         line=dict(width=width, color="#2563eb")),
+                                  text=[_candidate_hover(funnel, s) for s in rows], hoverinfo="text"))
+    return out
+
+
+def _candidate_hover(funnel: FunnelData, s: Scored) -> str:
+    target, rank, trial = funnel.target_ms(s), funnel.ranks.get(s.key), funnel.trials.get(s.number)
+    where = (f"target {target:.3g} ms" if target is not None else "no target")
+    if rank is not None:
+        where += f", rank {rank.rank} of {rank.of} there"
+    ran = "not fine-tuned"
+    if trial is not None:
+        ran = f"fine-tuned as trial {trial.trial} ({trial.state.lower()})"
+        if trial.val_accuracy is not None and trial.latency_ms is not None:
+            ran += f": val {trial.val_accuracy:.2f}%, {trial.latency_ms:.3f} ms"
+    loss = f"{s.loss:.4f}" if s.loss is not None else "?"
+    predicted = f"{s.predicted_ms:.3f}" if s.predicted_ms is not None else "?"
+    return (f"candidate {s.number} ({FUNNEL_ORIGINS[_origin(s)][0]})<br>score {s.accuracy:.2f}% · loss {loss}"
+            f"<br>predicted {predicted} ms · {where}<br>{ran}")

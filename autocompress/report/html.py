@@ -10,12 +10,22 @@ import pandas as pd
 from autocompress.report.data import (
     BASELINE_LABELS,
     PARITY_LIMIT,
+    PROMOTED_HEADINGS,
     ReportData,
+    TrialLookup,
     completed,
     dominated_by_baselines,
+    funnel_summary,
     pareto_config,
+    promoted_cells,
 )
-from autocompress.report.figures import hypervolume_figure, pareto_scatter, prediction_figure, stage_figure
+from autocompress.report.figures import (
+    funnel_figure,
+    hypervolume_figure,
+    pareto_scatter,
+    prediction_figure,
+    stage_figure,
+)
 from autocompress.report.notes import measurement_notes
 from autocompress.results.pareto import fastest_within
 from autocompress.results.records import Allocated, SlowChoice
@@ -53,6 +63,7 @@ def report_page(data: ReportData, rounds: int) -> str:
         _pareto_plot(data),
         _search_quality(data) + _where_the_time_went(data),  # one block of the page: no newline between them
         _latency_model(data),
+        _funnel_section(data),
         f"<h2>Pareto models</h2>{_pareto_table(data, cols)}",
         '<h2>Baselines</h2><p class="sub">Measured exactly like the trials. The uniformly pruned ones get the trials\' '
         f"own fine-tune.</p>{_baselines_table(data, cols)}",
@@ -150,15 +161,45 @@ def _allocated_html(data: ReportData) -> str:
     if not allocated:
         return ""
     items = []
+    lookup = TrialLookup(data.table)
     for a in allocated:
-        ran = data.table
-        for k, v in a.params.items():
-            ran = ran[ran[k] == v] if k in ran.columns else ran.iloc[0:0]
-        who = f"trial {int(ran['trial'].iloc[0])}" if len(ran) else "not run (the budget ended first)"
+        ran = lookup.row_of(a.params)
+        who = f"trial {int(ran['trial'])}" if ran is not None else "not run (the budget ended first)"
         items.append(f"<li>{who}: {html.escape(a.text())}</li>")
     return ("<p class='sub'>Proposed before the sampler, from the layer table and the sensitivity scan: each as "
             "fast as a uniform int8 configuration, its pruning placed where the scan lost the fewest points per "
             "millisecond saved:</p><ul>" + "".join(items) + "</ul>")
+
+
+def _funnel_section(data: ReportData) -> str:
+    """The candidates scored before the trials, the promoted ones and their trials; one line when the funnel was off
+    or failed, nothing for a run from before it."""
+    f = data.funnel
+    if f is None:
+        return ""
+    line = f"<p>{html.escape(funnel_summary(f))}</p>"
+    if f.status in ("off", "failed"):
+        return f"<h2>Funnel</h2>{line}"
+    fig = funnel_figure(f)
+    # plotly.js is inlined once, by the accuracy-vs-latency plot, which a run with no completed trial does not draw
+    plot = fig.to_html(full_html=False, include_plotlyjs=not len(data.done)) if fig is not None else ""
+    settings = f.settings
+    how = ("<p class='sub'>Before the trials, each candidate was pruned and fake-quantized as its trial would be, "
+           f"its BatchNorm statistics re-estimated on {settings.get('bn_images', '?')} training images (no training), "
+           f"and scored on a fixed sample of {settings.get('val_images', '?')} validation images. The best of each "
+           "latency target (dashed lines) by the sample's loss was promoted and fine-tuned first, best of every "
+           "target before any second best. Ringed: promoted; thick ring: its trial is on the final Pareto front. "
+           "Rank: among the distinct models scored in that target.</p>")
+    return f"<h2>Funnel: score many, fine-tune few</h2>{line}{how}{plot}{_promoted_table(data)}"
+
+
+def _promoted_table(data: ReportData) -> str:
+    f = data.funnel
+    if f is None or not f.promoted:
+        return ""
+    rows = pd.DataFrame([promoted_cells(f, p) for p in f.promoted], columns=list(PROMOTED_HEADINGS))
+    cols: list[Column] = [(h, h, lambda r, h=h: html.escape(r[h])) for h in PROMOTED_HEADINGS]
+    return _table(rows, cols, left={"origin"})
 
 
 def _where_the_time_went(data: ReportData) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autocompress.report.data import ReportData, completed
+from autocompress.report.data import PROMOTED_HEADINGS, ReportData, completed, funnel_summary, promoted_cells
 from autocompress.results.preprocessing import recorded_preprocessing
 
 
@@ -30,6 +30,21 @@ def report_markdown(data: ReportData) -> str:
     if err.get("n"):
         md += ["", f"Latency predicted before training (measured latency model of the device): error over "
                    f"{err['n']} trials median {err['median_pct']:.1f}%, worst {err['worst_pct']:.1f}%."]
+    md += _funnel_lines(data)
     for f in data.finals:  # `autocompress finalize`: each final model's own section
         md += ["", (data.path / "final" / f["name"] / "report.md").read_text().rstrip()]
     return "\n".join(md) + "\n"
+
+
+def _funnel_lines(data: ReportData) -> list[str]:
+    """The funnel's line and its promoted candidates; [] for a run from before the funnel."""
+    f = data.funnel
+    if f is None:
+        return []
+    if f.status in ("off", "failed"):
+        return ["", funnel_summary(f)]
+    out = ["", "## Funnel: score many, fine-tune few", "", funnel_summary(f)]
+    if f.promoted:
+        out += ["", "| " + " | ".join(PROMOTED_HEADINGS) + " |", "|" + "---|" * len(PROMOTED_HEADINGS)]
+        out += ["| " + " | ".join(promoted_cells(f, p)) + " |" for p in f.promoted]
+    return out

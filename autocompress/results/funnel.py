@@ -26,6 +26,11 @@ class Scored:
     loss: float | None = None
     seconds: float = 0.0
     error: str = ""  # why it has no score
+    # the shortlist's short fine-tune (a later line of the same candidate): validation accuracy (%) of the fake-quant
+    # PyTorch model, or why it has none
+    short_accuracy: float | None = None
+    short_seconds: float = 0.0
+    short_error: str = ""
 
     @property
     def scored(self) -> bool:
@@ -35,6 +40,15 @@ class Scored:
         """Higher is better: the sample's cross-entropy, negated (it ranked fine-tuned accuracy at least as well as
         accuracy or agreement did in benchmarks/score_rank_demo.md, and it has no ties), then accuracy."""
         return (-(self.loss if self.loss is not None else math.inf), self.accuracy or 0.0)
+
+    def short_key(self) -> tuple[float, float, float]:
+        """Higher is better: the short fine-tune's accuracy (a candidate without one last), then the score."""
+        return (self.short_accuracy if self.short_accuracy is not None else -math.inf, *self.rank_key())
+
+    @property
+    def shortened(self) -> bool:
+        """Whether its short fine-tune is done (or failed): a resumed run does not run it again."""
+        return self.short_accuracy is not None or bool(self.short_error)
 
     def to_row(self) -> dict:
         return asdict(self)
@@ -46,8 +60,8 @@ class Scored:
 
 @dataclass
 class FunnelBook:
-    """funnel.jsonl: one line per candidate, appended and synced before the study hears of it; a line cut short by a
-    kill is ignored (that candidate is proposed again)."""
+    """funnel.jsonl: one line per candidate, appended and synced before the study hears of it; a candidate's short
+    fine-tune appends a later line of it, which wins. A line cut short by a kill is ignored."""
 
     path: os.PathLike
     rows: dict[int, Scored] = field(default_factory=dict)

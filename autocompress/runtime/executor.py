@@ -16,7 +16,7 @@ import torch
 
 from autocompress.errors import describe_error
 from autocompress.pipeline.score import Score, Scorer, ScoreSettings, ScoreSpec
-from autocompress.pipeline.trial import TrialOutput, TrialSpec, run_pipeline
+from autocompress.pipeline.trial import ShortOutput, TrialOutput, TrialSpec, run_pipeline, run_short
 from autocompress.tasks.data import Splits
 
 __all__ = ["Executor", "RayExecutor", "InProcessExecutor", "autocompress_trial", "ship_user_code"]
@@ -25,6 +25,9 @@ __all__ = ["Executor", "RayExecutor", "InProcessExecutor", "autocompress_trial",
 class Executor(Protocol):
     def submit_trial(self, spec: TrialSpec) -> Any:
         """Start the pipeline for `spec`; returns a handle."""
+
+    def submit_short(self, spec: TrialSpec) -> Any:
+        """Start a short fine-tune of `spec`'s candidate (pipeline.trial.run_short); returns a handle."""
 
     def submit_measure(self, onnx_bytes: bytes) -> Any:
         """Start a latency measurement of an ONNX file on the device; returns a handle."""
@@ -73,6 +76,11 @@ def _score_or_error(scorer: Scorer, spec: ScoreSpec) -> Score | str:
         return scorer.score(spec)
     except Exception as e:  # noqa: BLE001 - one candidate that cannot be built or scored is that candidate's result
         return describe_error(e)
+
+
+def autocompress_short(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, threads: int) -> ShortOutput:
+    """Runs in a Ray worker: the funnel's short fine-tune (nothing is measured meanwhile)."""
+    return run_short(baseline, splits, spec, threads=threads)
 
 
 def _scan_task(baseline: torch.nn.Module, splits: Splits, space, reduce_range: bool, threads: int) -> dict:
@@ -161,11 +169,15 @@ class RayExecutor:
         self.input_shape = input_shape
         self.resources = resources or {"num_cpus": threads}
         self._trial = ray.remote(autocompress_trial).options(**self.resources, max_retries=0)
+        self._short = ray.remote(autocompress_short).options(**self.resources, max_retries=0)
         self._scorers: list = []
         self._scoring: ScoreSettings | None = None
 
     def submit_trial(self, spec: TrialSpec):
         return self._trial.remote(self.base_ref, self.splits_ref, spec, self.threads)
+
+    def submit_short(self, spec: TrialSpec):
+        return self._short.remote(self.base_ref, self.splits_ref, spec, self.threads)
 
     def submit_measure(self, onnx_bytes: bytes):
         return self.device.measure.remote(onnx_bytes, self.input_shape)
@@ -221,6 +233,9 @@ class InProcessExecutor:
 
     def submit_trial(self, spec: TrialSpec) -> cf.Future:
         return self._trials.submit(run_pipeline, self.baseline, self.splits, spec, threads=self.threads)
+
+    def submit_short(self, spec: TrialSpec) -> cf.Future:
+        return self._trials.submit(run_short, self.baseline, self.splits, spec, threads=self.threads)
 
     def submit_measure(self, onnx_bytes: bytes) -> cf.Future:
         return self._device.submit(self.measure, onnx_bytes)
