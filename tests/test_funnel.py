@@ -236,3 +236,24 @@ def test_a_short_fine_tune_that_fails_or_outlives_the_timeout_is_recorded_and_th
     ShortStage(executor, long_spec, 1, 0, late, log=lambda s: None).run(shortlist[1:2])
     assert "timeout" in late.rows[shortlist[1].number].short_error
     executor.close()  # (a thread cannot be stopped: its fine-tune runs to the end)
+
+
+def test_the_funnel_keeps_its_share_of_a_time_budget(small, tmp_path):
+    """No scoring batch starts after the funnel's deadline, and no short fine-tune after the short stage's."""
+    import time
+
+    f = _funnel(small, tmp_path, 100_000)
+    t0 = time.perf_counter()
+    f.deadline = t0 + 2.0
+    f.run()
+    end = time.perf_counter()
+    assert 0 < f.book.built() < 100_000 and end >= f.deadline
+    per_model = max(s.seconds for s in f.book.rows.values() if s.scored)
+    # a batch is 8 candidates (one worker): at most one batch after the deadline, with 2 s for asking and telling
+    assert end - f.deadline <= 8 * per_model + 2.0, (end - f.deadline, per_model)
+    model, digits, space = small
+    executor = CountingShorts(model, digits, measure=None)
+    shortlist = promote(list(f.book.rows.values()), 3, 2)
+    ShortStage(executor, lambda p: None, 1, 600, f.book, deadline=time.perf_counter() - 1, log=lambda s: None
+               ).run(shortlist)
+    assert executor.shorts == [] and not any(f.book.rows[s.number].shortened for s in shortlist)

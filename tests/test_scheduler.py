@@ -72,9 +72,9 @@ def setup():
     return model, splits, space
 
 
-def _search(tmp_path, setup, *, budget: int, concurrency: int = 1, seed: int = 0, enqueue=(), broken=None,
+def _search(tmp_path, setup, *, budget: int | None, concurrency: int = 1, seed: int = 0, enqueue=(), broken=None,
             predictor=None, target_ms=None, finetune=None, multi_fidelity=0.0, bars=None, hopeless=None,
-            screen=False):
+            screen=False, deadline: float | None = None):
     """A search of `budget` trials; `broken` params get a precision the quantizer rejects (a failing trial),
     `hopeless` params a fine-tune at a learning rate of 1e-6 (it learns nothing); `bars`, a list, receives each
     submitted trial's halfway bar."""
@@ -105,7 +105,7 @@ def _search(tmp_path, setup, *, budget: int, concurrency: int = 1, seed: int = 0
     lines: list[str] = []
     gates = (*([LatencyTargetGate(target_ms)] if target_ms is not None else []), *([ScreenGate()] if screen else []))
     scheduler = Scheduler(study, distributions(space), space, executor, state,
-                          Limits(concurrency=concurrency, trials=budget),
+                          Limits(concurrency=concurrency, trials=budget, deadline=deadline),
                           make_spec=make_spec, latency=book, line=lines.append, predictor=predictor, gates=gates,
                           fidelity=MultiFidelity(multi_fidelity) if multi_fidelity > 0 else FidelityPolicy())
     scheduler.run(lambda: False)
@@ -127,6 +127,24 @@ def test_budget_is_spent_exactly_and_every_trial_is_on_disk_and_told(tmp_path, s
     rec = counted[0]
     assert (tmp_path / rec.artifact.onnx).is_file() and rec.latency.median_ms > 0 and rec.latency.source == "measured"
     assert len([x for x in lines if x.startswith("trial ")]) == len(state.records)
+
+
+def test_a_time_budget_is_kept_within_one_trials_time(tmp_path, setup):
+    """No trial starts after the deadline; the one running then finishes, so the loop ends at most one trial's time
+    (its fine-tune and its measurement) after it."""
+    import time
+
+    t0 = time.perf_counter()
+    deadline = t0 + 6.0
+    _, _, state, _ = _search(tmp_path, setup, budget=None, deadline=deadline,
+                             finetune=TrainConfig(epochs=4, lr=0.05))
+    end = time.perf_counter()
+    done = [r for r in state.records.values() if r.state is TrialState.COMPLETE and not r.reused]
+    assert len(done) >= 2  # the budget was spent on trials, not on one
+    longest = max(sum(r.stage_seconds.values()) for r in done)
+    # a trial's stages plus its measurement and the tell: 2 s more than its stages is far less than another trial
+    assert end - deadline <= longest + 2.0, (end - deadline, longest)
+    assert end >= deadline  # and it went on starting trials until the deadline
 
 
 def test_a_repeated_model_is_not_run_twice_whether_finished_or_in_flight(tmp_path, setup):
