@@ -63,15 +63,16 @@ class Ladder:
         return met[-1] if met else 0
 
 
-def uniform_ladder(space: SearchSpace) -> list[dict]:
-    """Every ratio of the space for all groups, all layers int8 (where a layer allows it): the uniform configurations
-    the search is compared with, scored like any candidate."""
+def uniform_ladder(space: SearchSpace, precisions: tuple[str, ...] = ("int8",)) -> list[dict]:
+    """Every ratio of the space for all groups, all layers at each of `precisions` (where a layer allows it): the
+    uniform configurations the search is compared with, scored like any candidate."""
     ratios = sorted({r for g in space.groups for r in g.ratios} or {0.0})
     out: list[dict] = []
-    for r in ratios:
-        p = space.uniform(r, "int8")
-        if p not in out:
-            out.append(p)
+    for precision in precisions:
+        for r in ratios:
+            p = space.uniform(r, precision)
+            if p not in out:
+                out.append(p)
     return out
 
 
@@ -382,11 +383,13 @@ def _settings(cfg: SearchConfig) -> ScoreSettings:
 
 
 def _ladder(space: SearchSpace, predictor, cfg: SearchConfig) -> Ladder:
-    """From int8 PTQ's predicted latency down to the fastest uniform configuration's (every ratio of the space, int8
-    or fp32: on a small network int8's per-operator overhead can make fp32 the faster)."""
+    """From int8 PTQ's predicted latency (or --target-latency-ms, when lower) down to the fastest uniform
+    configuration's (every ratio of the space, int8 or fp32: on a small network int8's per-operator overhead can
+    make fp32 the faster)."""
     slow = predictor.predict(space.uniform(0.0, "int8"))
-    ratios = sorted({r for g in space.groups for r in g.ratios} or {0.0})
-    fast = min(predictor.predict(space.uniform(r, p)) for r in ratios for p in ("int8", "fp32"))
+    if cfg.target_latency_ms is not None:
+        slow = min(slow, cfg.target_latency_ms)
+    fast = min(predictor.predict(p) for p in uniform_ladder(space, ("int8", "fp32")))
     return Ladder.between(slow, fast, cfg.funnel.targets)
 
 
@@ -398,7 +401,8 @@ def _funnel(prep: Prepared, state: RunState, executor: Executor, predictor, ladd
     n = cfg.funnel.n_candidates(cfg.budget.trials)
     resumed = int(state.meta.get("resumed", 0))
     sampler = optuna.samplers.NSGAIISampler(seed=cfg.seed + 7919 * resumed, population_size=max(8, min(50, n // 6)))
-    first = [(p, "uniform") for p in uniform_ladder(space)] + [(p, "scan") for p in scan_picks]
+    # the uniform ladder (and its fp32 counterpart, the fastest on a small network) and the scan's picks go first
+    first = [(p, "uniform") for p in uniform_ladder(space, ("int8", "fp32"))] + [(p, "scan") for p in scan_picks]
     study = open_funnel_study(state.rd.funnel_journal, f"{prep.run_name}-funnel", sampler=sampler, first=first,
                               book=book)
     def spec_of(params: dict) -> ScoreSpec:
