@@ -186,3 +186,19 @@ def test_verbose_shows_the_traceback_of_the_users_code_then_the_one_line(tmp_pat
     last = res.stderr.strip().splitlines()[-1]
     assert re.fullmatch(r"error: --model '.*raises.py:build': build\(\) raised ValueError: no such depth: 7; fix the "
                         r"function \(--verbose shows the traceback\)", last), last
+
+
+def test_ctrl_c_before_a_search_starts_is_one_line_and_exit_130(monkeypatch, capfd):
+    """typer turns Ctrl-C into its Abort; the CLI's handler names it as typer has it (its vendored click has
+    none), so that the interrupt, or any error, is not hidden behind an AttributeError of the handler itself."""
+    import autocompress.tasks.models
+    from autocompress.cli import main
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(autocompress.tasks.models, "list_models", interrupted)
+    with pytest.raises(SystemExit) as e:
+        main(["models"])
+    assert e.value.code == 130
+    assert capfd.readouterr().err.strip() == "stopped: interrupted before the search started; nothing was written"

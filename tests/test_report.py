@@ -228,3 +228,15 @@ def test_a_report_shows_the_pruning_criterion_and_the_fp16_layers_a_search_chose
     assert f"<td class='l'>pruning criterion</td><td>{row['criterion']}</td>" in page
     for layer, precision in chosen.items():
         assert f"<td class='l'>layer <code>{layer}</code></td><td class='{precision}'>{precision}</td>" in page
+
+
+def test_a_search_that_ended_before_its_first_trial_still_gets_its_report(tmp_path):
+    """A time budget spent before the first trial (on the baselines, the table, the scan): trials.csv is empty."""
+    rd, base = _run_dir(tmp_path, 0)
+    rd.write_json(rd.baselines_json, {"fp32": base, "int8": {**base, "latency_ms": 0.7}})
+    rd.write_table([])
+    assert rd.trials_csv.stat().st_size <= 1  # what a search leaves then
+    html = write_report(rd).read_text()
+    assert "FP32 baseline" in html
+    assert json.loads(rd.pareto_json.read_text()) == []
+    assert rd.report_md.is_file()

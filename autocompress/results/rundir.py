@@ -84,7 +84,10 @@ class RunDir:
     def read_table(self) -> pd.DataFrame:
         if not self.trials_csv.is_file():
             raise RunError(f"{self.path} has no trials.csv; is it a run directory written by `autocompress search`?")
-        return pd.read_csv(self.trials_csv).copy()  # consolidated: a wide table is read in many blocks
+        try:
+            return pd.read_csv(self.trials_csv).copy()  # consolidated: a wide table is read in many blocks
+        except pd.errors.EmptyDataError:  # a search that ended before its first trial (its budget spent before)
+            return pd.DataFrame(columns=["trial", "state"])
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":
