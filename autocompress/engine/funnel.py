@@ -24,6 +24,7 @@ from typing import Callable
 from autocompress.config import SearchConfig
 from autocompress.engine.policies import TARGET_SLACK
 from autocompress.engine.prepare import Prepared
+from autocompress.engine.progress import StageBar
 from autocompress.engine.scheduler import model_key
 from autocompress.engine.state import RunState
 from autocompress.pipeline.score import Score, ScoreSettings, ScoreSpec
@@ -111,6 +112,8 @@ class Funnel:
     workers: int = 1
     deadline: float | None = None  # a perf_counter time after which no batch starts
     log: Callable[[str], None] = print
+    # (candidates built, status) after each batch: a live bar; None: a progress line every 10 s instead
+    on_batch: Callable[[int, str], None] | None = None
     skipped: int = 0
     idle_batches: int = field(default=0, init=False)
 
@@ -122,7 +125,9 @@ class Funnel:
             self.book.add(rows)  # on disk before the study hears of them
             self._tell(rows)
             self.idle_batches = 0 if self.book.built() > built else self.idle_batches + 1
-            if time.perf_counter() - last > 10 or not self._more():
+            if self.on_batch is not None:
+                self.on_batch(self.book.built(), self._per_target())
+            elif time.perf_counter() - last > 10 or not self._more():
                 last = time.perf_counter()
                 self._progress(time.perf_counter() - t0)
         self.executor.close_scorers()
@@ -189,13 +194,15 @@ class Funnel:
 
         return distributions(self.space)
 
-    def _progress(self, seconds: float) -> None:
+    def _per_target(self) -> str:
         rows = list(self.book.rows.values())
-        counts = ", ".join(f"{t:.3g} ms: {sum(s.scored and s.target == i for s in rows)}"
-                           for i, t in enumerate(self.ladder.targets))
-        failed = sum(s.error.startswith("failed") for s in rows)
+        return "per target " + ", ".join(f"{t:.3g} ms: {sum(s.scored and s.target == i for s in rows)}"
+                                         for i, t in enumerate(self.ladder.targets))
+
+    def _progress(self, seconds: float) -> None:
+        failed = sum(s.error.startswith("failed") for s in self.book.rows.values())
         self.log(f"  funnel: {self.book.built()}/{self.n} candidates scored ({failed} failed) in {seconds:.0f} s; "
-                 f"per target {counts}")
+                 f"{self._per_target()}")
 
 
 def _with(s: Scored, result: Score | str) -> Scored:
@@ -247,10 +254,12 @@ def open_funnel_study(journal: os.PathLike, name: str, *, sampler, first: list[t
 
 
 def run_funnel(prep: Prepared, state: RunState, executor: Executor, predictor, scan_picks: list[dict],
-               reduce_range: bool, make_spec: Callable[[dict], TrialSpec], log: Callable[[str], None]) -> list[dict]:
+               reduce_range: bool, make_spec: Callable[[dict], TrialSpec], log: Callable[[str], None], *,
+               progress: bool = False) -> list[dict]:
     """Score the funnel's candidates, give the shortlist its short fine-tunes (going on from a resumed run's book),
     and return the promoted ones' params, in the order the trials should run them; [] when this search runs no
-    funnel. The ladder, the counts and the promotion are in meta.json's `funnel`. `make_spec`: a trial's spec."""
+    funnel. The ladder, the counts and the promotion are in meta.json's `funnel`. `make_spec`: a trial's spec;
+    `progress`: a live bar in a terminal."""
     cfg, space = prep.config, prep.space
     why = funnel_config_ok(cfg, space, predictor)
     if why is not None:
@@ -267,7 +276,10 @@ def run_funnel(prep: Prepared, state: RunState, executor: Executor, predictor, s
     if not meta.get("scored_all"):
         log(f"funnel: scoring up to {n} candidates (pruned, fake-quantized, BatchNorm re-estimated, no training) "
             f"over {len(ladder.targets)} latency targets {', '.join(f'{t:.3g}' for t in ladder.targets)} ms")
-        _funnel(prep, state, executor, predictor, ladder, book, scan_picks, reduce_range, deadlines.score, log).run()
+        funnel = _funnel(prep, state, executor, predictor, ladder, book, scan_picks, reduce_range, deadlines.score, log)
+        with StageBar("funnel", n, progress) as bar:
+            funnel.on_batch = None if bar.lines else bar.update
+            funnel.run()
         meta.update(scored_all=True, score_seconds=round(meta.get("seconds", 0.0) + time.perf_counter() - t0, 1))
         state.rd.write_json(state.rd.meta, state.meta)
     best = _promoted(cfg, ladder, book, executor, make_spec, deadlines.short, log)

@@ -6,7 +6,7 @@ import contextlib
 import signal
 from typing import Callable, Iterator
 
-__all__ = ["Progress", "Interrupt", "Terminated", "sigterm_interrupts", "exit_code"]
+__all__ = ["Progress", "StageBar", "Interrupt", "Terminated", "sigterm_interrupts", "exit_code"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -75,6 +75,34 @@ class Progress:
     def update(self, *, done: int, failed: int, elapsed: float, best: str) -> None:
         completed = done + failed if self.total_trials else min(elapsed, self.total_seconds or 0)
         self.progress.update(self.task, completed=completed, status=f"done {done}  failed {failed}  {best}")
+
+
+class StageBar:
+    """A live bar for a stage of known size (the funnel's candidates) in a terminal; elsewhere (--no-progress, a
+    log file) `lines` is True and the stage logs its own progress lines instead."""
+
+    def __init__(self, description: str, total: int, enabled: bool) -> None:
+        import sys
+
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        self.lines = not enabled or not sys.stderr.isatty()
+        self.progress = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TextColumn("{task.fields[status]}"), transient=False,
+                                     disable=self.lines, console=Console(stderr=True))
+        self.task = self.progress.add_task(description, total=total, status="")
+
+    def __enter__(self) -> "StageBar":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *a) -> None:
+        self.progress.__exit__(*a)
+
+    def update(self, completed: int, status: str = "") -> None:
+        self.progress.update(self.task, completed=completed, status=status)
 
 
 class Interrupt:

@@ -98,7 +98,7 @@ def _stages(prep: Prepared, state: RunState, at: _Stage, progress: bool, log: Ca
     prep, predictor, warm = _guarded_sensitivity(prep, state, executor, baseline.model, reduce_range, predictor, log)
     make_spec = _spec_maker(prep, reduce_range, train_device)
     at.name = "the funnel"
-    promoted = _guarded_funnel(prep, state, executor, predictor, warm, reduce_range, make_spec, log)
+    promoted = _guarded_funnel(prep, state, executor, predictor, warm, reduce_range, make_spec, log, progress)
     at.name = "the trials"
     study, limits = _study(prep, state, warm, promoted, log)
     with Interrupt(log) as interrupt, Progress(cfg.budget.trials, cfg.budget.seconds, progress, log) as bar:
@@ -257,7 +257,8 @@ def _sensitivity(prep: Prepared, state: RunState, executor: Executor, baseline: 
 
 
 def _guarded_funnel(prep: Prepared, state: RunState, executor: Executor, predictor, warm: list[dict],
-                    reduce_range: bool, make_spec: Callable[..., TrialSpec], log: Callable[[str], None]) -> list[dict]:
+                    reduce_range: bool, make_spec: Callable[..., TrialSpec], log: Callable[[str], None],
+                    progress: bool) -> list[dict]:
     """The funnel's promoted configurations (engine/funnel.py); none when it fails: the trials start from the warm
     start instead, and the search goes on."""
     from autocompress.engine.funnel import run_funnel
@@ -265,7 +266,7 @@ def _guarded_funnel(prep: Prepared, state: RunState, executor: Executor, predict
     if state.study_made:  # a resumed run whose trials have started: its first configurations are enqueued already
         return []
     try:
-        return run_funnel(prep, state, executor, predictor, warm, reduce_range, make_spec, log)
+        return run_funnel(prep, state, executor, predictor, warm, reduce_range, make_spec, log, progress=progress)
     except Exception as e:  # noqa: BLE001 - the trials go on from the warm start
         log(f"  funnel failed ({describe_error(e)}): the trials start from the warm start")
         state.meta["funnel"] = {**(state.meta.get("funnel") or {}), "error": describe_error(e)}
