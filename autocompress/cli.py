@@ -72,6 +72,7 @@ def search(
     multi_fidelity: Optional[float] = typer.Option(None, "--multi-fidelity", help=SEARCH_HELP["multi_fidelity"]),
     no_sensitivity: bool = typer.Option(False, "--no-sensitivity", help=SEARCH_HELP["no_sensitivity"]),
     funnel: Optional[int] = typer.Option(None, "--funnel", help=SEARCH_HELP["funnel"]),
+    split_seed: Optional[int] = typer.Option(None, "--split-seed", help=SEARCH_HELP["split_seed"]),
     size: bool = typer.Option(False, "--size", help=SEARCH_HELP["size"]),
     confirm_rounds: Optional[int] = typer.Option(None, "--confirm-rounds", help=SEARCH_HELP["confirm_rounds"]),
     no_latency_cache: bool = typer.Option(False, "--no-latency-cache", help=SEARCH_HELP["no_latency_cache"]),
@@ -92,7 +93,7 @@ def search(
                          train_device=train_device, gpus_per_trial=gpus_per_trial)
             overrides = dict(latency_cache=False if no_latency_cache else None,
                              latency_model=latency_model, screen=screen, target_latency_ms=target_latency_ms,
-                             size=True if size else None,
+                             size=True if size else None, split_seed=split_seed,
                              early_stop_points=early_stop, multi_fidelity_points=multi_fidelity,
                              confirm_rounds=confirm_rounds, sensitivity=False if no_sensitivity else None,
                              trial_timeout_s=trial_timeout, input_size=crop_flag(crop, input_size, ctx),

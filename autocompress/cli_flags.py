@@ -94,6 +94,10 @@ SEARCH_HELP = {
         "Skip the per-layer sensitivity scan (each group pruned alone, each layer quantized alone, no "
         "fine-tune; cached per model) that narrows the space and warm-starts the sampler."
     ),
+    "split_seed": (
+        "Seed of the data splits (default: --seed). Give searches of several seeds on one baseline the same split "
+        "seed, so that none carves its test images from the images the baseline was trained on."
+    ),
     "size": (
         "Search for smaller files too: offer precisions whose only gain over int8 is size (int4 weights). Without "
         "it, a layer's int4 is dropped where the device's latency table shows it no faster than int8."

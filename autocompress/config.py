@@ -207,6 +207,9 @@ class SearchConfig(_Strict):
     out: Path | None = None  # the run directory; default reports/<run-name>
     run_name: str | None = None
     seed: int = 0
+    # the seed that draws the data splits (None: `seed`): searches of several seeds on one baseline then share its
+    # splits, and none carves its test images from the images the baseline was trained on
+    split_seed: int | None = None
     ray_address: str | None = None
     concurrency: int = Field(default=1, ge=1, le=256)
     device: str = "local"  # `local` or a Ray custom resource naming the device
@@ -288,6 +291,11 @@ class SearchConfig(_Strict):
         return {**FunnelConfig().model_dump(), **v} if isinstance(v, dict) else v
     # at the end, re-measure Pareto models and baselines together (0: off)
     confirm_rounds: int = Field(default=2, ge=0, le=20)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data splits."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def dump(self) -> dict:
         return self.model_dump(mode="json")

@@ -161,3 +161,22 @@ def test_validation_on_training_images_is_warned_about(tmp_path):
                             "not trained on")
     assert any(warning in line for line in lines)
     assert warning in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_searches_of_several_seeds_share_one_baselines_splits_with_a_split_seed(tmp_path):
+    """--seed draws the splits unless --split-seed is given: a seed-1 search on a seed-0 baseline with split seed 0
+    has the seed-0 splits (so its test images are not ones the baseline trained on); without it, other splits."""
+    from autocompress.engine.plan import make_config
+    from autocompress.tasks.data import dataset_of_config
+
+    write_class_tree(tmp_path / "tree" / "train", {"a": 30, "b": 30}, seed=0)
+
+    def positions(**kw):
+        cfg = make_config({"dataset": "imagefolder", "data_dir": tmp_path / "tree", "input_size": 16, **kw})
+        s = dataset_of_config(cfg)
+        return {k: sorted(getattr(s, k).indices.tolist()) for k in ("train", "calib", "val", "test")}
+
+    base = positions(seed=0)
+    assert positions(seed=1, split_seed=0) == base
+    assert positions(seed=1)["test"] != base["test"]
+    assert positions(seed=0, split_seed=0) == base

@@ -150,7 +150,7 @@ def _prepare(model: torch.nn.Module | str, data: dict[str, DataLike | None], con
     from autocompress.tasks.datasets import splits_from_data
 
     splits = splits_from_data(data["train"], data["val"], test=data["test"], calib=data["calib"],
-                              caps=config.max_images, seed=config.seed, num_classes=_outputs(model, data["train"]),
+                              caps=config.max_images, seed=config.data_seed, num_classes=_outputs(model, data["train"]),
                               name=config.dataset, log=log, workers=config.data_workers, augment=config.augment)
     if preprocessing is not None:  # what the user's Datasets do to an image: recorded, and written by pick --export
         splits.preprocessing = _preprocessing(preprocessing)

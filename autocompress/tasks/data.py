@@ -152,7 +152,7 @@ def dataset_of_config(cfg: SearchConfig, *, max_images: Mapping[str, int | None]
     """The splits a run's config names (the CLI's data flags); `max_images` replaces the config's caps; `recorded`
     (a run's own preprocessing) replaces the config's preprocessing options."""
     # Weights trained elsewhere may have seen every training image: then validation comes from the test images.
-    return load_dataset(cfg.dataset, input_size=cfg.input_size, seed=cfg.seed, data_dir=cfg.data_dir,
+    return load_dataset(cfg.dataset, input_size=cfg.input_size, seed=cfg.data_seed, data_dir=cfg.data_dir,
                         download=cfg.download, max_images=cfg.max_images if max_images is None else max_images,
                         val_from="test" if cfg.weights is not None else "train", resize=cfg.resize,
                         normalize=cfg.normalize, mean=cfg.mean, std=cfg.std, augment=cfg.augment,
