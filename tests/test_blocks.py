@@ -89,3 +89,97 @@ def test_a_removed_block_keeps_the_model_running_and_its_layers_leave_the_export
     with torch.no_grad():
         x = model.bn1(model.conv1(example)).relu()
         assert torch.equal(pruned.layer1(x), model.layer1(x))
+
+
+def _depth_space(model, example):
+    from autocompress.pipeline.prune import find_groups
+    from autocompress.space import SpaceFile, build_space
+
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    spec = SpaceFile.model_validate({"prune": {"ratios": [0.0, 0.5]}, "quantize": {"precisions": ["fp32", "int8"]},
+                                     "depth": {"blocks": True}})
+    return build_space(spec, find_groups(model, example), layers, blocks=removable_blocks(model, example))
+
+
+def test_a_space_with_depth_offers_each_block_and_tells_models_apart():
+    from autocompress.engine.scheduler import config_columns, params_key
+    from autocompress.space import SpaceFile, build_space
+
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    example = torch.randn(1, 1, 32, 32)
+    space = _depth_space(model, example)
+    assert [b.name for b in space.blocks] == ["layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1",
+                                              "layer3.2"]
+    assert space.params()["depth:layer2.1"] == ["keep", "drop"]
+    assert build_space(SpaceFile(), [], [], blocks=removable_blocks(model, example)).blocks == []  # off by default
+    full = space.uniform(0.5, "int8")
+    assert space.dropped(full) == () and full["depth:layer3.2"] == "keep"  # the uniform ladder keeps every block
+    assert space.complete({"quant:fc": "int8"})["depth:layer1.0"] == "keep"
+    short = {**full, "depth:layer2.1": "drop"}
+    assert space.dropped(short) == ("layer2.1",)
+    assert params_key(space, short) != params_key(space, full)
+    # what is asked of a removed block's layers does not make another model
+    other = {**short, "quant:layer2.1.conv1": "fp32" if short["quant:layer2.1.conv1"] == "int8" else "int8"}
+    assert params_key(space, other) == params_key(space, short)
+    assert config_columns(space, short)["depth:layer2.1"] == "drop"
+
+
+def test_a_trial_and_a_score_with_a_block_removed_build_the_shorter_model(digits):
+    from autocompress.pipeline.score import ScoreSettings, score_candidate
+    from autocompress.pipeline.trial import TrialSpec, run_pipeline
+
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    space = _depth_space(model, digits.val.images(1))
+    params = {**space.uniform(0.5, "int8"), "depth:layer2.1": "drop", "depth:layer3.1": "drop"}
+    ratios, precisions = space.decode(params)
+    spec = TrialSpec(ratios, precisions, None, space.round_to, space.min_channels, drop_blocks=space.dropped(params))
+    out = run_pipeline(model, digits, spec)
+    import onnx
+
+    graph = onnx.load_from_string(out.onnx_bytes).graph
+    convs = sum(n.op_type in ("Conv", "QLinearConv") for n in graph.node)
+    assert convs == 21 - 4  # ResNet-20's 19 convolutions and 2 shortcut projections, less the two blocks' four
+    assert not any(layer.startswith(("layer2.1.", "layer3.1.")) for layer in out.integer_layers + out.float_layers)
+    assert out.integer_layers and 0 <= out.val_accuracy <= 100
+    score = score_candidate(model, digits, ratios, precisions, criterion="l2", round_to=space.round_to,
+                            min_channels=space.min_channels, reduce_range=False,
+                            settings=ScoreSettings(bn_images=64, val_images=64), drop_blocks=space.dropped(params))
+    full = score_candidate(model, digits, ratios, precisions, criterion="l2", round_to=space.round_to,
+                           min_channels=space.min_channels, reduce_range=False,
+                           settings=ScoreSettings(bn_images=64, val_images=64))
+    assert score.parameters < full.parameters
+    assert not any(g.startswith(("layer2.1.", "layer3.1.")) for g in score.kept)
+
+
+def test_the_latency_model_predicts_a_removed_block_faster():
+    from autocompress.latency_model.layers import wire_layers
+    from autocompress.latency_model.model import LatencyModel, LatencyTable, all_keys
+    from autocompress.latency_model.predict import Predictor
+
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    example = torch.randn(1, 1, 32, 32)
+    space = _depth_space(model, example)
+    sites = wire_layers(model, example, space)
+    table = LatencyTable()
+    keys = all_keys(sites, space)
+    table.record(keys, [1e-6 * k.cin * k.cout * k.hw[0] * k.hw[1] for k in keys])
+    predictor = Predictor(LatencyModel(sites, space, table), space)
+    full = space.uniform(0.0, "int8")
+    one, two = ({**full, **{f"depth:{b}": "drop" for b in blocks}}
+                for blocks in (["layer1.1"], ["layer1.1", "layer2.2"]))
+    assert predictor.predict(two) < predictor.predict(one) < predictor.predict(full)
+    # by what the table holds for the removed layers (no junction touches them in ResNet-20)
+    keys, _ = predictor.model.keys(*space.decode(full))
+    removed = [table.entries[k.text()] for site, k in zip(sites, keys, strict=True)
+               if site.name.startswith("layer1.1.")]
+    assert len(removed) == 2
+    lighter = predictor.model.total(*space.decode(one), ("layer1.1",))
+    assert predictor.model.total(*space.decode(full)) - lighter == pytest.approx(sum(removed))
+
+
+def test_a_records_depth_choices_survive_the_round_trip_a_resume_and_finalize_read():
+    from autocompress.results.records import TrialRecord, TrialState
+
+    choices = {"prune:conv1": 0.5, "quant:fc": "int8", "depth:layer2.1": "drop", "depth:layer3.1": "keep"}
+    rec = TrialRecord(3, TrialState.FAIL, choices, error="boom")
+    assert TrialRecord.from_row(rec.to_row()).choices == choices

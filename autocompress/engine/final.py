@@ -15,7 +15,6 @@ figure `pick` ranks finalized models by, so choosing the epoch on it would make 
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import math
@@ -32,12 +31,12 @@ from autocompress.errors import ConfigError, Interrupted, RunError
 from autocompress.fileio import atomic_write_bytes, atomic_write_text
 from autocompress.pipeline.devices import resolve_train_device
 from autocompress.pipeline.finetune import Trainer, evaluate
-from autocompress.pipeline.prune import prune_model
 from autocompress.pipeline.quantize import fake_quantized
-from autocompress.pipeline.trial import TrialSpec, build_artifact
+from autocompress.pipeline.trial import TrialSpec, build_artifact, pruned_copy
 from autocompress.results.pick import ModelConfig, channels_before
 from autocompress.results.records import TrialRecord, TrialState
 from autocompress.results.rundir import RunDir
+from autocompress.space import DROP
 
 __all__ = ["FinalModel", "Figures", "finalize", "default_epochs", "report_lines", "resumable"]
 
@@ -175,7 +174,9 @@ def _spec(prep, record: TrialRecord, epochs: int) -> TrialSpec:
     device = resolve_train_device(cfg.train_device, torch.cuda.device_count())  # this machine's GPU, if any
     return TrialSpec(ratios, precisions, finetune, round_to=prep.space.round_to, min_channels=prep.space.min_channels,
                      seed=cfg.seed, reduce_range=reduce_range, train_device=device,
-                     criterion=str(record.choices.get("criterion", "l2")))
+                     criterion=str(record.choices.get("criterion", "l2")),
+                     drop_blocks=tuple(k.split(":", 1)[1] for k, v in record.choices.items()
+                                       if k.startswith("depth:") and v == DROP))
 
 
 def _plan(trial: int, spec: TrialSpec) -> dict:
@@ -204,9 +205,7 @@ def _fine_tune(baseline: torch.nn.Module, splits, spec: TrialSpec, out: Path, lo
     """Prune the baseline as the trial did, then fine-tune with fake quantization and distillation, one epoch at a
     time: each epoch's state is checkpointed (a killed run resumes from it when it was made for the same `plan`),
     the last epoch's weights are kept (the schedule's end; see the module's note)."""
-    model = copy.deepcopy(baseline).eval()
-    kept = prune_model(model, splits.val.images(1), spec.ratios, round_to=spec.round_to,
-                       min_channels=spec.min_channels, criterion=spec.criterion, data=splits.train)
+    model, kept, spec = pruned_copy(baseline, splits, spec)  # as the trial built it (its blocks removed too)
     path = out / CHECKPOINT
     with fake_quantized(model, spec.precisions, reduce_range=spec.reduce_range) as qmodel:
         trainer = Trainer(qmodel, len(splits.train), settings=spec.finetune, seed=spec.seed, teacher=baseline,

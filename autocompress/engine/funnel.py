@@ -25,7 +25,7 @@ from autocompress.config import SearchConfig
 from autocompress.engine.policies import TARGET_SLACK
 from autocompress.engine.prepare import Prepared
 from autocompress.engine.progress import StageBar
-from autocompress.engine.scheduler import model_key
+from autocompress.engine.scheduler import params_key
 from autocompress.engine.state import RunState
 from autocompress.pipeline.score import Score, ScoreSettings, ScoreSpec
 from autocompress.pipeline.trial import TrialSpec
@@ -144,7 +144,7 @@ class Funnel:
         for _ in range(size):
             trial = self.study.ask(self._distributions())
             params = dict(trial.params)
-            key = model_key(self.space, *self.space.decode(params), self.space.criterion(params))
+            key = params_key(self.space, params)
             predicted = self.predictor.predict(params)
             origin = trial.user_attrs.get("origin", "sampled")
             if key in known:
@@ -414,13 +414,14 @@ def _funnel(prep: Prepared, state: RunState, executor: Executor, predictor, ladd
     resumed = int(state.meta.get("resumed", 0))
     sampler = optuna.samplers.NSGAIISampler(seed=cfg.seed + 7919 * resumed, population_size=max(8, min(50, n // 6)))
     # the uniform ladder (and its fp32 counterpart, the fastest on a small network) and the scan's picks go first
-    first = [(p, "uniform") for p in uniform_ladder(space, ("int8", "fp32"))] + [(p, "scan") for p in scan_picks]
+    first = ([(p, "uniform") for p in uniform_ladder(space, ("int8", "fp32"))]
+             + [(space.complete(p), "scan") for p in scan_picks])
     study = open_funnel_study(state.rd.funnel_journal, f"{prep.run_name}-funnel", sampler=sampler, first=first,
                               book=book)
     def spec_of(params: dict) -> ScoreSpec:
         ratios, precisions = space.decode(params)
         return ScoreSpec(ratios, precisions, space.criterion(params), space.round_to, space.min_channels,
-                         reduce_range)
+                         reduce_range, space.dropped(params))
 
     workers = int(state.meta.get("ray", {}).get("cpus", 1))
     return Funnel(space, predictor, executor, ladder, book, study, spec_of, _settings(cfg), n, workers=workers,

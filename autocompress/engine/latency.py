@@ -134,4 +134,4 @@ def _learn_measured(predictor: Predictor, state: RunState, seed: int, reduce_ran
         if rec.state is TrialState.COMPLETE and rec.measured and rec.reused is None and rec.duplicate_of is None:
             ratios, precisions = space.decode(rec.choices)
             if predictor.covers(ratios, precisions):
-                predictor.learn(ratios, precisions, rec.latency.median_ms)
+                predictor.learn(ratios, precisions, rec.latency.median_ms, dropped=space.dropped(rec.choices))

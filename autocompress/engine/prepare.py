@@ -99,9 +99,21 @@ def _space(config: SearchConfig, model: torch.nn.Module, splits: Splits) -> Sear
     if parts:
         untraceable["(whole model)"] = (f"torch-pruning cannot trace the model as a whole; channels are cut only "
                                         f"within the {len(parts)} parts it can trace ({', '.join(parts[:3])}, ...)")
-    space = build_space(space_file, groups, layers, source=str(config.space or "the default search space"))
+    blocks = _blocks(model, example) if space_file.depth.blocks else []
+    space = build_space(space_file, groups, layers, source=str(config.space or "the default search space"),
+                        blocks=blocks)
     space, limited = limit_to_safe_groups(space, model, example, cache_dir())
     return replace(space, excluded=excluded, pruning_limits={**untraceable, **limited})
+
+
+def _blocks(model: torch.nn.Module, example: torch.Tensor) -> list:
+    """The removable residual blocks (pipeline/blocks.py); none when the model cannot be traced for them."""
+    from autocompress.pipeline.blocks import removable_blocks
+
+    try:
+        return removable_blocks(model, example)
+    except Exception:  # noqa: BLE001 - depth is a lever the search goes without
+        return []
 
 
 def _run_dir(config: SearchConfig, resume: bool) -> tuple[Path, str]:

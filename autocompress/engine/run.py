@@ -199,7 +199,8 @@ def _spec_maker(prep: Prepared, reduce_range: bool, train_device: str) -> Callab
         ratios, precisions = space.decode(params)
         return TrialSpec(ratios, precisions, cfg.finetune, space.round_to, space.min_channels, cfg.seed,
                          reduce_range, stop_below, check_halfway=cfg.multi_fidelity_points > 0,
-                         train_device=train_device, criterion=space.criterion(params))
+                         train_device=train_device, criterion=space.criterion(params),
+                         drop_blocks=space.dropped(params))
 
     return make_spec
 

@@ -24,13 +24,14 @@ from typing import Any, Callable
 from autocompress.engine.policies import Bar, Candidate, FidelityPolicy, Heard, ProposalGate
 from autocompress.engine.state import LatencyBook, RunState, record_of
 from autocompress.errors import describe_error
+from autocompress.pipeline.blocks import inside
 from autocompress.pipeline.prune import kept_channels
 from autocompress.pipeline.trial import StoppedEarly, TrialOutput, TrialSpec
 from autocompress.results.records import TrialRecord, TrialState
 from autocompress.runtime.executor import Executor
-from autocompress.space import SearchSpace
+from autocompress.space import DROP, KEEP, SearchSpace
 
-__all__ = ["Scheduler", "Limits", "model_key", "config_columns", "MAX_REPEATS", "MAX_SKIPS"]
+__all__ = ["Scheduler", "Limits", "model_key", "params_key", "config_columns", "MAX_REPEATS", "MAX_SKIPS"]
 
 MAX_REPEATS = 50  # proposals of already-measured configurations in a row after which the space counts as exhausted
 # proposals skipped unbuilt in a row after which the search stops (a skip costs no fine-tune: a tight latency target
@@ -38,25 +39,39 @@ MAX_REPEATS = 50  # proposals of already-measured configurations in a row after 
 MAX_SKIPS = 500
 
 
-def model_key(space: SearchSpace, ratios: dict[str, float], precisions: dict[str, str], criterion: str = "l2") -> str:
+def model_key(space: SearchSpace, ratios: dict[str, float], precisions: dict[str, str], criterion: str = "l2",
+              dropped: tuple[str, ...] = ()) -> str:
     """Identity of the model a configuration builds: kept channels of every group, precision of every layer
-    (two ratios that round to the same channel count build the same model)."""
-    kept = {g.name: kept_channels(g.channels, float(ratios.get(g.name, 0.0)), round_to=space.round_to,
-                                  min_channels=space.min_channels, channel_groups=g.channel_groups)
+    (two ratios that round to the same channel count build the same model), the blocks it removes (their groups
+    and layers then count as 0 channels and precision "-", whatever was asked of them)."""
+    kept = {g.name: 0 if inside(g.name, dropped) else
+            kept_channels(g.channels, float(ratios.get(g.name, 0.0)), round_to=space.round_to,
+                          min_channels=space.min_channels, channel_groups=g.channel_groups)
             for g in space.groups}
-    key = {"kept": kept, "precision": {layer.name: precisions.get(layer.name, "fp32") for layer in space.layers}}
+    key = {"kept": kept, "precision": {layer.name: "-" if inside(layer.name, dropped) else
+                                       precisions.get(layer.name, "fp32") for layer in space.layers}}
     pruned = any(k < g.channels for g, k in zip(space.groups, kept.values(), strict=True))
     if criterion != "l2" and pruned:  # other channels kept: another model (l2 keeps the keys of earlier runs)
         key["criterion"] = criterion
+    if dropped:  # (no entry without: the keys of earlier runs stay as they were)
+        key["dropped"] = sorted(dropped)
     return json.dumps(key, sort_keys=True)
 
 
+def params_key(space: SearchSpace, params: dict) -> str:
+    """The model key of Optuna params (or a row's choice columns)."""
+    return model_key(space, *space.decode(params), space.criterion(params), space.dropped(params))
+
+
 def config_columns(space: SearchSpace, params: dict) -> dict:
-    """Every group's ratio and layer's precision, the fixed ones included (the table's `prune:` / `quant:`)."""
+    """Every group's ratio and layer's precision, the fixed ones included (the table's `prune:` / `quant:`), and
+    each removable block's `depth:` choice."""
     ratios, precisions = space.decode(params)
     cols = {**{f"prune:{g}": r for g, r in ratios.items()}, **{f"quant:{n}": p for n, p in precisions.items()}}
     if space.criteria != ["l2"]:
         cols["criterion"] = space.criterion(params)
+    dropped = space.dropped(params)
+    cols.update({f"depth:{b.name}": DROP if b.name in dropped else KEEP for b in space.blocks})
     return cols
 
 
@@ -111,8 +126,7 @@ class Scheduler:
                 self.seen[b.model_key] = name
         for n, r in sorted(self.state.records.items()):
             if r.state is TrialState.COMPLETE and not r.reused:
-                self.seen.setdefault(model_key(self.space, *self.space.decode(r.choices),
-                                               self.space.criterion(r.choices)), n)
+                self.seen.setdefault(params_key(self.space, r.choices), n)
 
     # ------------------------------------------------------------------ the loop
     def run(self, stopping: Callable[[], bool], on_update: Callable[[], None] = lambda: None) -> None:
@@ -176,8 +190,7 @@ class Scheduler:
             trial = self.study.ask(self.distributions)
             self.asked.append(trial)
             params = dict(trial.params)
-            c = Candidate(trial.number, params, model_key(self.space, *self.space.decode(params),
-                                                          self.space.criterion(params)), self._predict(params))
+            c = Candidate(trial.number, params, params_key(self.space, params), self._predict(params))
             heard = self._heard()
             self._place(_Proposal(trial, c, self.fidelity.bar(c, heard)), heard)
 
@@ -371,7 +384,8 @@ class Scheduler:
         if self.predictor is None:
             return
         try:
-            self.predictor.learn(*self.space.decode(rec.choices), rec.latency.median_ms)
+            self.predictor.learn(*self.space.decode(rec.choices), rec.latency.median_ms,
+                                 dropped=self.space.dropped(rec.choices))
         except Exception as e:  # noqa: BLE001 - predictions are a report figure; the search goes on without them
             self.line(f"latency model: refit failed ({describe_error(e)}); the search goes on without predictions")
             self.predictor = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from typing import Callable
 
-from autocompress.engine.scheduler import config_columns, model_key
+from autocompress.engine.scheduler import config_columns, params_key
 from autocompress.engine.state import RunState
 from autocompress.results.records import TrialRecord, TrialState
 from autocompress.space import SearchSpace
@@ -34,16 +34,17 @@ def warm_start_configs(space: SearchSpace, scan_picks: list[dict], budget_trials
     """The configurations a search runs first, in order, distinct: the two free baseline models, then the funnel's
     `promoted` ones (engine/funnel.py: the scan's picks and the uniform ladder competed there, so they are not added
     again), or without a funnel the sensitivity scan's picks (those allocated with the latency model first) and the
-    other WARM_START configurations, at most a third of a trial budget beyond the free two."""
+    other WARM_START configurations, at most a third of a trial budget beyond the free two (the promoted ones all:
+    those the budget does not reach wait, enqueued, for a resumed run with a larger budget)."""
     uniform = [space.uniform(ratio, prec) for ratio, prec in WARM_START]
     rest = list(promoted) if promoted else list(scan_picks) + uniform[2:]
     out: list[dict] = []
     for params in uniform[:2] + rest:
         if params not in out:
             out.append(params)
-    if budget_trials is None:
+    if budget_trials is None or promoted:  # (promoted ones past the budget wait in the study: a resume runs them)
         return out
-    return out[:budget_trials] if promoted else out[:min(budget_trials, 2 + budget_trials // 3)]
+    return out[:min(budget_trials, 2 + budget_trials // 3)]
 
 
 def grid_configs(space: SearchSpace) -> list[dict]:
@@ -57,7 +58,7 @@ def grid_configs(space: SearchSpace) -> list[dict]:
             params = space.uniform(r, prec)
             if len(space.criteria) > 1:  # the uniform reference ranks channels one way: the first listed
                 params["criterion"] = space.criteria[0]
-            key = model_key(space, *space.decode(params), space.criterion(params))
+            key = params_key(space, params)
             if key not in keys:
                 keys.add(key)
                 grid.append(params)
@@ -103,7 +104,7 @@ def open_study(state: RunState, *, run_name: str, sampler, space: SearchSpace, f
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(OBJECTIVE_NAMES)
     for params in first:
-        study.enqueue_trial(params, skip_if_exists=True)
+        study.enqueue_trial(space.complete(params), skip_if_exists=True)
     return study
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from autocompress.fileio import atomic_write_text
 from autocompress.latency_model.junctions import Junction, JunctionKey, all_junction_keys, junction_keys
 from autocompress.latency_model.layers import LayerKey, LayerSite, layer_keys, removed_channels, site_keys
+from autocompress.pipeline.blocks import inside
 
 __all__ = ["LatencyTable", "LatencyModel", "Fit", "FEATURES", "all_keys"]
 
@@ -113,27 +114,36 @@ class LatencyModel:
     fit: Fit = Fit()
     junctions: list[Junction] = field(default_factory=list)
 
-    def keys(self, ratios: dict[str, float], precisions: dict[str, str]) -> tuple[list[LayerKey], list[JunctionKey]]:
-        """The table entries of a configuration: one per layer, one per junction."""
-        keys = layer_keys(self.sites, self.space, ratios, precisions)
-        return keys, junction_keys(self.sites, self.junctions, keys)
+    def keys(self, ratios: dict[str, float], precisions: dict[str, str],
+             dropped: tuple[str, ...] = ()) -> tuple[list[LayerKey], list[JunctionKey]]:
+        """The table entries of a configuration: one per layer, one per junction (a removed block's layers and the
+        junctions that touch them have none)."""
+        sites = self._sites(dropped)
+        keys = layer_keys(sites, self.space, ratios, precisions)
+        names = {s.name for s in sites}
+        joints = [j for j in self.junctions if j.producer in names and j.consumer in names]
+        return keys, junction_keys(sites, joints, keys)
 
-    def total(self, ratios: dict[str, float], precisions: dict[str, str]) -> float:
+    def _sites(self, dropped: tuple[str, ...]) -> list[LayerSite]:
+        return [s for s in self.sites if not inside(s.name, dropped)] if dropped else self.sites
+
+    def total(self, ratios: dict[str, float], precisions: dict[str, str], dropped: tuple[str, ...] = ()) -> float:
         """The plain table sum: the layers and what the junctions add."""
-        keys, joints = self.keys(ratios, precisions)
+        keys, joints = self.keys(ratios, precisions, dropped)
         return self.table.total(keys) + sum(self.table.junction_cost(k) for k in joints)
 
-    def features(self, ratios: dict[str, float], precisions: dict[str, str]) -> np.ndarray:
-        keys, joints = self.keys(ratios, precisions)
+    def features(self, ratios: dict[str, float], precisions: dict[str, str],
+                 dropped: tuple[str, ...] = ()) -> np.ndarray:
+        keys, joints = self.keys(ratios, precisions, dropped)
         sums = {p: 0.0 for p in ("fp32", "fp16", "int8", "int4")}
         for k in keys:
             sums[k.precision if k.precision in sums else "fp32"] += self.table.entries[k.text()]
-        crossing = _crossing_elements(self.sites, keys, removed_channels(self.space, ratios))
+        crossing = _crossing_elements(self._sites(dropped), keys, removed_channels(self.space, ratios))
         junction = sum(self.table.junction_cost(k) for k in joints)
         return np.array([1.0, sums["fp32"], sums["fp16"], sums["int8"], sums["int4"], crossing / 1e6, junction])
 
-    def predict(self, ratios: dict[str, float], precisions: dict[str, str]) -> float:
-        return self.fit(self.features(ratios, precisions))
+    def predict(self, ratios: dict[str, float], precisions: dict[str, str], dropped: tuple[str, ...] = ()) -> float:
+        return self.fit(self.features(ratios, precisions, dropped))
 
 
 def _crossing_elements(sites: list[LayerSite], keys: list[LayerKey], removed: dict[str, int]) -> float:

@@ -36,7 +36,7 @@ class Predictor:
 
     def predict(self, params: dict) -> float:
         """Milliseconds for Optuna params (or `prune:`/`quant:` columns)."""
-        return round(self.model.predict(*self.space.decode(params)), 4)
+        return round(self.model.predict(*self.space.decode(params), self.space.dropped(params)), 4)
 
     def covers(self, ratios: dict[str, float], precisions: dict[str, str]) -> bool:
         """Whether the table holds every layer of this configuration (a uniform baseline may prune a group or set a
@@ -44,9 +44,10 @@ class Predictor:
         keys, joints = self.model.keys(ratios, precisions)
         return not self.model.table.missing([*keys, *joints])
 
-    def learn(self, ratios: dict[str, float], precisions: dict[str, str], ms: float) -> None:
-        """A whole model measured on the device: the fit is made again with it."""
-        self.points.append((self.model.features(ratios, precisions), ms))
+    def learn(self, ratios: dict[str, float], precisions: dict[str, str], ms: float, *,
+              dropped: tuple[str, ...] = ()) -> None:
+        """A whole model measured on the device (with `dropped` blocks removed): the fit is made again with it."""
+        self.points.append((self.model.features(ratios, precisions, dropped), ms))
         self.model.fit = Fit.of(self.points)
 
     def summary(self) -> dict:

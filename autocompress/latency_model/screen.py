@@ -16,7 +16,7 @@ from typing import Iterable
 __all__ = ["Dominator", "dominator", "covers", "PRECISION_RANK", "SCREEN_SLACK"]
 
 # a layer's precisions from the least to the most accurate (int4 weights lose more than int8's)
-PRECISION_RANK = {"int4": 0, "int8": 1, "fp16": 2, "fp32": 3}
+PRECISION_RANK = {"-": -1, "int4": 0, "int8": 1, "fp16": 2, "fp32": 3}  # "-": in a removed block
 # a proposal is skipped only when predicted this much slower than the measured model that covers it: the latency
 # model's target worst error. A wrong skip loses a model for good, a wrong build costs one fine-tune (docs/latency.md)
 SCREEN_SLACK = 0.25

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-__all__ = ["Block", "removable_blocks", "remove_blocks"]
+__all__ = ["Block", "removable_blocks", "remove_blocks", "inside"]
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 _PASS_THROUGH = (nn.Identity, nn.Dropout)  # modules a shortcut may pass its input through unchanged
@@ -56,6 +56,11 @@ def remove_blocks(model: nn.Module, names: list[str] | tuple[str, ...]) -> None:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, nn.Identity())
+
+
+def inside(name: str, blocks: list[str] | tuple[str, ...] | set[str]) -> bool:
+    """Whether module `name` is one of `blocks` or within one."""
+    return any(name == b or name.startswith(b + ".") for b in blocks)
 
 
 def _io_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[torch.Size, torch.Size]]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from autocompress.pipeline.blocks import inside, remove_blocks
 from autocompress.pipeline.prune import prune_model
 from autocompress.pipeline.quantize import calibrate_activations, fake_quantized
 from autocompress.tasks.splitting import Split, Splits, TensorImages
@@ -167,9 +168,13 @@ def _float_activations(qmodel: nn.Module) -> Iterator[None]:
 
 
 def _pruned_copy(baseline: nn.Module, sample: ScoreSample, ratios: dict[str, float], *, criterion: str,
-                 round_to: int, min_channels: int) -> tuple[nn.Module, dict[str, tuple[int, int]]]:
-    """A copy of `baseline` pruned exactly as run_pipeline prunes a trial's."""
+                 round_to: int, min_channels: int,
+                 drop_blocks: tuple[str, ...] = ()) -> tuple[nn.Module, dict[str, tuple[int, int]]]:
+    """A copy of `baseline` with `drop_blocks` removed and pruned, exactly as run_pipeline builds a trial's."""
     model = copy.deepcopy(baseline).eval()
+    if drop_blocks:
+        remove_blocks(model, drop_blocks)
+        ratios = {g: r for g, r in ratios.items() if not inside(g, drop_blocks)}
     with torch.enable_grad():  # torch-pruning traces with autograd (and taylor needs gradients)
         kept = prune_model(model, sample.example, dict(ratios), round_to=round_to, min_channels=min_channels,
                            criterion=criterion, data=sample.train)
@@ -196,6 +201,7 @@ def score_candidate(
     reduce_range: bool,
     settings: ScoreSettings,
     teacher_logits: torch.Tensor | None = None,
+    drop_blocks: tuple[str, ...] = (),
 ) -> Score:
     """Score one candidate without fine-tuning it: a copy of `baseline` pruned by `ratios` (as run_pipeline prunes),
     fake-quantized by `precisions`, BatchNorm recalibrated on the sample's training images, activation ranges
@@ -203,12 +209,14 @@ def score_candidate(
 
     `splits` may be a `ScoreSample` drawn once with `settings` (score_sample), so that many candidates do not read
     the images again. `teacher_logits`: the baseline's logits on the sample (reference_logits); computed here when
-    not given, at the cost of one more evaluation. `baseline` is not modified.
+    not given, at the cost of one more evaluation. `drop_blocks`: residual blocks removed whole first (their layers'
+    ratios and precisions are ignored). `baseline` is not modified.
     """
     t0 = time.perf_counter()
     sample = _sample(splits, settings)
     model, kept = _pruned_copy(baseline, sample, ratios, criterion=criterion, round_to=round_to,
-                               min_channels=min_channels)
+                               min_channels=min_channels, drop_blocks=drop_blocks)
+    precisions = {n: p for n, p in precisions.items() if not inside(n, drop_blocks)}
     with fake_quantized(model, precisions, reduce_range=reduce_range) as qmodel:
         with _float_activations(qmodel):
             bn_batches = recalibrate_batchnorm(qmodel, sample.bn_batches())
@@ -234,6 +242,7 @@ class ScoreSpec:
     round_to: int = 8
     min_channels: int = 8
     reduce_range: bool = False
+    drop_blocks: tuple[str, ...] = ()  # residual blocks removed whole (pipeline/blocks.py)
 
 
 class Scorer:
@@ -250,4 +259,4 @@ class Scorer:
         return score_candidate(self.baseline, self.sample, spec.ratios, spec.precisions, criterion=spec.criterion,
                                round_to=spec.round_to, min_channels=spec.min_channels,
                                reduce_range=spec.reduce_range, settings=self.settings,
-                               teacher_logits=self.reference)
+                               teacher_logits=self.reference, drop_blocks=spec.drop_blocks)

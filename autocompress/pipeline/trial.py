@@ -11,13 +11,14 @@ import hashlib
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from autocompress.config import TrainConfig
 from autocompress.measure.accuracy import onnx_accuracy
 from autocompress.measure.verify import kernel_report
+from autocompress.pipeline.blocks import inside, remove_blocks
 from autocompress.pipeline.export import export_onnx, fold_batchnorm, layer_nodes
 from autocompress.pipeline.finetune import evaluate, train
 from autocompress.pipeline.prune import channel_counts, prune_model
@@ -25,7 +26,7 @@ from autocompress.pipeline.quantize import calibrate_activations, fake_quantized
 from autocompress.tasks.data import Splits
 
 __all__ = ["TrialSpec", "TrialOutput", "StoppedEarly", "ShortOutput", "Laps", "run_pipeline", "run_short",
-           "build_artifact"]
+           "pruned_copy", "build_artifact"]
 
 
 @dataclass
@@ -44,6 +45,7 @@ class TrialSpec:
     parity_val: bool = False
     train_device: str = "cpu"  # where the fine-tune runs (pipeline/devices.py); everything else stays on the CPU
     criterion: str = "l2"  # how channels are ranked for pruning (pipeline.prune.CRITERIA)
+    drop_blocks: tuple[str, ...] = ()  # residual blocks removed whole (pipeline/blocks.py) before pruning
 
 
 @dataclass
@@ -101,7 +103,7 @@ def run_pipeline(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *,
     torch.manual_seed(spec.seed)
     lap = Laps()
 
-    model, kept = _pruned_copy(baseline, splits, spec)
+    model, kept, spec = pruned_copy(baseline, splits, spec)
     lap("prune")
 
     # qmodel computes what the ORT artifact will
@@ -149,7 +151,7 @@ def run_short(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *, thr
         torch.set_num_threads(threads)
     torch.manual_seed(spec.seed)
     lap = Laps()
-    model, _ = _pruned_copy(baseline, splits, spec)
+    model, _, spec = pruned_copy(baseline, splits, spec)
     lap("prune")
     with fake_quantized(model, spec.precisions, reduce_range=spec.reduce_range) as qmodel:
         if spec.finetune is not None and spec.finetune.epochs > 0:
@@ -161,13 +163,19 @@ def run_short(baseline: torch.nn.Module, splits: Splits, spec: TrialSpec, *, thr
     return ShortOutput(acc, lap.times)
 
 
-def _pruned_copy(baseline: torch.nn.Module, splits: Splits,
-                 spec: TrialSpec) -> tuple[torch.nn.Module, dict[str, tuple[int, int]]]:
+def pruned_copy(baseline: torch.nn.Module, splits: Splits,
+                spec: TrialSpec) -> tuple[torch.nn.Module, dict[str, tuple[int, int]], TrialSpec]:
+    """A copy of the baseline with spec's blocks removed and its groups pruned; and the spec of what is left (the
+    removed blocks' groups and layers taken out of its ratios and precisions)."""
     model = copy.deepcopy(baseline).eval()
+    if spec.drop_blocks:
+        remove_blocks(model, spec.drop_blocks)
+        spec = replace(spec, ratios={g: r for g, r in spec.ratios.items() if not inside(g, spec.drop_blocks)},
+                       precisions={n: p for n, p in spec.precisions.items() if not inside(n, spec.drop_blocks)})
     kept = prune_model(model, splits.val.images(1), dict(spec.ratios),  # ratio 0 groups are recorded, not pruned
                        round_to=spec.round_to, min_channels=spec.min_channels, criterion=spec.criterion,
                        data=splits.train)
-    return model, kept
+    return model, kept, spec
 
 
 def build_artifact(model: torch.nn.Module, splits: Splits, spec: TrialSpec, kept: dict[str, tuple[int, int]], *,
@@ -176,6 +184,8 @@ def build_artifact(model: torch.nn.Module, splits: Splits, spec: TrialSpec, kept
     evaluated: the second half of every trial, and of `autocompress finalize`."""
     lap = lap if lap is not None else Laps()
     example = splits.val.images(1)
+    present = dict(model.named_modules())  # a removed block's layers have no precision to take
+    spec = replace(spec, precisions={n: p for n, p in spec.precisions.items() if n in present})
     # The PyTorch counterpart of the artifact is the fine-tuned model with BatchNorm folded into its convs, as
     # exported, fake-quantized and calibrated on the folded float model, as ONNX Runtime calibrates it: evaluated
     # before folding, float rounding at quantization-step boundaries makes it differ (docs/pipeline.md, parity).

@@ -26,6 +26,7 @@ class ModelConfig:
     groups: dict[str, dict]  # group (its first layer's name) -> {"ratio": r, "channels": before, "kept": after}
     precisions: dict[str, str]  # layer -> fp32 / int8 / int4
     criterion: str = "l2"  # how the channels were ranked (pipeline.prune.CRITERIA)
+    removed_blocks: tuple[str, ...] = ()  # residual blocks removed whole (their groups and layers are gone)
 
     @classmethod
     def from_row(cls, row: pd.Series | dict, channels_before: dict[str, int]) -> "ModelConfig":
@@ -38,7 +39,13 @@ class ModelConfig:
                              "kept": int(kept) if kept is not None and pd.notna(kept) else channels_before.get(g)}
         precisions = {k.split(":", 1)[1]: str(v) for k, v in row.items() if k.startswith("quant:") and pd.notna(v)}
         criterion = row.get("criterion")
-        return cls(groups, precisions, str(criterion) if criterion is not None and pd.notna(criterion) else "l2")
+        removed = tuple(k.split(":", 1)[1] for k, v in row.items() if k.startswith("depth:") and v == "drop")
+        gone = [n for n in (*groups, *precisions) if any(n == b or n.startswith(b + ".") for b in removed)]
+        for n in gone:
+            groups.pop(n, None)
+            precisions.pop(n, None)
+        return cls(groups, precisions, str(criterion) if criterion is not None and pd.notna(criterion) else "l2",
+                   removed)
 
 
 @dataclass(frozen=True)

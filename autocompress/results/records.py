@@ -94,16 +94,17 @@ _ARTIFACT_AFTER_LATENCY = ("size_bytes", "torch_test_accuracy", "sha256", "onnx"
 
 
 def choice_columns(row: dict) -> dict:
-    """The configuration columns of a row: `prune:<group>` ratios, `quant:<layer>` precisions and, when the space
-    offers a choice of pruning criteria, `criterion`."""
-    return {k: v for k, v in row.items() if k.startswith(("prune:", "quant:")) or k == "criterion"}
+    """The configuration columns of a row: `prune:<group>` ratios, `quant:<layer>` precisions, `depth:<block>` (keep
+    or drop) when the space offers removing blocks and, when it offers a choice of pruning criteria, `criterion`."""
+    return {k: v for k, v in row.items() if k.startswith(("prune:", "quant:", "depth:")) or k == "criterion"}
 
 
 @dataclass(frozen=True)
 class TrialRecord:
     trial: int  # -1 for a baseline
     state: TrialState
-    choices: dict[str, Any]  # `prune:<group>` -> ratio, `quant:<layer>` -> precision (every one, fixed ones too)
+    # `prune:<group>` -> ratio, `quant:<layer>` -> precision (every one, fixed ones too), `depth:<block>` -> keep/drop
+    choices: dict[str, Any]
     kind: str = "search"  # or `baseline-<name>`
     duration_s: float = 0.0
     error: str = ""

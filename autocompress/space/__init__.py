@@ -3,6 +3,9 @@ rules, and the sensitivity scan that narrows them."""
 
 from autocompress.space._space import (
     DEFAULT_SPACE,
+    DROP,
+    KEEP,
+    BlockChoice,
     GroupChoice,
     LayerChoice,
     SearchSpace,
@@ -11,4 +14,5 @@ from autocompress.space._space import (
     load_space_file,
 )
 
-__all__ = ["SpaceFile", "SearchSpace", "GroupChoice", "LayerChoice", "load_space_file", "build_space", "DEFAULT_SPACE"]
+__all__ = ["SpaceFile", "SearchSpace", "GroupChoice", "LayerChoice", "BlockChoice", "KEEP", "DROP", "load_space_file",
+           "build_space", "DEFAULT_SPACE"]

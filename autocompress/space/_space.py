@@ -14,7 +14,8 @@ from autocompress.errors import SpaceError, location
 from autocompress.pipeline.prune import PruneGroup, kept_channels
 from autocompress.yamlio import read_yaml
 
-__all__ = ["SpaceFile", "SearchSpace", "GroupChoice", "LayerChoice", "load_space_file", "build_space", "DEFAULT_SPACE"]
+__all__ = ["SpaceFile", "SearchSpace", "GroupChoice", "LayerChoice", "BlockChoice", "KEEP", "DROP", "load_space_file",
+           "build_space", "DEFAULT_SPACE"]
 
 # shipped inside the package (package data), so a non-editable install has it too; examples to copy: search_spaces/
 DEFAULT_SPACE = files("autocompress") / "search_spaces" / "default.yaml"
@@ -72,9 +73,16 @@ class Rule(_Strict):
         return None if v is None else _check_precisions(v)
 
 
+class DepthSection(_Strict):
+    # offer removing whole residual blocks whose shortcut is the identity (pipeline/blocks.py): on small inputs
+    # latency follows the number of operators, and only fewer blocks make such a network faster
+    blocks: bool = False
+
+
 class SpaceFile(_Strict):
     prune: PruneSection = PruneSection()
     quantize: QuantizeSection = QuantizeSection()
+    depth: DepthSection = DepthSection()
     rules: list[Rule] = Field(default_factory=list)
 
 
@@ -103,7 +111,7 @@ def load_space_file(path: str | Path | None) -> SpaceFile:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = ("unknown key; allowed keys are prune (ratios, round_to, min_channels, criteria), "
-                   "quantize (precisions), rules (match, ratios, precisions)")
+                   "quantize (precisions), depth (blocks), rules (match, ratios, precisions)")
         raise SpaceError(f"{_where(err)} in {path}: {msg} (got {err.get('input')!r})") from None
 
 
@@ -126,6 +134,17 @@ class LayerChoice:
 
 
 @dataclass(frozen=True)
+class BlockChoice:
+    """A residual block the search may remove whole (its layers go with it)."""
+
+    name: str
+    layers: tuple[str, ...]
+
+
+KEEP, DROP = "keep", "drop"
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     groups: list[GroupChoice]
     layers: list[LayerChoice]
@@ -134,6 +153,7 @@ class SearchSpace:
     excluded: dict[str, str] = field(default_factory=dict)  # layer -> why it is not searched
     pruning_limits: dict[str, str] = field(default_factory=dict)  # group -> which ratios it lost, and why
     criteria: list[str] = field(default_factory=lambda: ["l2"])  # pruning criteria; one is chosen per trial
+    blocks: list[BlockChoice] = field(default_factory=list)  # removable residual blocks (depth: blocks: true)
 
     def params(self) -> dict[str, list]:
         """Optuna parameter name -> choices, for every choice with more than one option."""
@@ -146,7 +166,18 @@ class SearchSpace:
         for l in self.layers:
             if len(l.precisions) > 1:
                 out[f"quant:{l.name}"] = list(l.precisions)
+        for b in self.blocks:
+            out[f"depth:{b.name}"] = [KEEP, DROP]
         return out
+
+    def dropped(self, params: dict) -> tuple[str, ...]:
+        """The blocks Optuna params (or a row's choice columns) remove."""
+        return tuple(b.name for b in self.blocks if params.get(f"depth:{b.name}") == DROP)
+
+    def complete(self, params: dict) -> dict:
+        """`params` with every block it does not mention kept: configurations made without the blocks in mind (the
+        scan's, the allocation's) are enqueued whole, not with their depth left to the sampler."""
+        return {**{f"depth:{b.name}": KEEP for b in self.blocks}, **params}
 
     def decode(self, params: dict) -> tuple[dict[str, float], dict[str, str]]:
         """Optuna params -> (ratio per group, precision per layer), filling fixed choices."""
@@ -170,7 +201,7 @@ class SearchSpace:
         for l in self.layers:
             if len(l.precisions) > 1:
                 params[f"quant:{l.name}"] = precision if precision in l.precisions else l.precisions[0]
-        return params
+        return self.complete(params)
 
     def describe(self) -> list[dict]:
         rows = [{"kind": "group", "name": g.name, "channels": g.channels, "members": list(g.members),
@@ -178,11 +209,15 @@ class SearchSpace:
         rows += [{"kind": "layer", "name": l.name, "choices": list(l.precisions)} for l in self.layers]
         if self.criteria != ["l2"]:  # (the default adds no row: the keys of cached scans stay as they were)
             rows.append({"kind": "criterion", "name": "criterion", "choices": list(self.criteria)})
+        rows += [{"kind": "block", "name": b.name, "members": list(b.layers), "choices": [KEEP, DROP]}
+                 for b in self.blocks]
         return rows
 
 
-def build_space(spec: SpaceFile, groups: list[PruneGroup], layers: list[str], *, source: str = "") -> SearchSpace:
-    """Apply the YAML rules to the model's groups and layers."""
+def build_space(spec: SpaceFile, groups: list[PruneGroup], layers: list[str], *, source: str = "",
+                blocks: list | tuple = ()) -> SearchSpace:
+    """Apply the YAML rules to the model's groups and layers; `blocks` (pipeline.blocks.Block) are offered when the
+    YAML's `depth: blocks` is on."""
     def rule_for(name: str, attr: str, default: list):
         value = default
         for rule in spec.rules:
@@ -207,5 +242,6 @@ def build_space(spec: SpaceFile, groups: list[PruneGroup], layers: list[str], *,
         kept = sorted(seen, reverse=True)
         out_groups.append(GroupChoice(g.name, g.channels, g.members, [seen[k] for k in kept], kept, g.channel_groups))
     out_layers = [LayerChoice(l, list(rule_for(l, "precisions", spec.quantize.precisions))) for l in layers]
+    out_blocks = [BlockChoice(b.name, tuple(b.layers)) for b in blocks] if spec.depth.blocks else []
     return SearchSpace(out_groups, out_layers, spec.prune.round_to, spec.prune.min_channels,
-                       criteria=list(dict.fromkeys(spec.prune.criteria)))
+                       criteria=list(dict.fromkeys(spec.prune.criteria)), blocks=out_blocks)
