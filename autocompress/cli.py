@@ -307,9 +307,8 @@ def main(args: list[str] | None = None) -> None:
         typer.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
         raise SystemExit(2) from None
     except typer.Abort:  # (typer's own: the click it vendors has none)
-        code = 130
-    if code == 130:  # Ctrl-C outside a search's stages, which typer turns into exit 130 without a word
         typer.echo("stopped: interrupted before the search started; nothing was written", err=True)
+        raise SystemExit(130) from None
     raise SystemExit(code if isinstance(code, int) else 0)
 
 

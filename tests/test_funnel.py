@@ -260,11 +260,12 @@ def test_the_funnel_keeps_its_share_of_a_time_budget(small, tmp_path):
 
 
 def test_the_trials_start_with_the_free_two_then_every_promoted_candidate(small):
-    """The two fine-tuned uniform baselines (free), then the promoted ones, all of them: those past a trial budget
-    wait, enqueued, for a resumed run with a larger one; the scan's picks competed in the funnel and are not added."""
+    """The two fine-tuned uniform baselines (free), then the promoted ones, up to the trial budget; the scan's picks
+    competed in the funnel and are not added."""
     from autocompress.engine.study import warm_start_configs
 
     space = small[2]
     promoted = [space.uniform(0.75, "int8"), space.uniform(0.25, "fp32")]
-    first = warm_start_configs(space, [space.uniform(0.0, "int8")], 3, promoted=promoted)
+    first = warm_start_configs(space, [space.uniform(0.0, "int8")], 4, promoted=promoted)
     assert first == [space.uniform(0.5, "int8"), space.uniform(0.25, "int8"), *promoted]
+    assert warm_start_configs(space, [], 3, promoted=promoted) == first[:3]

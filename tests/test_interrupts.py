@@ -17,10 +17,11 @@ import pytest
 
 from tests.conftest import FAST_CONFIG, default_sigint
 
-# The stages run for real: a baseline trained here (an empty cache), the latency model's table and the scan, on a
-# small space (two ratios, fp32 or int8) so that the table and the scan stay short.
+# The stages run for real: a baseline trained here (an empty cache), the latency model's table, the scan and the
+# funnel, on a small space (two ratios, fp32 or int8), a third of the validation images and 8 funnel candidates,
+# so that they stay short.
 FLAGS = ["--config", str(FAST_CONFIG), "--baseline-epochs", "3", "--finetune-epochs", "0.5", "--no-progress",
-         "--latency-model", "--baselines", "fp32,int8"]
+         "--latency-model", "--funnel", "8", "--baselines", "fp32,int8", "--max-images", "val=120"]
 SPACE = "prune:\n  ratios: [0.0, 0.5]\nquantize:\n  precisions: [fp32, int8]\n"
 
 

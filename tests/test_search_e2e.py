@@ -58,9 +58,11 @@ def test_search_local_ray_then_report_and_pick(tmp_path):
     run = tmp_path / "run"
     # measured, not taken from the latency cache (earlier tests may have measured the same graphs); with
     # --multi-fidelity at a margin no trial falls short of (every trial runs in full), and 1.5 fine-tune epochs so
-    # that there is a halfway point (after the first epoch) to check
+    # that there is a halfway point (after the first epoch) to check; the funnel the latency model enables scores 16
+    # candidates on Ray (its default size, 20 per trial, would add time and nothing to check)
     res = run_cli("search", "--budget", "4", "--out", str(run), "--no-latency-cache", *FAST_FLAGS, "--baselines", ALL,
-                  "--confirm-rounds", "2", "--latency-model", "--multi-fidelity", "100", "--finetune-epochs", "1.5")
+                  "--confirm-rounds", "2", "--latency-model", "--multi-fidelity", "100", "--finetune-epochs", "1.5",
+                  "--funnel", "16")
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"report: {run / 'report.html'}" in res.stdout
     _check_run(run, 4)

@@ -282,7 +282,8 @@ def run_funnel(prep: Prepared, state: RunState, executor: Executor, predictor, s
             funnel.run()
         meta.update(scored_all=True, score_seconds=round(meta.get("seconds", 0.0) + time.perf_counter() - t0, 1))
         state.rd.write_json(state.rd.meta, state.meta)
-    best = _promoted(cfg, ladder, book, executor, make_spec, deadlines.short, log)
+    built = {b.model_key for b in state.baselines.values() if b.model_key}  # their results are reused, not re-run
+    best = _promoted(cfg, ladder, book, executor, make_spec, deadlines.short, log, built)
     _note(meta, book, best, time.perf_counter() - t0)
     state.rd.write_json(state.rd.meta, state.meta)
     for s in best:
@@ -312,10 +313,11 @@ class _Deadlines:
 
 def _promoted(cfg: SearchConfig, ladder: Ladder, book: FunnelBook, executor: Executor,
               make_spec: Callable[[dict], TrialSpec], deadline: float | None,
-              log: Callable[[str], None]) -> list[Scored]:
-    """The best-scored of each target; or, with short fine-tunes, the best of each target's shortlist after them."""
+              log: Callable[[str], None], built: set[str]) -> list[Scored]:
+    """The best-scored of each target; or, with short fine-tunes, the best of each target's shortlist after them.
+    Models a baseline built (`built` keys) are left out: a trial of one would only reuse its result."""
     n_targets, per_target = len(ladder.targets), cfg.funnel.n_promoted(cfg.budget.trials)
-    rows = list(book.rows.values())
+    rows = [s for s in book.rows.values() if s.key not in built]
     shortlisted = cfg.funnel.n_shortlisted(cfg.budget.trials)
     short = cfg.funnel.short_finetune(cfg.finetune)
     if short is None or shortlisted <= per_target:

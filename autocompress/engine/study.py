@@ -34,17 +34,17 @@ def warm_start_configs(space: SearchSpace, scan_picks: list[dict], budget_trials
     """The configurations a search runs first, in order, distinct: the two free baseline models, then the funnel's
     `promoted` ones (engine/funnel.py: the scan's picks and the uniform ladder competed there, so they are not added
     again), or without a funnel the sensitivity scan's picks (those allocated with the latency model first) and the
-    other WARM_START configurations, at most a third of a trial budget beyond the free two (the promoted ones all:
-    those the budget does not reach wait, enqueued, for a resumed run with a larger budget)."""
+    other WARM_START configurations, at most a third of a trial budget beyond the free two (the promoted ones up to
+    the budget)."""
     uniform = [space.uniform(ratio, prec) for ratio, prec in WARM_START]
     rest = list(promoted) if promoted else list(scan_picks) + uniform[2:]
     out: list[dict] = []
     for params in uniform[:2] + rest:
         if params not in out:
             out.append(params)
-    if budget_trials is None or promoted:  # (promoted ones past the budget wait in the study: a resume runs them)
+    if budget_trials is None:
         return out
-    return out[:min(budget_trials, 2 + budget_trials // 3)]
+    return out[:budget_trials] if promoted else out[:min(budget_trials, 2 + budget_trials // 3)]
 
 
 def grid_configs(space: SearchSpace) -> list[dict]:
