@@ -106,7 +106,8 @@ class FunnelConfig(_Strict):
     # candidates per target fine-tuned to the end; None: 2, or fewer so that they take at most half a trial budget
     promote: int | None = Field(default=None, ge=1, le=100)
     # candidates per target given a short fine-tune, whose accuracy then chooses the promoted ones (successive
-    # halving); None: two more than are promoted; at most the promoted number: no short fine-tunes
+    # halving); None: two more than are promoted (fewer in a small trial budget: n_shortlisted); at most the
+    # promoted number: no short fine-tunes
     shortlist: int | None = Field(default=None, ge=0, le=100)
     # epochs of the short fine-tune; None: a third of the fine-tune's
     short_epochs: float | None = Field(default=None, gt=0, le=1000)
@@ -127,9 +128,14 @@ class FunnelConfig(_Strict):
         return 2 if trials is None else max(1, min(2, trials // (2 * self.targets)))
 
     def n_shortlisted(self, trials: int | None) -> int:
-        """Per target (no more than are promoted: no short fine-tunes)."""
+        """Per target (no more than are promoted: no short fine-tunes). By default two more than are promoted, and
+        with a trial budget no more than the short fine-tunes of a third of the epochs fit in half of it: a 3-trial
+        search has none, a 12-trial one 3 per target."""
         promoted = self.n_promoted(trials)
-        return max(promoted, self.shortlist if self.shortlist is not None else promoted + 2)
+        if self.shortlist is not None:
+            return max(promoted, self.shortlist)
+        fit = promoted + 2 if trials is None else min(promoted + 2, int(1.5 * trials) // self.targets)
+        return max(promoted, fit)
 
     def short_finetune(self, finetune: TrainConfig) -> TrainConfig | None:
         """The short fine-tune's settings (the fine-tune's, fewer epochs), or None when there is none to shorten."""

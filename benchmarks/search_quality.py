@@ -390,7 +390,7 @@ def _pick(m: dict | None, fp32: dict, key: str) -> dict | None:
 
 
 def _trial_key(row: dict, kept: list[str], layers: list[str]) -> str | None:
-    """A trials.csv row's model as engine.scheduler.model_key writes it (kept channels, precisions), or None."""
+    """A trials.csv row's model as space.keys.model_key writes it (kept channels, precisions), or None."""
     k = {}
     for g in kept:
         v = _num(row.get(f"channels:{g}"))

@@ -102,8 +102,8 @@ def _depth_space(model, example):
 
 
 def test_a_space_with_depth_offers_each_block_and_tells_models_apart():
-    from autocompress.engine.scheduler import config_columns, params_key
     from autocompress.space import SpaceFile, build_space
+    from autocompress.space.keys import config_columns, params_key
 
     model = build_model("resnet20", num_classes=10, in_channels=1).eval()
     example = torch.randn(1, 1, 32, 32)

@@ -47,7 +47,7 @@ def test_taylor_without_training_images_says_so(trained_resnet20, digits):
 
 
 def test_the_space_offers_criteria_as_one_choice_per_trial(trained_resnet20, digits, tmp_path):
-    from autocompress.engine.scheduler import config_columns, model_key
+    from autocompress.space.keys import config_columns, model_key
 
     example = digits.val.images(1)
     spec = SpaceFile.model_validate({"prune": {"ratios": [0.0, 0.5], "criteria": ["l1", "taylor"]}})

@@ -22,13 +22,14 @@ from autocompress.engine.policies import (
     WarmStart,
     policies_for,
 )
-from autocompress.engine.scheduler import Limits, Scheduler, model_key
+from autocompress.engine.scheduler import Limits, Scheduler
 from autocompress.engine.state import LatencyBook, RunState
 from autocompress.latency_model.screen import SCREEN_SLACK
 from autocompress.pipeline.trial import StoppedEarly
 from autocompress.results.records import Allocated, ArtifactFigures, LatencyFigures, TrialRecord, TrialState
 from autocompress.results.rundir import RunDir
 from autocompress.space import GroupChoice, LayerChoice, SearchSpace
+from autocompress.space.keys import model_key
 
 
 def _key(kept: dict[str, int], precision: dict[str, str]) -> str:

@@ -22,7 +22,7 @@ from autocompress.engine.policies import (
     ScreenGate,
     rung,
 )
-from autocompress.engine.scheduler import Limits, Scheduler, model_key
+from autocompress.engine.scheduler import Limits, Scheduler
 from autocompress.engine.state import LatencyBook, RunState
 from autocompress.engine.study import distributions
 from autocompress.measure.latency import measure_latency
@@ -32,6 +32,7 @@ from autocompress.results.records import ArtifactFigures, LatencyFigures, TrialR
 from autocompress.results.rundir import RunDir
 from autocompress.runtime.executor import InProcessExecutor
 from autocompress.space import SpaceFile, build_space
+from autocompress.space.keys import model_key
 from autocompress.space.layers import quantizable_layers
 from autocompress.tasks.splitting import Split, Splits, TensorImages
 

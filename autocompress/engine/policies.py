@@ -39,7 +39,7 @@ class Candidate:
 
     trial: int
     params: dict
-    key: str  # the identity of the model it builds (`scheduler.model_key`)
+    key: str  # the identity of the model it builds (`space.keys.model_key`)
     predicted: float | None = None  # the latency model's figure (ms), or None without one
 
 

@@ -22,7 +22,7 @@ from autocompress.engine.policies import WarmStart, policies_for
 from autocompress.engine.prepare import Prepared
 from autocompress.engine.progress import Interrupt, Progress, exit_code, sigterm_interrupts
 from autocompress.engine.scheduler import Limits, Scheduler
-from autocompress.engine.state import LatencyBook, RunState, run_lock
+from autocompress.engine.state import LatencyBook, RunState, refuse_if_locked, run_lock
 from autocompress.engine.study import distributions, grid_configs, make_sampler, open_study, warm_start_configs
 from autocompress.errors import Interrupted, describe_error
 from autocompress.pipeline.quantize import quant_format_for
@@ -39,6 +39,7 @@ def run_search(prep: Prepared, *, progress: bool = True, log: Callable[[str], No
     """Run the prepared search to its end (budget, exhaustion or Ctrl-C); returns its run directory, whose report
     the caller writes. Ctrl-C (a second one in the trial loop) or SIGTERM in any stage marks the run interrupted
     and raises Interrupted naming the stage; `--resume` goes on from there."""
+    refuse_if_locked(RunDir(prep.run_dir))
     cpus = _cpus(prep)
     # before anything is written: a cluster that cannot be joined leaves no run directory
     # (SIGTERM's handler after Ray's start: Ray installs one of its own that ends the process)

@@ -114,18 +114,30 @@ class LatencyBook:
 @contextlib.contextmanager
 def run_lock(rd: RunDir) -> Iterator[None]:
     """An exclusive lock on the run directory for the life of the block: one search per run directory."""
-    import fcntl
-
     with open(rd.path / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise RunError(f"run directory {str(rd.path)!r} is in use by another search ({holder}); wait for it to "
-                           "finish or choose another --out") from None
+        _lock(rd, f)
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()}\n")
         f.flush()
         yield
+
+
+def refuse_if_locked(rd: RunDir) -> None:
+    """Raise RunError at once when another search holds the run directory: said before Ray starts (seconds), not
+    after it. (`run_lock` still decides: this is only the early answer.)"""
+    if (rd.path / ".lock").is_file():
+        with open(rd.path / ".lock", "a+") as f:
+            _lock(rd, f)
+
+
+def _lock(rd: RunDir, f) -> None:
+    import fcntl
+
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        raise RunError(f"run directory {str(rd.path)!r} is in use by another search ({holder}); wait for it to "
+                       "finish or choose another --out") from None

@@ -12,10 +12,10 @@ from __future__ import annotations
 import warnings
 from typing import Callable
 
-from autocompress.engine.scheduler import config_columns, params_key
 from autocompress.engine.state import RunState
 from autocompress.results.records import TrialRecord, TrialState
 from autocompress.space import SearchSpace
+from autocompress.space.keys import config_columns, params_key
 
 __all__ = ["WARM_START", "warm_start_configs", "grid_configs", "make_sampler", "open_study", "distributions"]
 

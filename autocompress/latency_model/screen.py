@@ -35,7 +35,7 @@ class Dominator:
 
 def covers(big: dict, small: dict) -> bool:
     """Whether model `big` keeps at least `small`'s channels in every group and holds every layer at least as
-    precisely (both are `scheduler.model_key` identities, parsed)."""
+    precisely (both are `space.keys.model_key` identities, parsed)."""
     return (all(big["kept"].get(g, 0) >= n for g, n in small["kept"].items())
             and all(PRECISION_RANK.get(big["precision"].get(layer, "fp32"), 3) >= PRECISION_RANK.get(p, 3)
                     for layer, p in small["precision"].items()))

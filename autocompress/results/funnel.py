@@ -17,7 +17,7 @@ class Scored:
 
     number: int  # its trial in the funnel's study
     params: dict
-    key: str  # the model it builds (scheduler.model_key)
+    key: str  # the model it builds (space.keys.model_key)
     predicted_ms: float | None
     target: int | None  # its bin in the ladder; None: over every target (not scored)
     origin: str = "sampled"  # "uniform" (the uniform ladder), "scan" (the sensitivity scan's picks) or "sampled"
