@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from autocompress.pipeline.hooks import run_hooked
+
 __all__ = ["LayerSite", "LayerKey", "wire_layers", "layer_keys", "site_keys", "removed_channels", "layer_graph",
            "time_graph", "config_graph", "layer_module", "quantized_graph", "as_pair"]
 
@@ -81,12 +83,7 @@ def _sites_of(model: nn.Module, example: torch.Tensor) -> dict[str, LayerSite]:
     seen: dict[str, tuple[int, ...]] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, inp, name=name: seen.__setitem__(name, tuple(inp[0].shape)))
              for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, example, hooks)
     sites = {}
     for name, m in model.named_modules():
         if name not in seen:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from autocompress.pipeline.hooks import run_hooked
+
 __all__ = ["Block", "removable_blocks", "remove_blocks", "inside"]
 
 _ADDS = {operator.add, operator.iadd, torch.add}
@@ -73,12 +75,7 @@ def _io_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[torch
                 (args[0].shape, output.shape) if len(args) == 1 and isinstance(args[0], torch.Tensor)
                 and isinstance(output, torch.Tensor) else None)
         hooks.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, example, hooks)
     return {n: calls[0] for n, calls in seen.items() if len(calls) == 1 and calls[0] is not None}
 
 
