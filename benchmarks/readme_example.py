@@ -75,6 +75,21 @@ def verdict(run: Path) -> str:
             f"{fp32_ms / ref['latency_ms']:.2f}x: {ref['latency_ms'] / best['latency_ms']:.2f}x between them.")
 
 
+def stages(meta: dict) -> str:
+    """Where the search's time went before its trials: the latency model, the scan and the funnel (meta.json)."""
+    lm, sens, f = meta.get("latency_model", {}), meta.get("sensitivity", {}), meta.get("funnel", {})
+    origins = ", ".join(sorted({p["origin"] for p in f.get("promoted", [])})) or "none"
+    parts = [f"latency model {lm.get('seconds', 0):g} s for its layer table ({lm.get('timed_now', 0)} of "
+             f"{lm.get('entries', 0)} timings new) and {lm.get('proxy_seconds', 0):g} s for {lm.get('proxies', 0)} "
+             "proxies",
+             f"sensitivity scan {sens.get('seconds', 0):g} s{' (from the cache)' if sens.get('cached') else ''}",
+             f"funnel {f.get('seconds', 0):g} s: {f.get('scored', 0)} of {f.get('proposed', 0)} proposed candidates "
+             f"scored in {f.get('score_seconds', 0):g} s ({f.get('over_targets', 0)} predicted over the slowest "
+             f"target, not built), {f.get('shortened', 0)} short fine-tunes, {len(f.get('promoted', []))} promoted "
+             f"(origin: {origins})"]
+    return f"Stages: {'; '.join(parts)}; the search in all {meta.get('wall_seconds', 0):g} s."
+
+
 def _no_machine_paths(run: Path, replace: dict[str, str]) -> None:
     """The committed run names no directory of the machine it ran on (the temporary run directory, the home)."""
     for path in run.rglob("*"):
@@ -103,7 +118,7 @@ def main() -> None:
           f"`python benchmarks/readme_example.py`: `{command}` on {dev.get('cpu')} ({dev.get('cores')} cores, ISA "
           f"{', '.join(dev.get('isa', []))}), ONNX Runtime {dev.get('onnxruntime')}, {dev.get('threads')} thread, "
           f"batch 1; the whole command took {seconds:.0f} s. The run is `reports/example/`. Latencies are the "
-          "medians confirmed together at the end of the run.", "", *table(run), "", verdict(run)]
+          "medians confirmed together at the end of the run.", "", *table(run), "", verdict(run), "", stages(meta)]
     (HERE / "readme_example.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
