@@ -134,7 +134,9 @@ class FunnelConfig(_Strict):
         promoted = self.n_promoted(trials)
         if self.shortlist is not None:
             return max(promoted, self.shortlist)
-        fit = promoted + 2 if trials is None else min(promoted + 2, int(1.5 * trials) // self.targets)
+        fit = promoted + 2
+        if trials is not None:
+            fit = min(fit, int(1.5 * trials) // self.targets)
         return max(promoted, fit)
 
     def short_finetune(self, finetune: TrainConfig) -> TrainConfig | None:

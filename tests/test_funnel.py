@@ -283,3 +283,14 @@ def test_the_trials_start_with_the_free_two_then_every_promoted_candidate(small)
     first = warm_start_configs(space, [space.uniform(0.0, "int8")], 4, promoted=promoted)
     assert first == [space.uniform(0.5, "int8"), space.uniform(0.25, "int8"), *promoted]
     assert warm_start_configs(space, [], 3, promoted=promoted) == first[:3]
+
+
+def test_the_short_fine_tunes_fit_in_half_a_trial_budget():
+    """Per target: none beyond the promoted in a 3-trial search, 3 in a 12-trial one, two more than promoted
+    without a trial budget; a shortlist given is kept."""
+    from autocompress.config import FunnelConfig
+
+    f = FunnelConfig()
+    assert [(f.n_promoted(t), f.n_shortlisted(t)) for t in (3, 7, 12, 40, None)] == [
+        (1, 1), (1, 2), (1, 3), (2, 4), (2, 4)]
+    assert FunnelConfig(shortlist=5).n_shortlisted(3) == 5
