@@ -111,6 +111,9 @@ class FunnelConfig(_Strict):
     shortlist: int | None = Field(default=None, ge=0, le=100)
     # epochs of the short fine-tune; None: a third of the fine-tune's
     short_epochs: float | None = Field(default=None, gt=0, le=1000)
+    # what proposes the candidates: evolution within each latency target (engine/evolution.py), or an Optuna
+    # sampler on (score, predicted latency)
+    sampler: Literal["evolution", "nsga2", "tpe", "random"] = "evolution"
     bn_images: int = Field(default=256, ge=0)  # training images whose passes re-estimate BatchNorm
     val_images: int = Field(default=512, ge=1)  # validation images every candidate is scored on
     # of a time budget, at most: scoring stops at half of it, short fine-tunes start only within it

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import threading
 
-import optuna
 import pytest
 import torch
 
-from autocompress.config import TrainConfig
-from autocompress.engine.scoring import Funnel, Ladder, open_funnel_study, uniform_ladder
+from autocompress.config import FunnelConfig, TrainConfig
+from autocompress.engine.scoring import Funnel, Ladder, funnel_sampler, open_funnel_study, uniform_ladder
 from autocompress.engine.shortlist import ShortStage, promote
 from autocompress.pipeline.finetune import train
 from autocompress.pipeline.prune import find_groups, kept_channels
@@ -107,8 +106,8 @@ def _funnel(small, run, n: int, executor=None, seed: int = 0) -> Funnel:
     ladder = Ladder.between(predictor.predict(space.uniform(0.0, "fp32")), predictor.predict(space.uniform(1, "int8")),
                             3)
     book = FunnelBook.open(run / "funnel.jsonl")
-    study = open_funnel_study(run / "funnel.log", "f", sampler=optuna.samplers.NSGAIISampler(seed=seed,
-                                                                                          population_size=8),
+    sampler = funnel_sampler(FunnelConfig().sampler, seed, n, space, predictor, ladder)  # the default's
+    study = open_funnel_study(run / "funnel.log", "f", sampler=sampler,
                               first=[(p, "uniform") for p in uniform_ladder(space)], book=book)
     executor = executor or CountingExecutor(model, digits, measure=None, space=space)
 

@@ -4,7 +4,7 @@ A trial costs a fine-tune, so a search can afford tens of them; a candidate's ch
 `run_funnel`:
 - spans the front with a `Ladder` of latency targets, from int8 PTQ's predicted latency down to the fastest the
   space allows (the measured latency model predicts every candidate before it is built);
-- lets an Optuna study of its own (NSGA-II on score and predicted latency, journal `funnel.log` in the run directory)
+- lets an Optuna study of its own (evolution within each target, engine/evolution.py; journal `funnel.log` in the run directory)
   propose candidates in batches, the uniform ladder (every ratio x int8, then fp32) and the sensitivity scan's picks
   first, scored where trials run (engine/scoring.py);
 - gives each target's best-scored a short fine-tune and promotes the best of those (engine/shortlist.py), which the
@@ -20,7 +20,7 @@ from typing import Callable
 from autocompress.config import SearchConfig
 from autocompress.engine.prepare import Prepared
 from autocompress.engine.progress import StageBar
-from autocompress.engine.scoring import Funnel, Ladder, open_funnel_study, uniform_ladder
+from autocompress.engine.scoring import Funnel, Ladder, funnel_sampler, open_funnel_study, uniform_ladder
 from autocompress.engine.shortlist import ShortStage, promote
 from autocompress.engine.state import RunState
 from autocompress.pipeline.score import ScoreSettings, ScoreSpec
@@ -150,12 +150,11 @@ def _ladder(space: SearchSpace, predictor, cfg: SearchConfig) -> Ladder:
 
 def _funnel(prep: Prepared, state: RunState, executor: Executor, predictor, ladder: Ladder, book: FunnelBook,
             scan_picks: list[dict], reduce_range: bool, deadline: float | None, log: Callable[[str], None]) -> Funnel:
-    import optuna
 
     cfg, space = prep.config, prep.space
     n = cfg.funnel.n_candidates(cfg.budget.trials)
     resumed = int(state.meta.get("resumed", 0))
-    sampler = optuna.samplers.NSGAIISampler(seed=cfg.seed + 7919 * resumed, population_size=max(8, min(50, n // 6)))
+    sampler = funnel_sampler(cfg.funnel.sampler, cfg.seed + 7919 * resumed, n, space, predictor, ladder)
     # the uniform ladder (and its fp32 counterpart, the fastest on a small network) and the scan's picks go first
     first = ([(p, "uniform") for p in uniform_ladder(space, ("int8", "fp32"))]
              + [(space.complete(p), "scan") for p in scan_picks])

@@ -20,7 +20,7 @@ from autocompress.runtime.executor import Executor
 from autocompress.space import SearchSpace
 from autocompress.space.keys import params_key
 
-__all__ = ["Ladder", "Funnel", "uniform_ladder", "open_funnel_study", "BATCH_PER_WORKER"]
+__all__ = ["Ladder", "Funnel", "uniform_ladder", "funnel_sampler", "open_funnel_study", "BATCH_PER_WORKER"]
 
 BATCH_PER_WORKER = 8  # candidates asked (and told) together per scoring worker: one round trip per batch
 MAX_IDLE_BATCHES = 20  # batches in a row without a new candidate scored (all repeats or over the targets): stop
@@ -178,6 +178,22 @@ def _with(s: Scored, result: Score | str) -> Scored:
         return Scored(s.number, s.params, s.key, s.predicted_ms, s.target, s.origin, error=f"failed: {result}")
     return Scored(s.number, s.params, s.key, s.predicted_ms, s.target, s.origin, round(result.accuracy, 4),
                   round(result.agreement, 4), round(result.loss, 5), round(result.seconds, 3))
+
+
+def funnel_sampler(name: str, seed: int, n: int, space: SearchSpace, predictor, ladder: Ladder):
+    """The funnel study's sampler (`funnel.sampler`) for `n` candidates over `ladder`."""
+    import optuna
+
+    from autocompress.engine.evolution import TargetEvolution
+    from autocompress.engine.study import distributions
+
+    if name == "evolution":
+        return TargetEvolution(distributions(space), predictor.predict, ladder.targets, slack=ladder.slack, seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, n // 6)))
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def open_funnel_study(journal: os.PathLike, name: str, *, sampler, first: list[tuple[dict, str]], book: FunnelBook):
