@@ -4,9 +4,9 @@ A trial costs a fine-tune, so a search can afford tens of them; a candidate's ch
 `run_funnel`:
 - spans the front with a `Ladder` of latency targets, from int8 PTQ's predicted latency down to the fastest the
   space allows (the measured latency model predicts every candidate before it is built);
-- lets an Optuna study of its own (evolution within each target, engine/evolution.py; journal `funnel.log` in the run directory)
-  propose candidates in batches, the uniform ladder (every ratio x int8, then fp32) and the sensitivity scan's picks
-  first, scored where trials run (engine/scoring.py);
+- lets an Optuna study of its own (evolution within each target, engine/evolution.py; journal `funnel.log` in the
+  run directory) propose candidates in batches, the uniform ladder (every ratio x int8, then fp32) and the
+  sensitivity scan's picks first, scored where trials run (engine/scoring.py);
 - gives each target's best-scored a short fine-tune and promotes the best of those (engine/shortlist.py), which the
   trial loop fine-tunes first.
 """
