@@ -61,7 +61,7 @@ def evolution(seed: int = 0) -> TargetEvolution:
 
 @pytest.fixture(scope="module")
 def proposals():
-    return run(evolution(), 200)
+    return run(evolution(), 400)
 
 
 def test_proposals_land_within_the_ladder_and_every_target_gets_its_share(proposals):
@@ -70,7 +70,7 @@ def test_proposals_land_within_the_ladder_and_every_target_gets_its_share(propos
     for target in range(len(LADDER.targets)):
         assert placed.count(target) >= 0.15 * len(placed), (target, placed.count(target))
     # drawn at random (as NSGA-II's first generation is), most would land over the ladder or in its slowest target
-    randomly = run(optuna.samplers.RandomSampler(seed=0), 200)
+    randomly = run(optuna.samplers.RandomSampler(seed=0), 400)
     assert sum(t is None or t == 0 for _, _, t in randomly) > 0.6 * len(randomly)
 
 
@@ -79,9 +79,9 @@ def test_each_targets_best_beats_the_uniform_configuration_there(proposals):
     for r in RATIOS:
         target = LADDER.target_of(latency(uniform(r)))
         assert best[target] <= loss(uniform(r))
-    # at uniform 50%'s target, pruning the insensitive groups more and the sensitive ones less (the optimum is 0.375
-    # where the uniform is at 1.1; 200 random draws find 0.91 at best)
-    assert best[LADDER.target_of(latency(uniform(0.5)))] < loss(uniform(0.5)) / 2
+    # at uniform 50%'s target, pruning the insensitive groups more and the sensitive ones less: the optimum is 0.375
+    # where the uniform is at 1.1 (8 seeds of 400 proposals: 0.375 six times, 0.5 twice; 400 random draws: 1.1)
+    assert best[LADDER.target_of(latency(uniform(0.5)))] <= 0.5
 
 
 def test_the_same_seed_proposes_the_same_candidates_and_another_seed_others():

@@ -27,12 +27,12 @@ SETTINGS = ScoreSettings(bn_images=128, val_images=200)
 
 
 def test_the_ladder_spans_int8_ptq_to_the_fastest_evenly_in_log_latency():
-    ladder = Ladder.between(1.0, 0.125, 4)
-    assert ladder.targets == (1.0, 0.5, 0.25, 0.125)
+    ladder = Ladder.between(1.0, 0.0625, 4)
+    assert ladder.targets == (1.0, 0.5, 0.25, 0.125)  # the fastest target's bin reaches down to the fastest, 0.0625
     assert ladder.target_of(1.1) == 0  # over the slowest target, within the model's error
     assert ladder.target_of(1.2) is None and ladder.target_of(None) is None
     assert ladder.target_of(0.6) == 0 and ladder.target_of(0.5) == 1 and ladder.target_of(0.3) == 1
-    assert ladder.target_of(0.1) == 3  # faster than the fastest: the fastest target's
+    assert ladder.target_of(0.1) == 3 and ladder.target_of(0.0625) == 3
     assert Ladder.between(0.3, 0.4, 4).targets == (0.3,)  # nothing faster to reach: one target
 
 

@@ -23,8 +23,9 @@ from autocompress.space import DROP
 
 __all__ = ["TargetEvolution"]
 
-ELITE = 6  # the best-scored candidates of a target that parent its children
+ELITE = 6  # the best-scored models of a target that parent its children
 REPAIR_STEPS = 64  # moves tried to bring a child within its target
+NEW_TRIES = 8  # children made until one is new (its choices not proposed before)
 
 
 class TargetEvolution(BaseSampler):
@@ -43,6 +44,8 @@ class TargetEvolution(BaseSampler):
         self._limits = (targets[0] * (1 + slack), *targets[1:])
         self._rng = np.random.default_rng(seed)
         self._fallback = RandomSampler(seed=seed)
+        self._seen: set[tuple] = set()  # the choices of every proposal so far: a child is made anew until it is new
+        self._n_seen = 0  # trials read into _seen
 
     # ------------------------------------------------------------------------------------------------ optuna's side
 
@@ -54,12 +57,16 @@ class TargetEvolution(BaseSampler):
         if not search_space:
             return {}
         target = trial.number % len(self._limits)
-        scored = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        parents = self._elite(scored, target)
+        earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+        self._note(earlier)
+        parents = self._elite([t for t in earlier if t.state == TrialState.COMPLETE], target)
         if not parents:
             return {}  # nothing scored yet: every choice at random (sample_independent)
-        child = self._mutate(self._cross(parents))
-        return self._repair(child, target)
+        for _ in range(NEW_TRIES):
+            child = self._repair(self._mutate(self._cross(parents)), target)
+            if self._key(child) not in self._seen:
+                break
+        return child
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
@@ -67,12 +74,23 @@ class TargetEvolution(BaseSampler):
 
     # ---------------------------------------------------------------------------------------------------- the steps
 
+    def _key(self, params: dict) -> tuple:
+        return tuple(params.get(k) for k in self._dists)
+
+    def _note(self, earlier: list[FrozenTrial]) -> None:
+        """Every proposal before this one (each whole by now: a batch's trials are asked one after another)."""
+        for t in earlier[self._n_seen:]:
+            self._seen.add(self._key(t.params))
+        self._n_seen = len(earlier)
+
     def _target_of(self, ms: float) -> int | None:
         met = [i for i, limit in enumerate(self._limits) if ms <= limit]
         return met[-1] if met else None
 
     def _elite(self, scored: list[FrozenTrial], target: int) -> list[dict]:
-        """The best-scored params of `target`; of the nearest target that has any when it has none yet."""
+        """The best-scored params of `target`, or half the time (and whenever it has none yet) of the nearest slower
+        target that has any: the repair brings their children down into `target` (it only ever speeds a child up),
+        so good models of a slower target seed the faster ones. With no slower one, the nearest faster one's."""
         by_target: dict[int, list[FrozenTrial]] = {}
         for t in scored:
             if t.values is None or len(t.values) < 2 or not set(self._dists) <= set(t.params):
@@ -80,11 +98,21 @@ class TargetEvolution(BaseSampler):
             placed = self._target_of(t.values[1])
             if placed is not None:
                 by_target.setdefault(placed, []).append(t)
-        if not by_target:
+        slower = [i for i in by_target if i < target]
+        if slower and (target not in by_target or self._rng.random() < 0.5):
+            source = max(slower)
+        elif target in by_target:
+            source = target
+        elif by_target:
+            source = min(by_target)
+        else:
             return []
-        nearest = min(by_target, key=lambda i: (abs(i - target), -i))  # a tie: the faster one's (repair goes one way)
-        best = sorted(by_target[nearest], key=lambda t: (t.values[0], t.number))[:ELITE]
-        return [dict(t.params) for t in best]
+        best: dict[tuple, dict] = {}  # one per model: params that build the same model score the same
+        for t in sorted(by_target[source], key=lambda t: (t.values[0], t.number)):
+            best.setdefault((t.values[0], t.values[1]), dict(t.params))
+            if len(best) == ELITE:
+                break
+        return list(best.values())
 
     def _pick(self, parents: list[dict]) -> dict:
         i, j = self._rng.integers(len(parents), size=2)
@@ -104,11 +132,12 @@ class TargetEvolution(BaseSampler):
         return params
 
     def _changed(self, name: str, value: Any) -> Any:
-        """A ratio one step either way; any other choice anew."""
+        """A ratio one step either way (the way there is, at either end); any other choice anew."""
         choices = list(self._dists[name].choices)
         if name.startswith("prune:"):
-            i = choices.index(value) + int(self._rng.choice((-1, 1)))
-            return choices[min(max(i, 0), len(choices) - 1)]
+            i = choices.index(value)
+            steps = [j for j in (i - 1, i + 1) if 0 <= j < len(choices)]
+            return choices[steps[int(self._rng.integers(len(steps)))]] if steps else value
         others = [c for c in choices if c != value]
         return others[int(self._rng.integers(len(others)))] if others else value
 

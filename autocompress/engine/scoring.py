@@ -28,8 +28,9 @@ MAX_IDLE_BATCHES = 20  # batches in a row without a new candidate scored (all re
 
 @dataclass(frozen=True)
 class Ladder:
-    """Latency targets (ms), slowest first: int8 PTQ's predicted latency down to the fastest the space allows,
-    spaced evenly in log-latency."""
+    """Latency targets (ms), slowest first: from int8 PTQ's predicted latency towards the fastest the space allows,
+    spaced evenly in log-latency so that the fastest target's bin reaches down to that fastest latency. (A target at
+    the fastest latency itself would hold only the corner of the space, every choice at its fastest: one model.)"""
 
     targets: tuple[float, ...]
     slack: float = TARGET_SLACK  # a candidate predicted this far over the slowest target still counts: the error
@@ -38,7 +39,7 @@ class Ladder:
     def between(cls, slow: float, fast: float, n: int) -> Ladder:
         if n <= 1 or fast >= slow:
             return cls((round(slow, 4),))
-        step = (fast / slow) ** (1 / (n - 1))
+        step = (fast / slow) ** (1 / n)
         return cls(tuple(round(slow * step**i, 4) for i in range(n)))
 
     def target_of(self, predicted: float | None) -> int | None:
