@@ -4,6 +4,7 @@ small trained CNN (pruned, fake-quantized, BatchNorm recalibrated) in this proce
 from __future__ import annotations
 
 import json
+import math
 import threading
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from autocompress.config import FunnelConfig, TrainConfig
 from autocompress.engine.scoring import Funnel, Ladder, funnel_sampler, open_funnel_study, uniform_ladder
-from autocompress.engine.shortlist import ShortStage, promote
+from autocompress.engine.shortlist import ShortStage, gain_over_uniform, promote
 from autocompress.pipeline.finetune import train
 from autocompress.pipeline.prune import find_groups, kept_channels
 from autocompress.pipeline.score import ScoreSettings, ScoreSpec
@@ -46,6 +47,28 @@ def test_promotion_takes_each_targets_best_distinct_models_best_of_every_target_
             _row(3, 1, 0.5), _row(4, 1, 0.4), _row(5, 1, None), _row(6, None, None), _row(7, 2, 0.3)]
     best = promote(rows, 3, 2)
     assert [s.number for s in best] == [2, 4, 7, 0, 3]  # target 0's two, then 1's, then 2's one; 1 is 2's model
+
+
+def test_promotion_by_gain_over_uniform_prefers_what_beats_the_uniform_rung_at_the_same_latency():
+    def row(number, target, ms, loss, origin="sampled"):
+        return Scored(number, {"n": number}, f"k{number}", ms, target, origin, accuracy=50.0, loss=loss)
+
+    uniform = [row(0, 1, 1.0, 1.0, "uniform"), row(1, 0, 2.0, 0.5, "uniform"), row(2, 0, 2.2, 0.7, "uniform")]
+    slow_edge = row(3, 0, 1.9, 0.55)  # the target's lowest loss, but the uniform rung beside it is as good
+    between = row(4, 0, 1.5, 0.6)  # halfway (in log-latency) between the rungs, well under their line
+    fast = row(5, 1, 0.5, 1.2)  # faster than every rung: measured against the fastest
+    gain = gain_over_uniform(uniform + [slow_edge, between, fast])
+    assert gain(between) == pytest.approx(1.0 - 0.5 * math.log(1.5) / math.log(2.0) - 0.6)
+    assert gain(slow_edge) < 0 < gain(between) and gain(fast) == pytest.approx(-0.2)
+    assert gain(uniform[0]) == gain(uniform[1]) == 0.0  # rung 2 is off the front: slower and worse than rung 1
+
+    def by_gain(s):
+        return (gain(s), *s.rank_key())
+
+    best = promote([slow_edge, between, fast], 2, 1, key=by_gain, order=gain)
+    assert [s.number for s in best] == [4, 5]  # target 0's best by gain; the higher gain first
+    assert [s.number for s in promote([slow_edge, between], 1, 1)] == [3]  # by the score alone: the slow edge
+    assert gain_over_uniform([slow_edge])(slow_edge) == 0.0  # no rung scored: no gain
 
 
 def test_the_book_keeps_every_whole_line_and_ignores_one_a_kill_cut_short(tmp_path):

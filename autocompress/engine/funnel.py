@@ -21,7 +21,7 @@ from autocompress.config import SearchConfig
 from autocompress.engine.prepare import Prepared
 from autocompress.engine.progress import StageBar
 from autocompress.engine.scoring import Funnel, Ladder, funnel_sampler, open_funnel_study, uniform_ladder
-from autocompress.engine.shortlist import ShortStage, promote
+from autocompress.engine.shortlist import ShortStage, gain_over_uniform, promote
 from autocompress.engine.state import RunState
 from autocompress.pipeline.score import ScoreSettings, ScoreSpec
 from autocompress.pipeline.trial import TrialSpec
@@ -106,18 +106,26 @@ class _Deadlines:
 def _promoted(cfg: SearchConfig, ladder: Ladder, book: FunnelBook, executor: Executor,
               make_spec: Callable[[dict], TrialSpec], deadline: float | None,
               log: Callable[[str], None], built: set[str]) -> list[Scored]:
-    """The best-scored of each target; or, with short fine-tunes, the best of each target's shortlist after them.
+    """The candidates of each target whose score beats uniform compression's by most at their latency; or, with
+    short fine-tunes, the best of each target's shortlist after them. Each round (the best of every target, then
+    the second best...) is ordered by that gain, so the trials fine-tune first what pruning unevenly buys most.
     Models a baseline built (`built` keys) are left out: a trial of one would only reuse its result."""
     n_targets, per_target = len(ladder.targets), cfg.funnel.n_promoted(cfg.budget.trials)
     rows = [s for s in book.rows.values() if s.key not in built]
+    gain = gain_over_uniform(book.rows.values())
+
+    def by_gain(s: Scored) -> tuple:
+        return (gain(s), *s.rank_key())
+
     shortlisted = cfg.funnel.n_shortlisted(cfg.budget.trials)
     short = cfg.funnel.short_finetune(cfg.finetune)
     if short is None or shortlisted <= per_target:
-        return promote(rows, n_targets, per_target)
-    shortlist = promote(rows, n_targets, shortlisted)
+        return promote(rows, n_targets, per_target, key=by_gain, order=gain)
+    shortlist = promote(rows, n_targets, shortlisted, key=by_gain, order=gain)
     ShortStage(executor, lambda p: replace(make_spec(p), finetune=short), cfg.concurrency, cfg.trial_timeout_s,
                book, deadline, log).run(shortlist)
-    return promote([book.rows[s.number] for s in shortlist], n_targets, per_target, key=Scored.short_key)
+    return promote([book.rows[s.number] for s in shortlist], n_targets, per_target, key=Scored.short_key,
+                   order=gain)
 
 
 def _note(meta: dict, book: FunnelBook, best: list[Scored], seconds: float) -> None:

@@ -3,22 +3,25 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
-from typing import Callable
+from itertools import pairwise
+from typing import Callable, Iterable
 
 from autocompress.pipeline.trial import TrialSpec
 from autocompress.results.funnel import FunnelBook, Scored
 from autocompress.runtime.executor import Executor
 
-__all__ = ["promote", "ShortStage"]
+__all__ = ["promote", "gain_over_uniform", "ShortStage"]
 
 
 def promote(rows: list[Scored], n_targets: int, per_target: int,
-            key: Callable[[Scored], tuple] = Scored.rank_key) -> list[Scored]:
+            key: Callable[[Scored], tuple] = Scored.rank_key,
+            order: Callable[[Scored], float] | None = None) -> list[Scored]:
     """The best `per_target` distinct models of each target by `key` (higher is better; default: the score),
     ordered best of every target first (then the second best of each...), so a small trial budget still covers the
-    whole ladder."""
+    whole ladder; within each of those rounds, by `order` (higher first; None: the targets' order)."""
     ranked: list[list[Scored]] = []
     for t in range(n_targets):
         seen: set[str] = set()
@@ -29,7 +32,36 @@ def promote(rows: list[Scored], n_targets: int, per_target: int,
                 seen.add(s.key)
                 best.append(s)
         ranked.append(best[:per_target])
-    return [r[i] for i in range(per_target) for r in ranked if i < len(r)]
+    rounds = [[r[i] for r in ranked if i < len(r)] for i in range(per_target)]
+    if order is not None:
+        rounds = [sorted(picks, key=order, reverse=True) for picks in rounds]
+    return [s for picks in rounds for s in picks]
+
+
+def gain_over_uniform(rows: Iterable[Scored]) -> Callable[[Scored], float]:
+    """How far a candidate's score beats uniform compression at its predicted latency: the uniform ladder's loss
+    there (its scored rungs' front, interpolated in log-latency; flat beyond its ends) minus the candidate's. The
+    best loss of a target is its slowest model's as a rule, no better than the uniform rung beside it; this asks
+    what pruning unevenly buys at the same speed. 0 for every candidate when no uniform rung was scored."""
+    points = sorted((s.predicted_ms, s.loss) for s in rows
+                    if s.origin == "uniform" and s.scored and s.predicted_ms and s.loss is not None)
+    front: list[tuple[float, float]] = []  # fastest first; each slower point has a lower loss
+    for ms, loss in points:
+        if not front or loss < front[-1][1]:
+            front.append((math.log(ms), loss))
+
+    def gain(s: Scored) -> float:
+        if not front or s.loss is None or not s.predicted_ms:
+            return 0.0
+        x = math.log(s.predicted_ms)
+        if x <= front[0][0]:
+            return front[0][1] - s.loss
+        for (x0, y0), (x1, y1) in pairwise(front):
+            if x <= x1:
+                return y0 + (y1 - y0) * (x - x0) / (x1 - x0) - s.loss
+        return front[-1][1] - s.loss
+
+    return gain
 
 
 @dataclass
