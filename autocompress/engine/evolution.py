@@ -30,9 +30,10 @@ NEW_TRIES = 8  # children made until one is new (its choices not proposed before
 
 class TargetEvolution(BaseSampler):
     """Proposes every candidate for a target (trial number modulo the targets): the child of a tournament between
-    two of that target's `ELITE` best (lowest loss, the study's first objective), crossed with another one half the
-    time, 1-3 choices changed (a ratio by one step, a precision or a block's choice anew), then repaired: moves that
-    lower its predicted latency, at random, until it is within the target.
+    two of that target's `ELITE` best models (lowest loss, the study's first objective; half the time the next
+    slower target's), crossed with another one half the time, 1-3 choices changed (a ratio by one step, a precision
+    or a block's choice anew), then repaired: moves that lower its predicted latency, at random, until it is within
+    the target; made again (up to `NEW_TRIES` times) while its choices are an earlier proposal's.
 
     `distributions`: the space's (engine/study.distributions); `predict`: params -> predicted ms;
     `targets`: the ladder's targets (ms), slowest first, with its slack on the slowest."""
