@@ -7,7 +7,8 @@ candidates of the same model over the same ladder, and this table compares what 
 Each (sampler, seed) is `autocompress search --budget 2 --funnel N` with `funnel: {sampler: ...}` in a config
 file: a 2-trial budget runs only the two free uniform baselines after the funnel (no short fine-tunes, no trials), so
 the run is the funnel's scoring stage on a real model, with the search's own ladder, latency model and score. The
-runs share the latency cache ($AUTOCOMPRESS_CACHE), so every sampler is placed on the ladder by the same predictions.
+runs share the latency cache ($AUTOCOMPRESS_CACHE), so every sampler is placed on the ladder by nearly the same
+predictions (each run's latency model also learns from the baselines it measures: the ladders differ by about 0.3%).
 A finished run is read again, not re-run: the same command goes on where a killed session stopped.
 
 Per run, from its funnel.jsonl: proposals, how many were predicted over the slowest target (not built), and per
@@ -127,9 +128,11 @@ def main() -> None:
               "candidates": args.candidates, "results": results}
     Path(f"{out}.json").write_text(json.dumps(record, indent=1) + "\n")
     lines = [f"# The funnel's samplers on {spec.label} ({record['date']})", "",
-             f"`{command}` on {host.get('cpu', '?')} ({host.get('cores', '?')} cores), ONNX Runtime "
+             f"`{command}` on {host.get('cpu', '?')} ({host.get('cores', '?')} cores, ISA "
+             f"{', '.join(host.get('isa', []))}), ONNX Runtime "
              f"{host.get('onnxruntime', '?')}: per sampler and seed, {args.candidates} candidates scored by the "
-             "search's funnel (`--budget 2 --funnel N`), the same ladder and latency model for all. Per target: "
+             "search's funnel (`--budget 2 --funnel N`), over nearly the same ladder (the first run's targets are "
+             "shown; each run's latency model also learns from the baselines it measures). Per target: "
              "candidates scored (median over the seeds) / the best loss of the score there (median over the seeds; "
              "lower is better).", "", *table(results), ""]
     Path(f"{out}.md").write_text("\n".join(lines))
