@@ -56,7 +56,7 @@ def run(sampler, n: int) -> list[tuple[dict, float, int | None]]:
 
 
 def evolution(seed: int = 0) -> TargetEvolution:
-    return TargetEvolution(DISTS, latency, LADDER.targets, slack=LADDER.slack, seed=seed)
+    return TargetEvolution(DISTS, latency, LADDER, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -35,14 +35,14 @@ class TargetEvolution(BaseSampler):
     or a block's choice anew), then repaired: moves that lower its predicted latency, at random, until it is within
     the target; made again (up to `NEW_TRIES` times) while its choices are an earlier proposal's.
 
-    `distributions`: the space's (engine/study.distributions); `predict`: params -> predicted ms;
-    `targets`: the ladder's targets (ms), slowest first, with its slack on the slowest."""
+    `distributions`: the space's (engine/study.distributions); `predict`: params -> predicted ms; `ladder`: the
+    funnel's engine/scoring.Ladder (its `targets` and `target_of`, which places a candidate in its bin)."""
 
     def __init__(self, distributions: dict[str, CategoricalDistribution], predict: Callable[[dict], float],
-                 targets: tuple[float, ...], *, slack: float = 0.0, seed: int = 0) -> None:
+                 ladder, *, seed: int = 0) -> None:
         self._dists = dict(distributions)
         self._predict = predict
-        self._limits = (targets[0] * (1 + slack), *targets[1:])
+        self._ladder = ladder
         self._rng = np.random.default_rng(seed)
         self._fallback = RandomSampler(seed=seed)
         self._seen: set[tuple] = set()  # the choices of every proposal so far: a child is made anew until it is new
@@ -57,7 +57,7 @@ class TargetEvolution(BaseSampler):
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         if not search_space:
             return {}
-        target = trial.number % len(self._limits)
+        target = trial.number % len(self._ladder.targets)
         earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
         self._note(earlier)
         parents = self._elite([t for t in earlier if t.state == TrialState.COMPLETE], target)
@@ -84,10 +84,6 @@ class TargetEvolution(BaseSampler):
             self._seen.add(self._key(t.params))
         self._n_seen = len(earlier)
 
-    def _target_of(self, ms: float) -> int | None:
-        met = [i for i, limit in enumerate(self._limits) if ms <= limit]
-        return met[-1] if met else None
-
     def _elite(self, scored: list[FrozenTrial], target: int) -> list[dict]:
         """The best-scored params of `target`, or half the time (and whenever it has none yet) of the nearest slower
         target that has any: the repair brings their children down into `target` (it only ever speeds a child up),
@@ -96,7 +92,7 @@ class TargetEvolution(BaseSampler):
         for t in scored:
             if t.values is None or len(t.values) < 2 or not set(self._dists) <= set(t.params):
                 continue
-            placed = self._target_of(t.values[1])
+            placed = self._ladder.target_of(t.values[1])
             if placed is not None:
                 by_target.setdefault(placed, []).append(t)
         slower = [i for i in by_target if i < target]
@@ -147,7 +143,7 @@ class TargetEvolution(BaseSampler):
         run out: the funnel then skips it as over the ladder, or places it in a slower target)."""
         ms, names = self._predict(params), list(self._dists)
         for _ in range(REPAIR_STEPS):
-            if ms <= self._limits[target]:
+            if self._within(ms, target):
                 break
             name = names[int(self._rng.integers(len(names)))]
             trial = {**params, name: self._faster_choice(name, params[name])}
@@ -155,6 +151,10 @@ class TargetEvolution(BaseSampler):
             if trial_ms < ms:
                 params, ms = trial, trial_ms
         return params
+
+    def _within(self, ms: float, target: int) -> bool:
+        placed = self._ladder.target_of(ms)
+        return placed is not None and placed >= target
 
     def _faster_choice(self, name: str, value: Any) -> Any:
         """The next step towards speed a choice offers: a ratio one step up, a block dropped, another precision

@@ -158,7 +158,6 @@ def _ladder(space: SearchSpace, predictor, cfg: SearchConfig) -> Ladder:
 
 def _funnel(prep: Prepared, state: RunState, executor: Executor, predictor, ladder: Ladder, book: FunnelBook,
             scan_picks: list[dict], reduce_range: bool, deadline: float | None, log: Callable[[str], None]) -> Funnel:
-
     cfg, space = prep.config, prep.space
     n = cfg.funnel.n_candidates(cfg.budget.trials)
     resumed = int(state.meta.get("resumed", 0))

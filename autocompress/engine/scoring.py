@@ -189,7 +189,7 @@ def funnel_sampler(name: str, seed: int, n: int, space: SearchSpace, predictor, 
     from autocompress.engine.study import distributions
 
     if name == "evolution":
-        return TargetEvolution(distributions(space), predictor.predict, ladder.targets, slack=ladder.slack, seed=seed)
+        return TargetEvolution(distributions(space), predictor.predict, ladder, seed=seed)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, n // 6)))
     if name == "tpe":
